@@ -1,0 +1,45 @@
+# svlaunch: one entry point for set-up, demo, tests and benchmarks.
+# `make demo` and `make test` work on a fresh Debian 12 machine: they install what they need.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup host-deps demo test test-fast lint fmt guest rig bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+host-deps:
+	scripts/host-deps
+
+guest: setup host-deps
+	scripts/build-guest
+
+demo: setup host-deps guest
+	scripts/demo
+
+test: setup host-deps guest
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not rig and not long"
+
+lint: setup
+	$(BIN)/ruff check launcher engine tests bench scripts
+	$(BIN)/ruff format --check launcher engine tests bench
+
+fmt: setup
+	$(BIN)/ruff format launcher engine tests bench
+	$(BIN)/ruff check --fix launcher engine tests bench
+
+bench: setup host-deps guest
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis
