@@ -1,0 +1,123 @@
+"""An epoll event loop for the engine's main thread and its iothreads.
+
+Devices, chardev backends and the QMP server register file descriptors with a callback; the
+loop calls back when they are readable. Other threads (vCPUs, QMP handlers) hand work to a loop
+with ``call_soon_threadsafe``, which wakes it through an eventfd. One loop runs per thread; the
+manifest's iothreads are extra loops (``IoThread``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], None]
+
+
+class EventLoop:
+    """Single-threaded epoll loop. All methods except ``call_soon_threadsafe``/``stop`` run on its thread."""
+
+    def __init__(self, name: str = "main") -> None:
+        self.name = name
+        self._epoll = select.epoll()
+        self._readers: dict[int, Callback] = {}
+        self._pending: deque[Callback] = deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._running = False
+        self._stopping = False
+        self.thread_id: int | None = None
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (level-triggered)."""
+        if fd in self._readers:
+            self._epoll.modify(fd, select.EPOLLIN)
+        else:
+            self._epoll.register(fd, select.EPOLLIN)
+        self._readers[fd] = callback
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # fd already closed: epoll dropped it
+
+    def call_soon_threadsafe(self, callback: Callback) -> None:
+        """Run ``callback`` on the loop's thread at its next turn (safe from any thread)."""
+        self._pending.append(callback)
+        try:
+            os.eventfd_write(self._wake, 1)
+        except OSError:
+            pass  # loop closed
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Dispatch until ``stop()``. A failing callback is logged, never fatal to the loop."""
+        self._running = True
+        self._stopping = False
+        self.thread_id = threading.get_ident()
+        try:
+            while not self._stopping:
+                self.run_once(timeout=None)
+        finally:
+            self._running = False
+
+    def run_once(self, timeout: float | None = 0) -> None:
+        try:
+            events = self._epoll.poll(-1 if timeout is None else timeout)
+        except InterruptedError:
+            events = []
+        for fd, _mask in events:
+            if fd == self._wake:
+                try:
+                    os.eventfd_read(self._wake)
+                except BlockingIOError:
+                    pass
+                continue
+            cb = self._readers.get(fd)
+            if cb is not None:
+                self._dispatch(cb)
+        while self._pending:
+            self._dispatch(self._pending.popleft())
+
+    def _dispatch(self, cb: Callback) -> None:
+        try:
+            cb()
+        except Exception:  # a device bug must not take the whole VM down
+            log.exception("event loop %s: callback %r failed", self.name, cb)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.call_soon_threadsafe(lambda: None)
+
+    def close(self) -> None:
+        self._epoll.close()
+        os.close(self._wake)
+
+
+class IoThread:
+    """A named event loop on its own thread (StratoVirt's ``-object iothread,id=``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loop = EventLoop(name)
+        self._thread = threading.Thread(target=self.loop.run, name=f"iothread-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.loop.stop()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
