@@ -8,7 +8,7 @@ and anything else into exit code 2 with a traceback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EXIT_OK = 0
 EXIT_INVALID = 1  # invalid input: manifest, argv, host state the user must fix

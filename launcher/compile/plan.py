@@ -192,8 +192,20 @@ class VsockPlan(DevicePlan):
     vhostfd: int | None = None
 
 
+@dataclass(frozen=True)
+class SlotPlan(DevicePlan):
+    """An empty replaceable virtio-mmio transport (device id 0) that QMP hot-replace fills.
+
+    StratoVirt's microvm pre-creates 4 block and 2 net transports; the guest sees them in the
+    DSDT from boot, and ``blockdev-add``/``netdev_add`` + ``device_add`` put a device into one.
+    """
+
+    kind: ClassVar[str] = "slot"
+    accepts: str = "blk"  # blk | net
+
+
 DEVICE_KINDS: dict[str, type[DevicePlan]] = {
-    c.kind: c for c in (BlkPlan, NetPlan, ConsolePlan, RngPlan, BalloonPlan, VsockPlan)
+    c.kind: c for c in (BlkPlan, NetPlan, ConsolePlan, RngPlan, BalloonPlan, VsockPlan, SlotPlan)
 }
 
 
