@@ -1,0 +1,62 @@
+"""EventLoop: fd callbacks, cross-thread wake-ups, and a failing callback never kills the loop."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from engine.eventloop import EventLoop, IoThread
+
+
+def test_reader_callback_and_threadsafe_call() -> None:
+    loop = EventLoop("t")
+    r, w = os.pipe()
+    seen: list[bytes] = []
+
+    def on_read() -> None:
+        seen.append(os.read(r, 100))
+        loop.stop()
+
+    loop.add_reader(r, on_read)
+    threading.Timer(0.05, lambda: os.write(w, b"hi")).start()
+    loop.run()
+    assert seen == [b"hi"]
+    ran = threading.Event()
+    loop.call_soon_threadsafe(ran.set)
+    loop.run_once(timeout=1)
+    assert ran.is_set()
+    loop.remove_reader(r)
+    os.close(r)
+    os.close(w)
+    loop.close()
+
+
+def test_failing_callback_is_logged_not_fatal(caplog) -> None:
+    loop = EventLoop("t")
+    done = threading.Event()
+
+    def boom() -> None:
+        raise RuntimeError("device bug")
+
+    loop.call_soon_threadsafe(boom)
+    loop.call_soon_threadsafe(done.set)
+    loop.run_once(timeout=1)
+    assert done.is_set()
+    assert "device bug" in caplog.text
+    loop.close()
+
+
+def test_iothread_runs_work_on_its_own_thread() -> None:
+    io = IoThread("io0")
+    io.start()
+    names: list[str] = []
+    done = threading.Event()
+
+    def work() -> None:
+        names.append(threading.current_thread().name)
+        done.set()
+
+    io.loop.call_soon_threadsafe(work)
+    assert done.wait(2)
+    io.stop()
+    assert names == ["iothread-io0"]
