@@ -1,0 +1,1 @@
+"""svlaunch benchmarks: each module here is a standalone program that prints its numbers."""
