@@ -1,0 +1,253 @@
+"""The sans-I/O QMP machine: two connections joined in memory (h11's ConnectionPair)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.qmp.protocol import (
+    NEED_DATA,
+    SERVER_MAX_MESSAGE,
+    Command,
+    ConnectionClosed,
+    ErrorReply,
+    Event,
+    Greeting,
+    InvalidInput,
+    LocalProtocolError,
+    QmpConnection,
+    RemoteProtocolError,
+    Reply,
+    Role,
+    State,
+)
+
+EXACT_GREETING = (
+    b'{"QMP":{"version":{"qemu":{"micro":1,"minor":0,"major":5},"package":""},'
+    b'"capabilities":[]}}\r\n'
+)
+
+
+def events(conn: QmpConnection) -> list[object]:
+    out = []
+    while True:
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            return out
+        out.append(ev)
+        if isinstance(ev, ConnectionClosed):
+            return out
+
+
+class Pair:
+    def __init__(self, strict: bool = False) -> None:
+        self.server = QmpConnection(Role.SERVER, strict=strict)
+        self.client = QmpConnection(Role.CLIENT)
+
+    def s2c(self, ev) -> list[object]:
+        self.client.receive_data(self.server.send(ev))
+        return events(self.client)
+
+    def c2s(self, ev) -> list[object]:
+        self.server.receive_data(self.client.send(ev))
+        return events(self.server)
+
+
+def test_exact_stratovirt_greeting_bytes() -> None:
+    assert QmpConnection(Role.SERVER).send(Greeting()) == EXACT_GREETING
+
+
+def test_full_session_states_and_id_echo() -> None:
+    p = Pair()
+    assert p.s2c(Greeting()) == [Greeting()]
+    assert p.client.state is State.NEGOTIATION
+    assert p.c2s(Command("qmp_capabilities", id="c0")) == [Command("qmp_capabilities", {}, "c0")]
+    assert p.s2c(Reply({}, "c0")) == [Reply({}, "c0")]
+    assert p.client.state is State.COMMAND and p.server.state is State.COMMAND
+    [cmd] = p.c2s(Command("query-status", id="x"))
+    raw = p.server.send(Reply({"status": "running"}, cmd.id))
+    assert json.loads(raw) == {"return": {"status": "running"}, "id": "x"}
+    p.client.receive_data(raw)
+    assert events(p.client) == [Reply({"status": "running"}, "x")]
+
+
+def test_event_wire_shape_has_timestamp() -> None:
+    p = Pair()
+    p.s2c(Greeting())
+    p.c2s(Command("qmp_capabilities"))
+    p.s2c(Reply())
+    raw = p.server.send(Event("STOP", {}, 1583908726, 162739))
+    assert raw == (
+        b'{"event":"STOP","data":{},"timestamp":{"seconds":1583908726,"microseconds":162739}}\r\n'
+    )
+    ev = Event.now("RESUME", clock=lambda: 12.5)
+    assert (ev.seconds, ev.microseconds) == (12, 500000)
+
+
+def test_events_not_sent_before_negotiation() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    assert not s.accepts_events
+    with pytest.raises(LocalProtocolError):
+        s.send(Event("STOP"))
+
+
+def test_lenient_server_accepts_commands_without_negotiation() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    s.receive_data(b'{"execute":"query-status"}')
+    assert events(s) == [Command("query-status")]
+    assert s.state is State.COMMAND
+
+
+def test_strict_server_demands_negotiation() -> None:
+    s = QmpConnection(Role.SERVER, strict=True)
+    s.send(Greeting())
+    s.receive_data(b'{"execute":"query-status","id":7}')
+    [ev] = events(s)
+    assert isinstance(ev, InvalidInput)
+    assert ev.reply() == ErrorReply(
+        "CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'", 7
+    )
+    assert s.state is State.NEGOTIATION
+
+
+def test_objects_span_reads_and_several_per_read() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    whole = b'{"execute":"stop","id":"a"}  {"execute":"cont",\n"id":"b"}{"execute":"x"}'
+    got: list[object] = []
+    for i in range(len(whole)):
+        s.receive_data(whole[i : i + 1])
+        got += events(s)
+    assert got == [Command("stop", {}, "a"), Command("cont", {}, "b"), Command("x")]
+
+
+def test_braces_inside_strings_do_not_confuse_framing() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    s.receive_data(b'{"execute":"getfd","arguments":{"fdname":"a}\\"{["}}')
+    s.receive_data(b'\n{"execute":"y"}')
+    assert events(s) == [Command("getfd", {"fdname": 'a}"{['}), Command("y")]
+
+
+@pytest.mark.parametrize(
+    ("data", "desc_part"),
+    [
+        (b'{"execute": }', "Invalid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"garbage ", "Invalid JSON"),
+        (b'{"arguments": {}}', "lacks member 'execute'"),
+        (b'{"execute": "stop", "bogus": 1}', "'bogus' is unexpected"),
+        (b'{"execute": "stop", "arguments": [1]}', "'arguments' must be an object"),
+        (b'{"execute": "stop", "arguments": {"x": NaN}}', "Invalid JSON"),
+        (b'{"execute": "\xff"}', "Invalid JSON"),
+        (b"[" * 100 + b"]" * 100, "nesting"),
+    ],
+)
+def test_bad_input_is_answered_and_the_connection_goes_on(data: bytes, desc_part: str) -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    s.receive_data(data + b'\n{"execute":"query-status"}\n')
+    [bad, good] = events(s)
+    assert isinstance(bad, InvalidInput)
+    assert bad.error_class == "GenericError"
+    assert desc_part in bad.desc
+    assert good == Command("query-status")
+    out = json.loads(s.send(bad.reply()))
+    assert out["error"]["class"] == "GenericError"
+
+
+def test_unfinished_message_over_cap_is_fatal() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    s.receive_data(b'{"execute":"x","arguments":{"a":"' + b"y" * SERVER_MAX_MESSAGE)
+    with pytest.raises(RemoteProtocolError, match="too long"):
+        s.next_event()
+    assert s.state is State.ERROR
+    with pytest.raises(LocalProtocolError):
+        s.next_event()
+
+
+def test_complete_message_over_cap_is_rejected_but_not_fatal() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    big = json.dumps({"execute": "x", "arguments": {"a": "y" * SERVER_MAX_MESSAGE}}).encode()
+    s.receive_data(big + b'{"execute":"ok"}')
+    [bad, good] = events(s)
+    assert isinstance(bad, InvalidInput) and "too long" in bad.desc
+    assert good == Command("ok")
+
+
+def test_eof() -> None:
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    s.receive_data(b'{"execute":"stop"}')
+    s.receive_data(b"")
+    assert events(s) == [Command("stop"), ConnectionClosed()]
+    assert s.state is State.CLOSED
+
+
+def test_local_misuse_is_local_error() -> None:
+    s = QmpConnection(Role.SERVER)
+    with pytest.raises(LocalProtocolError):
+        s.send(Reply())  # before the greeting
+    c = QmpConnection(Role.CLIENT)
+    with pytest.raises(LocalProtocolError):
+        c.send(Command("qmp_capabilities"))  # before the greeting arrived
+    c.receive_data(EXACT_GREETING)
+    events(c)
+    with pytest.raises(LocalProtocolError):
+        c.send(Command("query-status"))  # before negotiation
+    with pytest.raises(LocalProtocolError):
+        c.send(Reply())
+
+
+def test_client_rejects_broken_server() -> None:
+    c = QmpConnection(Role.CLIENT)
+    c.receive_data(b'{"hello": 1}\r\n')
+    with pytest.raises(RemoteProtocolError, match="greeting"):
+        c.next_event()
+    c = QmpConnection(Role.CLIENT)
+    c.receive_data(EXACT_GREETING + b"{nope}\r\n")
+    assert isinstance(c.next_event(), Greeting)
+    with pytest.raises(RemoteProtocolError):
+        c.next_event()
+
+
+def test_client_parses_errors_and_events() -> None:
+    c = QmpConnection(Role.CLIENT)
+    c.receive_data(EXACT_GREETING)
+    events(c)
+    c.send(Command("qmp_capabilities"))
+    c.receive_data(
+        b'{"return":{}}\r\n{"event":"SHUTDOWN","data":{"guest":false},'
+        b'"timestamp":{"seconds":3,"microseconds":4}}\r\n'
+        b'{"error":{"class":"DeviceNotActive","desc":"no balloon"},"id":"q"}\n'
+    )
+    assert events(c) == [
+        Reply({}),
+        Event("SHUTDOWN", {"guest": False}, 3, 4),
+        ErrorReply("DeviceNotActive", "no balloon", "q"),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.lists(st.integers(1, 64), max_size=20))
+def test_any_bytes_never_crash_the_server(data: bytes, cuts: list[int]) -> None:
+    """Hostile input yields events or a RemoteProtocolError, never anything else."""
+    s = QmpConnection(Role.SERVER)
+    s.send(Greeting())
+    pos = 0
+    try:
+        for cut in [*cuts, len(data)]:
+            s.receive_data(data[pos : pos + cut] or b" ")
+            pos += cut
+            for ev in events(s):
+                assert isinstance(ev, Command | InvalidInput)
+                s.send(ev.reply() if isinstance(ev, InvalidInput) else Reply({}, ev.id))
+    except RemoteProtocolError:
+        assert s.state is State.ERROR
