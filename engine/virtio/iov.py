@@ -1,0 +1,100 @@
+"""Scatter-gather I/O between host fds and guest memory views, without copies where possible.
+
+``preadv``/``pwritev``/``readv``/``writev`` take at most IOV_MAX buffers and may transfer less
+than asked; these helpers batch and loop so a device sees "all or an error". ``fallocate`` is
+reached through ctypes because Python 3.11's ``os`` only has ``posix_fallocate`` (no modes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+
+IOV_MAX = 1024
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_libc.fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with a mode (punch hole, zero range); raises OSError."""
+    if _libc.fallocate(fd, mode, offset, length) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """Drop the first ``n`` bytes of a view list (after a short transfer)."""
+    out = []
+    for v in views:
+        if n >= len(v):
+            n -= len(v)
+            continue
+        out.append(v[n:] if n else v)
+        n = 0
+    return out
+
+
+def preadv_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
+    """Fill ``views`` from ``fd`` at ``offset``; returns bytes read (short only at end of file)."""
+    todo = [v for v in views if len(v)]
+    done = 0
+    while todo:
+        batch = todo[:IOV_MAX]
+        n = os.preadv(fd, batch, offset + done)
+        if n == 0:
+            break
+        done += n
+        todo = _advance(todo, n)
+    return done
+
+
+def pwritev_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
+    """Write all of ``views`` to ``fd`` at ``offset``; returns bytes written."""
+    todo = [v for v in views if len(v)]
+    done = 0
+    while todo:
+        n = os.pwritev(fd, todo[:IOV_MAX], offset + done)
+        if n == 0:
+            raise OSError(5, "pwritev wrote nothing")
+        done += n
+        todo = _advance(todo, n)
+    return done
+
+
+def copy_out(views: Sequence[memoryview], skip: int, dst: memoryview) -> None:
+    """Copy ``len(dst)`` bytes from the view list, starting ``skip`` bytes in, into ``dst``."""
+    pos = 0
+    want = len(dst)
+    for v in views:
+        if pos >= want:
+            break
+        if skip >= len(v):
+            skip -= len(v)
+            continue
+        n = min(len(v) - skip, want - pos)
+        dst[pos : pos + n] = v[skip : skip + n]
+        pos += n
+        skip = 0
+
+
+def copy_in(views: Sequence[memoryview], skip: int, src: memoryview) -> None:
+    """Copy ``src`` into the view list starting ``skip`` bytes in."""
+    pos = 0
+    want = len(src)
+    for v in views:
+        if pos >= want:
+            break
+        if skip >= len(v):
+            skip -= len(v)
+            continue
+        n = min(len(v) - skip, want - pos)
+        v[skip : skip + n] = src[pos : pos + n]
+        pos += n
+        skip = 0

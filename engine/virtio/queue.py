@@ -1,0 +1,388 @@
+"""The split virtqueue (virtio 1.2 §2.7), written on the assumption that the guest is hostile.
+
+The queue is pure over ``GuestMemory``: it never touches KVM, files or threads. Every value the
+guest controls is read once (no TOCTOU) and checked before use, following Firecracker's
+``queue.rs`` and rust-vmm's ``virtio-queue/src/chain.rs``:
+
+- ring placement (``Queue.validate``): size a power of two ≤ ``max_size``; descriptor table
+  16-aligned, avail ring 2-aligned, used ring 4-aligned; each ring wholly inside guest RAM;
+- avail index sanity: more than ``size`` pending entries means a broken driver (§2.7.13.3);
+- head index < size, ``next`` < size (or < the indirect table length);
+- a TTL of ``size`` links (or the indirect table length) stops loops;
+- indirect tables (§2.7.5.3): feature negotiated, not nested, not combined with NEXT,
+  ``len % 16 == 0``, at most 65535 entries, wholly in RAM, read once as a snapshot;
+- every buffer ``[addr, addr+len)`` inside guest RAM (may span adjacent regions), no 2^64 wrap;
+- device-readable descriptors before device-writable ones (§2.7.4.2);
+- total chain length < 2^32 and at most ``MAX_CHAIN_IOVECS`` buffers (IOV_MAX, for preadv);
+- used length ≤ the chain's writable length.
+
+Two error classes: a malformed *chain* (``ChainError``) fails only that request, which the queue
+returns to the driver with used length 0; a broken *queue* (``QueueError``: bad avail index or
+head) cannot be recovered and the transport puts the device into DEVICE_NEEDS_RESET. Neither
+reaches host memory outside guest RAM, because all access goes through ``GuestMemory``.
+
+Memory ordering: x86 keeps stores in order and loads in order, and CPython performs each
+``pack_into``/``unpack_from`` as one copy, so "write the used element, then bump used.idx" and
+"read avail.idx, then the ring entries" need no explicit fence here.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass, field
+
+from engine.machine.memory import GuestMemory
+from launcher.errors import GuestMemoryError
+
+log = logging.getLogger(__name__)
+
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+VIRTQ_USED_F_NO_NOTIFY = 1
+
+#: The split ring's largest size (virtio 1.2 §2.7: "Queue Size ... maximum 32768").
+MAX_QUEUE_SIZE = 32768
+#: Most buffers one chain may carry: IOV_MAX, so one preadv/pwritev/readv serves a request.
+MAX_CHAIN_IOVECS = 1024
+#: An indirect table holds at most 65535 descriptors (§2.7.5.3.1).
+MAX_INDIRECT_ENTRIES = 65535
+
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+_U64_LIMIT = 1 << 64
+
+
+class QueueError(Exception):
+    """The driver broke the queue itself (avail index or head out of range): device needs reset."""
+
+
+class ChainError(Exception):
+    """One malformed descriptor chain: that request fails, the queue goes on."""
+
+
+@dataclass(slots=True)
+class DescriptorChain:
+    """A validated chain: guest ``(addr, len)`` buffers split by direction, with their totals.
+
+    Built once by ``Queue.pop`` from a single read of each descriptor; devices read and write
+    the buffers through the helpers below, which go through ``GuestMemory`` again, so even a
+    buffer the guest unmaps or changes later cannot reach outside guest RAM.
+    """
+
+    head: int
+    readable: list[tuple[int, int]] = field(default_factory=list)
+    writable: list[tuple[int, int]] = field(default_factory=list)
+    readable_len: int = 0
+    writable_len: int = 0
+
+    def read_views(
+        self, mem: GuestMemory, skip: int = 0, length: int | None = None
+    ) -> list[memoryview]:
+        """Views of readable bytes ``[skip, skip+length)`` of the chain (zero-copy, for writev)."""
+        return _views(mem, self.readable, skip, length)
+
+    def write_views(
+        self, mem: GuestMemory, skip: int = 0, length: int | None = None
+    ) -> list[memoryview]:
+        """Views of writable bytes ``[skip, skip+length)`` of the chain (zero-copy, for readv)."""
+        return _views(mem, self.writable, skip, length)
+
+    def read(self, mem: GuestMemory, skip: int = 0, length: int | None = None) -> bytes:
+        """Copy readable bytes out of guest memory (for small headers and control messages)."""
+        return b"".join(bytes(v) for v in self.read_views(mem, skip, length))
+
+    def write(self, mem: GuestMemory, data: bytes | bytearray | memoryview, skip: int = 0) -> int:
+        """Copy ``data`` into the writable buffers from offset ``skip``; returns the bytes written."""
+        src = memoryview(data).cast("B")
+        pos = 0
+        for v in self.write_views(mem, skip, len(src)):
+            n = len(v)
+            v[:] = src[pos : pos + n]
+            pos += n
+        return pos
+
+
+def _views(
+    mem: GuestMemory, bufs: list[tuple[int, int]], skip: int, length: int | None
+) -> list[memoryview]:
+    out: list[memoryview] = []
+    left = -1 if length is None else length
+    for addr, blen in bufs:
+        if left == 0:
+            break
+        if skip >= blen:
+            skip -= blen
+            continue
+        n = blen - skip if left < 0 else min(blen - skip, left)
+        out.extend(mem.slices(addr + skip, n))
+        skip = 0
+        if left > 0:
+            left -= n
+    return out
+
+
+class _Area:
+    """A validated guest range with fast typed access: one memoryview when it lies in one region.
+
+    A range spanning two adjacent regions (possible with back-to-back NUMA nodes) falls back to
+    copying through ``GuestMemory.read/write``.
+    """
+
+    __slots__ = ("addr", "buf", "mem")
+
+    def __init__(self, mem: GuestMemory, addr: int, length: int) -> None:
+        self.addr = addr
+        self.mem = mem
+        try:
+            self.buf: memoryview | None = mem.view(addr, length)
+        except GuestMemoryError:
+            mem.slices(addr, length)  # raises when any byte is outside RAM
+            self.buf = None
+
+    def unpack(self, fmt: struct.Struct, off: int) -> tuple:
+        if self.buf is not None:
+            return fmt.unpack_from(self.buf, off)
+        return fmt.unpack(self.mem.read(self.addr + off, fmt.size))
+
+    def pack(self, fmt: struct.Struct, off: int, *values: int) -> None:
+        if self.buf is not None:
+            fmt.pack_into(self.buf, off, *values)
+        else:
+            self.mem.write(self.addr + off, fmt.pack(*values))
+
+
+class Queue:
+    """One split virtqueue: register state written by the transport, ring processing for devices.
+
+    Usage by a device: ``while (chain := q.pop()) is not None: ...; q.add_used(chain, n)``, then
+    ``if q.needs_notification(): interrupt.signal_used(i)``. ``pop`` re-enables driver kicks when
+    the ring is empty (EVENT_IDX: avail_event) and re-checks, so no kick is ever lost.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise ValueError(
+                f"queue max size {max_size} is not a power of two in 1..{MAX_QUEUE_SIZE}"
+            )
+        self.max_size = max_size
+        #: The queue's notify eventfd, set by the transport (vhost hands it to the kernel).
+        self.kick_fd: int | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the power-on register state (virtio 1.2 §4.2.2.1: size reads as max)."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_addr = 0
+        self.avail_addr = 0
+        self.used_addr = 0
+        self.next_avail = 0
+        self.next_used = 0
+        self.event_idx = False
+        self.indirect = False
+        self.errors = 0
+        self._signalled_used = 0
+        self._mem: GuestMemory | None = None
+        self._desc: _Area | None = None
+        self._avail: _Area | None = None
+        self._used: _Area | None = None
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def validate(self, mem: GuestMemory) -> str | None:
+        """Why the ring registers are unusable, or None when they are fine (FC ``is_valid``)."""
+        size = self.size
+        if size == 0 or size > self.max_size or size & (size - 1):
+            return f"queue size {size} is not a power of two in 1..{self.max_size}"
+        rings = (
+            ("descriptor table", self.desc_addr, 16, 16 * size),
+            ("avail ring", self.avail_addr, 2, 6 + 2 * size),
+            ("used ring", self.used_addr, 4, 6 + 8 * size),
+        )
+        for name, addr, align, length in rings:
+            if addr % align:
+                return f"{name} at {addr:#x} is not {align}-byte aligned"
+            if addr + length > _U64_LIMIT or not mem.check_range(addr, length):
+                return f"{name} [{addr:#x}, +{length:#x}) is outside guest RAM"
+        return None
+
+    def activate(
+        self, mem: GuestMemory, *, event_idx: bool = False, indirect: bool = False
+    ) -> None:
+        """Bind to guest memory after DRIVER_OK. Raises ``QueueError`` when the rings are invalid."""
+        reason = self.validate(mem)
+        if reason is not None:
+            raise QueueError(reason)
+        size = self.size
+        self._mem = mem
+        self._desc = _Area(mem, self.desc_addr, 16 * size)
+        self._avail = _Area(mem, self.avail_addr, 6 + 2 * size)
+        self._used = _Area(mem, self.used_addr, 6 + 8 * size)
+        self.event_idx = event_idx
+        self.indirect = indirect
+        self._signalled_used = self.next_used
+
+    @property
+    def active(self) -> bool:
+        return self._mem is not None
+
+    def deactivate(self) -> None:
+        """Drop the views into guest memory (so its mappings can be closed)."""
+        self._mem = self._desc = self._avail = self._used = None
+
+    # -- avail side ----------------------------------------------------------------------------------
+
+    def avail_idx(self) -> int:
+        assert self._avail is not None
+        return self._avail.unpack(_U16, 2)[0]
+
+    def pending(self) -> int:
+        """Chains the driver has made available and the device has not popped yet."""
+        if self._avail is None:
+            return 0
+        n = (self.avail_idx() - self.next_avail) & 0xFFFF
+        if n > self.size:
+            raise QueueError(
+                f"avail index is {n} entries ahead of the device, more than the queue size {self.size}"
+            )
+        return n
+
+    def pop(self) -> DescriptorChain | None:
+        """The next valid chain, or None when the ring is empty.
+
+        Malformed chains are completed with used length 0 and skipped (counted in ``errors``).
+        """
+        while True:
+            if self.pending() == 0:
+                if not self._enable_notification():
+                    return None
+                continue
+            assert self._avail is not None
+            head = self._avail.unpack(_U16, 4 + 2 * (self.next_avail % self.size))[0]
+            self.next_avail = (self.next_avail + 1) & 0xFFFF
+            if head >= self.size:
+                raise QueueError(
+                    f"avail ring names head descriptor {head}, queue size is {self.size}"
+                )
+            try:
+                return self._walk(head)
+            except (ChainError, GuestMemoryError) as e:
+                self.errors += 1
+                log.warning("virtqueue: dropping descriptor chain %d: %s", head, e)
+                self._put_used(head, 0)
+
+    def undo_pop(self) -> None:
+        """Give the last popped chain back (a device that cannot serve it yet, e.g. net RX)."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+
+    def _enable_notification(self) -> bool:
+        """Ask for kicks again; True when chains arrived meanwhile (pop must look again)."""
+        if not self.event_idx or self._used is None:
+            return False
+        self._used.pack(_U16, 4 + 8 * self.size, self.next_avail)
+        return self.pending() > 0
+
+    def _walk(self, head: int) -> DescriptorChain:
+        mem = self._mem
+        table = self._desc
+        assert mem is not None and table is not None
+        chain = DescriptorChain(head)
+        readable, writable = chain.readable, chain.writable
+        idx, ttl, table_len, nested = head, self.size, self.size, False
+        total = 0
+        while True:
+            if ttl == 0:
+                raise ChainError("descriptor chain loops or is longer than its table")
+            ttl -= 1
+            addr, length, flags, nxt = table.unpack(_DESC, 16 * idx)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if nested:
+                    raise ChainError("indirect descriptor inside an indirect table")
+                if not self.indirect:
+                    raise ChainError("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+                if flags & VIRTQ_DESC_F_NEXT:
+                    raise ChainError("indirect descriptor also has NEXT set")
+                if length == 0 or length % 16:
+                    raise ChainError(f"indirect table length {length} is not a multiple of 16")
+                table_len = length // 16
+                if table_len > MAX_INDIRECT_ENTRIES:
+                    raise ChainError(f"indirect table has {table_len} entries, limit 65535")
+                if addr + length > _U64_LIMIT:
+                    raise ChainError(f"indirect table at {addr:#x} wraps the address space")
+                table = _Snapshot(mem.read(addr, length))  # one read: no TOCTOU on the table
+                idx, ttl, nested = 0, table_len, True
+                continue
+            if length:
+                if addr + length > _U64_LIMIT:
+                    raise ChainError(f"buffer at {addr:#x}+{length:#x} wraps the address space")
+                r = mem.find_region(addr)
+                if (r is None or addr + length > r.end) and not mem.check_range(addr, length):
+                    raise ChainError(f"buffer [{addr:#x}, +{length:#x}) is outside guest RAM")
+                if flags & VIRTQ_DESC_F_WRITE:
+                    writable.append((addr, length))
+                    chain.writable_len += length
+                else:
+                    if writable:
+                        raise ChainError("device-readable buffer after a device-writable one")
+                    readable.append((addr, length))
+                    chain.readable_len += length
+                total += length
+                if total >= 1 << 32:
+                    raise ChainError("descriptor chain is 4 GiB or longer")
+                if len(readable) + len(writable) > MAX_CHAIN_IOVECS:
+                    raise ChainError(f"descriptor chain has more than {MAX_CHAIN_IOVECS} buffers")
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return chain
+            if nxt >= table_len:
+                raise ChainError(f"next index {nxt} is outside a table of {table_len}")
+            idx = nxt
+
+    # -- used side ---------------------------------------------------------------------------------
+
+    def add_used(self, chain: DescriptorChain, length: int) -> None:
+        """Return ``chain`` with ``length`` bytes written (clamped to its writable length)."""
+        if not 0 <= length <= chain.writable_len:
+            log.error(
+                "virtqueue: used length %d > writable %d (device bug)", length, chain.writable_len
+            )
+            length = max(0, min(length, chain.writable_len))
+        self._put_used(chain.head, length)
+
+    def _put_used(self, head: int, length: int) -> None:
+        used = self._used
+        if used is None:
+            return
+        used.pack(_USED_ELEM, 4 + 8 * (self.next_used % self.size), head, length)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        used.pack(_U16, 2, self.next_used)
+
+    def needs_notification(self) -> bool:
+        """Whether the driver wants an interrupt for the used entries added since the last one."""
+        if self._avail is None:
+            return False
+        new = self.next_used
+        if self.event_idx:
+            old = self._signalled_used
+            self._signalled_used = new
+            used_event = self._avail.unpack(_U16, 4 + 2 * self.size)[0]
+            return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
+        if self._signalled_used == new:
+            return False
+        self._signalled_used = new
+        return not self._avail.unpack(_U16, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+
+class _Snapshot:
+    """An indirect table copied out of guest memory, read like an ``_Area``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def unpack(self, fmt: struct.Struct, off: int) -> tuple:
+        return fmt.unpack_from(self.data, off)
