@@ -29,37 +29,68 @@ from __future__ import annotations
 
 import enum
 import json
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
-# StratoVirt v2.2.0's greeting, byte for byte (spec §7.2): libvirt looks for "qemu" 5.0.1.
-STRATOVIRT_VERSION: dict[str, Any] = {
-    "qemu": {"micro": 1, "minor": 0, "major": 5},
-    "package": "",
-}
+from engine.qmp.framing import MAX_DEPTH, Framer
+from engine.qmp.messages import (  # re-exported: the protocol's whole vocabulary in one place
+    COMMAND_NOT_FOUND,
+    DEVICE_NOT_ACTIVE,
+    DEVICE_NOT_FOUND,
+    ERROR_CLASSES,
+    GENERIC_ERROR,
+    KVM_MISSING_CAP,
+    NEED_DATA,
+    OPERATION_THROTTLED,
+    STRATOVIRT_VERSION,
+    TERMINATOR,
+    Command,
+    ConnectionClosed,
+    ErrorReply,
+    Event,
+    Greeting,
+    InvalidInput,
+    LocalProtocolError,
+    QmpEvent,
+    QmpProtocolError,
+    RemoteProtocolError,
+    Reply,
+    Sentinel,
+    encode,
+    reject_constant,
+)
+
+__all__ = [
+    "CLIENT_MAX_MESSAGE",
+    "COMMAND_NOT_FOUND",
+    "DEVICE_NOT_ACTIVE",
+    "DEVICE_NOT_FOUND",
+    "ERROR_CLASSES",
+    "GENERIC_ERROR",
+    "KVM_MISSING_CAP",
+    "NEED_DATA",
+    "OPERATION_THROTTLED",
+    "SERVER_MAX_MESSAGE",
+    "STRATOVIRT_VERSION",
+    "TERMINATOR",
+    "Command",
+    "ConnectionClosed",
+    "ErrorReply",
+    "Event",
+    "Greeting",
+    "InvalidInput",
+    "LocalProtocolError",
+    "QmpConnection",
+    "QmpEvent",
+    "QmpProtocolError",
+    "RemoteProtocolError",
+    "Reply",
+    "Role",
+    "State",
+    "encode",
+]
+
 SERVER_MAX_MESSAGE = 8192  # StratoVirt: "The socket message is too long."
 CLIENT_MAX_MESSAGE = 16 << 20  # replies such as QEMU's query-qmp-schema are large
-MAX_DEPTH = 64
-TERMINATOR = b"\r\n"
-
-# Error classes StratoVirt uses (spec §7.3).
-GENERIC_ERROR = "GenericError"
-COMMAND_NOT_FOUND = "CommandNotFound"
-DEVICE_NOT_ACTIVE = "DeviceNotActive"
-DEVICE_NOT_FOUND = "DeviceNotFound"
-KVM_MISSING_CAP = "KVMMissingCap"
-OPERATION_THROTTLED = "OperationThrottled"
-ERROR_CLASSES = frozenset(
-    {
-        GENERIC_ERROR,
-        COMMAND_NOT_FOUND,
-        DEVICE_NOT_ACTIVE,
-        DEVICE_NOT_FOUND,
-        KVM_MISSING_CAP,
-        OPERATION_THROTTLED,
-    }
-)
 
 
 class Role(enum.Enum):
@@ -75,246 +106,6 @@ class State(enum.Enum):
     ERROR = "error"
 
 
-# -- errors: whose fault ------------------------------------------------------------------------
-
-
-class QmpProtocolError(Exception):
-    """The protocol was broken; the connection is in state ERROR afterwards."""
-
-
-class LocalProtocolError(QmpProtocolError):
-    """We (the caller of ``send``) misused the protocol: a bug on this side."""
-
-
-class RemoteProtocolError(QmpProtocolError):
-    """The peer broke the protocol beyond recovery. ``reply`` is a last error worth sending."""
-
-    def __init__(self, message: str, error_class: str = GENERIC_ERROR) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-
-
-# -- events -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Greeting:
-    version: dict[str, Any] = field(default_factory=lambda: dict(STRATOVIRT_VERSION))
-    capabilities: tuple[str, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"QMP": {"version": self.version, "capabilities": list(self.capabilities)}}
-
-
-@dataclass(frozen=True)
-class Command:
-    """``{"execute": name, "arguments": {...}, "id": ...}``; ``id`` is None when absent."""
-
-    name: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    id: Any = None
-
-    def to_wire(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"execute": self.name}
-        if self.arguments:
-            msg["arguments"] = self.arguments
-        if self.id is not None:
-            msg["id"] = self.id
-        return msg
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A successful reply: ``{"return": value}`` echoing the command's id."""
-
-    value: Any = field(default_factory=dict)
-    id: Any = None
-
-    def to_wire(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"return": self.value}
-        if self.id is not None:
-            msg["id"] = self.id
-        return msg
-
-
-@dataclass(frozen=True)
-class ErrorReply:
-    """A failed command: ``{"error": {"class": ..., "desc": ...}}`` echoing the id."""
-
-    error_class: str
-    desc: str
-    id: Any = None
-
-    def to_wire(self) -> dict[str, Any]:
-        msg: dict[str, Any] = {"error": {"class": self.error_class, "desc": self.desc}}
-        if self.id is not None:
-            msg["id"] = self.id
-        return msg
-
-
-@dataclass(frozen=True)
-class Event:
-    """An asynchronous event; ``seconds``/``microseconds`` are the wall-clock timestamp."""
-
-    name: str
-    data: dict[str, Any] = field(default_factory=dict)
-    seconds: int = 0
-    microseconds: int = 0
-
-    @classmethod
-    def now(cls, name: str, data: dict[str, Any] | None = None, clock: Any = time.time) -> Event:
-        t = clock()
-        sec = int(t)
-        return cls(name, dict(data or {}), sec, int((t - sec) * 1_000_000))
-
-    @property
-    def timestamp(self) -> float:
-        return self.seconds + self.microseconds / 1e6
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "event": self.name,
-            "data": self.data,
-            "timestamp": {"seconds": self.seconds, "microseconds": self.microseconds},
-        }
-
-
-@dataclass(frozen=True)
-class InvalidInput:
-    """Input the server must answer with an error (bad JSON, bad keys...), then carry on."""
-
-    error_class: str
-    desc: str
-    id: Any = None
-
-    def reply(self) -> ErrorReply:
-        return ErrorReply(self.error_class, self.desc, self.id)
-
-
-@dataclass(frozen=True)
-class ConnectionClosed:
-    """The peer closed its end (``receive_data(b"")``)."""
-
-
-class _Sentinel:
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")
-
-QmpEvent = Greeting | Command | Reply | ErrorReply | Event | InvalidInput | ConnectionClosed
-
-
-def encode(message: dict[str, Any]) -> bytes:
-    """One wire message: compact JSON, insertion order kept (the greeting is exact), CRLF."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + TERMINATOR
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid JSON constant {name}")
-
-
-# -- framing ------------------------------------------------------------------------------------
-
-
-class _Framer:
-    """Splits a byte stream into top-level JSON texts, bounded in size and depth.
-
-    Returns ``(bytes, too_deep)`` per complete object, ``(bytes, False)`` for a run of stray
-    bytes at top level (reported as invalid), or None when more data is needed. Scan state
-    persists between calls, so a large object arriving in pieces costs O(n), not O(n²).
-    """
-
-    def __init__(self, max_message: int) -> None:
-        self.max_message = max_message
-        self.buf = bytearray()
-        self._pos = 0  # scan position inside buf
-        self._depth = 0
-        self._max_seen = 0
-        self._in_string = False
-        self._escape = False
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data
-
-    def next(self) -> tuple[bytes, bool] | None:
-        buf = self.buf
-        if self._depth == 0 and not self._in_string:
-            # Skip whitespace between messages.
-            i = 0
-            while i < len(buf) and buf[i] in b" \t\r\n":
-                i += 1
-            if i:
-                del buf[:i]
-            self._pos = 0
-            if not buf:
-                return None
-            first = buf[0]
-            if first not in b"{[":
-                j = 0
-                while j < len(buf) and buf[j] not in b" \t\r\n{[":
-                    j += 1
-                if j == len(buf) and j <= self.max_message:
-                    return None  # the stray token may go on
-                junk = bytes(buf[:j])
-                del buf[:j]
-                return junk, False
-            # Fast path: a whole line that is valid JSON (what every real client sends).
-            # Lines with many brackets take the scanner, which measures nesting depth.
-            nl = buf.find(b"\n")
-            if 0 < nl <= self.max_message and (
-                buf.count(b"{", 0, nl) + buf.count(b"[", 0, nl) <= MAX_DEPTH
-            ):
-                try:
-                    json.loads(buf[:nl])
-                except (ValueError, RecursionError):
-                    pass
-                else:
-                    text = bytes(buf[:nl])
-                    del buf[: nl + 1]
-                    return text, False
-        return self._scan()
-
-    def _scan(self) -> tuple[bytes, bool] | None:
-        buf = self.buf
-        i = self._pos
-        n = len(buf)
-        depth, in_string, escape = self._depth, self._in_string, self._escape
-        max_seen = self._max_seen
-        while i < n:
-            c = buf[i]
-            i += 1
-            if in_string:
-                if escape:
-                    escape = False
-                elif c == 0x5C:  # backslash
-                    escape = True
-                elif c == 0x22:  # quote
-                    in_string = False
-            elif c == 0x22:
-                in_string = True
-            elif c in (0x7B, 0x5B):  # { [
-                depth += 1
-                max_seen = max(max_seen, depth)
-            elif c in (0x7D, 0x5D):  # } ]
-                depth -= 1
-                if depth == 0:
-                    text = bytes(buf[:i])
-                    del buf[:i]
-                    self._pos, self._depth, self._in_string, self._escape = 0, 0, False, False
-                    self._max_seen = 0
-                    return text, max_seen > MAX_DEPTH
-        self._pos, self._depth, self._in_string, self._escape = i, depth, in_string, escape
-        self._max_seen = max_seen
-        if len(buf) > self.max_message:
-            raise RemoteProtocolError("The socket message is too long.")
-        return None
-
-
 # -- the connection -----------------------------------------------------------------------------
 
 
@@ -326,7 +117,7 @@ class QmpConnection:
         self.strict = strict
         self.state = State.GREETING
         limit = max_message or (SERVER_MAX_MESSAGE if role is Role.SERVER else CLIENT_MAX_MESSAGE)
-        self._framer = _Framer(limit)
+        self._framer = Framer(limit)
         self._eof = False
         # SERVER: names of received, unanswered commands (replies go out in order).
         # CLIENT: names of sent commands awaiting replies.
@@ -346,7 +137,7 @@ class QmpConnection:
             raise LocalProtocolError("receive_data after end of stream")
         self._framer.feed(data)
 
-    def next_event(self) -> QmpEvent | _Sentinel:
+    def next_event(self) -> QmpEvent | Sentinel:
         """The next complete event, ``NEED_DATA``, or ``ConnectionClosed`` at end of stream."""
         if self.state is State.ERROR:
             raise LocalProtocolError("next_event after a protocol error")
@@ -369,7 +160,7 @@ class QmpConnection:
         return self._client_message(text, too_deep)
 
     def _decode(self, text: bytes) -> Any:
-        return json.loads(text.decode("utf-8"), parse_constant=_reject_constant)
+        return json.loads(text.decode("utf-8"), parse_constant=reject_constant)
 
     def _server_message(self, text: bytes, too_deep: bool) -> QmpEvent:
         if too_deep:
