@@ -1,0 +1,178 @@
+"""Kernel loading: ELF vmlinux, and bzImage by host-side decompression of its payload.
+
+The loader copies the kernel into guest memory and reports facts (``LoadResult``); registers,
+the zero page and E820 belong to ``bootparams``/``regs`` (linux-loader's split). For a bzImage the
+guest never runs the decompressor: the payload is decompressed here, its ELF loaded at the
+ELF's physical addresses, and the bzImage's setup header is handed on for the zero page.
+Everything is tested with in-memory images (``io.BytesIO``).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from engine.machine import layout
+from engine.machine.decompress import decompress
+from engine.machine.memory import GuestMemory
+from launcher.errors import EngineError, GuestMemoryError
+
+ELF_MAGIC = b"\x7fELF"
+PT_LOAD = 1
+SETUP_HEADER_START = 0x1F1
+HDRS_MAGIC = 0x53726448
+XLF_KERNEL_64 = 1
+LOADED_HIGH = 1
+
+
+class LoaderError(EngineError):
+    """The kernel image is malformed or does not fit the guest."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    entry: int  # 64-bit entry point (guest physical)
+    kernel_start: int  # lowest guest address written
+    kernel_end: int  # one past the highest (including BSS)
+    image_format: str  # "elf" | "bzimage"
+    compression: str = "none"
+    setup_header: bytes | None = None  # bzImage bytes [0x1F1, end of header)
+
+    @property
+    def initrd_addr_max(self) -> int:
+        if self.setup_header is not None and len(self.setup_header) >= 0x22C + 4 - 0x1F1:
+            return struct.unpack_from("<I", self.setup_header, 0x22C - 0x1F1)[0]
+        return 0x7FFF_FFFF
+
+    @property
+    def cmdline_size(self) -> int:
+        if self.setup_header is not None and len(self.setup_header) >= 0x238 + 4 - 0x1F1:
+            return struct.unpack_from("<I", self.setup_header, 0x238 - 0x1F1)[0] or 255
+        return layout.CMDLINE_MAX_SIZE - 1
+
+
+def load_kernel(mem: GuestMemory, image: BinaryIO | bytes, *, name: str = "kernel") -> LoadResult:
+    """Load an ELF vmlinux or a bzImage (recognised by content, not name)."""
+    data = image if isinstance(image, bytes) else image.read()
+    if data[:4] == ELF_MAGIC:
+        return load_elf(mem, data, name=name)
+    if len(data) > 0x206 and struct.unpack_from("<I", data, 0x202)[0] == HDRS_MAGIC:
+        return load_bzimage(mem, data, name=name)
+    raise LoaderError(
+        f"{name}: neither an ELF vmlinux nor a bzImage (starts with {data[:4].hex()})",
+        hint="pass a vmlinux or a vmlinuz/bzImage file",
+    )
+
+
+def load_elf(mem: GuestMemory, data: bytes, *, name: str = "kernel") -> LoadResult:
+    """Copy each PT_LOAD to its physical address; zero its BSS tail; entry = e_entry."""
+    if len(data) < 64 or data[:4] != ELF_MAGIC:
+        raise LoaderError(f"{name}: not an ELF file")
+    if data[4] != 2 or data[5] != 1:
+        raise LoaderError(
+            f"{name}: not a 64-bit little-endian ELF (class {data[4]}, data {data[5]})"
+        )
+    (e_machine,) = struct.unpack_from("<H", data, 18)
+    if e_machine != 62:
+        raise LoaderError(f"{name}: ELF machine {e_machine} is not x86_64 (62)")
+    e_entry, e_phoff = struct.unpack_from("<QQ", data, 24)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    if e_entry < layout.HIMEM_START:
+        raise LoaderError(f"{name}: entry point {e_entry:#x} is below 1 MiB")
+    if e_phentsize < 56 or e_phoff + e_phnum * e_phentsize > len(data):
+        raise LoaderError(f"{name}: program headers lie outside the file")
+    view = memoryview(data)
+    lo, hi = None, 0
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
+            "<IIQQQQQQ", data, e_phoff + i * e_phentsize
+        )
+        if p_type != PT_LOAD or p_memsz == 0:
+            continue
+        if p_filesz > p_memsz or p_offset + p_filesz > len(data):
+            raise LoaderError(f"{name}: segment {i} has bad sizes or lies outside the file")
+        if p_paddr < layout.HIMEM_START:
+            raise LoaderError(f"{name}: segment {i} loads at {p_paddr:#x}, below 1 MiB")
+        try:
+            mem.write(p_paddr, view[p_offset : p_offset + p_filesz])
+            if p_memsz > p_filesz:
+                mem.fill(p_paddr + p_filesz, p_memsz - p_filesz)
+        except GuestMemoryError:
+            raise LoaderError(
+                f"{name}: segment {i} [{p_paddr:#x}, +{p_memsz:#x}) does not fit guest RAM "
+                f"(RAM ends at {mem.last_addr:#x})",
+                hint="give the VM more memory",
+            ) from None
+        lo = p_paddr if lo is None else min(lo, p_paddr)
+        hi = max(hi, p_paddr + p_memsz)
+    if lo is None:
+        raise LoaderError(f"{name}: ELF has no loadable segment")
+    return LoadResult(entry=e_entry, kernel_start=lo, kernel_end=hi, image_format="elf")
+
+
+@dataclass(frozen=True)
+class SetupHeader:
+    setup_sects: int
+    version: int
+    loadflags: int
+    xloadflags: int
+    payload_offset: int
+    payload_length: int
+    raw: bytes
+
+
+def parse_setup_header(data: bytes, *, name: str = "kernel") -> SetupHeader:
+    """Boot-protocol checks in order: HdrS, version ≥ 2.08 (payload fields), LOADED_HIGH."""
+    if len(data) < 0x250 or struct.unpack_from("<I", data, 0x202)[0] != HDRS_MAGIC:
+        raise LoaderError(f"{name}: no bzImage setup header (HdrS) at 0x202")
+    (version,) = struct.unpack_from("<H", data, 0x206)
+    if version < 0x208:
+        raise LoaderError(
+            f"{name}: boot protocol {version >> 8}.{version & 0xFF:02d} is too old (need 2.08+)",
+            hint="use a Linux 2.6.26+ kernel or its ELF vmlinux",
+        )
+    loadflags = data[0x211]
+    if not loadflags & LOADED_HIGH:
+        raise LoaderError(f"{name}: a zImage (not LOADED_HIGH) is not supported")
+    setup_sects = data[0x1F1] or 4
+    header_end = 0x202 + data[0x201]
+    (xloadflags,) = struct.unpack_from("<H", data, 0x236)
+    payload_offset, payload_length = struct.unpack_from("<II", data, 0x248)
+    return SetupHeader(
+        setup_sects,
+        version,
+        loadflags,
+        xloadflags,
+        payload_offset,
+        payload_length,
+        bytes(data[SETUP_HEADER_START:header_end]),
+    )
+
+
+def extract_vmlinux(data: bytes, *, name: str = "kernel") -> tuple[SetupHeader, str, bytes]:
+    """The bzImage's setup header, payload compression and decompressed ELF."""
+    hdr = parse_setup_header(data, name=name)
+    start = (hdr.setup_sects + 1) * 512 + hdr.payload_offset
+    end = start + hdr.payload_length
+    if hdr.payload_length < 8 or end > len(data):
+        raise LoaderError(
+            f"{name}: payload [{start:#x}, {end:#x}) lies outside the {len(data):#x}-byte file"
+        )
+    fmt, elf = decompress(bytes(data[start:end]), what=f"{name} payload")
+    if elf[:4] != ELF_MAGIC:
+        raise LoaderError(f"{name}: the decompressed {fmt} payload is not an ELF vmlinux")
+    return hdr, fmt, elf
+
+
+def load_bzimage(mem: GuestMemory, data: bytes, *, name: str = "kernel") -> LoadResult:
+    hdr, fmt, elf = extract_vmlinux(data, name=name)
+    res = load_elf(mem, elf, name=name)
+    return LoadResult(
+        entry=res.entry,
+        kernel_start=res.kernel_start,
+        kernel_end=res.kernel_end,
+        image_format="bzimage",
+        compression=fmt,
+        setup_header=hdr.raw,
+    )
