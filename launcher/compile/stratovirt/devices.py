@@ -1,0 +1,305 @@
+"""Model → argv for backends and devices: ``-drive``, ``-netdev``, ``-object rng-random``, ``-device``.
+
+Device names follow the transport (``virtio-blk-device`` on virtio-mmio, ``virtio-blk-pci`` on PCI;
+default: mmio on microvm, pci on q35/virt). ``-device`` options come out in dependency order, as
+StratoVirt realizes them in argv order: root ports (parents first), then disks, NICs,
+virtio-serial before its consoles, vsock, balloon, rng, VFIO, and the xhci controller before the
+USB keyboard and tablet.
+"""
+
+from __future__ import annotations
+
+from launcher.compile.stratovirt.common import PathFn, PathKind, cannot, opt_bool, props
+from launcher.model import Manifest, PciAddress, RootPort, Transport
+
+
+def transport(m: Manifest, t: Transport | None) -> Transport:
+    if t is not None:
+        return t
+    return Transport.PCI if m.machine.type.is_standard else Transport.MMIO
+
+
+def dev_name(base: str, t: Transport) -> str:
+    return f"{base}-pci" if t is Transport.PCI else f"{base}-device"
+
+
+def placement(t: Transport, pci: PciAddress | None, key: str) -> list[tuple[str, object]]:
+    """``bus``/``addr``/``multifunction``: required on PCI, impossible on virtio-mmio."""
+    if t is Transport.MMIO:
+        if pci is not None:
+            raise cannot(
+                f"{key}: virtio mmio device does not support bus arguments",
+                f"{key}.bus",
+                "drop bus/addr or use transport = 'pci' on a q35 machine",
+            )
+        return []
+    if pci is None:
+        raise cannot(
+            f"{key}: a PCI device needs bus and addr",
+            f"{key}.bus",
+            'add bus = "pcie.0" and addr = "0x3"',
+        )
+    return [("bus", pci.bus), ("addr", pci.addr), ("multifunction", opt_bool(pci.multifunction))]
+
+
+def fd_pair(single: str, many: str, fds: tuple[int, ...]) -> tuple[str, object]:
+    if len(fds) == 1:
+        return (single, fds[0])
+    return (many, ":".join(str(f) for f in fds) if fds else None)
+
+
+# -- backends ----------------------------------------------------------------------------------
+
+
+def emit_pflash(m: Manifest, px: PathFn) -> list[str]:
+    out: list[str] = []
+    for p in m.pflash:
+        key = f"pflash.{p.unit}"
+        out += [
+            "-drive",
+            props(
+                None,
+                ("file", px(p.file, PathKind.INPUT, f"{key}.file")),
+                ("if", "pflash"),
+                ("unit", p.unit),
+                ("readonly", "on" if p.readonly else None),
+                ("format", None if p.format == "raw" else p.format),
+            ),
+        ]
+    return out
+
+
+def emit_drives(m: Manifest, px: PathFn) -> list[str]:
+    out: list[str] = []
+    for d in m.drives:
+        key = f"drives.{d.id}"
+        out += [
+            "-drive",
+            props(
+                None,
+                ("id", d.id),
+                ("file", px(d.file, PathKind.INPUT, f"{key}.file")),
+                ("readonly", "on" if d.readonly else None),
+                ("direct", None if d.direct else "off"),
+                ("aio", None if d.aio is None else str(d.aio)),
+                ("format", None if d.format == "raw" else d.format),
+                ("throttling.iops-total", d.iops),
+            ),
+        ]
+    return out
+
+
+def emit_netdevs(m: Manifest, px: PathFn) -> list[str]:
+    out: list[str] = []
+    for n in m.nets:
+        out += [
+            "-netdev",
+            props(
+                str(n.type),
+                ("id", n.id),
+                ("ifname", n.ifname),
+                fd_pair("fd", "fds", n.fds),
+                ("vhost", opt_bool(n.vhost)),
+                fd_pair("vhostfd", "vhostfds", n.vhostfds),
+                ("queues", n.queues),
+                ("chardev", n.chardev),
+            ),
+        ]
+    return out
+
+
+def emit_rng_objects(m: Manifest, px: PathFn) -> list[str]:
+    out: list[str] = []
+    for r in m.rngs:
+        path = px(
+            r.file,
+            PathKind.KEEP if r.file.startswith("/dev/") else PathKind.INPUT,
+            f"rngs.{r.id}.file",
+        )
+        out += ["-object", props("rng-random", ("id", r.id), ("filename", path))]
+    return out
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+
+def root_port_order(ports: tuple[RootPort, ...]) -> list[RootPort]:
+    """Declaration order, except that a port on another port's bus comes after that port."""
+    done: list[RootPort] = []
+    pending = list(ports)
+    while pending:
+        ids = {p.id for p in pending}
+        ready = [p for p in pending if p.pci.bus not in ids or p.pci.bus == p.id]
+        if not ready:  # a cycle: validation reports it; keep declaration order
+            ready = pending
+        done += ready
+        pending = [p for p in pending if p not in ready]
+    return done
+
+
+def emit_root_ports(m: Manifest) -> list[str]:
+    out: list[str] = []
+    for rp in root_port_order(m.root_ports):
+        out += [
+            "-device",
+            props(
+                "pcie-root-port",
+                ("id", rp.id),
+                ("port", f"{rp.port:#x}"),
+                *placement(Transport.PCI, rp.pci, f"root-ports.{rp.id}"),
+                ("chassis", rp.chassis),
+            ),
+        ]
+    return out
+
+
+def emit_blk_devices(m: Manifest) -> list[str]:
+    out: list[str] = []
+    for d in m.drives:
+        if not d.attached:
+            continue
+        t = transport(m, d.transport)
+        out += [
+            "-device",
+            props(
+                dev_name("virtio-blk", t),
+                ("id", d.device_name),
+                ("drive", d.id),
+                *placement(t, d.pci, f"drives.{d.id}"),
+                ("bootindex", d.bootindex),
+                ("serial", d.serial),
+                ("iothread", d.iothread),
+                ("num-queues", d.num_queues),
+                ("queue-size", None if d.queue_size == 256 else d.queue_size),
+            ),
+        ]
+    return out
+
+
+def emit_net_devices(m: Manifest) -> list[str]:
+    out: list[str] = []
+    for n in m.nets:
+        if not n.attached:
+            continue
+        t = transport(m, n.transport)
+        out += [
+            "-device",
+            props(
+                dev_name("virtio-net", t),
+                ("id", n.device_name),
+                ("netdev", n.id),
+                *placement(t, n.pci, f"nets.{n.id}"),
+                ("mac", n.mac),
+                ("mq", "on" if n.mq else None),
+                ("iothread", n.iothread),
+                ("queue-size", None if n.queue_size == 256 else n.queue_size),
+            ),
+        ]
+    return out
+
+
+def emit_serial_devices(m: Manifest) -> list[str]:
+    vs = m.virtio_serial
+    if vs is None and not m.consoles:
+        return []
+    t = transport(m, vs.transport if vs else None)
+    out = [
+        "-device",
+        props(
+            dev_name("virtio-serial", t),
+            ("id", vs.id if vs else None),
+            *placement(t, vs.pci if vs else None, "virtio-serial"),
+        ),
+    ]
+    for c in m.consoles:
+        out += ["-device", props("virtconsole", ("id", c.id), ("chardev", c.chardev))]
+    return out
+
+
+def emit_misc_virtio(m: Manifest) -> list[str]:
+    """vsock, balloon and rng devices."""
+    out: list[str] = []
+    if (v := m.vsock) is not None:
+        t = transport(m, v.transport)
+        out += [
+            "-device",
+            props(
+                dev_name("vhost-vsock", t),
+                ("id", v.id),
+                ("guest-cid", v.guest_cid),
+                *placement(t, v.pci, "vsock"),
+                ("vhostfd", v.vhostfd),
+            ),
+        ]
+    if (b := m.balloon) is not None:
+        t = transport(m, b.transport)
+        out += [
+            "-device",
+            props(
+                dev_name("virtio-balloon", t),
+                ("id", b.id),
+                *placement(t, b.pci, "balloon"),
+                ("deflate-on-oom", "on" if b.deflate_on_oom else None),
+                ("free-page-reporting", "on" if b.free_page_reporting else None),
+            ),
+        ]
+    for r in m.rngs:
+        t = transport(m, r.transport)
+        out += [
+            "-device",
+            props(
+                dev_name("virtio-rng", t),
+                ("id", r.device_id or r.id),
+                ("rng", r.id),
+                *placement(t, r.pci, f"rngs.{r.id}"),
+                ("max-bytes", r.max_bytes),
+                ("period", r.period),
+            ),
+        ]
+    return out
+
+
+def emit_passthrough(m: Manifest) -> list[str]:
+    """VFIO functions and the USB controller with its keyboard and tablet."""
+    out: list[str] = []
+    for v in m.vfio:
+        out += [
+            "-device",
+            props(
+                "vfio-pci",
+                ("id", v.id),
+                ("host", v.host),
+                ("sysfsdev", v.sysfsdev),
+                *placement(Transport.PCI, v.pci, f"vfio.{v.id}"),
+            ),
+        ]
+    if (x := m.usb.xhci) is not None:
+        if x.pci.multifunction is not None:
+            raise cannot("nec-usb-xhci has no multifunction key", "usb.xhci.multifunction")
+        out += [
+            "-device",
+            props(
+                "nec-usb-xhci",
+                ("id", x.id),
+                ("bus", x.pci.bus),
+                ("addr", x.pci.addr),
+                ("p2", x.p2),
+                ("p3", x.p3),
+            ),
+        ]
+    if m.usb.keyboard is not None:
+        out += ["-device", props("usb-kbd", ("id", m.usb.keyboard.id))]
+    if m.usb.tablet is not None:
+        out += ["-device", props("usb-tablet", ("id", m.usb.tablet.id))]
+    return out
+
+
+def emit_devices(m: Manifest, px: PathFn) -> list[str]:
+    return (
+        emit_root_ports(m)
+        + emit_blk_devices(m)
+        + emit_net_devices(m)
+        + emit_serial_devices(m)
+        + emit_misc_virtio(m)
+        + emit_passthrough(m)
+    )
