@@ -1,0 +1,120 @@
+"""What a Python engine needs inside the jail, read-only, at the same paths as on the host.
+
+A static binary is not an option for a Python engine, so the jail gets read-only bind mounts of:
+the interpreter binary (and its symlink chain, e.g. ``.venv/bin/python`` → pyenv's ``python3.11``),
+the standard library, the venv's ``pyvenv.cfg`` and ``site-packages``, the project's own packages
+(``engine``, ``launcher``: located through the import system, so an editable install works), the
+shared libraries that the interpreter and its extension modules link against (their ``ldd``
+closure, minus GUI/terminal/TLS extensions the engine never imports), and ``/etc/ld.so.cache``.
+Same paths inside and out means nothing is rewritten (``sys.prefix``, the editable finder and
+tracebacks all stay valid). The ``ldd`` closure is cached, keyed by the files' mtimes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import site
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+
+#: Extension modules whose libraries (X11, ncurses, OpenSSL, sqlite...) stay out of the jail.
+SKIP_EXTENSIONS = ("_tkinter", "_curses", "_curses_panel", "readline", "_sqlite3", "_dbm", "_gdbm", "nis", "_ssl",
+                   "_hashlib", "_crypt", "_uuid", "_ctypes_test", "_testcapi", "_testinternalcapi",
+                   "_testbuffer", "_testimportmultiple", "_testmultiphase", "xxlimited")  # fmt: skip
+PROJECT_PACKAGES = ("engine", "launcher")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The interpreter to exec in the jail and the host paths to mount read-only for it."""
+
+    executable: str
+    paths: tuple[str, ...]  # files or dirs, bound read-only at the same path
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.executable, "-B", *args]
+
+
+def _ext_modules(dirs: list[str]) -> list[str]:
+    out = []
+    for d in dirs:
+        for path in glob.glob(os.path.join(d, "**", "*.so"), recursive=True):
+            mod = os.path.basename(path).split(".")[0]
+            if mod not in SKIP_EXTENSIONS:
+                out.append(path)
+    return sorted(out)
+
+
+def _ldd(files: list[str]) -> list[str]:
+    """Resolved shared-library paths of ``files`` (one ``ldd`` run for all of them)."""
+    res = subprocess.run(["ldd", *files], capture_output=True, text=True, check=False)
+    libs: set[str] = set()
+    for line in res.stdout.splitlines():
+        line = line.strip()
+        if "=>" in line:
+            target = line.split("=>", 1)[1].strip().split(" (")[0].strip()
+            if target.startswith("/"):
+                libs.add(target)
+        elif line.startswith("/") and "(0x" in line:
+            libs.add(line.split(" (")[0].strip())  # the loader itself
+    return sorted(libs)
+
+
+def _site_packages() -> list[str]:
+    if sys.prefix == sys.base_prefix:
+        return []
+    return [p for p in site.getsitepackages() if p.startswith(sys.prefix) and os.path.isdir(p)]
+
+
+def _cache_key(files: list[str]) -> str:
+    h = hashlib.sha256()
+    for f in [*files, "/etc/ld.so.cache"]:
+        try:
+            st = os.stat(f)
+            h.update(f"{f}:{st.st_mtime_ns}:{st.st_size}\n".encode())
+        except OSError:
+            h.update(f"{f}:-\n".encode())
+    return h.hexdigest()[:16]
+
+
+def discover(cache_dir: str | None = None) -> Runtime:
+    """The current interpreter's runtime closure (what ``python -m engine`` needs to start)."""
+    stdlib = sysconfig.get_path("stdlib")
+    dynload = os.path.join(stdlib, "lib-dynload")
+    site_pkgs = _site_packages()
+    interp = os.path.realpath(sys.executable)
+    exts = _ext_modules([dynload, *site_pkgs])
+    key = _cache_key([interp, *exts])
+    cache = os.path.join(cache_dir, f"runtime-{key}.json") if cache_dir else None
+    libs: list[str] | None = None
+    if cache and os.path.exists(cache):
+        try:
+            with open(cache) as f:
+                libs = json.load(f)
+        except (OSError, ValueError):
+            libs = None
+    if libs is None:
+        libs = _ldd([interp, *exts])
+        if cache:
+            os.makedirs(cache_dir, exist_ok=True)  # type: ignore[arg-type]
+            tmp = f"{cache}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(libs, f)
+            os.replace(tmp, cache)
+    paths = [sys.executable, interp, stdlib, *libs]
+    if os.path.exists("/etc/ld.so.cache"):
+        paths.append("/etc/ld.so.cache")
+    if sys.prefix != sys.base_prefix:
+        paths.append(os.path.join(sys.prefix, "pyvenv.cfg"))
+        paths.extend(site_pkgs)
+    for name in PROJECT_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec and spec.submodule_search_locations:
+            paths.extend(spec.submodule_search_locations)
+    return Runtime(sys.executable, tuple(dict.fromkeys(paths)))

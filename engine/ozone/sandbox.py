@@ -1,0 +1,340 @@
+"""The sandbox: ``Sandbox.from_plan`` validates, ``realize`` builds and starts, ``teardown`` undoes.
+
+Process model: the process that calls ``realize`` is the *supervisor*. It stays outside, in the
+host's namespaces, forks the *engine* into a new PID namespace (where the engine is pid 1, so any
+helper it might spawn dies with it), waits for it, and reports how it ended (a seccomp kill is
+named as such). ``teardown`` mirrors ``realize`` step by step and works from the state file alone,
+so it also cleans up after a crashed engine or a killed supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engine.ozone import enter as child
+from engine.ozone import exits
+from engine.ozone import sys as osys
+from engine.ozone.cgroup import CgroupSet
+from engine.ozone.errors import SandboxError, from_oserror
+from engine.ozone.layout import apply_ops, plan_ops
+from engine.ozone.runtime import Runtime, discover
+from engine.ozone.spec import SandboxSpec, build_spec
+from engine.ozone.state import DEFAULT_STATE_DIR, State, proc_start_time
+
+JAIL_PLAN = "/plan.json"
+JAIL_SECCOMP = "/seccomp"
+
+
+@dataclass
+class Jailed:
+    """The running engine, as the supervisor sees it."""
+
+    pid: int
+    sandbox: Sandbox
+    started: float  # time.monotonic() when realize() began
+
+    def wait(self) -> exits.Exit:
+        _, status = os.waitpid(self.pid, 0)
+        return exits.describe(self.pid, status)
+
+
+class Sandbox:
+    def __init__(self, spec: SandboxSpec, *, state_dir: str = DEFAULT_STATE_DIR,
+                 cgroup_root: str = "/", proc_mounts: str = "/proc/mounts", cgroup_parent: str = "") -> None:  # fmt: skip
+        self.spec = spec
+        self.state_dir = state_dir
+        self.cgroups = CgroupSet(
+            spec.limits, spec.exec_name, spec.name, cgroup_parent, cgroup_root, proc_mounts
+        )
+        self.state = State(spec.name, spec.exec_name, spec.jail, pidfile=spec.pidfile)
+
+    @classmethod
+    def from_plan(
+        cls, plan: Any, *, runtime: Runtime | None = None, dev_root: str = "/dev", **kw: Any
+    ) -> Sandbox:
+        """Validate everything (pure: reads the host, changes nothing). Raises ``InvalidInput``."""
+        if plan.sandbox is None:
+            raise SandboxError(
+                "plan", "the plan has no ozone section", hint="add `ozone:` to the manifest"
+            )
+        runtime = runtime or discover(kw.get("state_dir", DEFAULT_STATE_DIR))
+        return cls(build_spec(plan, runtime, dev_root=dev_root), **kw)
+
+    @property
+    def state_path(self) -> str:
+        return State.path_for(self.state_dir, self.spec.exec_name, self.spec.name)
+
+    # -- realize --------------------------------------------------------------------------------
+
+    def realize(self, argv: list[str] | None = None, env: dict[str, str] | None = None) -> Jailed:
+        """Build the jail and start ``argv`` (default: the engine) in it. Order and why:
+
+        1. probe: refuse what cannot work (not root, jail or cgroup exists, a limit the host
+           cannot apply) while nothing exists yet, so a refusal leaves nothing to clean.
+        2. jail root ``<root>/<exec>/<name>``, created exclusively, then the state file, so every
+           later step can be undone by ``teardown`` even if this process dies.
+        3. place files: mount points for the VM's files and the runtime at their host paths,
+           the VM's socket dirs (uid:gid), ``/plan.json`` and the precompiled seccomp filters.
+        4. cgroups, limits written before any task joins, so the engine never runs unlimited.
+        5. fork into a new PID namespace; the child closes inherited fds first, then waits
+           until the supervisor has moved it into the cgroups (all its memory is charged).
+        6. child (``enter.py``): UTS/IPC/mount namespaces, netns, bind mounts, pivot_root,
+           device nodes, read-only root, rlimits, capabilities + uid/gid, no_new_privs, exec.
+        A failure in 6 comes back over a CLOEXEC pipe (EOF means exec succeeded); any failure
+        runs ``teardown`` for what was made, then raises ``SandboxError`` naming the step.
+        """
+        started = time.monotonic()
+        spec = self.spec
+        if os.geteuid() != 0:
+            raise SandboxError(
+                "probe", "the sandbox must be set up as root", hint="run svlaunch as root"
+            )
+        if os.path.lexists(spec.jail):
+            raise SandboxError("jail", "the jail already exists", path=spec.jail,
+                               hint=f"a VM named {spec.name!r} is running or was not cleaned up: "
+                               f"python -m engine.ozone teardown --name {spec.name} --exec {spec.exec_name}")  # fmt: skip
+        self.cgroups.probe()
+        netns_fd = None
+        if spec.netns:
+            netns_fd = self._try(
+                "netns", lambda: os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC), spec.netns
+            )
+        try:
+            self._make_jail()
+            self._place_files()
+            self.cgroups.create()
+            self.state.cgroups = list(self.cgroups.created)
+            self._save()
+            pid = self._fork(
+                argv or spec.runtime.argv("-m", "engine", "run", "--plan", JAIL_PLAN), env, netns_fd
+            )
+        except BaseException:
+            self.teardown(check_alive=False)
+            raise
+        finally:
+            if netns_fd is not None:
+                os.close(netns_fd)
+        return Jailed(pid, self, started)
+
+    def _try(self, step: str, fn: Any, path: str = "") -> Any:
+        try:
+            return fn()
+        except OSError as e:
+            raise from_oserror(step, e, path) from None
+
+    def _save(self) -> None:
+        self.state.save(self.state_path)
+
+    def _make_jail(self) -> None:
+        base = os.path.dirname(self.spec.jail)
+        self._try("jail", lambda: os.makedirs(base, 0o755, exist_ok=True), base)
+        self._try("jail", lambda: os.mkdir(self.spec.jail, 0o755), self.spec.jail)
+        self.state.jail_created = True
+        self._save()
+
+    def _place_files(self) -> None:
+        spec, jail = self.spec, self.spec.jail
+        for d in spec.own_dirs:  # socket dirs that did not exist: the VM's own
+            if not os.path.isdir(d):
+                self._try("place files", lambda d=d: os.makedirs(d, 0o750), d)
+                os.chown(d, spec.uid, spec.gid)
+                self.state.made_dirs.append(d)
+        for f in spec.own_files:
+            if not os.path.exists(f):
+                self._try(
+                    "place files",
+                    lambda f=f: os.close(os.open(f, os.O_CREAT | os.O_WRONLY, 0o640)),
+                    f,
+                )
+                os.chown(f, spec.uid, spec.gid)
+        self.state.sockets = [b.target for b in spec.binds if b.role.endswith("-dir")]
+        self._save()
+        ops = plan_ops(list(spec.binds), extra_dirs=("/dev", "/dev/net"))
+        self._try("place files", lambda: apply_ops(jail, ops), jail)
+        with open(jail + JAIL_PLAN, "w") as f:
+            f.write(spec.plan_json)
+        if spec.seccomp:
+            from engine import seccomp  # lazy: only the supervisor needs libseccomp
+
+            os.mkdir(jail + JAIL_SECCOMP, 0o755)
+            seccomp.export_all(jail + JAIL_SECCOMP)
+
+    def _fork(self, argv: list[str], env: dict[str, str] | None, netns_fd: int | None) -> int:
+        spec = self.spec
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._try("namespaces", lambda: osys.unshare(osys.CLONE_NEWPID))
+            pid = os.fork()
+            if pid == 0:  # child: never returns
+                self._child(argv, env, netns_fd, go_r, err_w)
+            osys.setns(own_pidns, osys.CLONE_NEWPID)  # our later children stay in our PID ns
+        finally:
+            os.close(own_pidns)
+            os.close(go_r)
+            os.close(err_w)
+        self.state.engine_pid = pid
+        self.state.supervisor_pid = os.getpid()
+        self.state.engine_start = proc_start_time(pid)
+        self._save()
+        try:
+            self.cgroups.attach(pid)
+            os.write(go_w, b"g")
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        finally:
+            os.close(go_w)
+        with os.fdopen(err_r, "rb") as f:
+            report = f.read()
+        if report:
+            os.waitpid(pid, 0)
+            raise SandboxError.from_json(json.loads(report))
+        if spec.pidfile:
+            with open(spec.pidfile, "w") as f:
+                f.write(f"{pid}\n")
+        return pid
+
+    def _child(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None,
+        netns_fd: int | None,
+        go_r: int,
+        err_w: int,
+    ) -> None:
+        spec = self.spec
+        code = 1
+        try:
+            keep = {go_r, err_w, *spec.keep_fds} | ({netns_fd} if netns_fd is not None else set())
+            child.close_inherited_fds(keep)
+            if os.read(go_r, 1) != b"g":
+                os._exit(1)  # the supervisor gave up
+            os.close(go_r)
+            for fd in spec.keep_fds:
+                os.set_inheritable(fd, True)
+            child.enter(spec, netns_fd)
+            os.execve(argv[0], argv, self._env(env))
+        except child.StepFailed as e:
+            err = from_oserror(e.step, e.err, e.path, e.hint)
+            os.write(err_w, json.dumps(err.to_json()).encode())
+        except OSError as e:
+            os.write(err_w, json.dumps(from_oserror("exec", e, argv[0]).to_json()).encode())
+        except BaseException as e:  # never let the child run the caller's code
+            os.write(err_w, json.dumps({"step": "child", "message": repr(e)}).encode())
+        finally:
+            os._exit(code)
+
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUTF8": "1",
+               "SVLAUNCH_JAILED": "1"}  # fmt: skip
+        env.update({k: v for k, v in os.environ.items() if k.startswith("SVLAUNCH_")})
+        env["SVLAUNCH_SECCOMP_DIR" if self.spec.seccomp else "SVLAUNCH_SECCOMP"] = (
+            JAIL_SECCOMP if self.spec.seccomp else "off"
+        )
+        env.update(extra or {})
+        return env
+
+    # -- teardown -------------------------------------------------------------------------------
+
+    def teardown(self, check_alive: bool = True) -> None:
+        """Undo ``realize`` for this sandbox (see ``teardown_state``)."""
+        teardown_state(self.state, self.cgroups, check_alive=check_alive)
+        try:
+            os.unlink(self.state_path)
+        except FileNotFoundError:
+            pass
+
+
+def teardown_state(state: State, cgroups: CgroupSet, check_alive: bool = True) -> None:
+    """Mirror of ``realize``, newest first: (engine gone?) → host mounts → jail → sockets/dirs →
+    cgroups → pidfile. Mounts inside the engine's mount namespace vanished with it; a mount
+    under the jail in the host namespace (none is ever made) is detached before anything is
+    deleted, and the jail is removed without crossing into another filesystem."""
+    if (
+        check_alive
+        and state.engine_pid
+        and proc_start_time(state.engine_pid) == state.engine_start != ""
+    ):
+        raise SandboxError("teardown", f"the engine (pid {state.engine_pid}) is still running", path=state.jail,
+                           hint=f"stop the VM first (QMP quit, or kill {state.engine_pid})")  # fmt: skip
+    for mnt in sorted(_mounts_under(state.jail), key=len, reverse=True):
+        try:
+            osys.umount2(mnt, osys.MNT_DETACH)
+        except OSError as e:
+            raise from_oserror("teardown", e, mnt) from None
+    if _mounts_under(state.jail):
+        raise SandboxError(
+            "teardown", "mounts remain under the jail; not removing it", path=state.jail
+        )
+    if state.jail_created and os.path.isdir(state.jail):
+        _remove_tree(state.jail)
+    for sock in state.sockets:
+        for name in os.listdir(sock) if os.path.isdir(sock) else ():
+            p = os.path.join(sock, name)
+            if (
+                os.path.exists(p)
+                and not os.path.isdir(p)
+                and os.stat(p).st_mode & 0o170000 == 0o140000
+            ):
+                os.unlink(p)  # a socket the engine left (crash)
+    for d in reversed(state.made_dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass  # not empty: holds files the user wants (logs)
+    cgroups.remove(state.cgroups)
+    if state.pidfile and os.path.exists(state.pidfile):
+        os.unlink(state.pidfile)
+
+
+def teardown_named(
+    name: str, exec_name: str, state_dir: str = DEFAULT_STATE_DIR, **cg: Any
+) -> None:
+    """``-clean-resource`` by name: everything from the state file; the plan is not needed."""
+    path = State.path_for(state_dir, exec_name, name)
+    try:
+        state = State.load(path)
+    except FileNotFoundError:
+        raise SandboxError("teardown", f"no sandbox named {name!r} (no state file)", path=path,
+                           hint="check --name/--exec; a sandbox that never started leaves nothing") from None  # fmt: skip
+    from engine.ozone.cgroup import Limits
+
+    teardown_state(state, CgroupSet(Limits(), exec_name, name, **cg))
+    os.unlink(path)
+
+
+def _mounts_under(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    out = []
+    prefix = path.rstrip("/") + "/"
+    with open(mountinfo) as f:
+        for line in f:
+            mnt = line.split()[4].replace("\\040", " ")
+            if mnt == path or mnt.startswith(prefix):
+                out.append(mnt)
+    return out
+
+
+def _remove_tree(path: str) -> None:
+    """rmtree that refuses to leave the jail's filesystem (a stray bind mount must never be emptied)."""
+    dev = os.lstat(path).st_dev
+
+    def onerror(fn: Any, p: str, exc: Any) -> None:
+        raise SandboxError("teardown", f"cannot remove the jail: {exc[1]}", path=p)
+
+    for dirpath, dirnames, _ in os.walk(path):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full) and os.lstat(full).st_dev != dev:
+                raise SandboxError(
+                    "teardown", "another filesystem is mounted in the jail", path=full
+                )
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,216 @@
+"""Plan → SandboxSpec: every check the sandbox makes before it touches the host.
+
+``build_spec`` reads the host (stat, readlink, /proc/mounts) but changes nothing. It collects
+every problem (bad uid, unknown capability, missing drive, a drive the uid cannot write, a netns
+path that is no namespace, a cgroup key ozone does not know, a device the host lacks) and raises
+them together as ``InvalidInput``, each with its manifest key and what to change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from engine.ozone import caps
+from engine.ozone import sys as osys
+from engine.ozone.cgroup import Limits, parse_limits
+from engine.ozone.layout import Bind, Device, can_access, device_spec
+from engine.ozone.runtime import Runtime
+from launcher.errors import InvalidInput, Issue
+
+MAX_ID = 65535  # ozone: uid/gid are u32 but at most 65535
+FILE_ROLES = ("kernel", "initrd", "drive", "mem-path", "rng", "trace")
+CREATABLE_ROLES = ("chardev", "log")  # files the engine writes: created for it when missing
+DEFAULT_RLIMITS = (("RLIMIT_CORE", 0, 0), ("RLIMIT_NOFILE", 4096, 4096))
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything ``realize`` needs, validated. ``jail`` is ``<root>/<exec_name>/<name>``."""
+
+    name: str
+    exec_name: str
+    uid: int
+    gid: int
+    root: str
+    caps: int
+    netns: str | None
+    binds: tuple[Bind, ...]
+    devices: tuple[Device, ...]
+    own_dirs: tuple[str, ...]  # socket dirs to create for the VM (owned by uid:gid)
+    own_files: tuple[str, ...]  # chardev/log files to create for the VM (owned by uid:gid)
+    limits: Limits
+    keep_fds: tuple[int, ...]
+    rlimits: tuple[tuple[str, int, int], ...]
+    clean_resource: bool
+    seccomp: bool
+    runtime: Runtime
+    plan_json: str  # the plan the jailed engine reads at /plan.json
+    pidfile: str | None = None  # written by the supervisor with the engine's host pid
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def jail(self) -> str:
+        return os.path.join(self.root, self.exec_name, self.name)
+
+    @property
+    def hostname(self) -> str:
+        return self.name[:64]
+
+
+def _chardev_backends(plan: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    chardevs = list(plan.chardevs)
+    if plan.serial is not None:
+        chardevs.append(plan.serial.chardev)
+    chardevs += [d.chardev for d in plan.devices if getattr(d, "chardev", None) is not None]
+    for c in chardevs:
+        if c.path:
+            out[os.path.abspath(c.path)] = c.backend
+    return out
+
+
+def _is_shared_dir(st: os.stat_result) -> bool:
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> SandboxSpec:
+    """Validate ``plan.sandbox`` and the plan's host files against the host; see module doc."""
+    sb = plan.sandbox
+    issues: list[Issue] = []
+
+    def bad(message: str, key: str, hint: str = "", code: str = "") -> None:
+        issues.append(Issue(message, path=f"ozone.{key}", hint=hint, code=code or "ozone"))
+
+    raw_name = sb.name
+    if not raw_name or len(raw_name.encode()) > 255 or "/" in raw_name or raw_name in (".", ".."):
+        bad(f"sandbox name {raw_name!r} must be 1..255 bytes, without '/'", "name")
+    exec_name = os.path.basename(sb.exec_file.rstrip("/")) or "engine"
+    for key, value in (("uid", sb.uid), ("gid", sb.gid)):
+        if not isinstance(value, int) or not 0 <= value <= MAX_ID:
+            bad(f"{key} {value!r} is not a number in 0..{MAX_ID}", key)
+    uid, gid = sb.uid, sb.gid
+    if not os.path.isabs(sb.root):
+        bad(f"jail base {sb.root!r} must be an absolute path", "root")
+    cap_mask, cap_errors = caps.parse(sb.capabilities)
+    for e in cap_errors:
+        bad(e, "capabilities", "use names from capabilities(7), e.g. CAP_NET_ADMIN")
+    warnings = [
+        f"capability {n} lets the engine leave the sandbox"
+        for n in caps.names_of(cap_mask)
+        if n in caps.DANGEROUS
+    ]
+    if sb.netns is not None:
+        kind = osys.ns_type(sb.netns)
+        if kind is None:
+            bad(f"network namespace {sb.netns!r} does not exist or is not a namespace file", "netns",
+                "create it with `ip netns add NAME` and use /run/netns/NAME (or /proc/PID/ns/net)")  # fmt: skip
+        elif kind != osys.CLONE_NEWNET:
+            bad(f"{sb.netns!r} is a namespace, but not a network namespace", "netns",
+                "use /run/netns/NAME (from `ip netns add NAME`) or /proc/PID/ns/net")  # fmt: skip
+    bound = tuple(n for b in plan.memory.bindings if b.policy == "bind" for n in b.host_nodes)
+    limits, cg_errors = parse_limits(sb.cgroup, sb.numa, bound)
+    for e in cg_errors:
+        bad(e, "cgroup", "supported: cpuset.cpus=0-3 memory.limit_in_bytes=1G, numa: 0")
+
+    # -- host files: bound at their resolved host path, access checked for uid/gid ----------
+    binds: list[Bind] = []
+    own_dirs: list[str] = []
+    own_files: list[str] = []
+    sockets = _chardev_backends(plan)
+
+    def need(path: str, role: str, writable: bool, key: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            bad(f"{role} {path!r}: {e.strerror}", key, "fix the path in the manifest")
+            return
+        want = 4 | (2 if writable else 0) | (1 if stat.S_ISDIR(st.st_mode) else 0)
+        if not can_access(st, uid, gid, want):
+            verb = "read and write" if writable else "read"
+            bad(f"uid {uid} (gid {gid}) cannot {verb} {role} {path!r} "
+                f"(owner {st.st_uid}:{st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o})", key,
+                f"chown {uid}:{gid} {path}, or chmod it so that uid {uid} can {verb} it",
+                code="ozone-access")  # fmt: skip
+            return
+        binds.append(
+            Bind(
+                os.path.realpath(path),
+                os.path.realpath(path),
+                stat.S_ISDIR(st.st_mode),
+                writable,
+                role,
+            )
+        )
+
+    for hf in plan.host_files:
+        path = os.path.abspath(hf.path)
+        if hf.role == "rng" and path in ("/dev/urandom", "/dev/random"):
+            continue  # a device node, created in /dev
+        if hf.role == "pidfile":
+            continue  # the supervisor writes it (the engine's pid is 1 inside the jail)
+        if hf.role == "qmp" or (hf.role == "chardev" and sockets.get(path) == "socket"):
+            d = os.path.dirname(path)
+            if os.path.isdir(d):
+                st = os.stat(d)
+                if d == "/" or _is_shared_dir(st):
+                    bad(f"{hf.role} socket {path!r} sits in a shared directory {d!r}", "sources",
+                        "put VM sockets in a directory of their own, e.g. /run/svlaunch/<vm>/")  # fmt: skip
+                    continue
+                need(d, f"{hf.role} socket directory", True, "uid")
+            elif d not in own_dirs:
+                own_dirs.append(d)
+                binds.append(Bind(d, d, True, True, f"{hf.role}-dir"))
+            continue
+        if hf.role == "chardev" and sockets.get(path) == "pty":
+            bad(f"chardev {path!r} is a pty: a pty cannot be reached from outside the jail", "sources",
+                "use a socket chardev (svlaunch console connects to it)")  # fmt: skip
+            continue
+        if hf.role in CREATABLE_ROLES and not os.path.exists(path):
+            own_files.append(path)
+            binds.append(Bind(path, path, False, True, hf.role))
+            continue
+        need(path, hf.role, hf.writable, "uid" if hf.role in FILE_ROLES else hf.role)
+    for src in sb.sources:
+        need(os.path.abspath(src), "source", False, "sources")
+    for path in runtime.paths:
+        need(path, "runtime file", False, "uid")
+
+    # -- device nodes: only what this VM uses -----------------------------------------------
+    wanted = [
+        ("/dev/kvm", 0o660, "the VM"),
+        ("/dev/urandom", 0o666, "Python"),
+        ("/dev/null", 0o666, "Python"),
+    ]
+    kinds = {type(d).__name__ for d in plan.devices}
+    nets = [d for d in plan.devices if type(d).__name__ == "NetPlan"]
+    if any(not d.fds for d in nets):
+        wanted.append(("/dev/net/tun", 0o666, "a tap netdev"))
+    if any(d.vhost and not d.vhostfds for d in nets):
+        wanted.append(("/dev/vhost-net", 0o600, "vhost=on"))
+    if "VsockPlan" in kinds and any(getattr(d, "vhostfd", None) is None for d in plan.devices):
+        wanted.append(("/dev/vhost-vsock", 0o600, "vhost-vsock"))
+    devices: list[Device] = []
+    for path, mode, why in wanted:
+        dev = device_spec(path, mode, dev_root)
+        if dev is None:
+            bad(f"the host has no {path} (needed for {why})", "exec_file",
+                f"load the module that provides {path}, or remove {why} from the manifest")  # fmt: skip
+        else:
+            devices.append(dev)
+
+    keep = sorted({fd for d in nets for fd in (*d.fds, *d.vhostfds)}
+                  | {d.vhostfd for d in plan.devices if getattr(d, "vhostfd", None) is not None})  # fmt: skip
+    if issues:
+        raise InvalidInput(issues, f"sandbox: {len(issues)} problem(s) with the ozone section")
+    jailed = dataclasses.replace(plan, pidfile=None, daemonize=False)
+    return SandboxSpec(
+        name=raw_name, exec_name=exec_name, uid=uid, gid=gid, root=sb.root, caps=cap_mask,
+        netns=sb.netns, binds=tuple(binds), devices=tuple(devices), own_dirs=tuple(own_dirs),
+        own_files=tuple(own_files), limits=limits, keep_fds=tuple(keep), rlimits=DEFAULT_RLIMITS,
+        clean_resource=sb.clean_resource, seccomp=plan.seccomp, runtime=runtime,
+        plan_json=jailed.dumps(), pidfile=plan.pidfile, warnings=tuple(warnings),
+    )  # fmt: skip

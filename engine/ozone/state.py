@@ -1,0 +1,54 @@
+"""What a realized sandbox left on the host, saved after every step so teardown works after a crash.
+
+The record lives in the runtime dir (``/run/svlaunch/ozone/<exec>-<name>.json``), outside the
+jail, written atomically. ``teardown`` needs nothing else: not the plan, not the live process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+DEFAULT_STATE_DIR = "/run/svlaunch/ozone"
+
+
+@dataclass
+class State:
+    name: str
+    exec_name: str
+    jail: str
+    jail_created: bool = False  # only a jail this sandbox made is ever removed
+    cgroup_limits: dict[str, object] = field(default_factory=dict)
+    cgroups: list[str] = field(default_factory=list)  # dirs created, in creation order
+    made_dirs: list[str] = field(default_factory=list)  # host dirs created outside the jail
+    sockets: list[str] = field(default_factory=list)  # socket paths the engine may leave behind
+    pidfile: str | None = None
+    supervisor_pid: int = 0
+    engine_pid: int = 0
+    engine_start: str = ""  # /proc/<pid>/stat field 22, to tell a reused pid apart
+
+    @staticmethod
+    def path_for(state_dir: str, exec_name: str, name: str) -> str:
+        return os.path.join(state_dir, f"{exec_name}-{name}.json")
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> State:
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+def proc_start_time(pid: int, proc: str = "/proc") -> str:
+    """The process's start time in clock ticks ("" if it is gone): pid + this = one process."""
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""

@@ -1,0 +1,132 @@
+"""Seccomp for the engine: one call per thread, ``seccomp.install("vcpu", enabled=plan.seccomp)``.
+
+Filters are per thread (no TSYNC): each thread calls ``install(role)`` once, at the start of its
+run loop, after its set-up. Filters stack: a thread inherits its creator's filter, so the main
+thread installs ``"main"`` only after it has started the vCPU and I/O threads. The default action
+kills the whole process (SCMP_ACT_KILL_PROCESS); the supervisor sees SIGSYS and names the syscall.
+
+Filters are compiled to classic BPF by libseccomp (pyseccomp) and loaded with one
+``seccomp(2)`` call. In a sandbox they are compiled *outside* the jail by the supervisor
+(``export_all``) and read from ``$SVLAUNCH_SECCOMP_DIR``, because libseccomp's loader
+(``ctypes.util.find_library``) needs ``ldconfig``, which the jail does not have.
+
+Environment: ``SVLAUNCH_SECCOMP=off`` disables (as ``-disable-seccomp``); ``=log`` allows
+everything but logs what the list lacks to the kernel log (to grow the list);
+``SVLAUNCH_TEST_FORBIDDEN_SYSCALL=1`` (or a role name) makes ``install`` call a forbidden syscall
+right after loading, to test the kill path; ``SVLAUNCH_SECCOMP_MEASURE=FILE`` appends
+``"<tid> <role>"`` for ``scripts/measure-syscalls``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+from engine.seccomp_lists import ROLES, allowed
+
+_SYS_SECCOMP = 317  # x86_64
+_SYS_PERSONALITY = 135
+_SECCOMP_SET_MODE_FILTER = 1
+_PR_SET_NO_NEW_PRIVS = 38
+_cache: dict[tuple[str, str], bytes] = {}
+_lock = threading.Lock()
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def mode() -> str:
+    """``kill`` (default), ``log`` or ``off``, from ``$SVLAUNCH_SECCOMP``."""
+    value = os.environ.get("SVLAUNCH_SECCOMP", "kill").lower()
+    return value if value in ("kill", "log", "off") else "kill"
+
+
+def compile_bpf(role: str, how: str = "kill") -> bytes:
+    """The role's filter as classic BPF (libseccomp does the compiling)."""
+    import pyseccomp as sc  # lazy: not importable inside a jail, and costly
+
+    if role not in ROLES:
+        raise ValueError(f"unknown seccomp role {role!r} (roles: {', '.join(ROLES)})")
+    default = sc.KILL_PROCESS if how == "kill" else sc.LOG
+    flt = sc.SyscallFilter(default)
+    for name in allowed(role):
+        flt.add_rule(sc.ALLOW, name)
+    fd = os.memfd_create(f"seccomp-{role}", os.MFD_CLOEXEC)
+    try:
+        flt.export_bpf(os.fdopen(os.dup(fd), "wb"))
+        os.lseek(fd, 0, os.SEEK_SET)
+        out = b""
+        while chunk := os.read(fd, 65536):
+            out += chunk
+        return out
+    finally:
+        os.close(fd)
+
+
+def export_all(directory: str, how: str | None = None) -> list[str]:
+    """Write ``<role>.bpf`` for every role into ``directory`` (the supervisor, before the jail)."""
+    how = how or mode()
+    out = []
+    for role in ROLES:
+        path = os.path.join(directory, f"{role}.bpf")
+        with open(path, "wb") as f:
+            f.write(compile_bpf(role, "log" if how == "log" else "kill"))
+        out.append(path)
+    return out
+
+
+def _bpf(role: str, how: str) -> bytes:
+    with _lock:
+        key = (role, how)
+        if key not in _cache:
+            d = os.environ.get("SVLAUNCH_SECCOMP_DIR")
+            if d:
+                with open(os.path.join(d, f"{role}.bpf"), "rb") as f:
+                    _cache[key] = f.read()
+            else:
+                _cache[key] = compile_bpf(role, how)
+        return _cache[key]
+
+
+def load_bpf(prog: bytes) -> None:
+    """Install ``prog`` on the calling thread (sets no_new_privs first, as seccomp requires)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(
+        _PR_SET_NO_NEW_PRIVS,
+        ctypes.c_ulong(1),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    ):
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+    if libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(fprog)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp(SET_MODE_FILTER): {os.strerror(err)}")
+
+
+def install(role: str, *, enabled: bool = True) -> None:
+    """Restrict the calling thread to ``role``'s allow-list ("main", "vcpu" or "io")."""
+    if role not in ROLES:
+        raise ValueError(f"unknown seccomp role {role!r} (roles: {', '.join(ROLES)})")
+    measure = os.environ.get("SVLAUNCH_SECCOMP_MEASURE")
+    if measure:
+        with open(measure, "a") as f:
+            f.write(f"{threading.get_native_id()} {role}\n")
+    how = mode()
+    if not enabled or how == "off":
+        return
+    load_bpf(_bpf(role, how))
+    trigger = os.environ.get("SVLAUNCH_TEST_FORBIDDEN_SYSCALL", "")
+    if trigger == role or (trigger == "1" and role == "main"):
+        # test-only: a syscall no list allows; the kernel kills the process here
+        ctypes.CDLL(None).syscall(_SYS_PERSONALITY, ctypes.c_ulong(0xFFFFFFFF))
+
+
+def counts() -> dict[str, int]:
+    """Allow-list size per role (for the docs and the report)."""
+    return {role: len(allowed(role)) for role in ROLES}

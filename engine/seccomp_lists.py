@@ -1,0 +1,127 @@
+"""The engine's syscall allow-lists, one per thread role, each syscall with the reason it is needed.
+
+Only what the engine calls *after set-up* (``install`` runs at the start of each run loop): KVM
+and device set-up, mbind, opening /dev/kvm and the drives all happen before. Every thread runs
+Python, and CPython may do its own work on any thread (allocation, the GIL, garbage collection,
+logging), so ``RUNTIME`` is in every list; the role lists add what that role's loop does.
+Measured with ``scripts/measure-syscalls`` (strace over the engine's tests); see docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+#: CPython and glibc on any thread
+RUNTIME: dict[str, str] = {
+    "read": "fd reads: eventfds, tap, chardevs, QMP",
+    "write": "fd writes: eventfds, irqfds, serial/console output, logging",
+    "close": "closing fds (QMP clients, hot-unplugged backends)",
+    "fstat": "CPython stats a file before reading it",
+    "newfstatat": 'glibc\'s fstat is newfstatat(fd, "", AT_EMPTY_PATH)',
+    "lseek": "buffered file objects seek",
+    "fcntl": "O_NONBLOCK / CLOEXEC flags on new fds",
+    "mmap": "malloc arenas, pymalloc arenas, thread stacks",
+    "munmap": "freeing what mmap gave",
+    "mprotect": "glibc grows a thread's malloc heap with mprotect",
+    "madvise": "glibc trims freed heap (MADV_DONTNEED); balloon frees guest pages",
+    "brk": "main-arena malloc",
+    "mremap": "large realloc",
+    "futex": "the GIL, locks, conditions, queues",
+    "sched_yield": "lock spinning in glibc",
+    "rt_sigprocmask": "glibc blocks signals around critical sections",
+    "rt_sigreturn": "return from a signal handler (SIGINT/SIGTERM, vCPU kick)",
+    "getpid": "CPython checks the pid (fork safety, logging)",
+    "gettid": "threading.get_native_id, logging",
+    "clock_gettime": "time.monotonic when the vDSO is not used",
+    "clock_nanosleep": "time.sleep (rate limiters, pause loops)",
+    "nanosleep": "older time.sleep path",
+    "getrandom": "random/os.urandom (MAC generation, hash seeds)",
+    "exit": "a thread ends",
+    "exit_group": "the engine exits (QMP quit, guest shutdown)",
+    "ioctl": "KVM ioctls (vCPU run, irq lines), TUN, terminal settings",
+    "poll": "select/poll on single fds",
+    "ppoll": "poll with a timeout",
+    "epoll_wait": "event loops",
+    "epoll_pwait": "event loops (glibc may use the p variant)",
+    "epoll_ctl": "add/remove fds in event loops",
+    "eventfd2": "event loops made at run time (hot-plug, iothreads)",
+    "tgkill": "kicking a vCPU thread out of KVM_RUN (pthread_kill)",
+    "rseq": "glibc registers rseq for each new thread",
+    "set_robust_list": "glibc: every new thread",
+    "sigaltstack": "CPython's faulthandler alternate stack per thread",
+    "openat": "lazy imports (the stdlib imports in error paths); the jail bounds what opens",
+    "getdents64": "the import system lists package directories",
+    "readlink": "os.path.realpath during imports",
+    "lstat": "import system path checks",
+    "stat": "import system path checks",
+}
+
+#: the main thread: QMP, lifecycle, thread creation, hot-plug
+MAIN: dict[str, str] = {
+    "accept4": "QMP: a client connects",
+    "recvfrom": "QMP: socket reads",
+    "sendto": "QMP: socket writes",
+    "recvmsg": "QMP: socket reads with fds (getfd)",
+    "sendmsg": "QMP: socket writes",
+    "shutdown": "QMP: close a client",
+    "getsockopt": "socket error checks",
+    "setsockopt": "socket options on accepted QMP clients",
+    "getsockname": "socket objects query their address",
+    "getpeername": "socket objects query their peer",
+    "clone": "starting vCPU/iothreads (resume, hot-plug)",
+    "clone3": "glibc ≥ 2.34 starts threads with clone3",
+    "unlink": "removing the QMP socket on exit",
+    "unlinkat": "removing the QMP socket on exit",
+    "pread64": "virtio-blk served on the main loop",
+    "pwrite64": "virtio-blk served on the main loop",
+    "preadv": "virtio-blk scatter reads",
+    "pwritev": "virtio-blk scatter writes",
+    "fdatasync": "virtio-blk flush",
+    "fsync": "virtio-blk flush",
+    "fallocate": "virtio-blk discard/write-zeroes",
+    "readv": "tap reads",
+    "writev": "tap writes",
+    "wait4": "reaping nothing: CPython's os.waitpid in shutdown paths",
+    "kill": "signalling itself on fatal errors",
+    "getcwd": "os.path.abspath in error messages",
+    "sched_getaffinity": "os.cpu_count",
+    "prlimit64": "resource queries",
+    "uname": "platform queries in logging",
+}
+
+#: a vCPU thread: KVM_RUN and the MMIO/PIO it handles in place
+VCPU: dict[str, str] = {
+    "pread64": "virtio-blk requests kicked from the vCPU",
+    "pwrite64": "virtio-blk requests kicked from the vCPU",
+    "preadv": "virtio-blk scatter reads",
+    "pwritev": "virtio-blk scatter writes",
+    "fdatasync": "virtio-blk flush",
+    "readv": "tap reads",
+    "writev": "tap writes",
+}
+
+#: an iothread / device event loop
+IO: dict[str, str] = {
+    "pread64": "virtio-blk",
+    "pwrite64": "virtio-blk",
+    "preadv": "virtio-blk scatter reads",
+    "pwritev": "virtio-blk scatter writes",
+    "fdatasync": "virtio-blk flush",
+    "fsync": "virtio-blk flush",
+    "fallocate": "virtio-blk discard/write-zeroes",
+    "readv": "tap reads",
+    "writev": "tap writes",
+    "recvfrom": "socket chardevs",
+    "sendto": "socket chardevs",
+    "accept4": "socket chardev server",
+    "timerfd_create": "rate limiters",
+    "timerfd_settime": "rate limiters",
+}
+
+ROLES: dict[str, dict[str, str]] = {"main": MAIN, "vcpu": VCPU, "io": IO}
+
+#: a syscall no role allows, used by the test trigger (harmless: it only queries)
+FORBIDDEN_FOR_TESTS = "personality"
+
+
+def allowed(role: str) -> dict[str, str]:
+    """syscall → reason, for ``role`` ("main", "vcpu", "io")."""
+    return {**RUNTIME, **ROLES[role]}
