@@ -272,7 +272,7 @@ class Queue:
                 return self._walk(head)
             except (ChainError, GuestMemoryError) as e:
                 self.errors += 1
-                log.warning("virtqueue: dropping descriptor chain %d: %s", head, e)
+                log.debug("virtqueue: dropping descriptor chain %d: %s", head, e)
                 self._put_used(head, 0)
 
     def undo_pop(self) -> None:
