@@ -1,0 +1,98 @@
+"""attach to a VM's serial console
+
+Connects this terminal to the VM's serial console socket (a VM started with -d/--tui, or whose
+manifest puts the serial on a unix socket). The terminal is in raw mode: everything you type
+goes to the guest. Press Ctrl-] to detach; the VM keeps running.
+
+examples:
+  svlaunch console web1
+  echo 'uname -a' | svlaunch console web1 --timeout 2     # scripted: send, print, leave
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import socket
+import sys
+import time
+
+ESCAPE = 0x1D  # Ctrl-]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="VM name (see 'svlaunch ps')")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="leave after this many seconds (scripts)"
+    )
+
+
+def relay(sock: socket.socket, fd_in: int, fd_out: int, timeout: float | None) -> None:
+    """Copy both ways until Ctrl-], end of input (after a grace period), or the VM hangs up."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    inputs = [sock, fd_in]
+    while True:
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            return
+        ready, _, _ = select.select(inputs, [], [], wait)
+        if sock in ready:
+            data = sock.recv(65536)
+            if not data:
+                return
+            os.write(fd_out, data)
+        if fd_in in ready:
+            data = os.read(fd_in, 4096)
+            if not data:
+                inputs.remove(fd_in)  # keep printing the guest's answer until the timeout
+                if deadline is None:
+                    return
+                continue
+            if ESCAPE in data:
+                data = data[: data.index(ESCAPE)]
+                if data:
+                    sock.sendall(data)
+                return
+            sock.sendall(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher import runtime
+    from launcher.errors import EngineError, HostError
+
+    meta = runtime.find(args.name).meta()
+    if meta is None:
+        raise EngineError(f"VM '{args.name}' is still starting; try again in a moment")
+    if not meta.serial:
+        raise HostError(
+            f"VM '{args.name}' has no serial console socket (its serial is on the terminal "
+            "that ran 'svlaunch up', or it has none)",
+            hint="start it with 'svlaunch up -d' to get a console socket",
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(meta.serial)
+    except OSError as exc:
+        raise HostError(f"cannot connect to the serial console {meta.serial}: {exc}") from None
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+    saved = None
+    if os.isatty(fd_in):
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(fd_in)
+        tty.setraw(fd_in)
+        os.write(fd_out, f"[attached to {args.name}; Ctrl-] detaches]\r\n".encode())
+    try:
+        relay(sock, fd_in, fd_out, args.timeout)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(fd_in, termios.TCSADRAIN, saved)
+            os.write(fd_out, b"\r\n[detached]\r\n")
+        with contextlib.suppress(OSError):
+            sock.close()
+    return 0

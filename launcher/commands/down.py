@@ -1,0 +1,113 @@
+"""stop a running VM
+
+Asks the guest to power off (QMP system_powerdown) and waits; if it does not stop in time, asks
+the engine to quit (QMP quit), then sends SIGTERM and finally SIGKILL, each with its own wait.
+--force skips the guest: quit, then the signals.
+
+examples:
+  svlaunch down web1
+  svlaunch down web1 --timeout 5      # give the guest 5 s to power off
+  svlaunch down web1 --force          # do not wait for the guest
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+QUIT_TIMEOUT = 5.0
+SIGNAL_TIMEOUT = 5.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="VM name (see 'svlaunch ps')")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        help="seconds the guest gets to power off (default %(default)s)",
+    )
+    parser.add_argument("--force", action="store_true", help="skip the guest powerdown")
+
+
+def _pid_waiter(meta: Any) -> Callable[[float], bool]:
+    from launcher.runtime import pid_alive
+
+    def wait(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while pid_alive(meta.pid, meta.pid_start):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    return wait
+
+
+def _qmp(meta: Any, command: str) -> bool:
+    """Send one QMP command; False when QMP cannot be reached or refuses."""
+    from launcher.errors import SvlaunchError
+    from launcher.qmpclient import QmpClient
+
+    try:
+        with QmpClient.connect(meta.qmp, timeout=3.0) as c:
+            c.execute(command)
+        return True
+    except SvlaunchError:
+        return False
+
+
+def stop_vm(
+    meta: Any,
+    *,
+    force: bool,
+    wait: Callable[[float], bool] | None = None,
+    guest_timeout: float = 20.0,
+    say: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> str:
+    """Stop the VM described by ``meta``; returns how it stopped (for the message)."""
+    wait = wait or _pid_waiter(meta)
+    if not force and _qmp(meta, "system_powerdown") and wait(guest_timeout):
+        return "powered off"
+    if not force:
+        say(f"{meta.name}: guest did not power off within {guest_timeout:g}s; quitting")
+    if _qmp(meta, "quit") and wait(QUIT_TIMEOUT):
+        return "quit"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        say(f"{meta.name}: sending {sig.name} to pid {meta.pid}")
+        try:
+            os.kill(meta.pid, sig)
+        except ProcessLookupError:
+            return "exited"
+        if wait(SIGNAL_TIMEOUT):
+            return f"killed ({sig.name})"
+    return "still running"
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher import runtime
+    from launcher.errors import EngineError
+
+    vm = runtime.find(args.name)
+    meta = vm.meta()
+    if meta is None:
+        raise EngineError(f"VM '{args.name}' is starting or its state is unreadable: {vm.path}")
+    how = stop_vm(meta, force=args.force, guest_timeout=args.timeout)
+    if how == "still running":
+        raise EngineError(
+            f"VM '{args.name}' (pid {meta.pid}) survived SIGKILL",
+            hint="the process may be stuck in the kernel (D state); check 'ps -o stat,wchan'",
+        )
+    if meta.pidfile:
+        try:
+            os.unlink(meta.pidfile)
+        except OSError:
+            pass
+    vm.remove()
+    print(f"{args.name}: {how}")
+    return 0

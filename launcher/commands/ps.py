@@ -1,0 +1,80 @@
+"""list VMs on this host
+
+Each row: name, state (asked over QMP; "unresponsive" when QMP does not answer), pid, vCPUs,
+memory and uptime. State left behind by crashed engines is cleaned up on the way.
+
+examples:
+  svlaunch ps
+  svlaunch ps --json | jq '.[] | select(.state == "paused") | .name'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print a JSON array")
+
+
+def vm_state(qmp: str) -> str:
+    from launcher.errors import SvlaunchError
+    from launcher.qmpclient import QmpClient
+
+    try:
+        with QmpClient.connect(qmp, timeout=1.0) as c:
+            return str(c.execute("query-status").get("status", "unknown"))
+    except SvlaunchError:
+        return "unresponsive"
+
+
+def rows() -> list[dict[str, Any]]:
+    from launcher import runtime
+
+    out = []
+    for vm in runtime.all_vms():
+        meta = vm.meta()
+        if meta is None:
+            out.append({"name": vm.name, "state": "starting", "pid": None})
+            continue
+        out.append(
+            {
+                "name": meta.name,
+                "state": vm_state(meta.qmp),
+                "pid": meta.pid,
+                "vcpus": meta.vcpus,
+                "memory": meta.memory,
+                "started": meta.started,
+                "uptime": runtime.uptime_text(meta.started),
+                "qmp": meta.qmp,
+                "serial": meta.serial,
+            }
+        )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    table = rows()
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    header = ("NAME", "STATE", "PID", "VCPUS", "MEMORY", "UPTIME")
+    lines = [header]
+    for r in table:
+        mem = f"{r.get('memory', 0) >> 20}M" if r.get("memory") else "-"
+        lines.append(
+            (
+                r["name"],
+                r["state"],
+                str(r.get("pid") or "-"),
+                str(r.get("vcpus") or "-"),
+                mem,
+                r.get("uptime", "-"),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    return 0

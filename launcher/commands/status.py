@@ -1,0 +1,65 @@
+"""show one VM's state
+
+State, pid, uptime, QMP and console sockets, vCPUs (with their host thread ids) and memory
+(balloon included when there is one), all asked over QMP.
+
+examples:
+  svlaunch status web1
+  svlaunch status web1 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="VM name (see 'svlaunch ps')")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def collect(name: str) -> dict[str, Any]:
+    from launcher import runtime
+    from launcher.qmpclient import QmpClient
+
+    vm = runtime.find(name)
+    meta = vm.meta()
+    info: dict[str, Any] = {"name": name, "runtime_dir": str(vm.path)}
+    if meta is None:
+        info["state"] = "starting"
+        return info
+    info.update(
+        pid=meta.pid,
+        uptime=runtime.uptime_text(meta.started),
+        qmp=meta.qmp,
+        serial=meta.serial,
+        manifest=meta.manifest,
+        memory=meta.memory,
+        log=str(vm.log_file) if vm.log_file.exists() else None,
+    )
+    with QmpClient.connect(meta.qmp, timeout=3.0) as c:
+        info["state"] = c.execute("query-status").get("status")
+        cpus = c.try_execute("query-cpus") or c.try_execute("query-cpus-fast") or []
+        info["vcpus"] = [
+            {"cpu": x.get("CPU", x.get("cpu-index")), "thread_id": x.get("thread_id")} for x in cpus
+        ]
+        balloon = c.try_execute("query-balloon")
+        info["balloon"] = balloon.get("actual") if isinstance(balloon, dict) else None
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect(args.name)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "vcpus":
+            value = ", ".join(f"{v['cpu']}(tid {v['thread_id']})" for v in value) or "-"
+        elif key in ("memory", "balloon") and isinstance(value, int):
+            value = f"{value >> 20} MiB"
+        print(f"{key.ljust(width)}  {value if value is not None else '-'}")
+    return 0

@@ -1,0 +1,40 @@
+"""live terminal UI for a VM or any QMP endpoint
+
+Shows the VM's name, state, uptime, vCPUs, memory and balloon, a device table with live
+statistics (builtin engine only; other QMP servers show a note instead), the QMP event log and
+the tail of the serial console. Keys (shown on screen): p pause, r resume, o powerdown,
+b reset, q detach (the VM keeps running). Talks QMP only, so it attaches to the builtin
+engine, StratoVirt or QEMU alike.
+
+examples:
+  svlaunch top web1
+  svlaunch top --qmp unix:/run/stratovirt/qmp.sock
+  qemu-system-x86_64 -machine none -qmp unix:/tmp/q.sock,server,nowait -S &
+  svlaunch top --qmp unix:/tmp/q.sock
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="VM name (see 'svlaunch ps')")
+    parser.add_argument("--qmp", metavar="ADDRESS", help="attach to this QMP endpoint (unix:PATH)")
+    parser.add_argument("--serial", metavar="PATH", help="serial console socket to tail")
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.errors import EngineError, UsageError
+    from launcher.tui_live import run_tui
+
+    if bool(args.name) == bool(args.qmp):
+        raise UsageError("give a VM name or --qmp ADDRESS (one of them)")
+    if args.qmp:
+        return run_tui(args.qmp, serial=args.serial)
+    from launcher import runtime
+
+    meta = runtime.find(args.name).meta()
+    if meta is None:
+        raise EngineError(f"VM '{args.name}' is still starting; try again in a moment")
+    return run_tui(meta.qmp, serial=args.serial or meta.serial, title=meta.name)
