@@ -65,10 +65,6 @@ def emit_cpu(m: Manifest, px: PathFn) -> list[str]:
     c = m.cpu
     if c.model is None and c.pmu is None:
         return []
-    if c.model is None:
-        raise cannot(
-            "cpu.pmu needs a cpu model (-cpu host,pmu=...)", "cpu.model", 'add model = "host"'
-        )
     return ["-cpu", props(c.model, ("pmu", opt_bool(c.pmu)))]
 
 
