@@ -1,0 +1,138 @@
+"""File → located issues → ``Manifest``: the pipeline every command uses.
+
+parse (TOML/YAML, syntax issues located) → shape (JSON Schema) → build (value syntax, paths)
+→ semantic rules (``launcher.validate``) → marks attached from the source map. Each stage
+reports all of its issues; a later stage runs only when the earlier ones found no error, so
+one mistake is never reported three times in three wordings.
+"""
+
+from __future__ import annotations
+
+import os
+
+from launcher.errors import InvalidInput, Issue, Mark
+from launcher.model import Manifest
+
+MAX_BYTES = 1 << 20
+FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def format_of(path: str) -> str | None:
+    return FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+def load_text(
+    text: str,
+    fmt: str,
+    source: str = "<memory>",
+    base_dir: str | None = None,
+    *,
+    target: str = "engine",
+) -> tuple[Manifest | None, list[Issue]]:
+    """Parse and validate ``text``; the manifest is None when any issue is an error."""
+    if fmt == "toml":
+        from launcher.manifest.toml_loader import load_toml as parse
+    elif fmt == "yaml":
+        from launcher.manifest.yaml_loader import load_yaml as parse
+    else:
+        raise ValueError(f"unknown manifest format {fmt!r}")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    data, smap, issues = parse(text, source)
+    if issues:
+        return None, smap.locate(issues)
+    if not isinstance(data, dict):
+        return None, [
+            Issue(
+                "a manifest is a table of keys (name = ..., [machine] ...)",
+                mark=Mark(source, 1, 1),
+                code="not-a-table",
+                hint='start with name = "my-vm"',
+            )
+        ]
+    from launcher.manifest.schema import check_shape
+
+    issues = check_shape(data)
+    if issues:
+        return None, smap.locate(issues)
+    from launcher.manifest.build import build_manifest
+
+    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(source))
+    manifest, issues = build_manifest(data, source, base)
+    if any(i.is_error for i in issues):
+        return None, smap.locate(issues)
+    from launcher.validate import check_model
+
+    issues = smap.locate(issues + check_model(manifest, target))
+    return (None if any(i.is_error for i in issues) else manifest), issues
+
+
+def read_source(path: str) -> tuple[str | None, list[Issue]]:
+    """The file's text, or an issue saying why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return None, [
+            Issue(
+                f"cannot read the manifest: {reason}",
+                mark=Mark(path),
+                code="file-unreadable",
+                hint="check the path and permissions",
+            )
+        ]
+    if len(raw) > MAX_BYTES:
+        return None, [
+            Issue(
+                "the manifest is larger than 1 MiB",
+                mark=Mark(path),
+                code="file-unreadable",
+                hint="is this really a manifest?",
+            )
+        ]
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [
+            Issue(
+                f"the manifest is not UTF-8 text (byte {raw[exc.start]:#x})",
+                mark=Mark(path, line),
+                code="file-unreadable",
+                hint="save the file as UTF-8",
+            )
+        ]
+
+
+def load_file(path: str, *, target: str = "engine") -> tuple[Manifest | None, list[Issue]]:
+    """``load_text`` for a file; the format comes from its extension."""
+    fmt = format_of(path)
+    if fmt is None:
+        return None, [
+            Issue(
+                f"cannot tell the format of {os.path.basename(path)!r}",
+                mark=Mark(path),
+                code="unknown-format",
+                hint="name the file *.toml, *.yaml or *.yml",
+            )
+        ]
+    text, issues = read_source(path)
+    if text is None:
+        return None, issues
+    return load_text(text, fmt, path, target=target)
+
+
+def load_manifest(
+    path: str, *, target: str = "engine", warnings: list[Issue] | None = None
+) -> Manifest:
+    """The validated manifest at ``path``; raises ``InvalidInput`` with every located issue.
+
+    Warnings do not stop loading; pass a list as ``warnings`` to receive them.
+    """
+    manifest, issues = load_file(path, target=target)
+    if manifest is None:
+        raise InvalidInput(issues)
+    if warnings is not None:
+        warnings.extend(issues)
+    return manifest

@@ -1,0 +1,156 @@
+"""The JSON Schema layer: shape errors (unknown keys, wrong types, bad enums) as ``Issue``s.
+
+``jsonschema`` is imported on first use and the validator is built once per process, so a
+directory of 1,000 manifests pays for it once. Messages are rewritten from the validator's
+terse texts into svlaunch's style: the key path, the value, what is expected, and for unknown
+keys and enum values a difflib "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+from typing import Any
+
+from launcher.errors import Issue
+from launcher.manifest.sourcemap import format_path
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "object": "a table",
+    "array": "a list",
+    "number": "a number",
+}
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    from launcher.manifest.schemagen import build_schema
+
+    return build_schema()
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    from jsonschema.validators import validator_for
+
+    s = schema()
+    return validator_for(s)(s)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expected(s: dict[str, Any]) -> list[str]:
+    if "anyOf" in s:
+        out: list[str] = []
+        for sub in s["anyOf"]:
+            for e in _expected(sub):
+                if e not in out:
+                    out.append(e)
+        return out
+    if "enum" in s:
+        return [" | ".join(repr(v) for v in s["enum"])]
+    t = s.get("type")
+    if t == "string" and "pattern" in s:
+        return ["a string in the documented syntax"]
+    return [_TYPE_NAMES.get(t, str(t))] if t else []
+
+
+def _hint_for(s: dict[str, Any]) -> str:
+    desc = s.get("description", "")
+    return desc.split(". ")[0].rstrip(".") if desc else ""
+
+
+def check_shape(data: Any) -> list[Issue]:
+    """Every shape error in ``data`` (one issue per problem, sorted by path)."""
+    issues: list[Issue] = []
+    for err in _validator().iter_errors(data):
+        issues.extend(_convert(err))
+    issues.sort(key=lambda i: i.path)
+    return issues
+
+
+def _convert(err: Any) -> list[Issue]:
+    path = tuple(err.absolute_path)
+    where = format_path(path)
+    v, s, value = err.validator, err.schema, err.instance
+    if v == "additionalProperties" and isinstance(value, dict):
+        known = list(s.get("properties", {}))
+        out = []
+        for key in value:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else ("known keys: " + ", ".join(known) if known else "")
+            )
+            out.append(
+                Issue(f"unknown key '{key}'", format_path((*path, key)), hint, code="unknown-key")
+            )
+        return out
+    if v == "required":
+        missing = [k for k in err.validator_value if k not in value]
+        desc = [s.get("properties", {}).get(k, {}).get("description", "") for k in missing]
+        return [
+            Issue(
+                f"missing required key '{k}'" + (f" in {where}" if where else ""),
+                where,
+                f"add {k} = ... ({d.rstrip('.')})" if d else f"add {k} = ...",
+                code="missing-key",
+            )
+            for k, d in zip(missing, desc, strict=True)
+        ]
+    if v in ("type", "anyOf"):
+        exp = " or ".join(_expected(s)) or "another type"
+        hint = _hint_for(s)
+        if isinstance(value, int) and not isinstance(value, bool) and "a string" in exp:
+            hint = "quote the value (YAML reads 52:54:... and 0x1 as numbers)"
+        return [
+            Issue(
+                f"expected {exp}, got {_kind(value)} {_show(value)}", where, hint, code="wrong-type"
+            )
+        ]
+    if v == "enum":
+        options = [str(o) for o in err.validator_value]
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else "one of: " + ", ".join(options)
+        return [
+            Issue(
+                f"{_show(value)} is not one of: {', '.join(options)}", where, hint, code="bad-value"
+            )
+        ]
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        rel = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[
+            v
+        ]
+        return [Issue(f"value {value} must be {rel} {err.validator_value}", where, code="range")]
+    if v == "minLength":
+        return [Issue("must not be empty", where, code="empty-value")]
+    if v == "pattern":
+        return [Issue(f"invalid syntax {_show(value)}", where, _hint_for(s), code="bad-syntax")]
+    if v == "propertyNames":
+        return [Issue("keys (ids) must not be empty", where, code="empty-value")]
+    return [Issue(err.message, where, code="schema")]

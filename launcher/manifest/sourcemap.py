@@ -1,0 +1,94 @@
+"""Key paths and where they are in the file: ``SourceMap[path] -> Mark``.
+
+A path is a tuple of keys and list indices (``("drives", "rootfs", "queue-size")``); its text
+form, used in ``Issue.path``, is ``drives.rootfs.queue-size`` (``numa.nodes[1].cpus``; keys that
+contain dots or spaces are quoted: ``root-ports."pcie.1".addr``). YAML fills the map while
+loading; TOML fills it lazily, only when an issue needs a place (``toml_marks``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from launcher.errors import Issue, Mark
+
+Path = tuple[str | int, ...]
+_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN = re.compile(r'\[(\d+)\]|"((?:[^"\\]|\\.)*)"|([^.\[\]"]+)')
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for key in path:
+        if isinstance(key, int):
+            out += f"[{key}]"
+            continue
+        text = key if _BARE.match(key) else '"' + key.replace('"', '\\"') + '"'
+        out += ("." if out else "") + text
+    return out
+
+
+def parse_path(text: str) -> Path:
+    """The inverse of ``format_path`` (lenient: unknown characters end the path)."""
+    out: list[str | int] = []
+    for m in _TOKEN.finditer(text):
+        if m.group(1) is not None:
+            out.append(int(m.group(1)))
+        elif m.group(2) is not None:
+            out.append(m.group(2).replace('\\"', '"'))
+        else:
+            out.append(m.group(3))
+    return tuple(out)
+
+
+@dataclass
+class SourceMap:
+    """Marks of keys and values by path; ``values[()]`` is the document itself."""
+
+    file: str
+    keys: dict[Path, Mark] = field(default_factory=dict)
+    values: dict[Path, Mark] = field(default_factory=dict)
+    lazy: Callable[[], SourceMap] | None = None  # fills the maps on first use (TOML)
+
+    def _ensure(self) -> None:
+        if self.lazy is not None:
+            filled, self.lazy = self.lazy(), None
+            self.keys, self.values = filled.keys, filled.values
+
+    def mark(self, path: Path, at: str = "value") -> Mark:
+        """The mark of ``path`` (its value, or its key with ``at="key"``), else the nearest
+        ancestor's, else the file."""
+        self._ensure()
+        first, second = (self.keys, self.values) if at == "key" else (self.values, self.keys)
+        probe = tuple(path)
+        n = len(probe)
+        below = [
+            mk
+            for table in (first, second)
+            for p, mk in table.items()
+            if len(p) > n and p[:n] == probe
+        ]
+        if below:  # e.g. "numa" when only "numa.nodes" is written: its first child
+            return min(below)
+        while True:
+            for table in (first, second):
+                if probe in table:
+                    return table[probe]
+            if not probe:
+                return Mark(self.file, 1, 1)
+            probe = probe[:-1]
+
+    def locate(self, issues: Iterable[Issue]) -> list[Issue]:
+        """Issues without a mark placed at their path (unknown keys point at the key)."""
+        out = []
+        for issue in issues:
+            if issue.mark is None:
+                at = "key" if issue.code in _KEY_CODES else "value"
+                issue = issue.located(self.mark(parse_path(issue.path), at))
+            out.append(issue)
+        return out
+
+
+_KEY_CODES = {"unknown-key", "duplicate-key", "vm-name-duplicate"}

@@ -1,0 +1,193 @@
+"""The rule catalogue and the context every rule module writes its issues into.
+
+``RULES`` is the one list of rule codes: each check cites a code from it, ``docs/validation.md``
+is generated from it, and a test fails if a code is used but not listed (or the reverse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from launcher import model as m
+from launcher.errors import Issue
+from launcher.manifest.sourcemap import Path, format_path
+
+# code -> (area, what the rule says). Severity is per issue (a few rules warn).
+RULES: dict[str, tuple[str, str]] = {
+    # loading and shape (launcher.manifest)
+    "toml-syntax": ("syntax", "The file is not valid TOML."),
+    "yaml-syntax": ("syntax", "The file is not valid YAML (or expands too much through aliases)."),
+    "duplicate-key": ("syntax", "A YAML key appears twice in one mapping."),
+    "key-type": ("syntax", "A YAML key is not a string."),
+    "file-unreadable": ("syntax", "The manifest cannot be read or is not UTF-8 text."),
+    "unknown-format": ("syntax", "The file name does not end in .toml, .yaml or .yml."),
+    "not-a-table": ("shape", "The document is not a table/mapping."),
+    "unknown-key": ("shape", "A key the schema does not know (with a did-you-mean)."),
+    "missing-key": ("shape", "A required key is absent."),
+    "wrong-type": ("shape", "A value has the wrong type."),
+    "bad-value": ("shape", "A value is not one of the allowed words (with a did-you-mean)."),
+    "bad-syntax": ("shape", "A string does not follow its syntax (size, cpu list, PCI addr)."),
+    "empty-value": ("shape", "A string or id is empty."),
+    "range": ("shape", "A number is negative where only non-negative numbers make sense."),
+    "schema": ("shape", "Any other schema violation."),
+    "size-syntax": ("values", "A size is not bytes or a number with a K/M/G/T suffix."),
+    "int-list-syntax": ("values", "A cpu or host-node list is malformed (ranges need A < B)."),
+    "pci-addr-syntax": ("values", "A PCI addr is not SLOT or SLOT.FUNC, slot 0-31, function 0-7."),
+    "pci-addr-required": ("pci", "A PCI device (or bus/multifunction) without an addr."),
+    "vm-name-duplicate": ("run", "Two manifests in one validate run use the same VM name."),
+    # general
+    "string-too-long": ("limits", "Names and ids at most 255 bytes, paths at most 4096."),
+    "comma-in-value": ("limits", "A value that lands in a StratoVirt property list contains ','."),
+    "leading-dash": ("limits", "A value that is its own argv element starts with '-'."),
+    "socket-path": ("limits", "A unix socket path is longer than 107 bytes or contains ':'."),
+    "qmp-missing": ("control", "No qmp socket and no monitor (StratoVirt requires one)."),
+    "monitor-chardev": ("control", "A monitor's chardev must be a socket with server and nowait."),
+    "pidfile-needs-daemonize": ("control", "pidfile is only allowed with daemonize."),
+    "daemonize-stdio": ("control", "daemonize cannot be combined with a stdio serial or chardev."),
+    "stdio-multiple": ("control", "At most one device may use stdio."),
+    "incoming-uri": ("control", "incoming must be file:PATH, unix:PATH or tcp:IPV4:PORT."),
+    "iothread-limit": ("control", "At most 8 iothreads."),
+    "iothread-duplicate": ("control", "An iothread id is declared twice."),
+    "iothread-unknown": ("references", "A device names an iothread that is not declared."),
+    "iothread-unused": ("references", "A declared iothread is used by no device (warning)."),
+    # machine
+    "machine-arch": ("machine", "q35 exists only on x86_64, virt only on aarch64."),
+    "machine-usb": ("machine", "machine.usb can only be false in StratoVirt."),
+    "gic-version": ("machine", "gic-version is aarch64-only and must be 3."),
+    "machine-none-devices": ("machine", "Machine type none realizes no devices (warning)."),
+    "kernel-required": ("boot", "microvm needs boot.kernel."),
+    "rootfs-required": (
+        "boot",
+        "A VM needs an initrd, a drive or a chardev as its root file system.",
+    ),
+    "kernel-param-too-long": ("boot", "A kernel parameter value is longer than 255 bytes."),
+    "kernel-param-truncated": (
+        "boot",
+        "A kernel parameter with two '=' is truncated by StratoVirt (warning).",
+    ),
+    "initrd-path-too-long": ("boot", "The initrd path is longer than 255 bytes."),
+    "standard-vm-only": ("machine", "pflash, root ports, VFIO and USB need q35 or virt."),
+    "pflash-required": ("boot", "q35 needs a pflash unit 0 (firmware), even for kernel boot."),
+    "pflash-unit": ("boot", "pflash unit must be 0 or 1, each at most once."),
+    "pflash-readonly": ("boot", "pflash unit 0 (firmware code) should be read-only (warning)."),
+    "fast-unplug-microvm": ("machine", "global.pcie-root-port has no effect on microvm (warning)."),
+    # cpu
+    "cpu-topology": ("cpu", "StratoVirt's -smp rules: ranges 1-254 and the topology product."),
+    "cpu-pmu": ("cpu", "pmu only has an effect on aarch64 (warning)."),
+    "cpu-sockets-aarch64-microvm": ("cpu", "An aarch64 microvm should have one socket (warning)."),
+    # memory and NUMA
+    "memory-size-range": ("memory", "Guest memory must be 128 MiB to 512 GiB."),
+    "memory-size-unit": ("memory", "Sizes StratoVirt receives must be whole MiB."),
+    "memory-zone-duplicate": ("memory", "A memory object id is used twice."),
+    "host-node-range": ("numa", "Host NUMA node ids are below 128."),
+    "numa-microvm": (
+        "numa",
+        "StratoVirt v2.2 ignores -numa on microvm; the engine honours it (warning).",
+    ),
+    "numa-node-limit": ("numa", "At most 8 NUMA nodes."),
+    "numa-node-id": ("numa", "Node ids are below 128 and unique."),
+    "numa-cpu-duplicate": ("numa", "A vCPU belongs to one node, once."),
+    "numa-cpu-range": ("numa", "Node cpus must be below cpu.cpus."),
+    "numa-cpus-uncovered": ("numa", "vCPUs in no node go to node 0 (warning)."),
+    "numa-memory-sum": ("numa", "Node sizes must add up to memory.size exactly."),
+    "numa-distance": (
+        "numa",
+        "Distances: declared nodes, 10 to itself, 11-255 to others, once per pair.",
+    ),
+    # devices
+    "device-id-duplicate": (
+        "devices",
+        "Device ids must be unique (all PCI devices; blk/net on microvm).",
+    ),
+    "device-id-required": ("devices", "Every device on a standard VM needs an id."),
+    "transport-machine": ("devices", "mmio devices on microvm only, pci devices on q35/virt only."),
+    "pci-on-mmio": ("pci", "bus/addr/multifunction only apply to the pci transport."),
+    "pci-slot-reserved": ("pci", "Slot 0 (and 0x1f on q35) of pcie.0 are taken by the chipset."),
+    "pci-devfn-duplicate": ("pci", "Two devices at the same bus, slot and function."),
+    "pci-multifunction": ("pci", "Other functions in a slot need multifunction on function 0."),
+    "pci-bus-unknown": ("pci", "bus must be pcie.0 or a root port declared earlier."),
+    "pci-root-port-slot": ("pci", "Devices behind a root port must use slot 0."),
+    "root-port-range": ("pci", "Root port port and chassis are 0-255."),
+    "microvm-blk-limit": ("limits", "microvm has 4 block slots."),
+    "microvm-net-limit": ("limits", "microvm has 2 net slots (non-vhost)."),
+    "microvm-irq-limit": ("limits", "microvm's IRQ pool: 5 extra virtio-mmio devices on x86_64."),
+    "drive-format": ("blk", "Only raw images in StratoVirt v2.2.0."),
+    "drive-aio": ("blk", "aio=native needs direct; direct with aio=off is rejected."),
+    "drive-iops": ("blk", "iops at most 1000000."),
+    "drive-serial": ("blk", "serial at most 20 bytes."),
+    "drive-queues": ("blk", "queues 1-32."),
+    "queue-size": ("virtio", "blk queue-size 4-1024, net 256-4096, powers of two."),
+    "bootindex": ("blk", "bootindex 0-255, unique."),
+    "drive-shared": ("blk", "One image file backs several drives only if all are read-only."),
+    "drive-detached": (
+        "blk",
+        "Device keys on a drive with attached = false are ignored (warning).",
+    ),
+    "net-backend": ("net", "tap needs ifname or fds; vhost-user needs a chardev and no vhost."),
+    "net-queues": ("net", "queues 1-16 pairs; at most 16 fds; vhostfds need vhost."),
+    "net-mac": ("net", "mac is six hex pairs separated by ':'; unique (warning)."),
+    "net-ifname": ("net", "A tap name is at most 15 bytes (Linux IFNAMSIZ)."),
+    "net-vhost-user-mmio": ("net", "vhost-user works only with virtio-net-pci."),
+    "vhost-user-shared-memory": (
+        "net",
+        "vhost-user needs machine.mem-share and memory.path (warning).",
+    ),
+    "chardev-unknown": ("references", "A chardev reference that names no chardev."),
+    "chardev-consumed": ("references", "A chardev used by two consumers (each is consumed)."),
+    "chardev-options": ("chardev", "socket/file need a path; server/nowait are socket-only."),
+    "vhost-user-chardev": (
+        "chardev",
+        "A vhost-user chardev is a client socket (no server/nowait).",
+    ),
+    "console-limit": ("devices", "Standard VMs fit one virtconsole."),
+    "vsock-cid": ("devices", "guest-cid is 3-4294967294."),
+    "rng-rate": ("devices", "max-bytes and period together; 64 <= max-bytes*1000/period <= 1e9."),
+    "balloon-vfio": ("devices", "Avoid a balloon together with VFIO (warning)."),
+    "vfio-host": ("devices", "Exactly one of host (DDDD:BB:DD.F) or sysfsdev."),
+    "usb-ports": ("devices", "xhci p2/p3 are 1-15."),
+    "usb-needs-xhci": ("devices", "A USB keyboard or tablet needs usb.xhci."),
+    # ozone
+    "ozone-id-range": ("ozone", "uid and gid at most 65535."),
+    "ozone-capability": ("ozone", "Capability names are CAP_* names the kernel knows."),
+    "ozone-cgroup": ("ozone", "Only cpuset.cpus and memory.limit_in_bytes, values without '='."),
+    "ozone-numa": ("ozone", "cpuset.cpus should come with ozone.numa (warning)."),
+    "ozone-name": ("ozone", "The sandbox name is a path component: no '/', at most 255 bytes."),
+    # host (svlaunch check)
+    "host-file": ("host", "A file the VM needs is missing or unreadable."),
+    "host-kvm": ("host", "/dev/kvm is missing or cannot be opened."),
+    "host-tap": ("host", "A tap device is missing and cannot be created."),
+    "host-hugetlbfs": ("host", "memory.path is not on a hugetlbfs mount (warning)."),
+    "host-numa": ("host", "A host NUMA node named by the manifest does not exist."),
+    "host-vhost": ("host", "A vhost device (/dev/vhost-net, /dev/vhost-vsock) is missing."),
+    "host-socket": ("host", "A socket path's folder is missing or the path is taken."),
+}
+
+
+@dataclass
+class Context:
+    """What every rule needs: the manifest, the target, and the issue list it appends to."""
+
+    manifest: m.Manifest
+    target: str = "engine"  # "engine" | "stratovirt"
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def standard(self) -> bool:
+        return self.manifest.machine.type.is_standard
+
+    @property
+    def microvm(self) -> bool:
+        return self.manifest.machine.type is m.MachineType.MICROVM
+
+    def add(
+        self, code: str, path: Path | str, message: str, hint: str = "", severity: str = "error"
+    ) -> None:
+        assert code in RULES, code
+        where = path if isinstance(path, str) else format_path(path)
+        self.issues.append(Issue(message, where, hint, None, severity, code))
+
+    def warn(self, code: str, path: Path | str, message: str, hint: str = "") -> None:
+        self.add(code, path, message, hint, "warning")
+
+    def default_transport(self) -> m.Transport:
+        return m.Transport.PCI if self.standard else m.Transport.MMIO
