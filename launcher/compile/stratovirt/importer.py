@@ -348,15 +348,19 @@ def import_argv(
     st = State(paths or base_dir_paths(base_dir))
     read_argv(tokens, st)
     st.fields.setdefault("name", default_name)
-    manifest = assemble(st)
-    warnings = list(st.warnings)
+    result = ImportResult(assemble(st), list(st.warnings), dict(st.where))
     if validate:
-        issues = _check(manifest)
-        errors = [i for i in locate(issues, st.where) if i.is_error]
-        warnings += [i for i in locate(issues, st.where) if not i.is_error]
-        if errors:
-            raise InvalidInput(errors + warnings)
-    return ImportResult(manifest, warnings, dict(st.where))
+        validate_result(result)
+    return result
+
+
+def validate_result(result: ImportResult) -> None:
+    """Run ``check_model``; its issues are placed at the argv element they came from."""
+    issues = locate(_check(result.manifest), result.where)
+    errors = [i for i in issues if i.is_error]
+    result.warnings += [i for i in issues if not i.is_error]
+    if errors:
+        raise InvalidInput(errors + result.warnings)
 
 
 def _check(manifest: Manifest) -> list[Issue]:
