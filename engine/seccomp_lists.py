@@ -27,6 +27,7 @@ RUNTIME: dict[str, str] = {
     "futex": "the GIL, locks, conditions, queues",
     "sched_yield": "lock spinning in glibc",
     "rt_sigprocmask": "glibc blocks signals around critical sections",
+    "rt_sigaction": "signal.signal, and CPython restores handlers at exit",
     "rt_sigreturn": "return from a signal handler (SIGINT/SIGTERM, vCPU kick)",
     "getpid": "CPython checks the pid (fork safety, logging)",
     "gettid": "threading.get_native_id, logging",

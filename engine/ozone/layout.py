@@ -25,6 +25,7 @@ class Bind:
     is_dir: bool
     writable: bool = False
     role: str = "runtime"
+    alias: str = ""  # the path as named (may go through symlinks, mirrored too)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ def mirror(path: str, ops: dict[str, Op], depth: int = 0) -> str:
             target = os.readlink(nxt)
             ops.setdefault(nxt, Op("symlink", nxt, target))
             cur = mirror(os.path.normpath(os.path.join(cur, target)), ops, depth + 1)
+            if i < len(parts) - 1:
+                ops.setdefault(cur, Op("dir", cur))  # the link's target is a dir on the way
         else:
             if i < len(parts) - 1:
                 ops.setdefault(nxt, Op("dir", nxt))
@@ -70,6 +73,7 @@ def plan_ops(binds: list[Bind], extra_dirs: tuple[str, ...] = ()) -> list[Op]:
         mirror(os.path.join(d, "x"), ops)
         ops.setdefault(d, Op("dir", d))
     for b in binds:
+        mirror(b.alias or b.target, ops)
         mirror(b.target, ops)
         ops[b.target] = Op("dir" if b.is_dir else "file", b.target)
     # parents before children; symlinks need their own parent only

@@ -155,7 +155,12 @@ class Sandbox:
                 os.chown(f, spec.uid, spec.gid)
         self.state.sockets = [b.target for b in spec.binds if b.role.endswith("-dir")]
         self._save()
-        ops = plan_ops(list(spec.binds), extra_dirs=("/dev", "/dev/net"))
+        dev_dirs = (
+            ("/dev", "/dev/net")
+            if any(d.path.startswith("/dev/net/") for d in spec.devices)
+            else ("/dev",)
+        )
+        ops = plan_ops(list(spec.binds), extra_dirs=dev_dirs)
         self._try("place files", lambda: apply_ops(jail, ops), jail)
         with open(jail + JAIL_PLAN, "w") as f:
             f.write(spec.plan_json)

@@ -136,15 +136,8 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
                 f"chown {uid}:{gid} {path}, or chmod it so that uid {uid} can {verb} it",
                 code="ozone-access")  # fmt: skip
             return
-        binds.append(
-            Bind(
-                os.path.realpath(path),
-                os.path.realpath(path),
-                stat.S_ISDIR(st.st_mode),
-                writable,
-                role,
-            )
-        )
+        real = os.path.realpath(path)
+        binds.append(Bind(real, real, stat.S_ISDIR(st.st_mode), writable, role, alias=path))
 
     for hf in plan.host_files:
         path = os.path.abspath(hf.path)
@@ -177,7 +170,7 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
     for src in sb.sources:
         need(os.path.abspath(src), "source", False, "sources")
     for path in runtime.paths:
-        need(path, "runtime file", False, "uid")
+        need(path, "runtime", False, "uid")
 
     # -- device nodes: only what this VM uses -----------------------------------------------
     wanted = [

@@ -1,0 +1,81 @@
+"""``python -m engine.ozone``: the sandbox supervisor (ozone for the builtin engine).
+
+    python -m engine.ozone run --plan FILE [--state-dir DIR] [-- ARGV...]
+    python -m engine.ozone teardown --name NAME --exec EXEC [--state-dir DIR]
+
+``run`` builds the jail from the plan's ozone section, starts the engine in it
+(``python -m engine run --plan /plan.json``, or ARGV), forwards SIGTERM/SIGINT/SIGHUP to it,
+reports how it ended (a seccomp kill is named), tears down when the manifest asks for
+``clean_resource``, and exits with the engine's status (128+signal when killed).
+``teardown`` is ozone's ``-clean-resource``: it works from the state file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from engine.ozone.state import DEFAULT_STATE_DIR
+from launcher.errors import SvlaunchError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.ozone.sandbox import Sandbox
+    from launcher.compile.plan import Plan
+
+    try:
+        with open(args.plan) as f:
+            plan = Plan.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise SvlaunchError(f"cannot read plan {args.plan}: {e}") from None
+    sandbox = Sandbox.from_plan(plan, state_dir=args.state_dir)
+    for w in sandbox.spec.warnings:
+        print(f"svlaunch: warning: {w}", file=sys.stderr)
+    jailed = sandbox.realize(args.argv or None)
+
+    def forward(sig: int, _frame: object) -> None:
+        try:
+            os.kill(jailed.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    end = jailed.wait()
+    if end.code != 0:
+        print(f"svlaunch: engine (pid {end.pid}) {end.reason}", file=sys.stderr)
+    if sandbox.spec.clean_resource:
+        sandbox.teardown()
+    return end.shell_status
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    from engine.ozone.sandbox import teardown_named
+
+    teardown_named(args.name, args.exec, args.state_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.ozone", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="start the engine in its sandbox")
+    run.add_argument("--plan", required=True)
+    run.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    run.add_argument("argv", nargs="*", help="payload instead of the engine (after --)")
+    td = sub.add_parser("teardown", help="remove a sandbox's jail and cgroups (-clean-resource)")
+    td.add_argument("--name", required=True)
+    td.add_argument("--exec", required=True, help="the exec name (basename of the ozone exec_file)")
+    td.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    args = p.parse_args(argv)
+    try:
+        return _run(args) if args.cmd == "run" else _teardown(args)
+    except SvlaunchError as e:
+        print(f"svlaunch: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
