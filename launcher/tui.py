@@ -224,8 +224,6 @@ def render(view: VmView) -> Any:
     for key, (_, label) in KEYS.items():
         keys.append(f" {key} ", style="reverse")
         keys.append(f" {label}  ")
-    if view.message:
-        keys.append(f"  {view.message}", style="italic")
 
     return Group(
         Panel(head, title="svlaunch top", title_align="left"),
@@ -233,4 +231,5 @@ def render(view: VmView) -> Any:
         Panel(events, title="QMP events"),
         Panel(serial, title="serial console"),
         keys,
+        Text(view.message, style="italic", no_wrap=True, overflow="ellipsis"),
     )
