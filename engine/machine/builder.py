@@ -1,0 +1,224 @@
+"""The recipe: plan → a built, paused ``Machine``. The only code that knows the boot order.
+
+``build(plan, events)`` follows Firecracker's ``build_microvm_for_boot``; each numbered step
+depends on the ones before it:
+
+1. host checks: /dev/kvm, vCPU count and APIC ids against the host's limits (NUMA nodes are
+   checked in step 2, before anything is mapped);
+2. guest RAM (``ram.create_guest_memory``: map, DONTDUMP, mbind, prealloc);
+3. the VM: TSS and identity-map pages, in-kernel irqchip, then PIT2 (PIT needs the irqchip);
+   identity map before any vCPU exists (KVM refuses it afterwards);
+4. one memory slot per RAM region;
+5. devices: COM1 + chardev, the ACPI PM port, virtio-mmio transports with irqfd/ioeventfds;
+6. boot data: kernel, initrd (placed high, below ``initrd_addr_max``), command line, ACPI
+   tables, zero page with E820, then the GDT/IDT/page tables;
+7. vCPUs: created with id = APIC id, CPUID set before MSRs (KVM filters MSRs by CPUID), then
+   registers; each gets a thread that starts parked. ``Machine.resume()`` lets them run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.eventloop import EventLoop, IoThread
+from engine.machine import bootparams, layout, regs
+from engine.machine.bus import Bus
+from engine.machine.cpuid_setup import is_pvm_host, vcpu_cpuid
+from engine.machine.devices import DeviceError, DeviceManager
+from engine.machine.kvm import Kvm, VmFd
+from engine.machine.loader import LoadResult, load_kernel
+from engine.machine.memory import GuestMemory
+from engine.machine.ram import Progress, create_guest_memory
+from engine.machine.vcpu import ExitContext, VcpuThread, VmEvents, install_kick_handler
+from launcher.compile.plan import Plan
+from launcher.errors import EngineError, HostError
+
+log = logging.getLogger(__name__)
+
+PVM_NOTICE = (
+    "this host's /dev/kvm is PVM (kvm_pvm): a stock Linux kernel's CPL0 code is emulated "
+    "(~0.7 us per instruction), so its boot is slow and some instructions fail; "
+    "boot real kernels in the nested rig (scripts/rig MANIFEST)"
+)
+
+
+@dataclass
+class Machine:
+    plan: Plan
+    kvm: Kvm
+    vm: VmFd
+    mem: GuestMemory
+    pio: Bus
+    mmio: Bus
+    devices: DeviceManager
+    loop: EventLoop
+    iothreads: dict[str, IoThread]
+    vcpus: list[VcpuThread] = field(default_factory=list)
+    kernel: LoadResult | None = None
+    pvm: bool = False
+
+    def resume(self) -> None:
+        for v in self.vcpus:
+            v.resume()
+
+    def pause(self) -> None:
+        for v in self.vcpus:
+            v.pause()
+
+    def close(self) -> None:
+        """Stop vCPUs, devices and loops, then release KVM fds before guest memory."""
+        for v in self.vcpus:
+            v.stop()
+        for io in self.iothreads.values():
+            io.stop()
+        self.devices.close()
+        for v in self.vcpus:
+            if not v.alive:
+                v.fd.close()
+        self.vm.close()
+        self.kvm.close()
+        self.mem.close()
+
+
+def _check_host(kvm: Kvm, plan: Plan) -> None:
+    n = len(plan.vcpus)
+    if n > kvm.max_vcpus:
+        raise HostError(
+            f"the plan has {n} vCPUs, this host's KVM allows {kvm.max_vcpus}",
+            hint="lower cpu.cpus",
+        )
+    top = max(v.apic_id for v in plan.vcpus)
+    if top >= kvm.max_vcpu_id:
+        raise HostError(
+            f"APIC id {top} is above this host's KVM limit {kvm.max_vcpu_id - 1}",
+            hint="use a smaller topology (fewer sockets/dies/cores)",
+        )
+
+
+def _create_device(spec: Any, mem: GuestMemory, loop: EventLoop) -> Any:
+    try:
+        from engine.virtio.factory import create_device
+    except ImportError:
+        raise DeviceError(
+            f"device {spec.id}: virtio-{spec.kind} is not available in this engine build"
+        ) from None
+    return create_device(spec, mem=mem, loop=loop)
+
+
+def _write_acpi(mem: GuestMemory, plan: Plan) -> int:
+    """Place the ACPI tables in the system-data region; returns the RSDP address (0: none)."""
+    try:
+        from engine.machine.acpi import build_acpi  # type: ignore[attr-defined]
+    except ImportError:
+        log.info("ACPI tables not available in this build: booting without them")
+        return 0
+    acpi = build_acpi(plan)
+    for addr, blob in acpi.tables:
+        mem.write(addr, blob)
+    return int(acpi.rsdp_addr)
+
+
+def _load_boot_data(m: Machine) -> LoadResult:
+    plan, mem = m.plan, m.mem
+    try:
+        with open(plan.boot.kernel, "rb") as f:
+            kernel = load_kernel(mem, f, name=plan.boot.kernel)
+    except OSError as e:
+        raise HostError(f"kernel {plan.boot.kernel}: {e.strerror}") from None
+    initrd = None
+    if plan.boot.initrd:
+        try:
+            with open(plan.boot.initrd, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise HostError(f"initrd {plan.boot.initrd}: {e.strerror}") from None
+        initrd = bootparams.load_initrd(mem, data, kernel=kernel)
+    cmdline_len = bootparams.write_cmdline(mem, plan.boot.cmdline, max_len=kernel.cmdline_size)
+    rsdp = _write_acpi(mem, plan)
+    e820 = bootparams.e820_map([(r.guest_addr, r.size) for r in mem.regions])
+    zp = bootparams.build_zero_page(
+        kernel,
+        e820,
+        cmdline_addr=layout.CMDLINE_START,
+        cmdline_len=cmdline_len,
+        initrd=initrd,
+        rsdp_addr=rsdp,
+    )
+    bootparams.write_boot_params(mem, zp)
+    regs.write_boot_tables(mem)
+    return kernel
+
+
+def build(
+    plan: Plan,
+    events: VmEvents,
+    *,
+    kvm_path: str = "/dev/kvm",
+    progress: Progress | None = None,
+    thread_init: Any = None,
+) -> Machine:
+    """Build the VM of ``plan`` with every vCPU paused. ``events`` receives poweroff/reset/fatal."""
+    pvm = is_pvm_host()
+    if pvm:
+        log.warning(PVM_NOTICE)
+    install_kick_handler()
+    kvm = Kvm(kvm_path)  # 1
+    cleanup: list[Any] = [kvm]
+    try:
+        _check_host(kvm, plan)
+        mem = create_guest_memory(plan.memory, progress=progress)  # 2
+        cleanup.append(mem)
+        vm = kvm.create_vm()  # 3
+        cleanup.append(vm)
+        vm.set_tss_address(layout.KVM_TSS_START)
+        vm.set_identity_map_address(layout.KVM_IDENTITY_MAP_START)
+        vm.create_irqchip()
+        vm.create_pit2()
+        for slot, r in enumerate(mem.regions):  # 4
+            vm.set_user_memory_region(slot, r.guest_addr, r.size, r.host_addr)
+        loop = EventLoop("main")  # 5
+        iothreads = {name: IoThread(name) for name in plan.iothreads}
+        pio, mmio = Bus("pio"), Bus("mmio")
+        dm = DeviceManager(vm, mem, pio, mmio, loop, {n: t.loop for n, t in iothreads.items()})
+        m = Machine(plan, kvm, vm, mem, pio, mmio, dm, loop, iothreads, pvm=pvm)
+        cleanup = [m]
+        if plan.serial is not None:
+            dm.attach_serial(plan.serial)
+        dm.attach_power(
+            lambda: events.on_reset("guest reset (ACPI reset register)"),
+            lambda: events.on_poweroff("guest poweroff (ACPI S5)"),
+        )
+        for spec in plan.devices:
+            dm.attach_virtio(spec, _create_device(spec, mem, dm.loop_for(spec)))
+        m.kernel = _load_boot_data(m)  # 6
+        supported = kvm.supported_cpuid()  # 7
+        for vp in plan.vcpus:
+            fd = vm.create_vcpu(vp.apic_id)
+            fd.set_cpuid2(vcpu_cpuid(supported, vp, plan.topology, pvm=pvm))
+            regs.configure_vcpu(fd, m.kernel.entry)
+            ctx = ExitContext(pio=pio, mmio=mmio, events=events, pvm=pvm)
+            t = VcpuThread(fd, vp.index, ctx, thread_init=thread_init)
+            m.vcpus.append(t)
+        for t in m.vcpus:
+            t.start()
+        for io in iothreads.values():
+            io.start()
+        return m
+    except BaseException:
+        for obj in reversed(cleanup):
+            with contextlib.suppress(Exception):
+                obj.close()
+        raise
+
+
+def boot(plan: Plan, events: VmEvents, **kwargs: Any) -> Machine:
+    """Build and run (the non-paused start)."""
+    m = build(plan, events, **kwargs)
+    m.resume()
+    return m
+
+
+__all__ = ["PVM_NOTICE", "EngineError", "Machine", "boot", "build"]

@@ -1,0 +1,114 @@
+"""The PIO and MMIO buses: guest accesses routed to devices by address, as offsets only.
+
+A device sees ``read(offset, size) -> int`` and ``write(offset, size, value)`` relative to its own
+base (Firecracker's ``BusDevice``), never the absolute address, so the same device works at any
+base. Ranges may not overlap; insertion refuses an overlap with both names. Lookups are a bisect
+over sorted starts, so a guest's access costs O(log n). Unclaimed reads return all-ones and
+unclaimed writes are dropped (what real hardware does), counted for the stats.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from launcher.errors import EngineError
+
+
+class BusDevice(Protocol):
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class BusError(EngineError):
+    """Two devices were placed on overlapping ranges (a layout bug, caught at build time)."""
+
+
+@dataclass(frozen=True)
+class BusRange:
+    base: int
+    length: int
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.length
+
+
+class Bus:
+    """Address → (device, offset). Insertion happens at build/hot-plug time under a lock."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._starts: list[int] = []
+        self._entries: list[tuple[BusRange, BusDevice, threading.Lock | None]] = []
+        self._lock = threading.Lock()
+        self.unhandled = 0
+
+    def insert(
+        self, device: BusDevice, base: int, length: int, name: str, *, serialize: bool = True
+    ) -> None:
+        """Place ``device`` at ``[base, base+length)``; ``serialize`` gives it its own lock.
+
+        A lock per device keeps vCPU threads from interleaving inside a device model that is
+        not thread-safe (the UART); a device that locks for itself can pass ``serialize=False``.
+        """
+        if length <= 0:
+            raise BusError(f"{self.name} bus: {name} has an empty range at {base:#x}")
+        new = BusRange(base, length, name)
+        with self._lock:
+            i = bisect.bisect_left(self._starts, base)
+            for j in (i - 1, i):
+                if 0 <= j < len(self._entries):
+                    r = self._entries[j][0]
+                    if r.base < new.end and new.base < r.end:
+                        raise BusError(
+                            f"{self.name} bus: {name} [{base:#x}, {new.end:#x}) overlaps "
+                            f"{r.name} [{r.base:#x}, {r.end:#x})"
+                        )
+            self._starts.insert(i, base)
+            self._entries.insert(i, (new, device, threading.Lock() if serialize else None))
+
+    def remove(self, base: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, base)
+            if i < len(self._starts) and self._starts[i] == base:
+                del self._starts[i]
+                del self._entries[i]
+
+    def lookup(self, addr: int) -> tuple[BusRange, BusDevice, threading.Lock | None] | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:
+            entry = self._entries[i]
+            if addr < entry[0].end:
+                return entry
+        return None
+
+    def read(self, addr: int, size: int) -> int:
+        entry = self.lookup(addr)
+        if entry is None or addr + size > entry[0].end:
+            self.unhandled += 1
+            return (1 << (8 * size)) - 1
+        rng, dev, lock = entry
+        if lock is None:
+            return dev.read(addr - rng.base, size)
+        with lock:
+            return dev.read(addr - rng.base, size)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        entry = self.lookup(addr)
+        if entry is None or addr + size > entry[0].end:
+            self.unhandled += 1
+            return
+        rng, dev, lock = entry
+        if lock is None:
+            dev.write(addr - rng.base, size, value)
+            return
+        with lock:
+            dev.write(addr - rng.base, size, value)
+
+    def ranges(self) -> list[BusRange]:
+        return [e[0] for e in self._entries]

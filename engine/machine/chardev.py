@@ -1,0 +1,312 @@
+"""Character-device backends for the UART and virtconsole: stdio, pty, unix socket, file.
+
+A backend moves bytes between a device model and the host. ``write`` may be called from any
+thread (a vCPU thread writing the THR) and never blocks the guest on a slow or absent reader
+(bytes are dropped and counted, as a real UART with no cable). Input is read on an
+``EventLoop`` and handed to ``sink(bytes) -> taken`` only while ``free()`` says the device has
+room; when the device is full the backend stops polling its fd until ``resume_input()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import termios
+import threading
+import tty
+from collections.abc import Callable
+
+from engine.eventloop import EventLoop
+from launcher.compile.plan import ChardevPlan
+from launcher.errors import HostError
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[bytes], int]
+Free = Callable[[], int]
+
+
+class Chardev:
+    """Base backend: one output fd and an optional input fd."""
+
+    def __init__(self, plan: ChardevPlan) -> None:
+        self.plan = plan
+        self.out_fd: int | None = None
+        self.in_fd: int | None = None
+        self.dropped = 0
+        self._loop: EventLoop | None = None
+        self._sink: Sink | None = None
+        self._free: Free | None = None
+        self._polling = False
+        self._lock = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        return self.plan.backend
+
+    # -- output (any thread) ------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        fd = self.out_fd
+        if fd is None:
+            self.dropped += len(data)
+            return
+        try:
+            n = os.write(fd, data)
+            if n < len(data):
+                self.dropped += len(data) - n
+        except BlockingIOError:
+            self.dropped += len(data)
+        except OSError:
+            self.dropped += len(data)
+            self._peer_gone()
+
+    def _peer_gone(self) -> None:
+        """The reader went away; sockets wait for the next client."""
+
+    # -- input (loop thread) ------------------------------------------------------------------------
+
+    def attach(self, loop: EventLoop, sink: Sink, free: Free) -> None:
+        self._loop, self._sink, self._free = loop, sink, free
+        self._start_polling()
+
+    def _start_polling(self) -> None:
+        if self._loop is not None and self.in_fd is not None and not self._polling:
+            self._loop.add_reader(self.in_fd, self._on_readable)
+            self._polling = True
+
+    def _stop_polling(self) -> None:
+        if self._loop is not None and self.in_fd is not None and self._polling:
+            self._loop.remove_reader(self.in_fd)
+            self._polling = False
+
+    def resume_input(self) -> None:
+        """The device has room again (called on the loop's thread)."""
+        self._start_polling()
+
+    def _on_readable(self) -> None:
+        assert self._sink is not None and self._free is not None and self.in_fd is not None
+        room = self._free()
+        if room <= 0:
+            self._stop_polling()
+            return
+        try:
+            data = os.read(self.in_fd, room)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._on_eof()
+            return
+        self._sink(data)
+
+    def _on_eof(self) -> None:
+        self._stop_polling()
+
+    def close(self) -> None:
+        self._stop_polling()
+
+
+class StdioChardev(Chardev):
+    """The engine's stdin/stdout; a terminal on stdin is put in raw mode and restored on close."""
+
+    def __init__(self, plan: ChardevPlan) -> None:
+        super().__init__(plan)
+        self.out_fd = 1
+        self._saved: list | None = None
+        try:
+            os.fstat(0)
+            self.in_fd = 0
+        except OSError:
+            self.in_fd = None
+        if self.in_fd is not None and os.isatty(0):
+            self._saved = termios.tcgetattr(0)
+            tty.setraw(0)
+            # keep output post-processing so "\n" still returns the carriage for host logs
+            attrs = termios.tcgetattr(0)
+            attrs[1] |= termios.OPOST | termios.ONLCR
+            termios.tcsetattr(0, termios.TCSANOW, attrs)
+
+    def close(self) -> None:
+        super().close()
+        if self._saved is not None:
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(0, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+
+class PtyChardev(Chardev):
+    """A new pseudo-terminal; its slave path is logged as QEMU/StratoVirt do."""
+
+    def __init__(self, plan: ChardevPlan) -> None:
+        super().__init__(plan)
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self.path = os.ttyname(slave)
+        self._slave = slave  # kept open so the master never sees a hang-up
+        self.out_fd = self.in_fd = master
+        log.info("char device redirected to %s (label %s)", self.path, plan.id)
+
+    @property
+    def description(self) -> str:
+        return f"pty:{self.path}"
+
+    def close(self) -> None:
+        super().close()
+        for fd in (self.out_fd, self._slave):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.out_fd = self.in_fd = None
+
+
+class SocketChardev(Chardev):
+    """A unix stream socket: a server (one client at a time) or a client."""
+
+    def __init__(self, plan: ChardevPlan) -> None:
+        super().__init__(plan)
+        if not plan.path:
+            raise HostError(f"chardev {plan.id}: a socket backend needs a path")
+        self.path = plan.path
+        self._listener: socket.socket | None = None
+        self._conn: socket.socket | None = None
+        if plan.server:
+            with contextlib.suppress(FileNotFoundError):
+                if not os.path.isdir(plan.path):
+                    os.unlink(plan.path)
+            lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                lst.bind(plan.path)
+            except OSError as e:
+                lst.close()
+                raise HostError(
+                    f"chardev {plan.id}: cannot listen on {plan.path}: {e.strerror}",
+                    hint="check that the folder exists and is writable",
+                ) from None
+            lst.listen(1)
+            self._listener = lst
+            if not plan.nowait:
+                log.info("chardev %s: waiting for a connection on %s", plan.id, plan.path)
+                conn, _ = lst.accept()
+                self._set_conn(conn)
+            lst.setblocking(False)
+        else:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                conn.connect(plan.path)
+            except OSError as e:
+                conn.close()
+                raise HostError(
+                    f"chardev {plan.id}: cannot connect to {plan.path}: {e.strerror}",
+                    hint="start the server side first, or make this chardev the server",
+                ) from None
+            self._set_conn(conn)
+
+    @property
+    def description(self) -> str:
+        return f"unix:{self.path}{',server' if self.plan.server else ''}"
+
+    def _set_conn(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        self._conn = conn
+        self.out_fd = self.in_fd = conn.fileno()
+
+    def attach(self, loop: EventLoop, sink: Sink, free: Free) -> None:
+        super().attach(loop, sink, free)
+        if self._listener is not None:
+            loop.add_reader(self._listener.fileno(), self._on_accept)
+
+    def _on_accept(self) -> None:
+        assert self._listener is not None
+        try:
+            conn, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        if self._conn is not None:
+            conn.close()  # one client at a time, as QEMU
+            return
+        self._set_conn(conn)
+        self._start_polling()
+
+    def write(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            self.dropped += len(data)
+            return
+        try:
+            n = conn.send(data, socket.MSG_NOSIGNAL)
+            self.dropped += len(data) - n
+        except BlockingIOError:
+            self.dropped += len(data)
+        except OSError:
+            self.dropped += len(data)
+            self._peer_gone()
+
+    def _peer_gone(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drop_conn)
+
+    def _on_eof(self) -> None:
+        self._drop_conn()
+
+    def _drop_conn(self) -> None:
+        self._stop_polling()
+        with self._lock:
+            conn, self._conn = self._conn, None
+            self.out_fd = self.in_fd = None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        self._drop_conn()
+        if self._listener is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+            if self.plan.server:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+
+
+class FileChardev(Chardev):
+    """Output appended to a file (truncated at start, as QEMU's default); no input."""
+
+    def __init__(self, plan: ChardevPlan) -> None:
+        super().__init__(plan)
+        if not plan.path:
+            raise HostError(f"chardev {plan.id}: a file backend needs a path")
+        try:
+            self.out_fd = os.open(
+                plan.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640
+            )
+        except OSError as e:
+            raise HostError(f"chardev {plan.id}: cannot open {plan.path}: {e.strerror}") from None
+
+    def close(self) -> None:
+        super().close()
+        if self.out_fd is not None:
+            os.close(self.out_fd)
+            self.out_fd = None
+
+
+BACKENDS: dict[str, type[Chardev]] = {
+    "stdio": StdioChardev,
+    "pty": PtyChardev,
+    "socket": SocketChardev,
+    "file": FileChardev,
+}
+
+
+def open_chardev(plan: ChardevPlan) -> Chardev:
+    cls = BACKENDS.get(plan.backend)
+    if cls is None:
+        raise HostError(
+            f"chardev {plan.id}: backend {plan.backend!r} is not supported",
+            hint=f"use one of {', '.join(BACKENDS)}",
+        )
+    return cls(plan)

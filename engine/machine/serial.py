@@ -1,0 +1,174 @@
+"""An 8250/16550A UART model (COM1), pure: registers in, bytes and interrupts out.
+
+No fds, no threads: output goes to a ``write(bytes)`` callable, the interrupt to a
+``trigger()`` callable (an irqfd write in the engine), and input arrives through
+``enqueue(bytes)``. That keeps the model testable byte by byte and lets any chardev backend
+drive it. Behaviour follows vm-superio/QEMU: transmission is instant (THRE|TEMT always set),
+the IIR reports FIFOs enabled, enabling the THRE interrupt while the THR is empty raises it (Linux's
+8250 driver relies on that for interrupt-driven output), and an interrupt is raised on the edge
+from "none pending" to "pending" (the GSI is edge-triggered).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+DATA, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
+FCR = IIR
+
+IER_RDA = 0x01
+IER_THRE = 0x02
+IER_RLS = 0x04
+IER_MS = 0x08
+IER_VALID = 0x0F
+
+IIR_NONE = 0x01
+IIR_THRE = 0x02
+IIR_RDA = 0x04
+IIR_FIFO = 0xC0
+
+LCR_DLAB = 0x80
+MCR_LOOP = 0x10
+MCR_VALID = 0x1F
+
+LSR_DR = 0x01
+LSR_OE = 0x02
+LSR_THRE = 0x20
+LSR_TEMT = 0x40
+
+MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
+DEFAULT_MSR = MSR_DCD | MSR_DSR | MSR_CTS
+
+FIFO_SIZE = 64
+
+
+class Serial:
+    """Register-level 16550A. ``read``/``write`` take the offset from the port base (0..7)."""
+
+    def __init__(
+        self,
+        write_out: Callable[[bytes], None],
+        trigger: Callable[[], None],
+        *,
+        on_space: Callable[[], None] | None = None,
+    ) -> None:
+        self._out = write_out
+        self._trigger = trigger
+        self._on_space = on_space
+        self.ier = 0
+        self.lcr = 0x03  # 8N1
+        self.mcr = 0x08  # OUT2
+        self.scr = 0
+        self.dll, self.dlm = 0x0C, 0  # 9600 baud
+        self._thr_pending = False
+        self._overrun = False
+        self._rx: deque[int] = deque()
+        self._last_iir = IIR_NONE
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+
+    # -- input from the backend ---------------------------------------------------------------------
+
+    def free_space(self) -> int:
+        return FIFO_SIZE - len(self._rx)
+
+    def enqueue(self, data: bytes) -> int:
+        """Queue host input for the guest; returns how many bytes were taken (FIFO-bounded)."""
+        n = min(len(data), self.free_space())
+        if n < len(data):
+            self._overrun = True
+        self._rx.extend(data[:n])
+        self.rx_bytes += n
+        if n:
+            self._update()
+        return n
+
+    # -- registers ----------------------------------------------------------------------------------
+
+    def _iir(self) -> int:
+        if self.ier & IER_RDA and self._rx:
+            return IIR_RDA
+        if self.ier & IER_THRE and self._thr_pending:
+            return IIR_THRE
+        return IIR_NONE
+
+    def _update(self) -> None:
+        iir = self._iir()
+        if iir != IIR_NONE and self._last_iir == IIR_NONE:
+            self._trigger()
+        self._last_iir = iir
+
+    def read(self, offset: int, size: int = 1) -> int:
+        if offset == DATA:
+            if self.lcr & LCR_DLAB:
+                return self.dll
+            value = self._rx.popleft() if self._rx else 0
+            if self._on_space is not None and len(self._rx) == FIFO_SIZE // 2:
+                self._on_space()
+            self._update()
+            return value
+        if offset == IER:
+            return self.dlm if self.lcr & LCR_DLAB else self.ier
+        if offset == IIR:
+            iir = self._iir()
+            if iir == IIR_THRE:
+                self._thr_pending = False  # reading IIR acknowledges THRE
+                self._update()
+            return iir | IIR_FIFO
+        if offset == LCR:
+            return self.lcr
+        if offset == MCR:
+            return self.mcr
+        if offset == LSR:
+            lsr = LSR_THRE | LSR_TEMT
+            if self._rx:
+                lsr |= LSR_DR
+            if self._overrun:
+                lsr |= LSR_OE
+                self._overrun = False
+            return lsr
+        if offset == MSR:
+            if self.mcr & MCR_LOOP:
+                m = self.mcr
+                return ((m & 0x02) << 3) | ((m & 0x01) << 5) | ((m & 0x04) << 4) | ((m & 0x08) << 4)
+            return DEFAULT_MSR
+        if offset == SCR:
+            return self.scr
+        return 0xFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        value &= 0xFF
+        if offset == DATA:
+            if self.lcr & LCR_DLAB:
+                self.dll = value
+                return
+            if self.mcr & MCR_LOOP:
+                if self.free_space():
+                    self._rx.append(value)
+            else:
+                self._out(bytes((value,)))
+                self.tx_bytes += 1
+            self._thr_pending = True
+            self._update()
+        elif offset == IER:
+            if self.lcr & LCR_DLAB:
+                self.dlm = value
+                return
+            enabling_thre = value & IER_THRE and not self.ier & IER_THRE
+            self.ier = value & IER_VALID
+            if enabling_thre:
+                self._thr_pending = True
+            self._update()
+        elif offset == FCR:
+            if value & 0x02:  # clear receive FIFO
+                self._rx.clear()
+                if self._on_space is not None:
+                    self._on_space()
+            self._update()
+        elif offset == LCR:
+            self.lcr = value
+        elif offset == MCR:
+            self.mcr = value & MCR_VALID
+        elif offset == SCR:
+            self.scr = value

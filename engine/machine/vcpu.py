@@ -1,0 +1,283 @@
+"""vCPU threads: run loop, exit dispatch, and the pause/kick/stop path.
+
+``handle_exit`` is a free function over ``(exit reason, kvm_run view, context)`` so it is tested
+with synthetic exits and no KVM. ``VcpuThread`` owns one ``VcpuFd``: created paused, it enters
+the guest only after ``resume()``. A kick sets ``kvm_run.immediate_exit`` and then sends
+``KICK_SIGNAL`` to the thread: if the thread is inside KVM_RUN the signal makes it return EINTR;
+if it is about to enter, immediate_exit makes KVM_RUN return at once, so no kick is lost.
+KVM_RUN goes through cffi (returns EINTR once; ``fcntl.ioctl`` retries on 3.14+).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.machine import kvm_sys as k
+from engine.machine.kvm import KvmError, VcpuFd
+
+log = logging.getLogger(__name__)
+
+KICK_SIGNAL = signal.SIGRTMIN + 1
+
+
+class IoBus(Protocol):
+    def read(self, addr: int, size: int) -> int: ...
+
+    def write(self, addr: int, size: int, value: int) -> None: ...
+
+
+class VmEvents(Protocol):
+    """What a vCPU reports to its VM (implemented by ``engine.vm.Vm``)."""
+
+    def on_poweroff(self, source: str) -> None: ...
+
+    def on_reset(self, source: str) -> None: ...
+
+    def on_fatal(self, message: str) -> None: ...
+
+
+class ExitAction(enum.Enum):
+    CONTINUE = "continue"  # re-enter the guest
+    STOP = "stop"  # this vCPU stops (the VM was told why)
+
+
+@dataclass
+class ExitContext:
+    pio: IoBus
+    mmio: IoBus
+    events: VmEvents
+    pvm: bool = False
+    get_rip: Callable[[], int] = lambda: 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def _io_exit(run: Any, run_map: Any, ctx: ExitContext) -> None:
+    io = run.io
+    size, port, count, off = io.size, io.port, io.count, io.data_offset
+    if size not in (1, 2, 4) or count > 4096 or off + size * count > len(run_map):
+        return  # malformed exit from KVM: ignore rather than index outside the page
+    if io.direction == k.KVM_EXIT_IO_OUT:
+        for i in range(count):
+            p = off + i * size
+            ctx.pio.write(port, size, int.from_bytes(run_map[p : p + size], "little"))
+    else:
+        for i in range(count):
+            p = off + i * size
+            run_map[p : p + size] = (ctx.pio.read(port, size) & ((1 << (8 * size)) - 1)).to_bytes(
+                size, "little"
+            )
+
+
+def _mmio_exit(run: Any, ctx: ExitContext) -> None:
+    m = run.mmio
+    length = m.len
+    if length not in (1, 2, 4, 8):
+        return
+    if m.is_write:
+        value = int.from_bytes(bytes(m.data[0:length]), "little")
+        ctx.mmio.write(m.phys_addr, length, value)
+    else:
+        value = ctx.mmio.read(m.phys_addr, length) & ((1 << (8 * length)) - 1)
+        for i, b in enumerate(value.to_bytes(length, "little")):
+            m.data[i] = b
+
+
+def describe_internal_error(run: Any, rip: int, *, pvm: bool) -> str:
+    """One line naming RIP and the failing instruction's bytes (how PVM's limits show up)."""
+    ie = run.internal
+    if ie.suberror == k.KVM_INTERNAL_ERROR_EMULATION:
+        ef = run.emulation_failure
+        text = f"emulation failure at RIP {rip:#x}"
+        if ef.flags & k.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES and ef.insn_size:
+            n = min(ef.insn_size, 15)
+            text += ": instruction bytes " + " ".join(f"{ef.insn_bytes[i]:02x}" for i in range(n))
+        if pvm:
+            text += (
+                " (this PVM host emulates guest kernel code and cannot run some instructions: "
+                "boot stock kernels in the nested rig, scripts/rig)"
+            )
+        return text
+    data = " ".join(f"{ie.data[i]:#x}" for i in range(min(ie.ndata, 16)))
+    return f"KVM internal error, suberror {ie.suberror} at RIP {rip:#x} data [{data}]"
+
+
+def handle_exit(reason: int, run: Any, run_map: Any, ctx: ExitContext) -> ExitAction:
+    """Dispatch one VM exit. Guest-controlled values are bounded; bus devices see offsets."""
+    ctx.counts[k.EXIT_NAMES.get(reason, str(reason))] += 1
+    if reason == k.KVM_EXIT_IO:
+        _io_exit(run, run_map, ctx)
+        return ExitAction.CONTINUE
+    if reason == k.KVM_EXIT_MMIO:
+        _mmio_exit(run, ctx)
+        return ExitAction.CONTINUE
+    if reason in (k.KVM_EXIT_INTR, k.KVM_EXIT_IRQ_WINDOW_OPEN):
+        return ExitAction.CONTINUE
+    if reason == k.KVM_EXIT_HLT:
+        # With the in-kernel irqchip HLT waits inside KVM; an HLT exit means a halted CPU.
+        return ExitAction.STOP
+    if reason == k.KVM_EXIT_SHUTDOWN:
+        ctx.events.on_reset(f"triple fault at RIP {ctx.get_rip():#x}")
+        return ExitAction.STOP
+    if reason == k.KVM_EXIT_SYSTEM_EVENT:
+        t = run.system_event.type
+        if t == k.KVM_SYSTEM_EVENT_SHUTDOWN:
+            ctx.events.on_poweroff("system event: shutdown")
+        elif t == k.KVM_SYSTEM_EVENT_RESET:
+            ctx.events.on_reset("system event: reset")
+        else:
+            ctx.events.on_fatal(f"guest crash (system event {t})")
+        return ExitAction.STOP
+    if reason == k.KVM_EXIT_INTERNAL_ERROR:
+        ctx.events.on_fatal(describe_internal_error(run, ctx.get_rip(), pvm=ctx.pvm))
+        return ExitAction.STOP
+    if reason == k.KVM_EXIT_FAIL_ENTRY:
+        fe = run.fail_entry
+        ctx.events.on_fatal(
+            f"VM entry failed: hardware reason {fe.hardware_entry_failure_reason:#x} on cpu {fe.cpu}"
+        )
+        return ExitAction.STOP
+    ctx.events.on_fatal(
+        f"unexpected exit {k.EXIT_NAMES.get(reason, reason)} at RIP {ctx.get_rip():#x}"
+    )
+    return ExitAction.STOP
+
+
+# -- the thread -----------------------------------------------------------------------------------
+
+_kick_installed = False
+
+
+def install_kick_handler() -> bool:
+    """Install the no-op kick handler (main thread only). Returns whether it is in place."""
+    global _kick_installed
+    if not _kick_installed:
+        try:
+            signal.signal(KICK_SIGNAL, lambda _s, _f: None)
+            _kick_installed = True
+        except ValueError:
+            log.warning("vCPU kick signal not installed (not on the main thread)")
+    return _kick_installed
+
+
+class VcpuState(enum.Enum):
+    PAUSED = "paused"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class VcpuThread:
+    """One vCPU on its own thread; starts parked (paused)."""
+
+    def __init__(
+        self,
+        fd: VcpuFd,
+        index: int,
+        ctx: ExitContext,
+        *,
+        thread_init: Callable[[], None] | None = None,
+    ) -> None:
+        self.fd = fd
+        self.index = index
+        self.ctx = ctx
+        self._thread_init = thread_init
+        self._cond = threading.Condition()
+        self._want = VcpuState.PAUSED
+        self._parked = False
+        self._done = False
+        self.halted = False
+        self.native_id = 0
+        ctx.get_rip = self._rip
+        self._thread = threading.Thread(target=self._main, name=f"vcpu-{index}", daemon=True)
+
+    def _rip(self) -> int:
+        try:
+            return int(self.fd.get_regs().rip)
+        except KvmError:
+            return 0
+
+    def start(self) -> None:
+        self._thread.start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._parked or self._done, timeout=5)
+
+    def _main(self) -> None:
+        self.native_id = threading.get_native_id()
+        try:
+            if self._thread_init is not None:
+                self._thread_init()
+            self._loop()
+        except Exception as e:  # a bug here must stop the VM, not vanish with the thread
+            log.exception("vcpu %d failed", self.index)
+            self.ctx.events.on_fatal(f"vcpu {self.index}: {e}")
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _loop(self) -> None:
+        run, run_map, fd = self.fd.run_struct, self.fd.run_map, self.fd
+        while True:
+            with self._cond:
+                while self._want is VcpuState.PAUSED:
+                    self._parked = True
+                    self._cond.notify_all()
+                    self._cond.wait()
+                self._parked = False
+                if self._want is VcpuState.STOPPED:
+                    return
+            reason = fd.run()
+            if reason == k.KVM_EXIT_INTR:
+                fd.set_immediate_exit(False)
+                continue
+            if handle_exit(reason, run, run_map, self.ctx) is ExitAction.STOP:
+                self.halted = True
+                with self._cond:
+                    if self._want is VcpuState.RUNNING:
+                        self._want = VcpuState.PAUSED
+
+    def _kick(self) -> None:
+        if self.fd.fd < 0:
+            return
+        self.fd.set_immediate_exit(True)
+        ident = self._thread.ident
+        if ident is not None and self._thread.is_alive() and _kick_installed:
+            try:
+                signal.pthread_kill(ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def resume(self) -> None:
+        with self._cond:
+            if self._want is VcpuState.STOPPED:
+                return
+            self._want = VcpuState.RUNNING
+            self._cond.notify_all()
+
+    def pause(self, timeout: float = 5.0) -> bool:
+        """Stop entering the guest and wait until the thread is parked."""
+        with self._cond:
+            if self._want is VcpuState.STOPPED:
+                return True
+            self._want = VcpuState.PAUSED
+        self._kick()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._parked or self._done, timeout=timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._want = VcpuState.STOPPED
+            self._cond.notify_all()
+        self._kick()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()

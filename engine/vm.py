@@ -1,0 +1,233 @@
+"""The running VM: lifecycle state, guest stop paths, and the ``VmControl`` face QMP talks to.
+
+``Vm`` owns a ``Machine`` (built by ``engine.machine.builder``) and turns what the guest does
+(poweroff, reset, triple fault, a fatal exit) into one orderly stop: the vCPU that saw it
+reports here, the QMP events go out, and the main loop is told to return, so teardown happens
+on the main thread. Exit code: 0 when the guest powered off or reset (a microVM does not
+reboot, as StratoVirt) or QMP asked to quit; 1 on a fatal exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from engine.machine.builder import Machine, build
+from engine.qmp.control import (
+    BlockdevSpec,
+    CpuInfo,
+    DeviceSpec,
+    DeviceStats,
+    EventSink,
+    FdTable,
+    MachineInfo,
+    NetdevSpec,
+    QmpError,
+    RunState,
+    VmStats,
+)
+from launcher.compile.plan import Plan
+
+log = logging.getLogger(__name__)
+
+EXIT_GUEST_OK = 0
+EXIT_FATAL = 1
+
+
+class _NullSink:
+    def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
+        log.debug("event %s %s", name, data or {})
+
+
+class Vm:
+    """One VM. ``start()`` builds it; ``run()`` serves its main loop until it stops."""
+
+    def __init__(self, plan: Plan, *, sink: EventSink | None = None, **build_kwargs: Any) -> None:
+        self.plan = plan
+        self.sink: EventSink = sink or _NullSink()
+        self.machine: Machine | None = None
+        self._state = RunState.PRELAUNCH
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.exit_code: int | None = None
+        self.stop_reason = ""
+        self._started_at = 0.0
+        self._build_kwargs = build_kwargs
+        self.fds = FdTable()
+
+    # -- life -------------------------------------------------------------------------------------
+
+    def start(self, *, paused: bool = False) -> None:
+        self.machine = build(self.plan, self, **self._build_kwargs)
+        self._started_at = time.monotonic()
+        if not paused:
+            self.machine.resume()
+            self._state = RunState.RUNNING
+
+    def run(self) -> int:
+        """Serve the main loop on this thread until the VM stops; returns the exit code."""
+        assert self.machine is not None
+        if not self._stopping:
+            self.machine.loop.run()
+        return self.exit_code if self.exit_code is not None else EXIT_GUEST_OK
+
+    def wait(self, timeout: float) -> int | None:
+        """Run the loop for at most ``timeout`` seconds (tests); the exit code once stopped."""
+        assert self.machine is not None
+        end = time.monotonic() + timeout
+        while not self._stopping and time.monotonic() < end:
+            self.machine.loop.run_once(timeout=0.05)
+        return self.exit_code if self._stopping else None
+
+    def close(self) -> None:
+        if self.machine is not None:
+            self.machine.close()
+            self.machine.loop.close()
+            self.machine = None
+        self.fds.close_all()
+
+    def _finish(self, code: int, reason: str) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self.exit_code = code
+            self.stop_reason = reason
+            self._state = RunState.SHUTDOWN
+        m = self.machine
+        if m is not None:
+            for v in m.vcpus:
+                v.stop(timeout=0)  # non-blocking from a vCPU thread: kick, no join
+            m.loop.stop()
+
+    # -- VmEvents (any thread) -----------------------------------------------------------------------
+
+    def on_poweroff(self, source: str) -> None:
+        log.info("%s: stopping", source)
+        self.sink.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
+        self._finish(EXIT_GUEST_OK, source)
+
+    def on_reset(self, source: str) -> None:
+        log.info("%s: a microVM does not reboot, stopping", source)
+        self.sink.emit("RESET", {"guest": True, "reason": "guest-reset"})
+        self.sink.emit("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
+        self._finish(EXIT_GUEST_OK, source)
+
+    def on_fatal(self, message: str) -> None:
+        log.error("vm %s: %s", self.plan.name, message)
+        self.sink.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
+        self._finish(EXIT_FATAL, message)
+
+    # -- VmControl (QMP thread) -------------------------------------------------------------------
+
+    def info(self) -> MachineInfo:
+        return MachineInfo(
+            name=self.plan.name,
+            machine=self.plan.machine,
+            arch=self.plan.arch,
+            vcpus=len(self.plan.vcpus),
+            memory=self.plan.memory.size,
+        )
+
+    def status(self) -> RunState:
+        return self._state
+
+    def pause(self) -> None:
+        if self._state is not RunState.RUNNING or self.machine is None:
+            raise QmpError.wrong_state()
+        self.machine.pause()
+        self._state = RunState.PAUSED
+        self.sink.emit("STOP")
+
+    def resume(self) -> None:
+        if self._state not in (RunState.PAUSED, RunState.PRELAUNCH) or self.machine is None:
+            raise QmpError.wrong_state()
+        self.machine.resume()
+        self._state = RunState.RUNNING
+        self.sink.emit("RESUME")
+
+    def quit(self) -> None:
+        self._finish(EXIT_GUEST_OK, "QMP quit")
+
+    def powerdown(self) -> None:
+        raise QmpError("system_powerdown: this machine has no ACPI power button; use quit")
+
+    def reset(self) -> None:
+        self.sink.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        self._finish(EXIT_GUEST_OK, "QMP system_reset")
+
+    def query_cpus(self) -> list[CpuInfo]:
+        if self.machine is None:
+            return []
+        out = []
+        for vt, vp in zip(self.machine.vcpus, self.plan.vcpus, strict=True):
+            out.append(
+                CpuInfo(
+                    index=vp.index,
+                    thread_id=vt.native_id,
+                    halted=vt.halted,
+                    socket_id=vp.package,
+                    core_id=vp.core,
+                    thread_in_core=vp.thread,
+                )
+            )
+        return out
+
+    def _device(self, kind: str) -> Any:
+        if self.machine is not None:
+            for att in self.machine.devices.virtio:
+                if att.spec.kind == kind:
+                    return att.transport.device
+        return None
+
+    def balloon_set(self, target_bytes: int) -> None:
+        dev = self._device("balloon")
+        if dev is None or not hasattr(dev, "set_target"):
+            raise QmpError.not_active("balloon")
+        dev.set_target(self.plan.memory.size - target_bytes)
+
+    def balloon_query(self) -> int:
+        dev = self._device("balloon")
+        if dev is None or not hasattr(dev, "actual_bytes"):
+            raise QmpError.not_active("balloon")
+        return self.plan.memory.size - int(dev.actual_bytes)
+
+    def blockdev_add(self, spec: BlockdevSpec) -> None:
+        raise QmpError("blockdev-add is not supported by this engine build")
+
+    def blockdev_del(self, node_name: str) -> None:
+        raise QmpError("blockdev-del is not supported by this engine build")
+
+    def netdev_add(self, spec: NetdevSpec) -> None:
+        raise QmpError("netdev_add is not supported by this engine build")
+
+    def netdev_del(self, netdev_id: str) -> None:
+        raise QmpError("netdev_del is not supported by this engine build")
+
+    def device_add(self, spec: DeviceSpec) -> None:
+        raise QmpError("device_add is not supported by this engine build")
+
+    def device_del(self, device_id: str) -> None:
+        raise QmpError.not_found(device_id)
+
+    def getfd(self, name: str, fd: int) -> None:
+        self.fds.put(name, fd)
+
+    def stats(self) -> VmStats:
+        if self.machine is None:
+            return VmStats()
+        devs = []
+        for att in self.machine.devices.virtio:
+            counters = getattr(att.transport.device, "counters", None)
+            devs.append(
+                DeviceStats(
+                    att.spec.id, att.spec.kind, dict(counters() if callable(counters) else {})
+                )
+            )
+        return VmStats(
+            uptime_s=time.monotonic() - self._started_at,
+            devices=tuple(devs),
+            vcpu_exits=tuple(sum(v.ctx.counts.values()) for v in self.machine.vcpus),
+        )
