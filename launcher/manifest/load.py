@@ -9,8 +9,10 @@ one mistake is never reported three times in three wordings.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from launcher.errors import InvalidInput, Issue, Mark
+from launcher.manifest.sourcemap import SourceMap
 from launcher.model import Manifest
 
 MAX_BYTES = 1 << 20
@@ -19,6 +21,15 @@ FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
 
 def format_of(path: str) -> str | None:
     return FORMATS.get(os.path.splitext(path)[1].lower())
+
+
+@dataclass
+class Loaded:
+    """Everything one load produced: the model (None on error), issues, and the marks."""
+
+    manifest: Manifest | None
+    issues: list[Issue]
+    smap: SourceMap
 
 
 def load_text(
@@ -30,6 +41,19 @@ def load_text(
     target: str = "engine",
 ) -> tuple[Manifest | None, list[Issue]]:
     """Parse and validate ``text``; the manifest is None when any issue is an error."""
+    r = load_text_full(text, fmt, source, base_dir, target=target)
+    return r.manifest, r.issues
+
+
+def load_text_full(
+    text: str,
+    fmt: str,
+    source: str = "<memory>",
+    base_dir: str | None = None,
+    *,
+    target: str = "engine",
+) -> Loaded:
+    """``load_text`` that also returns the source map (for run-wide checks and host checks)."""
     if fmt == "toml":
         from launcher.manifest.toml_loader import load_toml as parse
     elif fmt == "yaml":
@@ -40,31 +64,30 @@ def load_text(
         text = text[1:]
     data, smap, issues = parse(text, source)
     if issues:
-        return None, smap.locate(issues)
+        return Loaded(None, smap.locate(issues), smap)
     if not isinstance(data, dict):
-        return None, [
-            Issue(
-                "a manifest is a table of keys (name = ..., [machine] ...)",
-                mark=Mark(source, 1, 1),
-                code="not-a-table",
-                hint='start with name = "my-vm"',
-            )
-        ]
+        issue = Issue(
+            "a manifest is a table of keys (name = ..., [machine] ...)",
+            mark=Mark(source, 1, 1),
+            code="not-a-table",
+            hint='start with name = "my-vm"',
+        )
+        return Loaded(None, [issue], smap)
     from launcher.manifest.schema import check_shape
 
     issues = check_shape(data)
     if issues:
-        return None, smap.locate(issues)
+        return Loaded(None, smap.locate(issues), smap)
     from launcher.manifest.build import build_manifest
 
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(source))
     manifest, issues = build_manifest(data, source, base)
     if any(i.is_error for i in issues):
-        return None, smap.locate(issues)
+        return Loaded(None, smap.locate(issues), smap)
     from launcher.validate import check_model
 
     issues = smap.locate(issues + check_model(manifest, target))
-    return (None if any(i.is_error for i in issues) else manifest), issues
+    return Loaded(None if any(i.is_error for i in issues) else manifest, issues, smap)
 
 
 def read_source(path: str) -> tuple[str | None, list[Issue]]:
@@ -107,20 +130,25 @@ def read_source(path: str) -> tuple[str | None, list[Issue]]:
 
 def load_file(path: str, *, target: str = "engine") -> tuple[Manifest | None, list[Issue]]:
     """``load_text`` for a file; the format comes from its extension."""
+    r = load_file_full(path, target=target)
+    return r.manifest, r.issues
+
+
+def load_file_full(path: str, *, target: str = "engine") -> Loaded:
+    """``load_file`` that also returns the source map."""
     fmt = format_of(path)
     if fmt is None:
-        return None, [
-            Issue(
-                f"cannot tell the format of {os.path.basename(path)!r}",
-                mark=Mark(path),
-                code="unknown-format",
-                hint="name the file *.toml, *.yaml or *.yml",
-            )
-        ]
+        issue = Issue(
+            f"cannot tell the format of {os.path.basename(path)!r}",
+            mark=Mark(path),
+            code="unknown-format",
+            hint="name the file *.toml, *.yaml or *.yml",
+        )
+        return Loaded(None, [issue], SourceMap(path))
     text, issues = read_source(path)
     if text is None:
-        return None, issues
-    return load_text(text, fmt, path, target=target)
+        return Loaded(None, issues, SourceMap(path))
+    return load_text_full(text, fmt, path, target=target)
 
 
 def load_manifest(

@@ -22,7 +22,7 @@ def check(ctx: Context) -> None:
         key = getattr(exc, "field", "cpus")
         hint = getattr(exc, "hint", "") or "see docs/manifest.md#cpu for how factors are derived"
         ctx.add("cpu-topology", ("cpu", key), str(exc), hint)
-    if man.cpu.pmu is not None and man.arch is not m.Arch.AARCH64:
+    if man.cpu.pmu and man.arch is not m.Arch.AARCH64:
         ctx.warn(
             "cpu-pmu",
             ("cpu", "pmu"),

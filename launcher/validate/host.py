@@ -1,0 +1,257 @@
+"""Host probes for ``svlaunch check``: can *this* host run the manifest?
+
+Kept apart from the pure rules (``launcher.validate``): these read /dev, /sys and /proc. Every
+location is a field of ``Host`` so tests point it at a temporary tree; results are ``Issue``s
+with key paths, located by the caller exactly like validation issues.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from launcher import model as m
+from launcher.errors import Issue
+from launcher.manifest.sourcemap import Path, format_path
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where the host's facts live (the real ones by default)."""
+
+    dev: str = "/dev"
+    sys: str = "/sys"
+    proc: str = "/proc"
+    is_root: bool = os.geteuid() == 0
+
+
+class _Checks:
+    def __init__(self, man: m.Manifest, host: Host) -> None:
+        self.man = man
+        self.host = host
+        self.issues: list[Issue] = []
+
+    def add(self, code: str, path: Path, message: str, hint: str, severity: str = "error") -> None:
+        self.issues.append(Issue(message, format_path(path), hint, None, severity, code))
+
+    def file(self, path: Path, f: str | None, what: str, write: bool = False) -> None:
+        if not f:
+            return
+        try:
+            st = os.stat(f)
+        except OSError as exc:
+            self.add(
+                "host-file",
+                path,
+                f"{what} {f}: {exc.strerror}",
+                "check the path (relative paths are relative to the manifest's folder)",
+            )
+            return
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            self.add(
+                "host-file",
+                path,
+                f"{what} {f} is not a regular file or block device",
+                "point it at a file",
+            )
+            return
+        mode = os.R_OK | (os.W_OK if write else 0)
+        if not os.access(f, mode):
+            need = "read and write" if write else "read"
+            self.add(
+                "host-file",
+                path,
+                f"{what} {f} is not {need}able by this user",
+                "fix the permissions or run as the VM's user",
+            )
+
+    def run(self) -> list[Issue]:
+        man = self.man
+        self.kvm()
+        self.file(("boot", "kernel"), man.boot.kernel, "kernel")
+        self.file(("boot", "initrd"), man.boot.initrd, "initrd")
+        for d in man.drives:
+            self.file(("drives", d.id, "file"), d.file, "drive image", write=not d.readonly)
+        for i, p in enumerate(man.pflash):
+            self.file(("pflash", i, "file"), p.file, "pflash image", write=not p.readonly)
+        for r in man.rngs:
+            if not os.path.exists(r.file):
+                self.add(
+                    "host-file",
+                    ("rngs", r.id, "file"),
+                    f"entropy source {r.file} does not exist",
+                    "use /dev/urandom",
+                )
+        self.file(("trace",), man.trace, "trace event list")
+        if man.ozone is not None:
+            self.file(("ozone", "exec-file"), man.ozone.exec_file, "StratoVirt binary")
+            for i, s in enumerate(man.ozone.sources):
+                if not os.path.exists(s):
+                    self.add(
+                        "host-file",
+                        ("ozone", "sources", i),
+                        f"source {s} does not exist",
+                        "fix the path",
+                    )
+            if man.ozone.netns and not os.path.exists(man.ozone.netns):
+                self.add(
+                    "host-file",
+                    ("ozone", "netns"),
+                    f"network namespace {man.ozone.netns} does not exist",
+                    "create it: ip netns add <name>",
+                )
+        if man.pidfile and os.path.exists(man.pidfile):
+            self.add(
+                "host-file",
+                ("pidfile",),
+                f"pidfile {man.pidfile} already exists; StratoVirt refuses to start",
+                "remove the stale pidfile",
+            )
+        self.sockets()
+        self.taps()
+        self.hugetlbfs()
+        self.numa()
+        self.vhost()
+        for v in man.vfio:
+            dev = v.sysfsdev or (
+                os.path.join(self.host.sys, "bus/pci/devices", v.host) if v.host else None
+            )
+            if dev and not os.path.exists(dev):
+                self.add(
+                    "host-file",
+                    ("vfio", v.id),
+                    f"PCI device {dev} does not exist",
+                    "check lspci -D and bind it to vfio-pci",
+                )
+        return self.issues
+
+    def kvm(self) -> None:
+        kvm = os.path.join(self.host.dev, "kvm")
+        try:
+            fd = os.open(kvm, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            self.add(
+                "host-kvm",
+                ("machine",),
+                f"{kvm}: {exc.strerror}",
+                "load the kvm module and add this user to the kvm group",
+            )
+        else:
+            os.close(fd)
+
+    def sockets(self) -> None:
+        paths: list[tuple[Path, str]] = [(("qmp",), q) for q in self.man.qmp]
+        paths += [
+            (("chardevs", c.id, "path"), c.path)
+            for c in self.man.chardevs
+            if c.backend is m.ChardevBackend.SOCKET and c.server and c.path
+        ]
+        for path, sock in paths:
+            folder = os.path.dirname(sock) or "."
+            if not os.path.isdir(folder):
+                self.add(
+                    "host-socket",
+                    path,
+                    f"folder {folder} of socket {sock} does not exist",
+                    f"mkdir -p {folder}",
+                )
+            elif os.path.exists(sock):
+                self.add(
+                    "host-socket",
+                    path,
+                    f"{sock} already exists; binding it will fail",
+                    "remove the stale socket",
+                    "warning",
+                )
+
+    def taps(self) -> None:
+        tun = os.path.join(self.host.dev, "net", "tun")
+        for n in self.man.nets:
+            if n.type is not m.NetType.TAP or not n.ifname:
+                continue
+            if os.path.exists(os.path.join(self.host.sys, "class/net", n.ifname)):
+                continue
+            if not os.path.exists(tun):
+                self.add(
+                    "host-tap",
+                    ("nets", n.id, "ifname"),
+                    f"tap {n.ifname} does not exist and {tun} is missing",
+                    "modprobe tun",
+                )
+            elif not self.host.is_root:
+                self.add(
+                    "host-tap",
+                    ("nets", n.id, "ifname"),
+                    f"tap {n.ifname} does not exist and only root can create it",
+                    f"ip tuntap add {n.ifname} mode tap user $USER",
+                )
+
+    def hugetlbfs(self) -> None:
+        path = self.man.memory.path
+        if not path:
+            return
+        best, fstype = "", ""
+        try:
+            with open(os.path.join(self.host.proc, "mounts"), encoding="utf-8") as f:
+                for line in f:
+                    parts = line.split()
+                    if (
+                        len(parts) >= 3
+                        and (path + "/").startswith(parts[1].rstrip("/") + "/")
+                        and len(parts[1]) >= len(best)
+                    ):
+                        best, fstype = parts[1], parts[2]
+        except OSError:
+            return
+        if fstype != "hugetlbfs":
+            self.add(
+                "host-hugetlbfs",
+                ("memory", "path"),
+                f"{path} is on {fstype or 'an'} unknown file system ({best or '?'}), not hugetlbfs",
+                "mount -t hugetlbfs hugetlbfs /dev/hugepages",
+                "warning",
+            )
+
+    def numa(self) -> None:
+        nodes = os.path.join(self.host.sys, "devices/system/node")
+        wanted: list[tuple[Path, int]] = []
+        for i, z in enumerate(self.man.memory.zones):
+            wanted += [(("memory", "zones", i, "host-nodes"), n) for n in z.host_nodes]
+        for i, nd in enumerate(self.man.numa.nodes):
+            wanted += [(("numa", "nodes", i, "host-nodes"), n) for n in nd.host_nodes]
+        for path, n in wanted:
+            if not os.path.isdir(os.path.join(nodes, f"node{n}")):
+                have = (
+                    sorted(d for d in os.listdir(nodes) if d.startswith("node"))
+                    if os.path.isdir(nodes)
+                    else []
+                )
+                self.add(
+                    "host-numa",
+                    path,
+                    f"host NUMA node {n} does not exist",
+                    f"this host has: {', '.join(have) or 'no NUMA information'}",
+                )
+
+    def vhost(self) -> None:
+        for n in self.man.nets:
+            if n.vhost and not n.vhostfds:
+                dev = os.path.join(self.host.dev, "vhost-net")
+                if not os.path.exists(dev):
+                    self.add(
+                        "host-vhost",
+                        ("nets", n.id, "vhost"),
+                        f"{dev} is missing",
+                        "modprobe vhost_net, or set vhost = false",
+                    )
+        v = self.man.vsock
+        if v is not None and v.vhostfd is None:
+            dev = os.path.join(self.host.dev, "vhost-vsock")
+            if not os.path.exists(dev):
+                self.add("host-vhost", ("vsock",), f"{dev} is missing", "modprobe vhost_vsock")
+
+
+def check_host(manifest: m.Manifest, host: Host | None = None) -> list[Issue]:
+    """Every reason this host cannot run ``manifest`` (key paths, no marks)."""
+    return _Checks(manifest, host or Host()).run()
