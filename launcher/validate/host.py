@@ -208,7 +208,7 @@ class _Checks:
             self.add(
                 "host-hugetlbfs",
                 ("memory", "path"),
-                f"{path} is on {fstype or 'an'} unknown file system ({best or '?'}), not hugetlbfs",
+                f"{path} is on {fstype or 'an unknown file system'} ({best or '?'}), not hugetlbfs",
                 "mount -t hugetlbfs hugetlbfs /dev/hugepages",
                 "warning",
             )
