@@ -1,0 +1,209 @@
+"""virtio-balloon (virtio 1.2 §5.5): give guest pages back to the host, and take them again.
+
+Inflated pages are released with ``madvise``: MADV_DONTNEED on private anonymous RAM (the next
+guest touch faults in a zero page), MADV_REMOVE on shared or file-backed RAM (frees the
+backing store too). Deflate only forgets the pages: the guest's next access re-faults them, so
+reclaim needs no host work. Free page reporting (VIRTIO_BALLOON_F_REPORTING) releases the free
+ranges the guest reports the same way. Stats (VIRTIO_BALLOON_F_STATS_VQ, always offered, as
+QEMU, so the queue numbering Linux uses is fixed: inflate 0, deflate 1, stats 2, reporting 3)
+are kept from the guest's last report. ``set_target``/``query`` are the QMP ``balloon``/
+``query-balloon`` back end: ``actual = memory - pages the driver says it holds``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Callable
+
+from engine.virtio.device import VIRTIO_ID_BALLOON, Loop, VirtioDevice, bit
+from engine.virtio.queue import DescriptorChain
+
+VIRTIO_BALLOON_F_MUST_TELL_HOST = 0
+VIRTIO_BALLOON_F_STATS_VQ = 1
+VIRTIO_BALLOON_F_DEFLATE_ON_OOM = 2
+VIRTIO_BALLOON_F_REPORTING = 5
+
+PAGE = 4096
+PAGE_SHIFT = 12
+_CONFIG = struct.Struct("<IIII")  # num_pages, actual, free_page_hint_cmd_id, poison_val
+_STAT = struct.Struct("<HQ")
+STAT_NAMES = (
+    "swap-in",
+    "swap-out",
+    "major-faults",
+    "minor-faults",
+    "free-memory",
+    "total-memory",
+    "available-memory",
+    "disk-caches",
+    "hugetlb-allocations",
+    "hugetlb-failures",
+)
+MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
+
+
+class Balloon(VirtioDevice):
+    """The memory balloon; at most one per VM."""
+
+    device_id = VIRTIO_ID_BALLOON
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        deflate_on_oom: bool = False,
+        free_page_reporting: bool = False,
+        memory_size: int | None = None,
+        queue_size: int = 256,
+        loop: Loop | None = None,
+        on_change: Callable[[int], None] | None = None,
+    ) -> None:
+        features = bit(VIRTIO_BALLOON_F_STATS_VQ)
+        if deflate_on_oom:
+            features |= bit(VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
+        if free_page_reporting:
+            features |= bit(VIRTIO_BALLOON_F_REPORTING)
+        sizes = [queue_size] * (4 if free_page_reporting else 3)
+        super().__init__(name, sizes, features, loop=loop)
+        self.config = bytearray(_CONFIG.pack(0, 0, 0, 0))
+        self.memory_size = memory_size
+        self.on_change = on_change
+        self.inflated: set[int] = set()
+        self.released_bytes = 0
+        self.guest_stats: dict[str, int] = {}
+        self._stats_chain: DescriptorChain | None = None
+        self._roles: dict[int, str] = {}
+
+    # -- QMP side (any thread) ---------------------------------------------------------------------
+
+    @property
+    def _memory(self) -> int:
+        if self.memory_size is not None:
+            return self.memory_size
+        return self.mem.total_size if self.mem is not None else 0
+
+    def set_target(self, target_bytes: int) -> None:
+        """QMP ``balloon``: ask the guest to leave it ``target_bytes`` of RAM."""
+        with self.lock:
+            target = max(0, min(target_bytes, self._memory))
+            pages = (self._memory - target) >> PAGE_SHIFT
+            struct.pack_into("<I", self.config, 0, pages)
+            if self.interrupt is not None:
+                self.interrupt.signal_config()
+
+    def query(self) -> dict[str, int]:
+        """QMP ``query-balloon``: ``{"actual": bytes}`` the guest has (memory minus the balloon)."""
+        with self.lock:
+            actual_pages = struct.unpack_from("<I", self.config, 4)[0]
+            return {"actual": self._memory - (actual_pages << PAGE_SHIFT)}
+
+    def request_stats(self) -> None:
+        """Hand the stats buffer back so the guest refills it (the spec's polling protocol)."""
+        self.on_loop(lambda: self.guarded(self._return_stats))
+
+    # -- transport side ----------------------------------------------------------------------------
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        if offset == 4 and len(data) == 4:  # the driver reports how many pages it holds
+            before = self.config[4:8]
+            self.config[4:8] = data
+            if before != data and self.on_change is not None:
+                self.on_change(self.query()["actual"])
+
+    def on_activate(self) -> None:
+        roles = ["inflate", "deflate"]
+        if self.has_feature(VIRTIO_BALLOON_F_STATS_VQ):
+            roles.append("stats")
+        if self.has_feature(VIRTIO_BALLOON_F_REPORTING):
+            roles.append("report")
+        self._roles = dict(enumerate(roles))
+
+    def on_reset(self) -> None:
+        self._stats_chain = None
+        self.inflated.clear()
+        self.config[4:8] = bytes(4)
+
+    def process_queue(self, index: int) -> None:
+        role = self._roles.get(index)
+        q = self.queues[index]
+        if role is None or not q.active:
+            return
+        mem = self.mem
+        assert mem is not None
+        if role == "stats":
+            chain = q.pop()
+            if chain is not None:
+                self._read_stats(chain)
+            return
+        while (chain := q.pop()) is not None:
+            self.stats.requests += 1
+            if role == "report":
+                for addr, length in chain.writable:
+                    self._release(addr, length)
+            else:
+                data = chain.read(mem)
+                pfns = struct.unpack(f"<{len(data) // 4}I", data[: len(data) // 4 * 4])
+                if role == "inflate":
+                    self._inflate(pfns)
+                else:
+                    self.inflated.difference_update(pfns)
+            q.add_used(chain, 0)
+        self.signal(index)
+
+    # -- work --------------------------------------------------------------------------------------
+
+    def _inflate(self, pfns: tuple[int, ...]) -> None:
+        """Release each page once, coalescing runs of consecutive frames into one madvise."""
+        assert self.mem is not None
+        find = self.mem.find_region
+        valid = sorted(p for p in set(pfns) if find(p << PAGE_SHIFT) is not None)
+        run_start = run_len = 0
+        for pfn in valid:
+            if run_len and pfn == run_start + run_len:
+                run_len += 1
+                continue
+            if run_len:
+                self._release(run_start << PAGE_SHIFT, run_len << PAGE_SHIFT)
+            run_start, run_len = pfn, 1
+        if run_len:
+            self._release(run_start << PAGE_SHIFT, run_len << PAGE_SHIFT)
+        self.inflated.update(valid)
+
+    def _release(self, addr: int, length: int) -> None:
+        """madvise away whole pages of ``[addr, addr+length)`` that are guest RAM; skip the rest."""
+        assert self.mem is not None
+        end = addr + length
+        addr = -(-addr // PAGE) * PAGE
+        end = end // PAGE * PAGE
+        while addr < end:
+            r = self.mem.find_region(addr)
+            if r is None:
+                self.stats.errors += 1
+                return  # not RAM: a hostile or confused driver; nothing to release
+            n = min(end, r.end) - addr
+            off = addr - r.guest_addr
+            advice = MADV_REMOVE if (r.shared or r.file_backed) else mmap.MADV_DONTNEED
+            try:
+                r.mapping.madvise(advice, off, n)
+                self.released_bytes += n
+                self.stats.bytes_in += n
+            except (OSError, ValueError):
+                self.stats.errors += 1  # e.g. hugepage-backed RAM: the page stays
+            addr += n
+
+    def _read_stats(self, chain: DescriptorChain) -> None:
+        assert self.mem is not None
+        data = chain.read(self.mem)
+        for i in range(len(data) // _STAT.size):
+            tag, val = _STAT.unpack_from(data, i * _STAT.size)
+            if tag < len(STAT_NAMES):
+                self.guest_stats[STAT_NAMES[tag]] = val
+        self._stats_chain = chain  # kept until the host wants fresh numbers
+
+    def _return_stats(self) -> None:
+        chain, self._stats_chain = self._stats_chain, None
+        stats_q = next((i for i, r in self._roles.items() if r == "stats"), None)
+        if chain is not None and stats_q is not None:
+            self.queues[stats_q].add_used(chain, 0)
+            self.signal(stats_q)
