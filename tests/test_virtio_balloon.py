@@ -97,7 +97,7 @@ def test_hostile_pfns_outside_ram_are_ignored() -> None:
 
 
 def test_free_page_reporting_releases_reported_ranges() -> None:
-    mem, dev, t, drv, _ = make(free_page_reporting=True)
+    mem, _dev, t, drv, _ = make(free_page_reporting=True)
     feats = drv.start()
     assert feats & 1 << Bl.VIRTIO_BALLOON_F_REPORTING
     mem.fill(POOL, 8 * MiB, 0x77)

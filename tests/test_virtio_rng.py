@@ -44,7 +44,7 @@ def test_entropy_comes_from_the_named_file(tmp_path: Path) -> None:
 
 
 def test_urandom_fills_buffers() -> None:
-    mem, dev, t, drv = make()
+    mem, _dev, t, drv = make()
     q = drv.queues[0]
     q.add([], [4096])
     q.kick()

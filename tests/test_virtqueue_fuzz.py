@@ -27,15 +27,18 @@ from engine.virtio.queue import Queue, QueueError
 KiB = 1 << 10
 CANARY = 4096
 PATTERN = b"\xa5" * CANARY
-# Region A holds the rings; B and C are adjacent; a hole separates A from B.
+# Buffers land in A, B, C (B and C adjacent, a hole between A and B). The rings live in their
+# own region D, which buffers reach only on the descriptor table and avail ring (a driver that
+# aims buffers at its own used ring only corrupts itself, and would defeat the used-ring checks).
 REGIONS = [(0, 256 * KiB), (1024 * KiB, 256 * KiB), (1280 * KiB, 256 * KiB)]
-RING_BASE = 0x1000
+RING_REGION = (2048 * KiB, 64 * KiB)
+RING_BASE = RING_REGION[0] + 0x1000
 DESC = struct.Struct("<QIHH")
 
 
 def canary_memory() -> GuestMemory:
     regions = []
-    for addr, size in REGIONS:
+    for addr, size in [*REGIONS, RING_REGION]:
         m = mmap.mmap(-1, size + CANARY, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         m[size:] = PATTERN
         regions.append(GuestRegion(addr, size, m))
@@ -63,7 +66,7 @@ def interesting_addr(rng: random.Random) -> int:
         return (1 << 64) - rng.randrange(1, 4096)
     if kind == 8:
         return 0
-    return RING_BASE + rng.randrange(0x8000)  # on top of the rings themselves
+    return RING_BASE + rng.randrange(0x6000)  # on top of the descriptor table or avail ring
 
 
 def interesting_len(rng: random.Random) -> int:
@@ -145,7 +148,8 @@ def queue_case(mem: GuestMemory, seed: int) -> None:
     q = Queue(256)
     q.size = size if rng.random() < 0.95 else rng.randrange(300)
     desc, avail, used = RING_BASE, RING_BASE + 0x4000, RING_BASE + 0x6000
-    if rng.random() < 0.1:
+    placed = rng.random() < 0.1
+    if placed:
         desc, avail, used = (interesting_addr(rng) for _ in range(3))
     q.desc_addr, q.avail_addr, q.used_addr = desc, avail, used
     try:
@@ -170,6 +174,8 @@ def queue_case(mem: GuestMemory, seed: int) -> None:
             q.needs_notification()
     except QueueError:
         pass
+    if placed:
+        return  # rings among the buffers: the driver may have clobbered its own used ring
     n_used = mem.read_u16(used + 2)
     for i in range(min(n_used, size)):
         head, _length = struct.unpack("<II", mem.read(used + 4 + 8 * i, 8))
@@ -183,7 +189,7 @@ class BlkEnv:
         self.mem = canary_memory()
         self.dev = Blk("fuzz", str(disk), num_queues=1, queue_size=256)
         self.t = M.MmioTransport(self.dev, self.mem)
-        self.drv = Driver(self.t, self.mem, Allocator(RING_BASE, 0x9000))
+        self.drv = Driver(self.t, self.mem, Allocator(RING_BASE, RING_BASE + 0x9000))
 
     def case(self, seed: int) -> None:
         rng = random.Random(seed)
@@ -197,7 +203,8 @@ class BlkEnv:
         self.mem.fill(RING_BASE, 0x9000)
         size = 1 << rng.randrange(9)
         desc, avail, used = RING_BASE, RING_BASE + 0x4000, RING_BASE + 0x6000
-        if rng.random() < 0.05:
+        placed = rng.random() < 0.05
+        if placed:
             desc, avail, used = (interesting_addr(rng) for _ in range(3))
         drv.w(M.QUEUE_SEL, 0)
         drv.w(M.QUEUE_NUM, size if rng.random() < 0.97 else rng.randrange(1 << 16))
@@ -222,7 +229,11 @@ class BlkEnv:
             t.notify(0)
         if rng.random() < 0.2:
             t.write(M.QUEUE_NOTIFY, 4, rng.randrange(3))
-        if t.status & M.STATUS_DRIVER_OK and not t.status & M.STATUS_DEVICE_NEEDS_RESET:
+        if (
+            not placed
+            and t.status & M.STATUS_DRIVER_OK
+            and not t.status & M.STATUS_DEVICE_NEEDS_RESET
+        ):
             used_idx = self.mem.read_u16(RING_BASE + 0x6002)
             assert used_idx == t.queues[0].next_used, f"seed {seed}"
 
