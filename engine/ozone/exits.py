@@ -13,7 +13,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-_AUDIT = re.compile(r"type=1326 .*\bpid=(\d+)\b.*\bsyscall=(\d+)\b")
+_AUDIT = re.compile(r"type=1326 [^\n]*?\bpid=(\d+)\b[^\n]*?\bsyscall=(\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,9 @@ def seccomp_audit(pid: int, kmsg: str = "/dev/kmsg") -> int | None:
                 continue
             if not rec:
                 break
-            m = _AUDIT.search(rec)
-            if m and int(m.group(1)) == pid:
-                found = int(m.group(2))
+            for m in _AUDIT.finditer(rec):
+                if int(m.group(1)) == pid:
+                    found = int(m.group(2))
     finally:
         os.close(fd)
     return found
