@@ -147,7 +147,7 @@ def test_second_realize_while_running_is_refused(tmp_path):
 def test_seccomp_kill_is_reported_and_teardown_cleans_after_the_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("SVLAUNCH_TEST_FORBIDDEN_SYSCALL", "1")
     plan = make_plan(str(tmp_path), sandbox=dict(cgroup=(("memory.limit_in_bytes", "256M"),)))
-    sb, jailed, w, out = _start(plan, tmp_path)
+    sb, jailed, w, _out = _start(plan, tmp_path)
     end = jailed.wait()
     os.close(w)
     assert end.seccomp and end.reason.startswith("killed by seccomp (SIGSYS)")
