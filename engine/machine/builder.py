@@ -110,14 +110,10 @@ def _create_device(spec: Any, mem: GuestMemory, loop: EventLoop) -> Any:
 
 def _write_acpi(mem: GuestMemory, plan: Plan) -> int:
     """Place the ACPI tables in the system-data region; returns the RSDP address (0: none)."""
-    try:
-        from engine.machine.acpi import build_acpi  # type: ignore[attr-defined]
-    except ImportError:
-        log.info("ACPI tables not available in this build: booting without them")
-        return 0
+    from engine.machine.acpi.builder import build_acpi
+
     acpi = build_acpi(plan)
-    for addr, blob in acpi.tables:
-        mem.write(addr, blob)
+    acpi.write(mem)
     return int(acpi.rsdp_addr)
 
 
