@@ -68,7 +68,7 @@ def load_text_full(
     if not isinstance(data, dict):
         issue = Issue(
             "a manifest is a table of keys (name = ..., [machine] ...)",
-            mark=Mark(source, 1, 1),
+            mark=smap.mark(()),
             code="not-a-table",
             hint='start with name = "my-vm"',
         )

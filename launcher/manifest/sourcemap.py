@@ -58,27 +58,28 @@ class SourceMap:
             self.keys, self.values = filled.keys, filled.values
 
     def mark(self, path: Path, at: str = "value") -> Mark:
-        """The mark of ``path`` (its value, or its key with ``at="key"``), else the nearest
-        ancestor's, else the file."""
+        """Where ``path`` is: its value (or its key with ``at="key"``); for a path that is not
+        written, its first written child, else its nearest written ancestor's key, else the
+        first key of the document."""
         self._ensure()
-        first, second = (self.keys, self.values) if at == "key" else (self.values, self.keys)
         probe = tuple(path)
+        first, second = (self.keys, self.values) if at == "key" else (self.values, self.keys)
+        for table in (first, second):
+            if probe in table:
+                return table[probe]
         n = len(probe)
         below = [
-            mk
-            for table in (first, second)
-            for p, mk in table.items()
-            if len(p) > n and p[:n] == probe
+            mk for t in (first, second) for p, mk in t.items() if len(p) > n and p[:n] == probe
         ]
-        if below:  # e.g. "numa" when only "numa.nodes" is written: its first child
+        if below:  # e.g. "numa" when only "numa.nodes" is written
             return min(below)
-        while True:
-            for table in (first, second):
+        while probe:
+            probe = probe[:-1]
+            for table in (self.keys, self.values):
                 if probe in table:
                     return table[probe]
-            if not probe:
-                return Mark(self.file, 1, 1)
-            probe = probe[:-1]
+        every = [*self.keys.values(), *self.values.values()]
+        return min(every) if every else Mark(self.file, 1, 1)
 
     def locate(self, issues: Iterable[Issue]) -> list[Issue]:
         """Issues without a mark placed at their path (unknown keys point at the key)."""
@@ -91,4 +92,4 @@ class SourceMap:
         return out
 
 
-_KEY_CODES = {"unknown-key", "duplicate-key", "vm-name-duplicate"}
+_KEY_CODES = {"unknown-key", "duplicate-key", "vm-name-duplicate", "ozone-cgroup-key"}

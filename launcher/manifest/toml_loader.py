@@ -157,7 +157,7 @@ class _Scanner:
                 self.i += 1
                 parts = self.key()
                 current = self.resolve([k for k, _ in parts])
-                self.map.keys.setdefault(current, self.mark(parts[-1][1] if parts else start))
+                self.map.keys.setdefault(current, self.mark(start))
                 self.map.values.setdefault(current, self.mark(start))
             else:
                 if not self.keyval(current):

@@ -107,7 +107,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap, list[Issue]]:
             issues.append(
                 Issue(
                     "YAML document is too deeply nested or expands too much (aliases)",
-                    mark=Mark(file, 1, 1),
+                    mark=smap.mark(()),
+                    hint="write the values out instead of nesting aliases",
                     code="yaml-syntax",
                 )
             )

@@ -149,7 +149,8 @@ RULES: dict[str, tuple[str, str]] = {
     # ozone
     "ozone-id-range": ("ozone", "uid and gid at most 65535."),
     "ozone-capability": ("ozone", "Capability names are CAP_* names the kernel knows."),
-    "ozone-cgroup": ("ozone", "Only cpuset.cpus and memory.limit_in_bytes, values without '='."),
+    "ozone-cgroup-key": ("ozone", "Only cgroup keys cpuset.cpus and memory.limit_in_bytes."),
+    "ozone-cgroup": ("ozone", "cgroup values are non-empty, without '=' or spaces."),
     "ozone-numa": ("ozone", "cpuset.cpus should come with ozone.numa (warning)."),
     "ozone-name": ("ozone", "The sandbox name is a path component: no '/', at most 255 bytes."),
     # host (svlaunch check)

@@ -164,6 +164,7 @@ def check(ctx: Context) -> None:
         (("log", "file"), man.log.file if man.log else None, "log file path"),
         (("incoming",), man.incoming, "incoming uri"),
         (("boot", "cmdline"), man.boot.cmdline, "kernel command line"),
+        (("cpu", "model"), man.cpu.model, "cpu model"),
     ):
         if value:
             _no_dash(ctx, path, value, what)

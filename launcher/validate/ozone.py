@@ -95,7 +95,7 @@ def check(ctx: Context) -> None:
         if key not in CGROUP_KEYS:
             close = difflib.get_close_matches(key, CGROUP_KEYS, n=1)
             ctx.add(
-                "ozone-cgroup",
+                "ozone-cgroup-key",
                 p,
                 f"ozone does not support cgroup key {key!r}",
                 f"did you mean {close[0]!r}?" if close else "supported: " + ", ".join(CGROUP_KEYS),
