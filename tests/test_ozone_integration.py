@@ -178,3 +178,56 @@ def test_cli_runs_and_cleans_with_clean_resource(tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["uid"] == UID
     assert not os.path.exists(f"{tmp_path}/srv/stratovirt/vm1")
+
+
+def _engine_plan(tmp_path, payload: bytes, **sandbox):
+    """A tiny real guest (tests/tiny_guest.py) for ``python -m engine run`` inside the jail."""
+    import dataclasses
+
+    from tiny_guest import hello_poweroff, write_guest  # noqa: F401
+    from tiny_guest import make_plan as guest_plan
+
+    from launcher.compile.plan import HostFile, SandboxPlan
+
+    run = tmp_path / "vmrun"
+    run.mkdir()
+    os.chown(run, UID, UID)
+    out = run / "serial"
+    plan = guest_plan(write_guest(tmp_path, payload), serial_file=out)
+    sb = SandboxPlan(
+        name="vm1",
+        exec_file="/usr/bin/stratovirt",
+        uid=UID,
+        gid=UID,
+        root=str(tmp_path / "srv"),
+        **sandbox,
+    )
+    files = (HostFile(plan.boot.kernel, "kernel"), HostFile(str(out), "chardev", True))
+    return dataclasses.replace(plan, sandbox=sb, host_files=files, seccomp=True), out
+
+
+def test_real_engine_boots_a_guest_in_the_sandbox(tmp_path):
+    from tiny_guest import hello_poweroff
+
+    plan, out = _engine_plan(
+        tmp_path, hello_poweroff(b"jailed\n"), cgroup=(("memory.limit_in_bytes", "1G"),)
+    )
+    sb = Sandbox.from_plan(plan, state_dir=str(tmp_path / "state"))
+    STARTED.append(sb)
+    end = sb.realize().wait()  # the default payload: python -m engine run --plan /plan.json
+    assert end.code == 0, end.reason
+    assert out.read_bytes() == b"jailed\n"
+    sb.teardown()
+    assert not os.path.exists(sb.spec.jail) and not os.path.exists(f"{CG}/memory/stratovirt/vm1")
+
+
+def test_real_engine_forbidden_syscall_is_killed_and_named(tmp_path, monkeypatch):
+    from tiny_guest import hello_poweroff
+
+    monkeypatch.setenv("SVLAUNCH_TEST_FORBIDDEN_SYSCALL", "vcpu")
+    plan, _ = _engine_plan(tmp_path, hello_poweroff(b"x\n"))
+    sb = Sandbox.from_plan(plan, state_dir=str(tmp_path / "state"))
+    STARTED.append(sb)
+    end = sb.realize().wait()
+    assert end.seccomp, end.reason
+    assert end.reason.startswith("killed by seccomp (SIGSYS)")
