@@ -43,10 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prepare_plan(plan: Any, vm: Any, *, detach: bool, paused: bool, name: str | None) -> Any:
-    """The plan the engine gets: QMP and (detached) serial in the runtime dir; we daemonize."""
+    """The plan the engine gets: QMP and (detached) serial in the runtime dir.
+
+    svlaunch detaches the engine itself (new session, output to the runtime log), so the plan's
+    ``daemonize`` is cleared; the engine still writes and removes the manifest's pidfile.
+    """
     from launcher.compile.plan import ChardevPlan
 
-    changes: dict[str, Any] = {"daemonize": False, "pidfile": None}
+    changes: dict[str, Any] = {"daemonize": False}
     if name:
         changes["name"] = name
     if not plan.qmp:
