@@ -84,6 +84,8 @@ class VirtioDevice:
     """Base of every device. Subclasses set ``device_id`` and override the ``on_*`` hooks."""
 
     device_id: int = 0
+    #: Queues served by a vhost kernel back end: their kicks and interrupts bypass Python.
+    kernel_queues: frozenset[int] = frozenset()
 
     def __init__(
         self,

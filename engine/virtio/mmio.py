@@ -9,7 +9,7 @@ GSIs and KVM:
   (other widths read 0 / are ignored, as in Firecracker); config space at 0x100+ takes 1, 2, 4
   or 8 bytes.
 - Kicks: for each queue ``i`` register ``KVM_IOEVENTFD{addr=base+0x50, len=4, datamatch=i,
-  fd=t.queue_eventfd(i)}``. Unless ``t.kernel_kicks`` (vhost: the kernel reads the eventfd),
+  fd=t.queue_eventfd(i)}``. Unless ``t.kernel_kick(i)`` (vhost: the kernel reads the eventfd),
   add ``t.queue_eventfd(i)`` as a reader on the device's loop (``device.loop``) with callback
   ``lambda: t.on_queue_event(i)``, which drains the eventfd and calls ``t.notify(i)``. A guest
   write to QueueNotify that does reach userspace (no ioeventfd) is handled the same way.
@@ -143,10 +143,9 @@ class MmioTransport:
     def num_queues(self) -> int:
         return len(self.queues)
 
-    @property
-    def kernel_kicks(self) -> bool:
-        """True for vhost devices: the kernel consumes the queue eventfds and writes the irqfd."""
-        return bool(getattr(self.device, "vhost", False))
+    def kernel_kick(self, index: int) -> bool:
+        """True for vhost queues: the kernel consumes that queue's eventfd (and writes the irqfd)."""
+        return index in self.device.kernel_queues
 
     @property
     def offered_features(self) -> int:
@@ -191,7 +190,7 @@ class MmioTransport:
     def interrupt_status(self) -> int:
         with self._isr_lock:
             isr = self._isr
-        if self.kernel_kicks and self.status & STATUS_DRIVER_OK:
+        if self.device.kernel_queues and self.status & STATUS_DRIVER_OK:
             isr |= INT_VRING
         return isr
 
@@ -214,7 +213,7 @@ class MmioTransport:
         if not 0 <= queue_index < len(self.queues):
             log.debug("%s: notify for missing queue %d", self.device.name, queue_index)
             return
-        if self.kernel_kicks:
+        if self.kernel_kick(queue_index):
             os.eventfd_write(self._eventfds[queue_index], 1)
             return
         if self.status & STATUS_DRIVER_OK and not self.status & STATUS_DEVICE_NEEDS_RESET:
@@ -404,7 +403,7 @@ class MmioTransport:
             return
         # Kicks that came before DRIVER_OK were dropped: look at every ready queue once.
         for i, q in enumerate(self.queues):
-            if q.ready and not self.kernel_kicks:
+            if q.ready and not self.kernel_kick(i):
                 self.device.on_loop(lambda i=i: self.notify(i))
 
     def reset(self) -> None:

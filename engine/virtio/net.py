@@ -1,0 +1,310 @@
+"""virtio-net (virtio 1.2 §5.1) on a tap, in Python or handed to vhost-net.
+
+Queues: ``rx0, tx0, rx1, tx1, …`` and, with more than one pair, a control queue last
+(VIRTIO_NET_F_CTRL_VQ + VIRTIO_NET_F_MQ; the guest picks how many pairs to use with
+VQ_PAIRS_SET). The guest's 12-byte ``virtio_net_hdr`` is the tap's vnet header, so TX is one
+``writev`` of the chain's buffers and RX one ``readv`` into them: no copies, and the host
+kernel does the checksum and segmentation offloads the header asks for. The tap is told to
+send us only the offloads the guest acked (TUNSETOFFLOAD). When the guest has no RX buffers the
+device stops polling the tap and the kernel queues (then drops) frames, as a NIC would.
+
+With ``vhost=True`` the rings go to ``/dev/vhost-net`` at DRIVER_OK and the data path never
+enters Python (kick = queue ioeventfd, call = irqfd).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import struct
+import threading
+
+from engine.virtio.device import VIRTIO_F_VERSION_1, VIRTIO_ID_NET, Loop, VirtioDevice, bit
+from engine.virtio.queue import DescriptorChain
+from engine.virtio.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN, Tap
+from engine.virtio.vhost import VhostBackend, open_vhost
+from launcher.errors import HostError
+
+log = logging.getLogger(__name__)
+
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_MRG_RXBUF = 15
+VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_F_CTRL_VQ = 17
+VIRTIO_NET_F_MQ = 22
+
+VIRTIO_NET_S_LINK_UP = 1
+VIRTIO_NET_CTRL_MQ = 4
+VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET = 0
+VIRTIO_NET_OK = 0
+VIRTIO_NET_ERR = 1
+
+OFFLOAD_FEATURES = (
+    bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+)
+RX_BURST = 64  # frames per wake-up, so one busy tap cannot starve the loop
+_CONFIG = struct.Struct("<6sHH")  # mac, status, max_virtqueue_pairs
+
+
+def parse_mac(mac: str | None) -> bytes:
+    """``52:54:00:12:34:56`` → 6 bytes; None → a random locally administered unicast MAC."""
+    if mac is None:
+        return bytes([0x52, 0x54, 0x00, *random.randbytes(3)])
+    parts = mac.split(":")
+    try:
+        raw = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raw = b""
+    if len(parts) != 6 or len(raw) != 6 or any(len(p) != 2 for p in parts):
+        raise HostError(
+            f"virtio-net: MAC address {mac!r} is not six hex pairs",
+            hint="e.g. mac=52:54:00:12:34:56",
+        )
+    if raw[0] & 1:
+        raise HostError(
+            f"virtio-net: MAC address {mac} is a multicast address",
+            hint="clear bit 0 of the first byte",
+        )
+    return raw
+
+
+class Net(VirtioDevice):
+    """One virtio-net device with ``queue_pairs`` pairs on one tap."""
+
+    device_id = VIRTIO_ID_NET
+
+    def __init__(
+        self,
+        name: str,
+        tap: Tap,
+        *,
+        mac: str | None = None,
+        queue_pairs: int = 1,
+        queue_size: int = 256,
+        vhost: bool = False,
+        vhostfds: tuple[int, ...] = (),
+        offloads: bool = True,
+        loop: Loop | None = None,
+    ) -> None:
+        if len(tap.fds) != queue_pairs:
+            raise HostError(
+                f"virtio-net {name}: {len(tap.fds)} tap fds for {queue_pairs} queue pairs"
+            )
+        features = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS)
+        if offloads:
+            features |= OFFLOAD_FEATURES
+        sizes = [queue_size] * (2 * queue_pairs)
+        if queue_pairs > 1:
+            features |= bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_MQ)
+            sizes.append(64)
+        self.vhost = vhost
+        self._vhost: list[VhostBackend] = []
+        if vhost:
+            fds = list(vhostfds) or [
+                open_vhost("/dev/vhost-net", f"virtio-net {name} (vhost=on)", "vhost_net")
+                for _ in range(queue_pairs)
+            ]
+            self._vhost = [VhostBackend(fd, f"virtio-net {name}") for fd in fds]
+            vh_features = self._vhost[0].get_features()
+            features &= (
+                vh_features
+                | bit(VIRTIO_NET_F_MAC)
+                | bit(VIRTIO_NET_F_STATUS)
+                | bit(VIRTIO_NET_F_CTRL_VQ)
+                | bit(VIRTIO_NET_F_MQ)
+            )
+            # Ring features are whatever the kernel implements.
+            self.ring_features = vh_features & (bit(28) | bit(29))
+        super().__init__(name, sizes, features, loop=loop)
+        if vhost:
+            self.kernel_queues = frozenset(range(2 * queue_pairs))
+        self.tap = tap
+        self.pairs = queue_pairs
+        self.active_pairs = 1
+        self.mac = parse_mac(mac)
+        self.config = bytearray(_CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, queue_pairs))
+        self._polling: set[int] = set()
+        self.rx_dropped = 0
+        self.tx_dropped = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def on_activate(self) -> None:
+        acked = self.acked_features
+        tun = 0
+        if acked & bit(VIRTIO_NET_F_GUEST_CSUM):
+            tun |= TUN_F_CSUM
+            if acked & bit(VIRTIO_NET_F_GUEST_TSO4):
+                tun |= TUN_F_TSO4
+            if acked & bit(VIRTIO_NET_F_GUEST_TSO6):
+                tun |= TUN_F_TSO6
+        self.tap.set_offload(tun)
+        if self.vhost:
+            self._start_vhost()
+            return
+        self.on_loop(self._start_polling)
+
+    def _start_polling(self) -> None:
+        with self.lock:
+            if self.mem is None or self.loop is None:
+                return
+            for pair in range(self.pairs):
+                self._poll(pair, True)
+
+    def _poll(self, pair: int, on: bool) -> None:
+        if self.loop is None:
+            return
+        fd = self.tap.fds[pair]
+        if on and pair not in self._polling:
+            self.loop.add_reader(fd, lambda p=pair: self.guarded(self._rx, p))
+            self._polling.add(pair)
+        elif not on and pair in self._polling:
+            self.loop.remove_reader(fd)
+            self._polling.discard(pair)
+
+    def on_reset(self) -> None:
+        if self.vhost:
+            for vh in self._vhost:
+                vh.reset_owner()
+        self.active_pairs = 1
+        loop = self.loop
+        if loop is None or not self._polling:
+            return
+        if getattr(loop, "thread_id", None) == threading.get_ident():
+            for pair in sorted(self._polling):
+                self._poll(pair, False)
+            return
+        # From a vCPU thread: unregister on the loop, by fd, before the fds can be closed.
+        fds = [self.tap.fds[p] for p in self._polling]
+        self._polling.clear()
+        loop.call_soon_threadsafe(lambda: [loop.remove_reader(fd) for fd in fds])
+
+    def close(self) -> None:
+        for vh in self._vhost:
+            vh.close()
+        self.tap.close()
+
+    def _start_vhost(self) -> None:
+        assert self.mem is not None and self.interrupt is not None
+        call = getattr(self.interrupt, "irqfd", None)
+        if call is None:
+            raise HostError(f"virtio-net {self.name}: vhost needs an irqfd interrupt")
+        features = self.acked_features & ~bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_VERSION_1)
+        for pair, vh in enumerate(self._vhost):
+            vh.set_owner()
+            vh.set_features(features)
+            vh.set_mem_table(self.mem)
+            for k in range(2):
+                q = self.queues[2 * pair + k]
+                if q.active:
+                    vh.set_vring(k, q, self.mem, call)
+                    vh.net_set_backend(k, self.tap.fds[pair])
+
+    # -- queues ------------------------------------------------------------------------------------
+
+    def process_queue(self, index: int) -> None:
+        if index == 2 * self.pairs:
+            self._ctrl(index)
+        elif index % 2 == 0:
+            self._rx(index // 2)
+            self._poll(index // 2, True)  # the guest posted buffers: listen to the tap again
+        else:
+            self._tx(index // 2)
+
+    def _tx(self, pair: int) -> None:
+        q = self.queues[2 * pair + 1]
+        if not q.active:
+            return
+        mem = self.mem
+        assert mem is not None
+        fd = self.tap.fds[pair]
+        while (chain := q.pop()) is not None:
+            if chain.readable_len <= VNET_HDR_LEN:
+                self.stats.errors += 1
+            else:
+                try:
+                    os.writev(fd, chain.read_views(mem))
+                    self.stats.bytes_in += chain.readable_len - VNET_HDR_LEN
+                except BlockingIOError:
+                    self.tx_dropped += 1
+                except OSError as e:
+                    self.tx_dropped += 1
+                    log.debug("%s: tap write failed: %s", self.name, e)
+            self.stats.requests += 1
+            q.add_used(chain, 0)
+        self.signal(2 * pair + 1)
+
+    def _rx(self, pair: int) -> None:
+        index = 2 * pair
+        q = self.queues[index]
+        if not q.active:
+            return
+        mem = self.mem
+        assert mem is not None
+        fd = self.tap.fds[pair]
+        for _ in range(RX_BURST):
+            chain = q.pop()
+            if chain is None:
+                self._poll(pair, False)  # no buffers: let the kernel hold the frames
+                break
+            if chain.writable_len < VNET_HDR_LEN:
+                self.stats.errors += 1
+                q.add_used(chain, 0)
+                continue
+            try:
+                n = os.readv(fd, chain.write_views(mem))
+            except BlockingIOError:
+                q.undo_pop()
+                break
+            except OSError:
+                q.undo_pop()
+                self._poll(pair, False)  # the tap went away (deleted): stop listening
+                break
+            self._finish_rx(chain, n)
+            q.add_used(chain, n)
+        self.signal(index)
+
+    def _finish_rx(self, chain: DescriptorChain, n: int) -> None:
+        """num_buffers = 1: without MRG_RXBUF each frame fits one chain (the tap leaves it)."""
+        assert self.mem is not None
+        chain.write(self.mem, b"\x01\x00", 10)
+        self.stats.requests += 1
+        self.stats.bytes_out += max(0, n - VNET_HDR_LEN)
+
+    def _ctrl(self, index: int) -> None:
+        q = self.queues[index]
+        if not q.active:
+            return
+        mem = self.mem
+        assert mem is not None
+        while (chain := q.pop()) is not None:
+            ack = VIRTIO_NET_ERR
+            if chain.readable_len >= 2 and chain.writable_len >= 1:
+                cls, cmd = chain.read(mem, 0, 2)
+                if (
+                    cls == VIRTIO_NET_CTRL_MQ
+                    and cmd == VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET
+                    and chain.readable_len >= 4
+                ):
+                    (pairs,) = struct.unpack("<H", chain.read(mem, 2, 2))
+                    if 1 <= pairs <= self.pairs:
+                        self.active_pairs = pairs
+                        ack = VIRTIO_NET_OK
+            if chain.writable_len >= 1:
+                chain.write(mem, bytes([ack]))
+                q.add_used(chain, 1)
+            else:
+                q.add_used(chain, 0)
+        self.signal(index)
