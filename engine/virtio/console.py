@@ -42,6 +42,8 @@ class Console(VirtioDevice):
         self.config = bytearray(_CONFIG.pack(80, 25, 1, 0))
         self._rx = bytearray()
         self._attached = False
+        #: Close the backend with the device (set by the factory when it opened the backend).
+        self.owns_backend = False
 
     # -- backend side (loop thread) --------------------------------------------------------------
 
@@ -71,6 +73,11 @@ class Console(VirtioDevice):
 
     def on_reset(self) -> None:
         self._rx.clear()
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if self.owns_backend and close is not None:
+            close()
 
     def write_config(self, offset: int, data: bytes) -> None:
         """The driver's emergency write (``emerg_wr`` at offset 8): one character out."""

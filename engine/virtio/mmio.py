@@ -143,6 +143,11 @@ class MmioTransport:
     def num_queues(self) -> int:
         return len(self.queues)
 
+    @property
+    def kernel_kicks(self) -> bool:
+        """True when any queue is served by vhost (prefer the per-queue ``kernel_kick(i)``)."""
+        return bool(self.device.kernel_queues)
+
     def kernel_kick(self, index: int) -> bool:
         """True for vhost queues: the kernel consumes that queue's eventfd (and writes the irqfd)."""
         return index in self.device.kernel_queues

@@ -1,0 +1,84 @@
+"""vhost-vsock (virtio 1.2 §5.10): AF_VSOCK between host and guest, served by the host kernel.
+
+The device model only negotiates and hands over: at DRIVER_OK the rx and tx rings go to
+``/dev/vhost-vsock`` (kick = queue ioeventfd, call = irqfd, memory table from the
+``GuestMemory`` regions' host addresses), then VHOST_VSOCK_SET_GUEST_CID and SET_RUNNING. The
+event queue stays with the VMM, which posts no events (they are for live migration). Hosts
+without ``/dev/vhost-vsock`` get one clear error naming the device and the fix.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from engine.virtio.device import VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, Loop, VirtioDevice, bit
+from engine.virtio.vhost import VhostBackend, open_vhost
+from launcher.errors import HostError
+
+CID_MIN = 3
+CID_MAX = (1 << 32) - 2
+RING_BITS = bit(28) | bit(29)
+
+
+class Vsock(VirtioDevice):
+    """One vhost-vsock device; rx (0) and tx (1) are kernel queues, event (2) is ours."""
+
+    device_id = VIRTIO_ID_VSOCK
+
+    def __init__(
+        self,
+        name: str,
+        guest_cid: int,
+        *,
+        vhostfd: int | None = None,
+        queue_size: int = 256,
+        loop: Loop | None = None,
+    ) -> None:
+        if not CID_MIN <= guest_cid <= CID_MAX:
+            raise HostError(
+                f"vhost-vsock {name}: guest-cid {guest_cid} is outside {CID_MIN}..{CID_MAX}",
+                hint="0-2 are reserved (hypervisor, local, host); pick 3 or more",
+            )
+        what = f"vhost-vsock {name}"
+        fd = vhostfd if vhostfd is not None else open_vhost("/dev/vhost-vsock", what, "vhost_vsock")
+        self.backend = VhostBackend(fd, what)
+        self.backend.set_owner()
+        self._owned = True
+        vh = self.backend.get_features()
+        self.ring_features = vh & RING_BITS
+        super().__init__(
+            name, [queue_size] * 3, vh & ~RING_BITS & ~bit(VIRTIO_F_VERSION_1), loop=loop
+        )
+        self.kernel_queues = frozenset({0, 1})
+        self.vhost = True
+        self.guest_cid = guest_cid
+        self.config = bytearray(struct.pack("<Q", guest_cid))
+
+    def on_activate(self) -> None:
+        assert self.mem is not None and self.interrupt is not None
+        call = getattr(self.interrupt, "irqfd", None)
+        if call is None:
+            raise HostError(
+                f"vhost-vsock {self.name}: needs an irqfd interrupt (set_interrupt(fd))"
+            )
+        b = self.backend
+        if not self._owned:
+            b.set_owner()
+            self._owned = True
+        b.set_features(self.acked_features)
+        b.set_mem_table(self.mem)
+        for i in (0, 1):
+            q = self.queues[i]
+            if not q.active:
+                raise HostError(f"vhost-vsock {self.name}: the driver did not enable queue {i}")
+            b.set_vring(i, q, self.mem, call)
+        b.vsock_set_cid(self.guest_cid)
+        b.vsock_set_running(True)
+
+    def on_reset(self) -> None:
+        self.backend.vsock_set_running(False)
+        self.backend.reset_owner()
+        self._owned = False
+
+    def close(self) -> None:
+        self.backend.close()
