@@ -34,9 +34,9 @@ class Snippets:
             except OSError:
                 self._lines[mark.file] = None
         lines = self._lines[mark.file]
-        if not lines or mark.line > len(lines):
+        if lines is None or mark.line > len(lines) + 1:
             return None
-        return lines[mark.line - 1]
+        return lines[mark.line - 1] if mark.line <= len(lines) else ""  # end of file
 
 
 def format_issue(issue: Issue, snippets: Snippets | None = None) -> str:
