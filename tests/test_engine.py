@@ -211,3 +211,28 @@ def test_engine_process_bad_plan_is_one_clear_error(tmp_path) -> None:
     )
     assert p.returncode == 1
     assert "not a valid engine plan" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_virtio_device_is_wired_on_the_mmio_bus(tmp_path) -> None:
+    from engine.machine.kvm import KvmError
+    from launcher.compile.layout import virtio_mmio_slot
+    from launcher.compile.plan import RngPlan
+
+    base, irq = virtio_mmio_slot(0)
+    plan = make_plan(write_guest(tmp_path, HANG), serial_file=tmp_path / "s")
+    plan = plan.__class__(
+        **{**plan.__dict__, "devices": (RngPlan(id="rng0", mmio_base=base, irq=irq),)}
+    )
+    vm = Vm(plan, sink=Events())
+    vm.start(paused=True)
+    try:
+        m = vm.machine
+        assert m is not None
+        assert m.mmio.read(base, 4) == 0x74726976  # "virt"
+        assert m.mmio.read(base + 4, 4) == 2 and m.mmio.read(base + 8, 4) == 4  # v2, rng
+        att = m.devices.virtio[0]
+        # the queue's ioeventfd is registered with KVM: a second identical one is refused
+        with pytest.raises(KvmError, match="EEXIST"):
+            m.vm.register_ioeventfd(att.kick_fds[0], base + 0x50, 4, datamatch=0)
+    finally:
+        vm.close()

@@ -105,7 +105,7 @@ def _create_device(spec: Any, mem: GuestMemory, loop: EventLoop) -> Any:
         raise DeviceError(
             f"device {spec.id}: virtio-{spec.kind} is not available in this engine build"
         ) from None
-    return create_device(spec, mem=mem, loop=loop)
+    return create_device(spec, mem=mem, loop=loop, memory_size=mem.total_size)
 
 
 def _write_acpi(mem: GuestMemory, plan: Plan) -> int:

@@ -147,7 +147,7 @@ class DeviceManager:
             kfd = transport.queue_eventfd(q)
             self.vm.register_ioeventfd(kfd, spec.mmio_base + QUEUE_NOTIFY, 4, datamatch=q)
             att.kick_fds.append(kfd)
-            if not transport.kernel_kicks:
+            if not transport.kernel_kick(q):
                 loop.add_reader(kfd, lambda q=q, t=transport: t.on_queue_event(q))
         self.virtio.append(att)
         log.debug("virtio-%s %s at %#x irq %d", spec.kind, spec.id, spec.mmio_base, spec.irq)
