@@ -70,10 +70,14 @@ class GuestMemory:
         self._regions: list[GuestRegion] = sorted(regions, key=lambda r: r.guest_addr)
         for a, b in zip(self._regions, self._regions[1:], strict=False):
             if a.end > b.guest_addr:
-                raise ValueError(f"guest regions overlap: {a.guest_addr:#x}+{a.size:#x} and {b.guest_addr:#x}")
+                raise ValueError(
+                    f"guest regions overlap: {a.guest_addr:#x}+{a.size:#x} and {b.guest_addr:#x}"
+                )
         for r in self._regions:
             if r.size <= 0 or r.size > len(r.mapping):
-                raise ValueError(f"region at {r.guest_addr:#x}: size {r.size:#x} does not fit its mapping")
+                raise ValueError(
+                    f"region at {r.guest_addr:#x}: size {r.size:#x} does not fit its mapping"
+                )
         self._starts = [r.guest_addr for r in self._regions]
 
     @classmethod
