@@ -13,7 +13,15 @@ from functools import lru_cache
 from typing import Any
 
 from launcher.errors import Issue
+from launcher.manifest.schemagen import ADDR_PATTERN, INTLIST_PATTERN, SIZE_PATTERN
 from launcher.manifest.sourcemap import format_path
+from launcher.manifest.values import SIZE_HINT
+
+_SYNTAX_HINTS = {
+    SIZE_PATTERN: SIZE_HINT,
+    INTLIST_PATTERN: 'write a list like [0, 1, 4] or a string like "0-1,4"',
+    ADDR_PATTERN: 'write "SLOT" or "SLOT.FUNCTION", e.g. "0x3" or "0x3.0x1"',
+}
 
 _TYPE_NAMES = {
     "string": "a string",
@@ -123,6 +131,17 @@ def _convert(err: Any) -> list[Issue]:
             )
             for k, d in zip(missing, desc, strict=True)
         ]
+    if v == "anyOf" and isinstance(value, str):
+        syntax = [sub["pattern"] for sub in s["anyOf"] if "pattern" in sub]
+        if syntax:
+            return [
+                Issue(
+                    f"invalid syntax {_show(value)}",
+                    where,
+                    _SYNTAX_HINTS.get(syntax[0], ""),
+                    code="bad-syntax",
+                )
+            ]
     if v in ("type", "anyOf"):
         exp = " or ".join(_expected(s)) or "another type"
         hint = _hint_for(s)

@@ -65,6 +65,16 @@ def check(ctx: Context) -> None:
                 f"host {v.host!r} is not a PCI address DDDD:BB:DD.F",
                 'write it like "0000:1a:00.3" (see lspci -D)',
             )
+    for rp in man.root_ports:
+        for key, val in (("port", rp.port), ("chassis", rp.chassis)):
+            if val is not None and val > 255:
+                ctx.add(
+                    "root-port-range",
+                    ("root-ports", rp.id, key),
+                    f"{key} {val} does not"
+                    " fit in 8 bits (0-255); StratoVirt would silently wrap it",
+                    f"use a {key} of at most 255",
+                )
     x = man.usb.xhci
     if x is not None:
         for key, val in (("p2", x.p2), ("p3", x.p3)):

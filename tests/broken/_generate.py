@@ -191,19 +191,19 @@ CASES: list[tuple[str, str, str, str]] = [
     (
         "shape-bad-size-syntax.toml",
         mv().replace('size = "512M"', 'size = @@"512 megs"'),
-        "wrong-type",
+        "bad-syntax",
         "memory.size",
     ),
     (
         "shape-bad-cpulist.toml",
         q35('[[numa.nodes]]\nid = 0\ncpus = @@"0..1"\nsize = "1G"\n'),
-        "wrong-type",
+        "bad-syntax",
         "numa.nodes[0].cpus",
     ),
     (
         "shape-bad-addr.toml",
         q35('[drives.root]\nfile = "r"\naddr = @@"slot3"\n'),
-        "wrong-type",
+        "bad-syntax",
         "drives.root.addr",
     ),
     ("shape-empty-name.toml", mv().replace('name = "vm"', 'name = @@""'), "empty-value", "name"),
@@ -1137,6 +1137,24 @@ CASES: list[tuple[str, str, str, str]] = [
         q35('@@[root-ports."pcie.0"]\nport = 1\naddr = "0x5"\n'),
         "device-id-duplicate",
         'root-ports."pcie.0"',
+    ),
+    (
+        "root-port-port-range.toml",
+        q35('[root-ports.rp1]\nport = @@256\naddr = "0x5"\n'),
+        "root-port-range",
+        "root-ports.rp1.port",
+    ),
+    (
+        "root-port-chassis-range.toml",
+        q35('[root-ports.rp1]\nport = 1\nchassis = @@300\naddr = "0x5"\n'),
+        "root-port-range",
+        "root-ports.rp1.chassis",
+    ),
+    (
+        "pci-addr-bare-decimal-slot.toml",
+        q35('[drives.a]\nfile = "a"\naddr = @@"31"\n'),
+        "pci-slot-reserved",
+        "drives.a.addr",
     ),
     # -- ozone -------------------------------------------------------------------------------
     (
