@@ -164,7 +164,16 @@ class VmDir:
         meta = self.meta()
         return meta is not None and pid_alive(meta.pid, meta.pid_start)
 
+    @property
+    def last_log(self) -> Path:
+        """Where the engine log of the last run is kept after the VM is gone."""
+        return self.path.parent / f"{self.name}.last.log"
+
     def remove(self) -> None:
+        """Delete the VM's state, keeping its engine log (if any) as ``<name>.last.log``."""
+        with contextlib.suppress(OSError):
+            if self.log_file.stat().st_size:
+                os.replace(self.log_file, self.last_log)
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -95,8 +95,14 @@ def _open_serial(path: str | None) -> socket.socket | None:
     return sock
 
 
-def run_tui(address: str, *, serial: str | None = None, title: str | None = None) -> int:
-    """Show the dashboard until ``q`` or the VM exits. Returns 0."""
+def run_tui(
+    address: str, *, serial: str | None = None, title: str | None = None, resume: bool = False
+) -> int:
+    """Show the dashboard until ``q`` or the VM exits. Returns 0.
+
+    ``resume``: send ``cont`` once the serial console is attached (``svlaunch up --tui`` starts
+    the engine paused so that no console output is lost).
+    """
     from rich.console import Console
     from rich.live import Live
 
@@ -104,6 +110,8 @@ def run_tui(address: str, *, serial: str | None = None, title: str | None = None
     session = Session(client, title)
     session.poll()
     serial_sock = _open_serial(serial)
+    if resume:
+        session.press("r")
     pending = ""
     fd_in = sys.stdin.fileno()
     saved = None

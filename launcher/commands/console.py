@@ -29,32 +29,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def relay(sock: socket.socket, fd_in: int, fd_out: int, timeout: float | None) -> None:
-    """Copy both ways until Ctrl-], end of input (after a grace period), or the VM hangs up."""
+def relay(
+    sock: socket.socket,
+    fd_in: int,
+    fd_out: int,
+    timeout: float | None,
+    *,
+    leave_on_eof: bool = True,
+) -> str:
+    """Copy both ways; returns why it stopped: "escape" (Ctrl-]), "closed" (the VM hung up),
+    "timeout", or "eof" (input ended; with ``leave_on_eof=False`` output goes on instead)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    inputs = [sock, fd_in]
+    inputs: list[object] = [sock, fd_in]
     while True:
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
-            return
+            return "timeout"
         ready, _, _ = select.select(inputs, [], [], wait)
         if sock in ready:
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
             if not data:
-                return
+                return "closed"
             os.write(fd_out, data)
         if fd_in in ready:
             data = os.read(fd_in, 4096)
             if not data:
-                inputs.remove(fd_in)  # keep printing the guest's answer until the timeout
-                if deadline is None:
-                    return
+                inputs.remove(fd_in)  # keep printing the guest's answer
+                if leave_on_eof and deadline is None:
+                    return "eof"
                 continue
             if ESCAPE in data:
                 data = data[: data.index(ESCAPE)]
                 if data:
                     sock.sendall(data)
-                return
+                return "escape"
             sock.sendall(data)
 
 

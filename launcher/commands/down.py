@@ -49,17 +49,19 @@ def _pid_waiter(meta: Any) -> Callable[[float], bool]:
     return wait
 
 
-def _qmp(meta: Any, command: str) -> bool:
-    """Send one QMP command; False when QMP cannot be reached or refuses."""
+def _qmp(meta: Any, command: str) -> str:
+    """Send one QMP command; "" when accepted, else why not (unreachable, refused)."""
     from launcher.errors import SvlaunchError
-    from launcher.qmpclient import QmpClient
+    from launcher.qmpclient import QmpClient, QmpCommandError
 
     try:
         with QmpClient.connect(meta.qmp, timeout=3.0) as c:
             c.execute(command)
-        return True
-    except SvlaunchError:
-        return False
+        return ""
+    except QmpCommandError as exc:
+        return f"{command} refused: {exc.desc or exc.error_class}"
+    except SvlaunchError as exc:
+        return f"{command}: {exc.message}"
 
 
 def stop_vm(
@@ -72,12 +74,17 @@ def stop_vm(
 ) -> str:
     """Stop the VM described by ``meta``; returns how it stopped (for the message)."""
     wait = wait or _pid_waiter(meta)
-    if not force and _qmp(meta, "system_powerdown") and wait(guest_timeout):
-        return "powered off"
     if not force:
-        say(f"{meta.name}: guest did not power off within {guest_timeout:g}s; quitting")
-    if _qmp(meta, "quit") and wait(QUIT_TIMEOUT):
+        why = _qmp(meta, "system_powerdown")
+        if not why and wait(guest_timeout):
+            return "powered off"
+        why = why or f"guest did not power off within {guest_timeout:g}s"
+        say(f"{meta.name}: {why}; quitting")
+    why = _qmp(meta, "quit")
+    if not why and wait(QUIT_TIMEOUT):
         return "quit"
+    if why:
+        say(f"{meta.name}: {why}")
     for sig in (signal.SIGTERM, signal.SIGKILL):
         say(f"{meta.name}: sending {sig.name} to pid {meta.pid}")
         try:

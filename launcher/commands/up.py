@@ -2,8 +2,8 @@
 
 By default the VM runs in the foreground: its serial console is this terminal (when the
 manifest says serial stdio) and Ctrl-C stops it cleanly (guest powerdown, then quit; press
-Ctrl-C again to force). --tui shows the live terminal UI instead (the serial tail is in it);
--d/--detach starts the engine in the background, waits until QMP answers and returns; its
+Ctrl-C again to force); Ctrl-] detaches and leaves it running. --tui shows the live terminal
+UI instead (the serial tail is in it); -d/--detach starts the engine in the background, waits until QMP answers and returns; its
 serial console (stdio in the manifest) becomes a socket for 'svlaunch console NAME'.
 Runtime state (plan, pid, sockets, log) lives in $SVLAUNCH_RUNTIME_DIR, /run/svlaunch (root)
 or $XDG_RUNTIME_DIR/svlaunch.
@@ -92,13 +92,18 @@ def _serial_path(plan: Any) -> str | None:
     return None
 
 
-def _wait_for_qmp(proc: subprocess.Popen[bytes], qmp: str, log: str | None, timeout: float) -> None:
+def _wait_for_qmp(
+    proc: subprocess.Popen[bytes], qmp: str, log: str | None, timeout: float, *, detach: bool
+) -> bool:
+    """True once QMP answers; False if a foreground guest already ran to a clean poweroff."""
     from launcher.errors import EngineError, HostError
     from launcher.qmpclient import QmpClient
 
     deadline = time.monotonic() + timeout
     while True:
         code = proc.poll()
+        if code == 0 and not detach:
+            return False
         if code is not None:
             tail = ""
             if log and os.path.exists(log):
@@ -113,7 +118,7 @@ def _wait_for_qmp(proc: subprocess.Popen[bytes], qmp: str, log: str | None, time
             try:
                 with QmpClient.connect(qmp, timeout=2.0) as c:
                     c.execute("query-status")
-                return
+                return True
             except HostError:
                 pass
         if time.monotonic() > deadline:
@@ -132,23 +137,30 @@ def run(args: argparse.Namespace) -> int:
     vm = claim.vm
     proc: subprocess.Popen[bytes] | None = None
     try:
-        # With the TUI the terminal is the dashboard's: engine output goes to the log and the
-        # serial console to a socket, exactly as when detached.
-        background_io = args.detach or args.tui
-        plan = prepare_plan(plan, vm, detach=background_io, paused=args.paused, name=args.name)
+        # The engine never owns this terminal: its output goes to the runtime log and a stdio
+        # serial becomes a socket that svlaunch relays (foreground), the TUI tails, or
+        # 'svlaunch console' attaches to (detached). Interactive modes start the engine paused
+        # and resume it once attached, so no early console output is lost.
+        stdio_serial = plan.serial is not None and plan.serial.chardev.backend == "stdio"
+        relay = not args.detach and not args.tui and stdio_serial
+        attach = relay or args.tui
+        plan = prepare_plan(plan, vm, detach=True, paused=args.paused or attach, name=args.name)
         vm.plan_file.write_text(plan.dumps())
         argv = engine_command(plan, str(vm.plan_file))
         os.set_inheritable(claim.lock_fd, True)
         log = str(vm.log_file)
-        if background_io:
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-            stdio: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": out, "stderr": out}
-        else:
-            stdio = {}
-        # A new session: Ctrl-C on this terminal reaches svlaunch only, which stops the VM
-        # cleanly; the engine still reads and writes the terminal (serial stdio).
-        proc = subprocess.Popen(argv, pass_fds=(claim.lock_fd,), start_new_session=True, **stdio)
-        if background_io:
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            # A new session: Ctrl-C on this terminal reaches svlaunch only, which stops the VM.
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=(claim.lock_fd,),
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+        finally:
             os.close(out)
         meta = runtime.Meta(
             name=vm.name,
@@ -163,39 +175,111 @@ def run(args: argparse.Namespace) -> int:
             memory=plan.memory.size,
         )
         vm.write_meta(meta)
-        _wait_for_qmp(proc, meta.qmp, log if background_io else None, args.timeout)
+        if not _wait_for_qmp(proc, meta.qmp, log, args.timeout, detach=args.detach):
+            return 0
         if args.detach:
             print(f"{vm.name}: started (pid {proc.pid}); QMP at {meta.qmp}")
             if meta.serial:
                 print(f"{vm.name}: serial console: svlaunch console {vm.name}")
             return 0
-        return _foreground(proc, vm, meta, tui=args.tui)
+        code = _foreground(proc, vm, meta, relay=relay, tui=args.tui, resume=not args.paused)
+        if code not in (0, None):
+            _print_log_tail(log)
+        return code
     finally:
         claim.release()  # the engine holds its own copy of the lock for as long as it lives
-        if (proc is not None and not args.detach and proc.poll() is not None) or proc is None:
+        if proc is None or proc.poll() is not None:
             vm.remove()
 
 
-def _foreground(proc: subprocess.Popen[bytes], vm: Any, meta: Any, *, tui: bool) -> int:
+def _print_log_tail(log: str, lines: int = 15) -> None:
+    try:
+        with open(log, errors="replace") as f:
+            tail = f.readlines()[-lines:]
+    except OSError:
+        return
+    if tail:
+        sys.stderr.write("engine log (last lines):\n" + "".join(tail))
+
+
+def _resume(meta: Any) -> None:
+    from launcher.qmpclient import QmpClient
+
+    with QmpClient.connect(meta.qmp) as c:
+        c.execute("cont")
+
+
+def _console_terminal(fd: int) -> list[Any] | None:
+    """Raw mode for the guest, except that Ctrl-C still signals svlaunch (to stop the VM)."""
+    if not os.isatty(fd):
+        return None
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[3] |= termios.ISIG
+    attrs[6][termios.VSUSP] = b"\x00"  # Ctrl-Z and Ctrl-\\ go to the guest, not to us
+    attrs[6][termios.VQUIT] = b"\x00"
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    return saved
+
+
+def _foreground(
+    proc: subprocess.Popen[bytes], vm: Any, meta: Any, *, relay: bool, tui: bool, resume: bool
+) -> int:
+    import socket
+
+    from launcher.commands.console import relay as relay_console
     from launcher.commands.down import stop_vm
 
+    saved = None
+    fd_in = sys.stdin.fileno()
     try:
         if tui:
             from launcher.tui_live import run_tui
 
-            run_tui(meta.qmp, serial=meta.serial, title=vm.name)
+            run_tui(meta.qmp, serial=meta.serial, title=vm.name, resume=resume)
             if proc.poll() is None:
                 print(f"{vm.name}: detached; the VM keeps running (svlaunch down {vm.name})")
                 return 0
+        elif relay and meta.serial:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(meta.serial)
+            if resume:
+                _resume(meta)
+            saved = _console_terminal(fd_in)
+            why = relay_console(sock, fd_in, sys.stdout.fileno(), None, leave_on_eof=False)
+            sock.close()
+            if why == "escape":
+                _restore(fd_in, saved)
+                saved = None
+                print(f"\r\n{vm.name}: detached; the VM keeps running (svlaunch console {vm.name})")
+                return 0
+        elif resume:
+            _resume(meta)
         return proc.wait()
     except KeyboardInterrupt:
-        print(f"\n{vm.name}: stopping (Ctrl-C again to force)", file=sys.stderr)
+        _restore(fd_in, saved)
+        saved = None
+        print(f"\r\n{vm.name}: stopping (Ctrl-C again to force)", file=sys.stderr)
         try:
-            stop_vm(meta, force=False, wait=lambda t: _wait_child(proc, t))
+            how = stop_vm(meta, force=False, wait=lambda t: _wait_child(proc, t))
         except KeyboardInterrupt:
-            stop_vm(meta, force=True, wait=lambda t: _wait_child(proc, t))
+            how = stop_vm(meta, force=True, wait=lambda t: _wait_child(proc, t))
+        print(f"{vm.name}: {how}", file=sys.stderr)
         proc.wait()
         return 0
+    finally:
+        _restore(fd_in, saved)
+
+
+def _restore(fd: int, saved: list[Any] | None) -> None:
+    if saved is not None:
+        import termios
+
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _wait_child(proc: subprocess.Popen[bytes], timeout: float) -> bool:
