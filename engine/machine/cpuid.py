@@ -8,7 +8,7 @@ entry list, so tests decode the result the way Linux does without a VM.
 
 Why each leaf (engine-notes §1.4): the guest derives its sockets/dies/modules/cores/threads from
 the APIC id bit fields that CPUID describes, so the shifts here must be the ones the plan's APIC
-ids were built with (``launcher.compile.topology.apic_id_widths``: thread | core | cluster |
+ids were built with (``launcher.compile.apicid.apic_id_widths``: thread | core | cluster |
 die | package, each ``ceil(log2(count))`` bits, QEMU's ``apicid_from_topo_ids``); the MADT and
 SRAT carry the same ids, and the vCPU must be created with ``KVM_CREATE_VCPU(vcpu.apic_id)``.
 
@@ -29,8 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from launcher.compile.apicid import ApicIdWidths, apic_id_widths
 from launcher.compile.plan import TopologyPlan, VcpuPlan
-from launcher.compile.topology import ApicIdWidths, apic_id_widths
 
 Vendor = Literal["intel", "amd"]
 

@@ -8,9 +8,26 @@ will do. ``apic_id`` packs (package, die, cluster, core, thread) into bit fields
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from launcher.compile.apicid import (  # re-exported: the engine imports the leaf module
+    ApicIdWidths,
+    CpuPosition,
+    _width,
+    apic_id_widths,
+    cpu_positions,
+)
 from launcher.model import Cpu, Topology
+
+__all__ = [
+    "MAX_CPUS",
+    "ApicIdWidths",
+    "CpuPosition",
+    "Topology",
+    "TopologyError",
+    "_width",
+    "apic_id_widths",
+    "cpu_positions",
+    "resolve_topology",
+]
 
 MAX_CPUS = 254
 
@@ -68,75 +85,3 @@ def resolve_topology(cpu: Cpu) -> Topology:
             hint="make the product of the topology factors equal maxcpus (or cpus when maxcpus is unset)",
         )
     return Topology(cpus, maxcpus, sockets, dies, clusters, cores, threads)
-
-
-def _width(count: int) -> int:
-    """Bits needed to number ``count`` items (0 for a single item)."""
-    return (count - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class ApicIdWidths:
-    """Bit widths and shifts of each level in an x86 APIC id."""
-
-    thread: int
-    core: int
-    cluster: int
-    die: int
-
-    @property
-    def core_shift(self) -> int:
-        return self.thread
-
-    @property
-    def cluster_shift(self) -> int:
-        return self.thread + self.core
-
-    @property
-    def die_shift(self) -> int:
-        return self.thread + self.core + self.cluster
-
-    @property
-    def package_shift(self) -> int:
-        return self.thread + self.core + self.cluster + self.die
-
-
-def apic_id_widths(topology: Topology) -> ApicIdWidths:
-    return ApicIdWidths(
-        thread=_width(topology.threads),
-        core=_width(topology.cores),
-        cluster=_width(topology.clusters),
-        die=_width(topology.dies),
-    )
-
-
-@dataclass(frozen=True)
-class CpuPosition:
-    index: int
-    package: int
-    die: int
-    cluster: int
-    core: int
-    thread: int
-    apic_id: int
-
-
-def cpu_positions(topology: Topology) -> list[CpuPosition]:
-    """Where each of the ``cpus`` online vCPUs sits; vCPU i is the i-th in package-major order."""
-    w = apic_id_widths(topology)
-    out = []
-    for i in range(topology.cpus):
-        thread = i % topology.threads
-        core = (i // topology.threads) % topology.cores
-        cluster = (i // (topology.threads * topology.cores)) % topology.clusters
-        die = (i // (topology.threads * topology.cores * topology.clusters)) % topology.dies
-        package = i // (topology.threads * topology.cores * topology.clusters * topology.dies)
-        apic = (
-            (package << w.package_shift)
-            | (die << w.die_shift)
-            | (cluster << w.cluster_shift)
-            | (core << w.core_shift)
-            | thread
-        )
-        out.append(CpuPosition(i, package, die, cluster, core, thread, apic))
-    return out
