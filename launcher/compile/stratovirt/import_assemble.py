@@ -9,7 +9,7 @@ backend's id are left to default.
 
 from __future__ import annotations
 
-from launcher.compile.stratovirt.import_state import State
+from launcher.compile.stratovirt.import_state import Pooled, State
 from launcher.compile.stratovirt.props import fail
 from launcher.model import (
     Balloon,
@@ -63,8 +63,10 @@ def _vhost_user_chardevs(st: State) -> None:
 
 
 def _numa(st: State) -> tuple[Numa, tuple[MemoryZone, ...]]:
+    """Nodes in the argv order of their memory objects: that order is the guest RAM layout."""
     nodes = []
-    for n in st.numa_nodes:
+    ordered = sorted(st.numa_nodes, key=lambda n: st.mem_objects[n["memdev"]].index)
+    for n in ordered:
         obj = st.mem_objects[n["memdev"]].fields
         memdev = None if n["memdev"] == f"mem{n['id']}" else n["memdev"]
         nodes.append(
@@ -77,12 +79,32 @@ def _numa(st: State) -> tuple[Numa, tuple[MemoryZone, ...]]:
             if d[key] not in ids:
                 raise fail(f"NUMA node {d[key]} ({key}) is not declared", d["index"], hint="declare it with -numa node,nodeid=...")  # fmt: skip
         dists.append(NumaDistance(d["src"], d["dst"], d["val"]))
+    free = [o for o in st.mem_objects.values() if o.used_by is None]
     zones = tuple(
         MemoryZone(o.fields["id"], o.fields["size"], o.fields["host_nodes"], o.fields["policy"])
-        for o in st.mem_objects.values()
-        if o.used_by is None
+        for o in free
     )
+    last_node = max((o.index for o in st.mem_objects.values() if o.used_by is not None), default=0)
+    if free and free[0].index < last_node:
+        st.warn(
+            f"memory zone {free[0].fields['id']} comes before NUMA node memory in argv; svlaunch "
+            "lays out NUMA node zones first, so guest addresses of the zones change",
+            free[0].index,
+            "declare node-less memory-backend-ram objects after the nodes' ones",
+        )
     return Numa(tuple(nodes), tuple(dists)), zones
+
+
+def device_order(pool: dict[str, Pooled]) -> list[Pooled]:
+    """Declaration order, except that attached backends follow their devices' argv order.
+
+    The guest sees devices in ``-device`` order (vda, vdb...); the backends' own order only
+    places the unattached ones. Emission writes both in model order, so this is a fixpoint.
+    """
+    attached = iter(
+        sorted((p for p in pool.values() if p.used_by is not None), key=lambda p: p.used_by or 0)
+    )
+    return [next(attached) if p.used_by is not None else p for p in pool.values()]
 
 
 def _drive(f: dict) -> Drive:
@@ -116,8 +138,8 @@ def assemble(st: State) -> Manifest:
         numa=numa,
         boot=Boot(**f.pop("boot", {})),
         iothreads=tuple(st.iothreads),
-        drives=tuple(_drive(d.fields) for d in st.drives.values()),
-        nets=tuple(_net(n.fields) for n in st.netdevs.values()),
+        drives=tuple(_drive(d.fields) for d in device_order(st.drives)),
+        nets=tuple(_net(n.fields) for n in device_order(st.netdevs)),
         chardevs=tuple(c.fields["chardev"] for c in st.chardevs.values()),
         serial=st.serial,
         virtio_serial=virtio_serial,

@@ -368,4 +368,4 @@ def _check(manifest: Manifest) -> list[Issue]:
         from launcher.validate import check_model
     except ImportError:  # validation not installed in this checkout yet
         return []
-    return list(check_model(manifest))
+    return list(check_model(manifest, target="stratovirt"))
