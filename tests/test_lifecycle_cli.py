@@ -279,3 +279,25 @@ def test_lock_outlives_the_launcher(runtime_dir: Path) -> None:
         proc.kill()
         proc.wait()
     assert not runtime.VmDir("bg", runtime_dir / "bg").lock_held()
+
+
+def test_log_like_stratovirt_dash_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        monkeypatch.setenv("SVLAUNCH_LOG_LEVEL", "warn")
+        log = tmp_path / "engine.log"
+        runtime.configure_logging(True, str(log))
+        logging.getLogger("engine.test").info("hidden")
+        logging.getLogger("engine.test").warning("shown")
+        for h in root.handlers:
+            h.flush()
+        text = log.read_text()
+        assert "shown" in text and "hidden" not in text
+        assert (log.stat().st_mode & 0o777) == 0o640
+    finally:
+        for h in root.handlers[len(before[0]) :]:
+            root.removeHandler(h)
+        root.setLevel(before[1])

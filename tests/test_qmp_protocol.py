@@ -251,3 +251,16 @@ def test_any_bytes_never_crash_the_server(data: bytes, cuts: list[int]) -> None:
                 s.send(ev.reply() if isinstance(ev, InvalidInput) else Reply({}, ev.id))
     except RemoteProtocolError:
         assert s.state is State.ERROR
+
+
+def test_leaky_bucket_drains_at_100_per_second() -> None:
+    from engine.qmp.ratelimit import LeakyBucket
+
+    now = [0.0]
+    bucket = LeakyBucket(clock=lambda: now[0])
+    assert all(bucket.allow() for _ in range(100))
+    assert not bucket.allow()  # the 101st in the same instant
+    now[0] += 0.05  # 5 units drained
+    assert sum(bucket.allow() for _ in range(10)) == 5
+    now[0] += 10
+    assert all(bucket.allow() for _ in range(100))
