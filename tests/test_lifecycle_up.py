@@ -24,6 +24,10 @@ from tiny_guest import HANG, hello_poweroff, say, write_guest  # noqa: E402
 
 pytestmark = pytest.mark.kvm
 
+# The engine's syscall filter is on, as in real use; SVLAUNCH_TEST_SECCOMP=false isolates a
+# filter problem from a lifecycle problem when diagnosing.
+SECCOMP = os.environ.get("SVLAUNCH_TEST_SECCOMP", "true")
+
 
 def manifest(tmp: Path, name: str, code: bytes) -> Path:
     kernel = write_guest(tmp, code, f"{name}.elf")
@@ -31,7 +35,7 @@ def manifest(tmp: Path, name: str, code: bytes) -> Path:
     initrd.write_bytes(b"\0" * 4096)
     path = tmp / f"{name}.toml"
     path.write_text(
-        f'name = "{name}"\nserial = "stdio"\n[machine]\ntype = "microvm"\n[cpu]\ncpus = 1\n'
+        f'name = "{name}"\nserial = "stdio"\nseccomp = {SECCOMP}\n[machine]\ntype = "microvm"\n[cpu]\ncpus = 1\n'
         f'[memory]\nsize = "128M"\n[boot]\nkernel = "{kernel}"\ninitrd = "{initrd}"\n'
         'cmdline = "console=ttyS0"\n'
     )
