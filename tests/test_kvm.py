@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,24 @@ class TestRealKvm:
         kvm.close()
         os.close(efd)
         os.close(kfd)
+
+
+def test_generated_ffi_module_matches_cdef(tmp_path) -> None:
+    """``_kvm_ffi.py`` (pre-built, so start-up parses no C) must be regenerated after CDEF edits."""
+    out = tmp_path / "ffi.py"
+    k.write_ffi_module(str(out))
+    committed = (Path(k.__file__).parent / "_kvm_ffi.py").read_text()
+    assert committed == out.read_text(), "run: python -m engine.machine.kvm_sys"
+
+
+def test_engine_ffi_is_prebuilt_and_matches_parsed_layouts() -> None:
+    """The imported FFI is the generated one, and it agrees with a freshly parsed CDEF."""
+    from engine.machine import _kvm_ffi
+
+    assert k.ffi is _kvm_ffi.ffi
+    parsed = k.build_ffi()
+    for name in ("struct kvm_run", "struct kvm_sregs", "struct kvm_ioeventfd", "struct kvm_fpu"):
+        assert k.ffi.sizeof(name) == parsed.sizeof(name)
+    assert k.ffi.offsetof("struct kvm_run", "exit_reason") == parsed.offsetof(
+        "struct kvm_run", "exit_reason"
+    )

@@ -10,11 +10,11 @@ to the values verified on the host.
 
 from __future__ import annotations
 
-from cffi import FFI
+from typing import Any
 
-ffi = FFI()
-ffi.cdef(
-    """
+#: The C declarations (x86_64). ``_kvm_ffi.py`` is generated from them (out-of-line ABI mode) so
+#: that importing the engine does not parse C: cffi's parser costs ~40 ms of start-up.
+CDEF = """
     int ioctl(int fd, unsigned long request, ...);
     long mbind(void *addr, unsigned long len, int mode, const unsigned long *nodemask,
                unsigned long maxnode, unsigned int flags);
@@ -84,8 +84,37 @@ ffi.cdef(
             uint8_t padding[256];
         };
     };
-    """
-)
+"""
+
+FFI_MODULE = "engine.machine._kvm_ffi"
+FFI_HEADER = "# ruff: noqa\n# fmt: off\n# Generated from engine/machine/kvm_sys.py CDEF: python -m engine.machine.kvm_sys\n"
+
+
+def build_ffi(*, out_of_line: bool = False) -> Any:
+    """A cffi ``FFI`` parsed from ``CDEF`` (the slow path; also what generates ``_kvm_ffi``)."""
+    from cffi import FFI
+
+    f = FFI()
+    f.cdef(CDEF)
+    if out_of_line:
+        f.set_source(FFI_MODULE, None)
+    return f
+
+
+def write_ffi_module(path: str) -> None:
+    """Regenerate ``_kvm_ffi.py`` (``python -m engine.machine.kvm_sys``) after editing ``CDEF``."""
+    import io
+
+    buf = io.StringIO()
+    build_ffi(out_of_line=True).emit_python_code(buf)
+    with open(path, "w") as f:
+        f.write(FFI_HEADER + buf.getvalue())
+
+
+try:  # the pre-built FFI: no C parsing at start-up
+    from engine.machine._kvm_ffi import ffi
+except ImportError:  # pragma: no cover - only when the generated module is missing
+    ffi = build_ffi()
 
 #: libc, for ioctl/mbind/madvise. ``dlopen(None)`` is the process's own C library.
 libc = ffi.dlopen(None)
@@ -207,3 +236,9 @@ KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 MAX_CPUID_ENTRIES = 256
 
 KVM_RUN_EXIT_OFFSET = 32
+
+
+if __name__ == "__main__":
+    import os
+
+    write_ffi_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kvm_ffi.py"))
