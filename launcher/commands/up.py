@@ -68,19 +68,11 @@ def engine_command(plan: Any, plan_file: str) -> list[str]:
     """argv that starts the engine for ``plan``."""
     argv = [sys.executable, "-m", "engine", "run", "--plan", plan_file]
     # ---- SANDBOX CALL SITE (engine.ozone) ------------------------------------------------------
-    # With a sandbox the engine starts inside the ozone jail: the sandbox launcher turns the
-    # plain engine argv into the jailed one (chroot, namespaces, cgroups, capabilities).
+    # With a sandbox the ozone supervisor starts the engine inside its jail (chroot, namespaces,
+    # cgroups, capabilities, seccomp) and forwards signals; it inherits the runtime lock, so
+    # the VM counts as running exactly as long as the supervisor does.
     if plan.sandbox is not None:
-        try:
-            from engine.ozone.launch import sandboxed_argv  # type: ignore[import-not-found]
-        except ImportError:
-            from launcher.errors import HostError
-
-            raise HostError(
-                "this manifest asks for the ozone sandbox, which this build cannot start yet",
-                hint="remove the [sandbox] section to run without it",
-            ) from None
-        argv = list(sandboxed_argv(plan, argv))
+        argv = [sys.executable, "-m", "engine.ozone", "run", "--plan", plan_file]
     # ---------------------------------------------------------------------------------------------
     return argv
 
