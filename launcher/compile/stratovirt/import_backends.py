@@ -209,6 +209,16 @@ def parse_serial(v: Value, st: State) -> None:
             "| file,path=P",
         )
     # StratoVirt appends ",id=serial_chardev" and parses it as a chardev.
+    items = v.text.split(",")
+    if any(i.startswith("id=") for i in items):
+        col = v.text.index("id=") + 1 if v.text.startswith("id=") else v.text.index(",id=") + 2
+        raise fail(
+            "-serial takes no id: StratoVirt names it serial_chardev",
+            v.index,
+            col,
+            "drop id=",
+            v.text,
+        )
     p = parse_props(v.text + ",id=serial_chardev", v.index, "-serial", CHARDEV_KEYS)
     p.text = v.text
     st.serial = chardev_from(p, st, "serial")
