@@ -134,7 +134,17 @@ def main() -> int:
         else:
             qsock = str(tmp / "qemu.sock")
             qp = subprocess.Popen(
-                [qemu, "-machine", "none", "-S", "-display", "none", "-nodefaults", "-qmp", f"unix:{qsock},server,nowait"],
+                [
+                    qemu,
+                    "-machine",
+                    "none",
+                    "-S",
+                    "-display",
+                    "none",
+                    "-nodefaults",
+                    "-qmp",
+                    f"unix:{qsock},server,nowait",
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
