@@ -97,6 +97,9 @@ VCPU: dict[str, str] = {
     "fdatasync": "virtio-blk flush",
     "readv": "tap reads",
     "writev": "tap writes",
+    "sendto": "UART output to a socket chardev, written in place by the vCPU that stored THR",
+    "sendmsg": "UART output to a socket chardev (socket.sendall may use sendmsg)",
+    "recvfrom": "UART input polled from a socket chardev when the guest reads RBR",
 }
 
 #: an iothread / device event loop
