@@ -5,6 +5,9 @@
 reports here, the QMP events go out, and the main loop is told to return, so teardown happens
 on the main thread. Exit code: 0 when the guest powered off or reset (a microVM does not
 reboot, as StratoVirt) or QMP asked to quit; 1 on a fatal exit.
+
+``engine.qmp.control`` (the QMP vocabulary) is imported only when a QMP method runs, so a VM
+reaches its first guest instruction without loading the QMP layer.
 """
 
 from __future__ import annotations
@@ -12,28 +15,39 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.machine.builder import Machine, build
-from engine.qmp.control import (
-    BlockdevSpec,
-    CpuInfo,
-    DeviceSpec,
-    DeviceStats,
-    EventSink,
-    FdTable,
-    MachineInfo,
-    NetdevSpec,
-    QmpError,
-    RunState,
-    VmStats,
-)
 from launcher.compile.plan import Plan
+
+if TYPE_CHECKING:
+    from engine.machine.hotplug import HotReplace
+    from engine.qmp.control import (
+        BlockdevSpec,
+        CpuInfo,
+        DeviceSpec,
+        EventSink,
+        FdTable,
+        MachineInfo,
+        NetdevSpec,
+        RunState,
+        VmStats,
+    )
 
 log = logging.getLogger(__name__)
 
 EXIT_GUEST_OK = 0
 EXIT_FATAL = 1
+
+
+# RunState values (engine.qmp.control.RunState), kept as strings so start-up needs no QMP import.
+PRELAUNCH, RUNNING, PAUSED, SHUTDOWN = "prelaunch", "running", "paused", "shutdown"
+
+
+def _qmp() -> Any:
+    from engine.qmp import control
+
+    return control
 
 
 class _NullSink:
@@ -48,14 +62,33 @@ class Vm:
         self.plan = plan
         self.sink: EventSink = sink or _NullSink()
         self.machine: Machine | None = None
-        self._state = RunState.PRELAUNCH
+        self._state = PRELAUNCH
         self._lock = threading.Lock()
         self._stopping = False
         self.exit_code: int | None = None
         self.stop_reason = ""
         self._started_at = 0.0
         self._build_kwargs = build_kwargs
-        self.fds = FdTable()
+        self._fds: FdTable | None = None
+        self._hot: HotReplace | None = None
+
+    @property
+    def fds(self) -> FdTable:
+        """Named fds from ``getfd`` (created on first use)."""
+        if self._fds is None:
+            self._fds = _qmp().FdTable()
+        return self._fds
+
+    @property
+    def hot(self) -> HotReplace:
+        """The hot-replace state over the plan's replaceable slots (created on first use)."""
+        if self._hot is None:
+            from engine.machine.hotplug import HotReplace
+
+            if self.machine is None:
+                raise _qmp().QmpError("the VM is not built")
+            self._hot = HotReplace(self.machine.devices, self.plan.devices, self.fds.take)
+        return self._hot
 
     # -- life -------------------------------------------------------------------------------------
 
@@ -64,7 +97,7 @@ class Vm:
         self._started_at = time.monotonic()
         if not paused:
             self.machine.resume()
-            self._state = RunState.RUNNING
+            self._state = RUNNING
 
     def run(self) -> int:
         """Serve the main loop on this thread until the VM stops; returns the exit code."""
@@ -86,7 +119,10 @@ class Vm:
             self.machine.close()
             self.machine.loop.close()
             self.machine = None
-        self.fds.close_all()
+        if self._hot is not None:
+            self._hot.close()
+        if self._fds is not None:
+            self._fds.close_all()
 
     def _finish(self, code: int, reason: str) -> None:
         with self._lock:
@@ -95,7 +131,7 @@ class Vm:
             self._stopping = True
             self.exit_code = code
             self.stop_reason = reason
-            self._state = RunState.SHUTDOWN
+            self._state = SHUTDOWN
         m = self.machine
         if m is not None:
             for v in m.vcpus:
@@ -123,7 +159,7 @@ class Vm:
     # -- VmControl (QMP thread) -------------------------------------------------------------------
 
     def info(self) -> MachineInfo:
-        return MachineInfo(
+        return _qmp().MachineInfo(
             name=self.plan.name,
             machine=self.plan.machine,
             arch=self.plan.arch,
@@ -132,27 +168,32 @@ class Vm:
         )
 
     def status(self) -> RunState:
-        return self._state
+        return _qmp().RunState(self._state)
+
+    @property
+    def prelaunch(self) -> bool:
+        """Built and never started (``-S``): ``resume()`` is still to come."""
+        return self._state == PRELAUNCH
 
     def pause(self) -> None:
-        if self._state is not RunState.RUNNING or self.machine is None:
-            raise QmpError.wrong_state()
+        if self._state != RUNNING or self.machine is None:
+            raise _qmp().QmpError.wrong_state()
         self.machine.pause()
-        self._state = RunState.PAUSED
+        self._state = PAUSED
         self.sink.emit("STOP")
 
     def resume(self) -> None:
-        if self._state not in (RunState.PAUSED, RunState.PRELAUNCH) or self.machine is None:
-            raise QmpError.wrong_state()
+        if self._state not in (PAUSED, PRELAUNCH) or self.machine is None:
+            raise _qmp().QmpError.wrong_state()
         self.machine.resume()
-        self._state = RunState.RUNNING
+        self._state = RUNNING
         self.sink.emit("RESUME")
 
     def quit(self) -> None:
         self._finish(EXIT_GUEST_OK, "QMP quit")
 
     def powerdown(self) -> None:
-        raise QmpError("system_powerdown: this machine has no ACPI power button; use quit")
+        raise _qmp().QmpError("system_powerdown: this machine has no ACPI power button; use quit")
 
     def reset(self) -> None:
         self.sink.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
@@ -162,9 +203,10 @@ class Vm:
         if self.machine is None:
             return []
         out = []
+        cpu_info = _qmp().CpuInfo
         for vt, vp in zip(self.machine.vcpus, self.plan.vcpus, strict=True):
             out.append(
-                CpuInfo(
+                cpu_info(
                     index=vp.index,
                     thread_id=vt.native_id,
                     halted=vt.halted,
@@ -185,48 +227,68 @@ class Vm:
     def balloon_set(self, target_bytes: int) -> None:
         dev = self._device("balloon")
         if dev is None or not hasattr(dev, "set_target"):
-            raise QmpError.not_active("balloon")
+            raise _qmp().QmpError.not_active("balloon")
         dev.set_target(self.plan.memory.size - target_bytes)
 
     def balloon_query(self) -> int:
         dev = self._device("balloon")
         if dev is None or not hasattr(dev, "actual_bytes"):
-            raise QmpError.not_active("balloon")
+            raise _qmp().QmpError.not_active("balloon")
         return self.plan.memory.size - int(dev.actual_bytes)
 
+    def _hotplug(self, call: Any) -> Any:
+        """Run a hot-replace step, turning engine errors into QMP errors."""
+        from engine.machine.hotplug import HotplugError
+        from launcher.errors import SvlaunchError
+
+        q = _qmp()
+        try:
+            return call()
+        except HotplugError as e:
+            if e.not_found:
+                raise q.QmpError(e.message, q.DEVICE_NOT_FOUND) from None
+            raise q.QmpError(str(e)) from None
+        except SvlaunchError as e:  # the factory's HostError (tap, file), DeviceError
+            raise q.QmpError(str(e)) from None
+
     def blockdev_add(self, spec: BlockdevSpec) -> None:
-        raise QmpError("blockdev-add is not supported by this engine build")
+        self._hotplug(lambda: self.hot.blockdev_add(spec))
 
     def blockdev_del(self, node_name: str) -> None:
-        raise QmpError("blockdev-del is not supported by this engine build")
+        self._hotplug(lambda: self.hot.blockdev_del(node_name))
 
     def netdev_add(self, spec: NetdevSpec) -> None:
-        raise QmpError("netdev_add is not supported by this engine build")
+        self._hotplug(lambda: self.hot.netdev_add(spec))
 
     def netdev_del(self, netdev_id: str) -> None:
-        raise QmpError("netdev_del is not supported by this engine build")
+        self._hotplug(lambda: self.hot.netdev_del(netdev_id))
 
     def device_add(self, spec: DeviceSpec) -> None:
-        raise QmpError("device_add is not supported by this engine build")
+        self._hotplug(lambda: self.hot.device_add(spec))
 
     def device_del(self, device_id: str) -> None:
-        raise QmpError.not_found(device_id)
+        self._hotplug(lambda: self.hot.device_del(device_id))
+        # microvm: the slot is empty at once, and the event path is the id (StratoVirt)
+        self.sink.emit("DEVICE_DELETED", {"device": device_id, "path": device_id})
 
     def getfd(self, name: str, fd: int) -> None:
         self.fds.put(name, fd)
 
     def stats(self) -> VmStats:
         if self.machine is None:
-            return VmStats()
+            return _qmp().VmStats()
+        q = _qmp()
         devs = []
         for att in self.machine.devices.virtio:
+            if att.spec.kind == "slot":
+                continue  # an empty replaceable slot
             counters = getattr(att.transport.device, "counters", None)
             devs.append(
-                DeviceStats(
+                q.DeviceStats(
                     att.spec.id, att.spec.kind, dict(counters() if callable(counters) else {})
                 )
             )
-        return VmStats(
+        return q.VmStats(
             uptime_s=time.monotonic() - self._started_at,
             devices=tuple(devs),
             vcpu_exits=tuple(sum(v.ctx.counts.values()) for v in self.machine.vcpus),

@@ -9,7 +9,8 @@ depends on the ones before it:
 3. the VM: TSS and identity-map pages, in-kernel irqchip, then PIT2 (PIT needs the irqchip);
    identity map before any vCPU exists (KVM refuses it afterwards);
 4. one memory slot per RAM region;
-5. devices: COM1 + chardev, the ACPI PM port, virtio-mmio transports with irqfd/ioeventfds;
+5. devices: COM1 + chardev, the ACPI PM port, virtio-mmio transports with irqfd/ioeventfds
+   (a ``SlotPlan`` gets an empty DeviceID-0 transport that QMP hot-replace fills);
 6. boot data: kernel, initrd (placed high, below ``initrd_addr_max``), command line, ACPI
    tables, zero page with E820, then the GDT/IDT/page tables;
 7. vCPUs: created with id = APIC id, CPUID set before MSRs (KVM filters MSRs by CPUID), then
@@ -27,7 +28,7 @@ from engine.eventloop import EventLoop, IoThread
 from engine.machine import bootparams, layout, regs
 from engine.machine.bus import Bus
 from engine.machine.cpuid_setup import is_pvm_host, vcpu_cpuid
-from engine.machine.devices import DeviceError, DeviceManager
+from engine.machine.devices import DeviceManager
 from engine.machine.kvm import Kvm, VmFd
 from engine.machine.loader import LoadResult, load_kernel
 from engine.machine.memory import GuestMemory
@@ -96,16 +97,6 @@ def _check_host(kvm: Kvm, plan: Plan) -> None:
             f"APIC id {top} is above this host's KVM limit {kvm.max_vcpu_id - 1}",
             hint="use a smaller topology (fewer sockets/dies/cores)",
         )
-
-
-def _create_device(spec: Any, mem: GuestMemory, loop: EventLoop) -> Any:
-    try:
-        from engine.virtio.factory import create_device
-    except ImportError:
-        raise DeviceError(
-            f"device {spec.id}: virtio-{spec.kind} is not available in this engine build"
-        ) from None
-    return create_device(spec, mem=mem, loop=loop, memory_size=mem.total_size)
 
 
 def _write_acpi(mem: GuestMemory, plan: Plan) -> int:
@@ -188,7 +179,7 @@ def build(
             lambda: events.on_poweroff("guest poweroff (ACPI S5)"),
         )
         for spec in plan.devices:
-            dm.attach_virtio(spec, _create_device(spec, mem, dm.loop_for(spec)))
+            dm.attach_virtio(spec, dm.create_virtio(spec))
         m.kernel = _load_boot_data(m)  # 6
         supported = kvm.supported_cpuid()  # 7
         for vp in plan.vcpus:

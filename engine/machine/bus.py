@@ -72,6 +72,24 @@ class Bus:
             self._starts.insert(i, base)
             self._entries.insert(i, (new, device, threading.Lock() if serialize else None))
 
+    def replace(self, base: int, device: BusDevice, name: str) -> BusDevice:
+        """Swap the device at ``base`` in place (hot-replace), keeping its range; returns the old.
+
+        The swap waits for the old device's lock, so no vCPU is inside the old device when this
+        returns; accesses that looked the old entry up just before may still reach it once.
+        """
+        with self._lock:
+            i = bisect.bisect_left(self._starts, base)
+            if i >= len(self._starts) or self._starts[i] != base:
+                raise BusError(f"{self.name} bus: nothing at {base:#x} to replace")
+            rng, old, lock = self._entries[i]
+            if lock is None:
+                self._entries[i] = (BusRange(base, rng.length, name), device, None)
+                return old
+            with lock:
+                self._entries[i] = (BusRange(base, rng.length, name), device, lock)
+            return old
+
     def remove(self, base: int) -> None:
         with self._lock:
             i = bisect.bisect_left(self._starts, base)

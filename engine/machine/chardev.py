@@ -74,7 +74,14 @@ class Chardev:
 
     def _start_polling(self) -> None:
         if self._loop is not None and self.in_fd is not None and not self._polling:
-            self._loop.add_reader(self.in_fd, self._on_readable)
+            try:
+                self._loop.add_reader(self.in_fd, self._on_readable)
+            except PermissionError:  # EPERM: not pollable (stdin is /dev/null or a file)
+                log.debug(
+                    "chardev %s: input fd %d cannot be polled: no input", self.plan.id, self.in_fd
+                )
+                self.in_fd = None
+                return
             self._polling = True
 
     def _stop_polling(self) -> None:

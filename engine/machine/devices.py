@@ -4,6 +4,11 @@ Legacy devices (COM1 UART, the ACPI PM port) go on the PIO bus; each virtio devi
 ``MmioTransport`` at its plan's ``mmio_base`` on the MMIO bus, one irqfd on its GSI and one
 ioeventfd per queue (``base+0x50``, 4 bytes, datamatch = queue index), whose eventfd is polled
 by the device's loop (the main loop, or the iothread the plan names). Devices never see KVM.
+
+Chardevs are opened once, here, by id (``chardev()``), and handed to the UART and to virtio
+consoles; the manager closes them. ``replace_virtio`` swaps the device behind one window (QMP
+hot-replace into a ``SlotPlan``'s empty transport and back): same MMIO range and GSI, the old
+queue ioeventfds deassigned and the new ones assigned, all on the device loop's thread.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from engine.machine.memory import GuestMemory
 from engine.machine.power import PM_PORT, PowerDevice
 from engine.machine.serial import Serial
 from launcher.compile.layout import VIRTIO_MMIO_SIZE
-from launcher.compile.plan import DevicePlan, SerialPlan
+from launcher.compile.plan import ChardevPlan, DevicePlan, SerialPlan
 from launcher.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,30 @@ class _Locked:
     def write(self, offset: int, size: int, value: int) -> None:
         with self.lock:
             self.dev.write(offset, size, value)
+
+
+def run_on_loop(loop: EventLoop, fn: Callable[[], None], timeout: float = 5.0) -> None:
+    """Run ``fn`` on ``loop``'s thread and wait for it (directly when that is this thread or the
+    loop is not running). Exceptions come back to the caller."""
+    if loop.thread_id is None or loop.thread_id == threading.get_ident():
+        fn()
+        return
+    done = threading.Event()
+    err: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            fn()
+        except BaseException as e:  # handed back to the waiting thread
+            err.append(e)
+        finally:
+            done.set()
+
+    loop.call_soon_threadsafe(call)
+    if not done.wait(timeout):
+        raise DeviceError(f"event loop {loop.name} did not answer within {timeout:g} s")
+    if err:
+        raise err[0]
 
 
 class DeviceError(EngineError):
@@ -80,13 +109,32 @@ class DeviceManager:
         self.virtio: list[AttachedDevice] = []
         self.serial: Serial | None = None
         self.serial_chardev: Chardev | None = None
+        self.chardevs: dict[str, Chardev] = {}
+        self._chardev_users: dict[str, str] = {}
         self._fds: list[int] = []
+
+    # -- chardevs -------------------------------------------------------------------------------
+
+    def chardev(self, plan: ChardevPlan, user: str) -> Chardev:
+        """The backend for ``plan.id``, opened on first use; one front end per chardev."""
+        other = self._chardev_users.get(plan.id)
+        if other is not None and other != user:
+            raise DeviceError(
+                f"chardev {plan.id} is used by both {other} and {user}",
+                hint="give each serial/console its own chardev",
+            )
+        dev = self.chardevs.get(plan.id)
+        if dev is None:
+            dev = open_chardev(plan)
+            self.chardevs[plan.id] = dev
+        self._chardev_users[plan.id] = user
+        return dev
 
     # -- legacy ---------------------------------------------------------------------------------
 
     def attach_serial(self, plan: SerialPlan) -> Serial:
         """COM1: an 8250 on ``plan.port`` whose interrupt is an irqfd on ``plan.irq``."""
-        chardev = open_chardev(plan.chardev)
+        chardev = self.chardev(plan.chardev, "serial")
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fds.append(efd)
         self.vm.register_irqfd(efd, plan.irq)
@@ -129,6 +177,26 @@ class DeviceManager:
             )
         return loop
 
+    def create_virtio(self, spec: DevicePlan) -> Any:
+        """The device model for ``spec`` (a ``SlotPlan`` gives the empty DeviceID-0 device)."""
+        try:
+            from engine.virtio.factory import create_device
+        except ImportError:
+            raise DeviceError(
+                f"device {spec.id}: virtio-{spec.kind} is not available in this engine build"
+            ) from None
+        chardevs = None
+        chardev_plan = getattr(spec, "chardev", None)
+        if chardev_plan is not None:
+            chardevs = {chardev_plan.id: self.chardev(chardev_plan, f"virtio-console {spec.id}")}
+        return create_device(
+            spec,
+            mem=self.mem,
+            loop=self.loop_for(spec),
+            chardevs=chardevs,
+            memory_size=self.mem.total_size,
+        )
+
     def attach_virtio(self, spec: DevicePlan, device: Any) -> AttachedDevice:
         """Put ``device`` behind a transport at ``spec.mmio_base`` and wire irqfd/ioeventfds."""
         from engine.virtio.mmio import MmioTransport
@@ -143,14 +211,62 @@ class DeviceManager:
         self.vm.register_irqfd(irqfd, spec.irq)
         transport.set_interrupt(irqfd)
         att = AttachedDevice(spec, transport, loop, irqfd)
-        for q in range(transport.num_queues):
-            kfd = transport.queue_eventfd(q)
-            self.vm.register_ioeventfd(kfd, spec.mmio_base + QUEUE_NOTIFY, 4, datamatch=q)
-            att.kick_fds.append(kfd)
-            if not transport.kernel_kick(q):
-                loop.add_reader(kfd, lambda q=q, t=transport: t.on_queue_event(q))
+        self._wire_kicks(att)
         self.virtio.append(att)
         log.debug("virtio-%s %s at %#x irq %d", spec.kind, spec.id, spec.mmio_base, spec.irq)
+        return att
+
+    def _wire_kicks(self, att: AttachedDevice) -> None:
+        t, base = att.transport, att.spec.mmio_base
+        for q in range(t.num_queues):
+            kfd = t.queue_eventfd(q)
+            self.vm.register_ioeventfd(kfd, base + QUEUE_NOTIFY, 4, datamatch=q)
+            att.kick_fds.append(kfd)
+            if not t.kernel_kick(q):
+                att.loop.add_reader(kfd, lambda q=q, t=t: t.on_queue_event(q))
+
+    def _unwire_kicks(self, att: AttachedDevice) -> None:
+        base = att.spec.mmio_base
+        for q, kfd in enumerate(att.kick_fds):
+            att.loop.remove_reader(kfd)
+            with contextlib.suppress(Exception):
+                self.vm.register_ioeventfd(kfd, base + QUEUE_NOTIFY, 4, datamatch=q, deassign=True)
+        att.kick_fds.clear()
+
+    def attached(self, device_id: str) -> AttachedDevice | None:
+        for att in self.virtio:
+            if att.spec.id == device_id:
+                return att
+        return None
+
+    def replace_virtio(self, old: AttachedDevice, spec: DevicePlan, device: Any) -> AttachedDevice:
+        """Put ``device`` (for ``spec``, same window and GSI as ``old``) in place of ``old``.
+
+        Runs the rewiring on the device loop's thread so no kick callback of the old transport
+        races its closing (a reused eventfd number must never reach a stale callback).
+        """
+        from engine.virtio.mmio import MmioTransport
+
+        if (spec.mmio_base, spec.irq) != (old.spec.mmio_base, old.spec.irq):
+            raise DeviceError(f"device {spec.id}: not the window of {old.spec.id}")
+        new_loop = self.loop_for(spec)
+        transport = MmioTransport(device, self.mem)
+        transport.set_interrupt(old.irqfd)
+        att = AttachedDevice(spec, transport, new_loop, old.irqfd)
+
+        def unwire() -> None:
+            self._unwire_kicks(old)
+
+        def swap() -> None:
+            self.mmio.replace(spec.mmio_base, transport, f"virtio-{spec.kind} {spec.id}")
+            with contextlib.suppress(Exception):
+                old.transport.close()
+            self._wire_kicks(att)
+
+        run_on_loop(old.loop, unwire)
+        run_on_loop(new_loop, swap)
+        self.virtio[self.virtio.index(old)] = att
+        log.info("virtio-mmio %#x: %s -> %s", spec.mmio_base, old.spec.id, spec.id)
         return att
 
     def close(self) -> None:
@@ -159,8 +275,10 @@ class DeviceManager:
                 att.loop.remove_reader(kfd)
             with contextlib.suppress(Exception):
                 att.transport.close()
-        if self.serial_chardev is not None:
-            self.serial_chardev.close()
+        for chardev in self.chardevs.values():
+            with contextlib.suppress(Exception):
+                chardev.close()
+        self.chardevs.clear()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from engine.machine import layout
-from engine.machine.decompress import decompress
 from engine.machine.memory import GuestMemory
 from launcher.errors import EngineError, GuestMemoryError
 
@@ -159,6 +158,8 @@ def extract_vmlinux(data: bytes, *, name: str = "kernel") -> tuple[SetupHeader, 
         raise LoaderError(
             f"{name}: payload [{start:#x}, {end:#x}) lies outside the {len(data):#x}-byte file"
         )
+    from engine.machine.decompress import decompress  # lazy: bz2/lzma/subprocess cost start-up
+
     fmt, elf = decompress(bytes(data[start:end]), what=f"{name} payload")
     if elf[:4] != ELF_MAGIC:
         raise LoaderError(f"{name}: the decompressed {fmt} payload is not an ELF vmlinux")

@@ -19,12 +19,10 @@ import contextlib
 import errno
 import mmap
 import os
-import tempfile
 from collections.abc import Callable
 
 from engine.machine.kvm_sys import ffi, libc
 from engine.machine.memory import GuestMemory, GuestRegion, map_anonymous
-from engine.numa.host import SYSFS_NODE_ROOT, bind_memory, check_host_nodes
 from launcher.compile.plan import MemoryPlan
 from launcher.errors import EngineError, HostError
 
@@ -55,6 +53,8 @@ def _open_backing(mem_path: str, total: int) -> tuple[int, int]:
     """An fd of at least ``total`` bytes on ``mem_path`` and its page size."""
     try:
         if os.path.isdir(mem_path):
+            import tempfile
+
             fd, name = tempfile.mkstemp(prefix="svlaunch-ram-", dir=mem_path)
             os.unlink(name)
         else:
@@ -110,9 +110,12 @@ def create_guest_memory(
     plan: MemoryPlan,
     *,
     progress: Progress | None = None,
-    sysfs_node_root: str = SYSFS_NODE_ROOT,
+    sysfs_node_root: str = "/sys/devices/system/node",
 ) -> GuestMemory:
-    check_host_nodes(plan.bindings, sysfs_node_root)
+    if plan.bindings:  # lazy: the NUMA helpers pull in pathlib
+        from engine.numa.host import check_host_nodes
+
+        check_host_nodes(plan.bindings, sysfs_node_root)
     ranges = sorted((r.guest_addr, r.size) for r in plan.ranges)
     if sum(s for _, s in ranges) != plan.size:
         raise MemoryLayoutError(
@@ -155,6 +158,8 @@ def create_guest_memory(
         for r in mem.regions:
             _madvise(r, 0, r.size, MADV_DONTDUMP)
     if plan.bindings:
+        from engine.numa.host import bind_memory
+
         bind_memory(mem, plan.bindings)
     if plan.prealloc:
         prealloc(mem, progress)

@@ -152,18 +152,35 @@ def handle_exit(reason: int, run: Any, run_map: Any, ctx: ExitContext) -> ExitAc
 # -- the thread -----------------------------------------------------------------------------------
 
 _kick_installed = False
+_kick_lock = threading.Lock()
 
 
 def install_kick_handler() -> bool:
-    """Install the no-op kick handler (main thread only). Returns whether it is in place."""
+    """Give ``KICK_SIGNAL`` a C-level no-op handler; any thread, idempotent; True when in place.
+
+    A kick needs a *handled* signal: an ignored or default-ignored one is dropped before it can
+    interrupt ``KVM_RUN``, and the default action of a real-time signal kills the process.
+    Python's ``signal.signal`` only works on the main thread, and a Python handler would run
+    later on that thread anyway, so the handler is a C function installed with ``signal(3)``,
+    which any thread may call: libc's ``abs``, which is pure and async-signal-safe (its int
+    return is discarded, harmless on x86_64's ABI). Delivery interrupts ``KVM_RUN`` (EINTR).
+    """
     global _kick_installed
-    if not _kick_installed:
-        try:
-            signal.signal(KICK_SIGNAL, lambda _s, _f: None)
-            _kick_installed = True
-        except ValueError:
-            log.warning("vCPU kick signal not installed (not on the main thread)")
-    return _kick_installed
+    with _kick_lock:
+        if _kick_installed:
+            return True
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+        noop = ctypes.cast(libc.abs, ctypes.c_void_p).value
+        old = libc.signal(int(KICK_SIGNAL), noop)
+        if old == ctypes.c_void_p(-1).value:  # SIG_ERR
+            log.warning("vCPU kick signal not installed: errno %d", ctypes.get_errno())
+            return False
+        _kick_installed = True
+        return True
 
 
 class VcpuState(enum.Enum):
@@ -195,6 +212,7 @@ class VcpuThread:
         self.native_id = 0
         ctx.get_rip = self._rip
         self._thread = threading.Thread(target=self._main, name=f"vcpu-{index}", daemon=True)
+        install_kick_handler()  # before any kick can be sent, from whichever thread builds
 
     def _rip(self) -> int:
         try:
