@@ -6,9 +6,11 @@ depends on the ones before it:
 1. host checks: /dev/kvm, vCPU count and APIC ids against the host's limits (NUMA nodes are
    checked in step 2, before anything is mapped);
 2. guest RAM (``ram.create_guest_memory``: map, DONTDUMP, mbind, prealloc);
-3. the VM: TSS and identity-map pages, in-kernel irqchip, then PIT2 (PIT needs the irqchip);
-   identity map before any vCPU exists (KVM refuses it afterwards);
-4. one memory slot per RAM region;
+3. the VM, then 4. one memory slot per RAM region, then the TSS and identity-map pages, the
+   in-kernel irqchip, then PIT2 (PIT needs the irqchip); identity map before any vCPU exists
+   (KVM refuses it afterwards). Memory slots go in before the irqchip, as Firecracker does:
+   once the irqchip exists each slot waits for an SRCU grace period (4-11 ms for one slot on
+   this host, against 0.1 ms before it);
 5. devices: COM1 + chardev, the ACPI PM port, virtio-mmio transports with irqfd/ioeventfds
    (a ``SlotPlan`` gets an empty DeviceID-0 transport that QMP hot-replace fills);
 6. boot data: kernel, initrd (placed high, below ``initrd_addr_max``), command line, ACPI
@@ -160,12 +162,12 @@ def build(
         cleanup.append(mem)
         vm = kvm.create_vm()  # 3
         cleanup.append(vm)
+        for slot, r in enumerate(mem.regions):  # 4 (before the irqchip: see the docstring)
+            vm.set_user_memory_region(slot, r.guest_addr, r.size, r.host_addr)
         vm.set_tss_address(layout.KVM_TSS_START)
         vm.set_identity_map_address(layout.KVM_IDENTITY_MAP_START)
         vm.create_irqchip()
         vm.create_pit2()
-        for slot, r in enumerate(mem.regions):  # 4
-            vm.set_user_memory_region(slot, r.guest_addr, r.size, r.host_addr)
         loop = EventLoop("main")  # 5
         iothreads = {name: IoThread(name) for name in plan.iothreads}
         pio, mmio = Bus("pio"), Bus("mmio")

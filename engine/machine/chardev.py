@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import termios
 import threading
 import tty
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engine.eventloop import EventLoop
 from launcher.compile.plan import ChardevPlan
 from launcher.errors import HostError
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +174,15 @@ class PtyChardev(Chardev):
         self.out_fd = self.in_fd = None
 
 
+_MSG_NOSIGNAL = 0x4000  # socket.MSG_NOSIGNAL (Linux), without importing socket at start-up
+
+
 class SocketChardev(Chardev):
     """A unix stream socket: a server (one client at a time) or a client."""
 
     def __init__(self, plan: ChardevPlan) -> None:
+        import socket  # lazy: only this backend needs it (start-up time)
+
         super().__init__(plan)
         if not plan.path:
             raise HostError(f"chardev {plan.id}: a socket backend needs a path")
@@ -245,7 +253,7 @@ class SocketChardev(Chardev):
             self.dropped += len(data)
             return
         try:
-            n = conn.send(data, socket.MSG_NOSIGNAL)
+            n = conn.send(data, _MSG_NOSIGNAL)
             self.dropped += len(data) - n
         except BlockingIOError:
             self.dropped += len(data)
