@@ -72,6 +72,43 @@ def run_once(s: Samples, *, serial: bool) -> None:
     s.rc = os.waitstatus_to_exitcode(status)
 
 
+def phases(argv: list[str], n: int) -> list[tuple[str, float, float]]:
+    """Exec -> each start-up phase (the engine's $SVLAUNCH_STARTUP_TRACE marks): min, median."""
+    runs: dict[str, list[float]] = {}
+    order: list[str] = []
+    for _ in range(n):
+        r, w = os.pipe()
+        ir, iw = os.pipe()
+        env = dict(os.environ)
+        t0 = time.monotonic()
+        env["SVLAUNCH_STARTUP_TRACE"] = repr(t0)
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, ir, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, w, 2),
+                (os.POSIX_SPAWN_CLOSE, r),
+                (os.POSIX_SPAWN_CLOSE, iw),
+            ],
+        )
+        os.close(w)
+        os.close(ir)
+        with os.fdopen(r) as f:
+            text = f.read()
+        os.waitpid(pid, 0)
+        os.close(iw)
+        for line in text.splitlines():
+            if line.startswith("startup-trace "):
+                ms, _, phase = line[len("startup-trace ") :].strip().partition(" ms  ")
+                if phase not in runs:
+                    order.append(phase)
+                runs.setdefault(phase, []).append(float(ms))
+    return [(p, min(runs[p]), statistics.median(runs[p])) for p in order]
+
+
 def fmt(values: list[float]) -> str:
     if not values:
         return f"{'-':>6}   {'-':>6}  "
@@ -148,6 +185,9 @@ def main() -> int:
     )
     for s in engines + floors:
         report(s)
+    print(f"\nphases of engine_argv (exec -> mark, ms; N={n}):  min   median")
+    for phase, lo, med in phases(engines[1].argv, n):
+        print(f"  {phase:<46} {lo:6.1f}   {med:6.1f}")
     shutil.rmtree(tmp, ignore_errors=True)
     print("goal: engine exec->first instruction <= 30 ms and <= 20 MiB over the Python floor")
     return 0
