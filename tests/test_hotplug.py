@@ -9,6 +9,7 @@ QueueNotify address/datamatch fails with EEXIST exactly while a device's queue o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -244,3 +245,61 @@ def test_net_hot_replace_on_a_tap(tmp_path) -> None:
             idx = ipr.link_lookup(ifname=ifname)
             if idx:
                 ipr.link("del", index=idx[0])
+
+
+def test_hot_replace_over_qmp_in_the_engine_process(tmp_path) -> None:
+    """blockdev-add / device_add / device_del on the wire (qemu.qmp) against ``python -m engine``."""
+    import asyncio
+    import subprocess
+
+    from qemu.qmp import QMPClient
+    from qemu.qmp.qmp_client import ExecuteError
+
+    from engine.__main__ import engine_argv
+
+    plan, _serial = slot_plan(tmp_path)
+    qmp = tmp_path / "qmp.sock"
+    disk = tmp_path / "hot.img"
+    disk.write_bytes(b"\0" * 4096)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(dataclasses.replace(plan, qmp=(str(qmp),), paused=True).dumps())
+    proc = subprocess.Popen(
+        engine_argv(str(plan_file)), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+    async def go() -> None:
+        end = time.monotonic() + 30
+        while not qmp.exists():
+            assert proc.poll() is None and time.monotonic() < end, "no QMP socket"
+            await asyncio.sleep(0.02)
+        q = QMPClient("hotplug-test")
+        await q.connect(str(qmp))
+        await q.execute("blockdev-add", {"node-name": "hot0", "file": {"filename": str(disk)}})
+        await q.execute("device_add", {"id": "hot0", "driver": "virtio-blk-device", "addr": "0x1"})
+        await q.execute("blockdev-add", {"node-name": "hot1", "file": {"filename": str(disk)}})
+        with pytest.raises(ExecuteError, match="occupied by 'hot0'"):
+            await q.execute(
+                "device_add", {"id": "hot1", "driver": "virtio-blk-device", "addr": "0x1"}
+            )
+        stats = await q.execute("x-svlaunch-query-stats")
+        assert {d["id"] for d in stats["devices"]} >= {"disk0", "hot0"}
+        with q.listener("DEVICE_DELETED") as listener:
+            await q.execute("device_del", {"id": "hot0"})
+            ev = await asyncio.wait_for(listener.get(), 10)
+        assert ev["data"] == {"device": "hot0", "path": "hot0"}
+        with pytest.raises(ExecuteError) as e:
+            await q.execute("device_del", {"id": "hot0"})
+        assert e.value.error_class == DEVICE_NOT_FOUND
+        await q.execute("blockdev-del", {"node-name": "hot0"})
+        await q.execute("quit")
+        with contextlib.suppress(EOFError):
+            await q.disconnect()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, err = proc.communicate()
+        print(err.decode()[-2000:])
