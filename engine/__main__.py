@@ -169,18 +169,6 @@ def engine_argv(plan_file: str, *args: str, python: str | None = None) -> list[s
     return [python or sys.executable, "-I", "-S", "-c", code, "run", "--plan", plan_file, *args]
 
 
-def _setup_logging(plan_log: bool, log_file: str | None, verbose: bool) -> None:
-    import logging
-
-    level = logging.DEBUG if verbose else logging.INFO if plan_log else logging.WARNING
-    handler: logging.Handler
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
 def _progress(done: int, total: int) -> None:
     if total >= 1 << 30 and sys.stderr.isatty():
         pct = done * 100 // total
@@ -204,7 +192,9 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
     except (ValueError, KeyError, TypeError) as e:
         print(f"engine: {plan_path}: not a valid engine plan: {e}", file=sys.stderr)
         return 1
-    _setup_logging(plan.log, plan.log_file, verbose)
+    from engine.logsetup import configure_logging
+
+    configure_logging(plan.log, plan.log_file, verbose)
     paused = paused or plan.paused
 
     import signal

@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -261,41 +259,6 @@ def all_vms(clean: bool = True) -> list[VmDir]:
         elif clean and vm.meta_file.exists():
             vm.remove()
     return out
-
-
-# -- logging (StratoVirt's -D) --------------------------------------------------------------------
-
-LOG_ENV = "SVLAUNCH_LOG_LEVEL"
-_LEVELS = {
-    "trace": logging.DEBUG,
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-}
-
-
-def configure_logging(enabled: bool, path: str | None) -> None:
-    """``-D`` semantics: off unless asked; no path logs to stdout; a path is appended to (0640).
-
-    The level comes from ``SVLAUNCH_LOG_LEVEL`` (trace/debug/info/warn/error, default error).
-    For the engine process (``engine/__main__.py``) to call with ``plan.log``/``plan.log_file``.
-    """
-    if not enabled:
-        return
-    level = _LEVELS.get(os.environ.get(LOG_ENV, "error").strip().lower(), logging.ERROR)
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
-    else:
-        handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
 
 
 def uptime_text(started: float, now: float | None = None) -> str:

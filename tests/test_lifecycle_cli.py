@@ -284,12 +284,14 @@ def test_lock_outlives_the_launcher(runtime_dir: Path) -> None:
 def test_log_like_stratovirt_dash_d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
+    from engine.logsetup import configure_logging
+
     root = logging.getLogger()
     before = (list(root.handlers), root.level)
     try:
         monkeypatch.setenv("SVLAUNCH_LOG_LEVEL", "warn")
         log = tmp_path / "engine.log"
-        runtime.configure_logging(True, str(log))
+        configure_logging(True, str(log))
         logging.getLogger("engine.test").info("hidden")
         logging.getLogger("engine.test").warning("shown")
         for h in root.handlers:

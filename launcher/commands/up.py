@@ -66,7 +66,9 @@ def prepare_plan(plan: Any, vm: Any, *, detach: bool, paused: bool, name: str | 
 
 def engine_command(plan: Any, plan_file: str) -> list[str]:
     """argv that starts the engine for ``plan``."""
-    argv = [sys.executable, "-m", "engine", "run", "--plan", plan_file]
+    from engine.__main__ import engine_argv
+
+    argv = engine_argv(plan_file)
     # ---- SANDBOX CALL SITE (engine.ozone) ------------------------------------------------------
     # With a sandbox the ozone supervisor starts the engine inside its jail (chroot, namespaces,
     # cgroups, capabilities, seccomp) and forwards signals; it inherits the runtime lock, so
