@@ -10,6 +10,7 @@ Addresses come from ``launcher.compile.layout``; topology and APIC ids from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -299,6 +300,11 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    return typing.get_type_hints(tp)
+
+
 def _from_json(tp: Any, data: Any) -> Any:
     """Rebuild a value of type ``tp`` from its JSON form (driven by the dataclass type hints)."""
     if data is None:
@@ -316,7 +322,7 @@ def _from_json(tp: Any, data: Any) -> Any:
         cls = DEVICE_KINDS[data["kind"]]
         return _from_json(cls, data)
     if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
+        hints = _hints(tp)
         kwargs = {
             f.name: _from_json(hints[f.name], data[f.name])
             for f in dataclasses.fields(tp)
