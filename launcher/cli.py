@@ -15,7 +15,6 @@ import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass
 
 from launcher.errors import EXIT_USAGE, SvlaunchError
 
@@ -23,17 +22,57 @@ EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 
-@dataclass(frozen=True)
 class CommandInfo:
-    module: str
-    summary: str
+    """A subcommand: the module that implements it and its one-line summary."""
+
+    __slots__ = ("module", "summary")
+
+    def __init__(self, module: str, summary: str) -> None:
+        self.module = module
+        self.summary = summary
+
+
+_COLUMNS: list[int] = []
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns`` without importing shutil (2 ms of start-up:
+    argparse makes a formatter for every ``add_argument``, and each asks for the width)."""
+    if not _COLUMNS:
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                columns = 0
+        _COLUMNS.append(columns or 80)
+    return _COLUMNS[0]
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help text laid out as written (examples stay as they are), sized to the terminal."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        width = _columns() - 2 if width is None else width
+        super().__init__(prog, indent_increment, max_help_position, width)
 
 
 COMMANDS: dict[str, CommandInfo] = {
     "validate": CommandInfo("launcher.commands.validate", "validate manifests (files or folders)"),
     "check": CommandInfo("launcher.commands.check", "check that this host can run a manifest"),
     "cmdline": CommandInfo("launcher.commands.cmdline", "print the StratoVirt command line"),
-    "import": CommandInfo("launcher.commands.import_", "turn a StratoVirt/ozone argv into a manifest"),
+    "import": CommandInfo(
+        "launcher.commands.import_", "turn a StratoVirt/ozone argv into a manifest"
+    ),
     "plan": CommandInfo("launcher.commands.plan", "print the engine plan (JSON)"),
     "schema": CommandInfo("launcher.commands.schema", "print the manifest JSON Schema"),
     "up": CommandInfo("launcher.commands.up", "run a VM with the builtin engine"),
@@ -73,7 +112,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="svlaunch",
         description="Declarative launcher for StratoVirt-style microVMs.\n\ncommands:\n" + listing,
         epilog=TOP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     p.add_argument("--version", action="version", version=f"svlaunch {_version()}")
@@ -98,7 +137,7 @@ def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
         prog=f"svlaunch {name}",
         description=summary,
         epilog=rest.strip() or None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=Formatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     module.add_arguments(parser)

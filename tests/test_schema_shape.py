@@ -43,7 +43,7 @@ def _reference() -> jsonschema.Draft202012Validator:
 
 @lru_cache(maxsize=1)
 def _fast() -> Any:
-    return compile_schema(schema())
+    return compile_schema(schema(), eager=True)
 
 
 def _key(err: Any) -> tuple[str, str, str, str]:
@@ -102,6 +102,22 @@ def test_the_corpus_exercises_every_error_kind() -> None:
 def test_unknown_keywords_are_refused() -> None:
     with pytest.raises(ValueError, match="uniqueItems"):
         compile_schema({"type": "array", "uniqueItems": True})
+    nested = {"type": "object", "properties": {"a": {"type": "string", "format": "uri"}}}
+    with pytest.raises(ValueError, match="format"):
+        compile_schema(nested, eager=True)
+    lazy = compile_schema(nested)  # the CLI's way: compiled when "a" is first seen
+    with pytest.raises(ValueError, match="format"):
+        iter_errors(lazy, {"a": "x"})
+
+
+def test_lazy_and_eager_compilation_agree() -> None:
+    for path in CORPUS[::3]:
+        data = _parse(path)
+        if data is not None:
+            lazy = compile_schema(schema())
+            assert list(map(_key, iter_errors(lazy, data))) == list(
+                map(_key, iter_errors(_fast(), data))
+            )
 
 
 def test_error_records_carry_the_reference_fields() -> None:

@@ -12,7 +12,6 @@ rules live in ``launcher.validate`` where messages can name values, limits and f
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -647,6 +646,8 @@ def build_schema() -> J:
 
 def schema_json() -> str:
     """The schema as the text of ``schema/svlaunch.schema.json``."""
+    import json  # not at the top: loading a manifest needs build_schema() only
+
     return json.dumps(build_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
@@ -667,6 +668,8 @@ def _type_text(s: J) -> str:
 
 def markdown_reference() -> str:
     """The field reference of ``docs/manifest.md``: one row per key, every key of the schema."""
+    import json
+
     rows = ["| key | type | default | StratoVirt | description |", "|---|---|---|---|---|"]
 
     def walk(s: J, prefix: str) -> None:

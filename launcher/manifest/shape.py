@@ -8,10 +8,11 @@ closures once per process, and ``ShapeError`` records carry exactly what ``jsons
 ``ValidationError`` would (``validator``, ``validator_value``, ``schema``, ``instance``,
 ``absolute_path``), emitted in the same order, so one converter words both alike.
 
-Supported: ``type``, ``enum``, ``required``, ``properties``, ``additionalProperties`` (false
-or a schema), ``propertyNames``, ``anyOf``, ``items`` (a schema), ``minimum``, ``maximum``,
-``minLength``, ``pattern``; annotations are ignored. Any other keyword raises ``ValueError``
-at compile time, so the schema cannot grow a keyword that is silently not checked.
+Supported: ``type``, ``enum``, ``required``, ``properties``, ``additionalProperties`` (false or
+a schema), ``propertyNames``, ``anyOf``, ``items`` (a schema), ``minimum``, ``maximum``,
+``minLength``, ``pattern``; annotations are ignored. Subschemas compile on first use; any other
+keyword raises ``ValueError`` when compiled (``eager=True`` compiles everything at once), so the
+schema cannot grow a keyword that is silently not checked.
 ``tests/test_schema_shape.py`` runs both checkers over every corpus and generated documents and
 asserts they agree error for error.
 """
@@ -116,7 +117,7 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _type(value: Any, schema: dict[str, Any]) -> Check:
+def _type(value: Any, schema: dict[str, Any], eager: bool) -> Check:
     names = value if isinstance(value, list) else [value]
     preds = tuple(_TYPES[n] for n in names)
     if len(preds) == 1:
@@ -135,7 +136,7 @@ def _type(value: Any, schema: dict[str, Any]) -> Check:
     return check_any
 
 
-def _enum(value: list[Any], schema: dict[str, Any]) -> Check:
+def _enum(value: list[Any], schema: dict[str, Any], eager: bool) -> Check:
     if not all(isinstance(v, str) for v in value):
         raise ValueError(f"enum of non-strings is not supported: {value!r}")
     allowed = frozenset(value)
@@ -147,7 +148,7 @@ def _enum(value: list[Any], schema: dict[str, Any]) -> Check:
     return check
 
 
-def _required(value: list[str], schema: dict[str, Any]) -> Check:
+def _required(value: list[str], schema: dict[str, Any], eager: bool) -> Check:
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         if isinstance(x, dict):
             for key in value:
@@ -157,8 +158,8 @@ def _required(value: list[str], schema: dict[str, Any]) -> Check:
     return check
 
 
-def _properties(value: dict[str, Any], schema: dict[str, Any]) -> Check:
-    subs = {key: compile_schema(sub) for key, sub in value.items()}
+def _properties(value: dict[str, Any], schema: dict[str, Any], eager: bool) -> Check:
+    subs = {key: _sub(sub, eager) for key, sub in value.items()}
     get = subs.get
 
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
@@ -171,7 +172,7 @@ def _properties(value: dict[str, Any], schema: dict[str, Any]) -> Check:
     return check
 
 
-def _additional(value: bool | dict[str, Any], schema: dict[str, Any]) -> Check:
+def _additional(value: bool | dict[str, Any], schema: dict[str, Any], eager: bool) -> Check:
     if "patternProperties" in schema:
         raise ValueError("patternProperties is not supported")
     known = frozenset(schema.get("properties", ()))
@@ -184,7 +185,7 @@ def _additional(value: bool | dict[str, Any], schema: dict[str, Any]) -> Check:
                 out.append(ShapeError("additionalProperties", value, schema, x, path))
 
         return closed
-    sub = compile_schema(value)
+    sub = _sub(value, eager)
 
     def each(x: Any, path: Path, out: list[ShapeError]) -> None:
         if isinstance(x, dict):
@@ -195,8 +196,8 @@ def _additional(value: bool | dict[str, Any], schema: dict[str, Any]) -> Check:
     return each
 
 
-def _property_names(value: dict[str, Any], schema: dict[str, Any]) -> Check:
-    sub = compile_schema(value)
+def _property_names(value: dict[str, Any], schema: dict[str, Any], eager: bool) -> Check:
+    sub = _sub(value, eager)
 
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         if isinstance(x, dict):
@@ -206,8 +207,8 @@ def _property_names(value: dict[str, Any], schema: dict[str, Any]) -> Check:
     return check
 
 
-def _any_of(value: list[dict[str, Any]], schema: dict[str, Any]) -> Check:
-    subs = tuple(compile_schema(sub) for sub in value)
+def _any_of(value: list[dict[str, Any]], schema: dict[str, Any], eager: bool) -> Check:
+    subs = tuple(_sub(sub, eager) for sub in value)
 
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         context: list[ShapeError] = []
@@ -222,10 +223,10 @@ def _any_of(value: list[dict[str, Any]], schema: dict[str, Any]) -> Check:
     return check
 
 
-def _items(value: bool | dict[str, Any], schema: dict[str, Any]) -> Check:
+def _items(value: bool | dict[str, Any], schema: dict[str, Any], eager: bool) -> Check:
     if not isinstance(value, dict) or "prefixItems" in schema:
         raise ValueError("only items: {schema} is supported")
-    sub = compile_schema(value)
+    sub = _sub(value, eager)
 
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         if isinstance(x, list):
@@ -235,7 +236,7 @@ def _items(value: bool | dict[str, Any], schema: dict[str, Any]) -> Check:
     return check
 
 
-def _minimum(value: int | float, schema: dict[str, Any]) -> Check:
+def _minimum(value: int | float, schema: dict[str, Any], eager: bool) -> Check:
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         if _is_number(x) and x < value:
             out.append(ShapeError("minimum", value, schema, x, path))
@@ -243,7 +244,7 @@ def _minimum(value: int | float, schema: dict[str, Any]) -> Check:
     return check
 
 
-def _maximum(value: int | float, schema: dict[str, Any]) -> Check:
+def _maximum(value: int | float, schema: dict[str, Any], eager: bool) -> Check:
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         if _is_number(x) and x > value:
             out.append(ShapeError("maximum", value, schema, x, path))
@@ -251,7 +252,7 @@ def _maximum(value: int | float, schema: dict[str, Any]) -> Check:
     return check
 
 
-def _min_length(value: int, schema: dict[str, Any]) -> Check:
+def _min_length(value: int, schema: dict[str, Any], eager: bool) -> Check:
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
         if isinstance(x, str) and len(x) < value:
             out.append(ShapeError("minLength", value, schema, x, path))
@@ -259,7 +260,7 @@ def _min_length(value: int, schema: dict[str, Any]) -> Check:
     return check
 
 
-def _pattern(value: str, schema: dict[str, Any]) -> Check:
+def _pattern(value: str, schema: dict[str, Any], eager: bool) -> Check:
     compiled: list[re.Pattern[str]] = []  # compiled on first use: most runs never need it
 
     def check(x: Any, path: Path, out: list[ShapeError]) -> None:
@@ -272,7 +273,7 @@ def _pattern(value: str, schema: dict[str, Any]) -> Check:
     return check
 
 
-_KEYWORDS: dict[str, Callable[[Any, dict[str, Any]], Check]] = {
+_KEYWORDS: dict[str, Callable[[Any, dict[str, Any], bool], Check]] = {
     "type": _type,
     "enum": _enum,
     "required": _required,
@@ -288,11 +289,27 @@ _KEYWORDS: dict[str, Callable[[Any, dict[str, Any]], Check]] = {
 }
 
 
-def compile_schema(schema: dict[str, Any]) -> Check:
+def _sub(schema: dict[str, Any], eager: bool) -> Check:
+    """A subschema's check; unless ``eager``, compiled on its first use (a manifest touches a
+    fraction of the schema, and ``svlaunch cmdline`` checks one manifest)."""
+    if eager:
+        return compile_schema(schema, eager=True)
+    compiled: list[Check] = []
+
+    def check(x: Any, path: Path, out: list[ShapeError]) -> None:
+        if not compiled:
+            compiled.append(compile_schema(schema))
+        compiled[0](x, path, out)
+
+    return check
+
+
+def compile_schema(schema: dict[str, Any], eager: bool = False) -> Check:
     """A function ``check(instance, path, out)`` appending every violation to ``out``.
 
     Keywords run in the schema's own key order, as ``jsonschema`` runs them, so errors at the
-    same path come out in the same order.
+    same path come out in the same order. ``eager`` compiles every subschema now, which also
+    proves the whole schema uses only supported keywords (the tests do; the CLI need not).
     """
     steps: list[Check] = []
     for key, value in schema.items():
@@ -301,7 +318,7 @@ def compile_schema(schema: dict[str, Any]) -> Check:
         make = _KEYWORDS.get(key)
         if make is None:
             raise ValueError(f"the shape checker does not support the keyword {key!r}")
-        steps.append(make(value, schema))
+        steps.append(make(value, schema, eager))
     if not steps:
         return lambda x, path, out: None
     if len(steps) == 1:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 from launcher.errors import Issue, Mark
 
@@ -43,14 +42,28 @@ def parse_path(text: str) -> Path:
     return tuple(out)
 
 
-@dataclass
 class SourceMap:
-    """Marks of keys and values by path; ``values[()]`` is the document itself."""
+    """Marks of keys and values by path; ``values[()]`` is the document itself.
 
-    file: str
-    keys: dict[Path, Mark] = field(default_factory=dict)
-    values: dict[Path, Mark] = field(default_factory=dict)
-    lazy: Callable[[], SourceMap] | None = None  # fills the maps on first use (TOML)
+    A plain class (no generated dataclass methods to pay for at start-up).
+    """
+
+    __slots__ = ("file", "keys", "lazy", "values")
+
+    def __init__(
+        self,
+        file: str,
+        keys: dict[Path, Mark] | None = None,
+        values: dict[Path, Mark] | None = None,
+        lazy: Callable[[], SourceMap] | None = None,  # fills the maps on first use (TOML)
+    ) -> None:
+        self.file = file
+        self.keys: dict[Path, Mark] = {} if keys is None else keys
+        self.values: dict[Path, Mark] = {} if values is None else values
+        self.lazy = lazy
+
+    def __repr__(self) -> str:
+        return f"SourceMap({self.file!r}, {len(self.keys)} keys, {len(self.values)} values)"
 
     def _ensure(self) -> None:
         if self.lazy is not None:

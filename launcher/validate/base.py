@@ -6,8 +6,6 @@ is generated from it, and a test fails if a code is used but not listed (or the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from launcher import model as m
 from launcher.errors import Issue
 from launcher.manifest.sourcemap import Path, format_path
@@ -164,13 +162,21 @@ RULES: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass
 class Context:
-    """What every rule needs: the manifest, the target, and the issue list it appends to."""
+    """What every rule needs: the manifest, the target, and the issue list it appends to.
 
-    manifest: m.Manifest
-    target: str = "engine"  # "engine" | "stratovirt"
-    issues: list[Issue] = field(default_factory=list)
+    A plain class, not a dataclass: one is made per check and nothing compares or prints it,
+    so the generated methods were only start-up cost.
+    """
+
+    __slots__ = ("issues", "manifest", "target")
+
+    def __init__(
+        self, manifest: m.Manifest, target: str = "engine", issues: list[Issue] | None = None
+    ) -> None:
+        self.manifest = manifest
+        self.target = target  # "engine" | "stratovirt"
+        self.issues: list[Issue] = [] if issues is None else issues
 
     @property
     def standard(self) -> bool:

@@ -7,8 +7,6 @@ in use", which is exactly the kind of late error a manifest check should move ea
 
 from __future__ import annotations
 
-import difflib
-
 from launcher import model as m
 from launcher.manifest.sourcemap import Path
 from launcher.validate.base import Context
@@ -49,6 +47,8 @@ def check(ctx: Context) -> None:
 
     def use(cid: str, path: Path, what: str) -> m.Chardev | None:
         if cid not in by_id:
+            import difflib  # only when a reference is wrong
+
             close = difflib.get_close_matches(cid, list(by_id), n=1)
             ctx.add(
                 "chardev-unknown",

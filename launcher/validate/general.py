@@ -7,8 +7,6 @@ values look free-form, so they are checked for every value that ends up on the c
 
 from __future__ import annotations
 
-import ipaddress
-
 from launcher import model as m
 from launcher.manifest.sourcemap import Path
 from launcher.validate.base import Context
@@ -238,6 +236,8 @@ def _incoming(ctx: Context, uri: str) -> None:
     if scheme in ("file", "unix") and len(parts) == 2 and parts[1]:
         return
     if scheme == "tcp" and len(parts) == 3:
+        import ipaddress  # rare: not worth 1 ms of every start-up
+
         try:
             ipaddress.IPv4Address(parts[1])
             if parts[2].isdigit() and int(parts[2]) <= 65535:

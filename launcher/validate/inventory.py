@@ -6,14 +6,14 @@ kinds alike; this module gives them one list instead of eleven special cases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from launcher import model as m
 from launcher.manifest.sourcemap import Path
 
 
-@dataclass(frozen=True)
+@m.frozen
 class Device:
+    """One device the manifest creates, whatever its kind."""
+
     kind: str  # "blk", "net", "rng", "vsock", "balloon", "virtio-serial", "console", ...
     path: Path  # manifest key path of the entry
     id: str | None

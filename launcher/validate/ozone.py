@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-
 from launcher.validate.base import Context
 
 MAX_ID = 65535
@@ -54,6 +52,12 @@ CAPABILITIES = [
 ]
 
 
+def _close(word: str, options: list[str] | tuple[str, ...]) -> list[str]:
+    import difflib  # only when a name is wrong
+
+    return difflib.get_close_matches(word, list(options), n=1)
+
+
 def check(ctx: Context) -> None:
     oz = ctx.manifest.ozone
     if oz is None:
@@ -80,7 +84,7 @@ def check(ctx: Context) -> None:
         ctx.add("ozone-name", npath, "sandbox name is longer than 255 bytes", "set ozone.name")
     for i, cap in enumerate(oz.capabilities or ()):
         if cap.upper() not in CAPABILITIES:
-            close = difflib.get_close_matches(cap.upper(), CAPABILITIES, n=1)
+            close = _close(cap.upper(), CAPABILITIES)
             ctx.add(
                 "ozone-capability",
                 ("ozone", "capabilities", i),
@@ -93,7 +97,7 @@ def check(ctx: Context) -> None:
     for key, value in oz.cgroup:
         p = ("ozone", "cgroup", key)
         if key not in CGROUP_KEYS:
-            close = difflib.get_close_matches(key, CGROUP_KEYS, n=1)
+            close = _close(key, CGROUP_KEYS)
             ctx.add(
                 "ozone-cgroup-key",
                 p,
