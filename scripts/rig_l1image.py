@@ -50,6 +50,7 @@ PY_DEBS = [
     "libseccomp2",
     "libgcc-s1",
     "libc-bin",
+    "dash",
     "busybox-static",
 ]
 # Loaded in this order by the L1 init (dependencies resolved from each module's modinfo).
@@ -278,6 +279,10 @@ def base_archive(kversion: str) -> Path:
             lines.append(f"{name} {MODULE_ARGS.get(name, '')}".strip())
         (stage / "etc").mkdir(exist_ok=True)
         (stage / "etc/rig-modules").write_text("\n".join(lines) + "\n")
+        # dash as /bin/sh: busybox sh runs its own applets before PATH, which would hide
+        # iproute2's ip (ip tuntap) from --l1-setup hooks.
+        if not (stage / "usr/bin/sh").is_symlink():
+            os.symlink("dash", stage / "usr/bin/sh")
         busybox = stage / "usr/bin/busybox"
         applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True).stdout
         for a in applets.split():
