@@ -155,7 +155,31 @@ def _split_global(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command. ``argv=None`` means this is the program (the console script or
+    ``python -m launcher.cli``): then the process ends right after, see ``_exiting``."""
+    if argv is not None:
+        return _main(list(argv))
+    try:
+        return _main(sys.argv[1:])
+    finally:
+        _exiting()
+
+
+def _exiting() -> None:
+    """Skip the garbage collector's passes over every live object at interpreter exit.
+
+    Finalization runs full collections over the ~15,000 objects a run leaves (schema, model
+    classes, argparse...): 4-7 ms of a 60 ms ``svlaunch cmdline``. Freezing moves them out of
+    the collector's sight; they are still freed by reference counting as modules are torn
+    down, and the kernel reclaims the rest. Only for a process that is about to exit: tests
+    that call ``main([...])`` in-process keep a normal collector.
+    """
+    import gc
+
+    gc.freeze()
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv or os.environ.get("SVLAUNCH_DEBUG") == "1"
     head, name, rest = _split_global(argv)
     if name is None:
