@@ -8,7 +8,6 @@ below the command modules prints except through these functions.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -137,4 +136,6 @@ def json_report(results: list[tuple[str, list[Issue]]]) -> str:
         for path, issues in results
     ]
     errors = sum(1 for _, iss in results for i in iss if i.is_error)
+    import json  # only --format json needs it
+
     return json.dumps({"valid": errors == 0, "errors": errors, "files": files}, indent=2)
