@@ -235,3 +235,28 @@ def test_the_cli_path_does_not_import_jsonschema() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "path", "message"),
+    [
+        ('serial = {backend = "socket", paht = "/x"}', "unknown-key", "serial.paht", "'paht'"),
+        ('serial = {path = "/x"}', "missing-key", "serial", "'backend'"),
+        ('log = {fiel = "x"}', "unknown-key", "log.fiel", "'fiel'"),
+        ('qmp = ["/a", 3]', "wrong-type", "qmp[1]", "expected a string, got an integer 3"),
+        ("[memory]\nsize = -1", "range", "memory.size", "value -1 must be >= 0"),
+        ('[drives.d]\nfile = "d"\naddr = -3', "range", "drives.d.addr", "-3 must be >= 0"),
+        ('serial = "ttyS0"', "wrong-type", "serial", "got a string 'ttyS0'"),
+        ('[memory]\nsize = "512 megs"', "bad-syntax", "memory.size", "'512 megs'"),
+    ],
+)
+def test_shorthand_errors_name_the_inner_problem(
+    text: str, code: str, path: str, message: str
+) -> None:
+    """A table, list or number under an ``anyOf`` shorthand is checked against the one branch
+    of its type, so the error is the real one (unknown key, item type, range)."""
+    from launcher.manifest import load_text
+
+    _, issues = load_text(f'name = "vm"\n{text}\n', "toml", "/tmp/vm.toml")
+    assert [(i.code, i.path) for i in issues] == [(code, path)], issues
+    assert message in issues[0].message and issues[0].mark is not None

@@ -113,6 +113,23 @@ def _close(word: str, options: list[str], cutoff: float) -> str | None:
     return close[0] if close else None
 
 
+def _within_branch(s: dict[str, Any], value: Any, path: tuple[Any, ...]) -> list[Issue]:
+    """For a table, a list or an integer that fails every ``anyOf`` branch: the errors of the
+    one branch its type selects (``serial = {backend = "socket", paht = ...}`` is an unknown key
+    ``paht``, not "expected "stdio" or a table, got a table"). Strings keep the shorthand's
+    message (bad syntax, or the words it accepts)."""
+    if isinstance(value, bool) or not isinstance(value, dict | list | int):
+        return []
+    from launcher.manifest.shape import compile_schema, has_type
+
+    branches = [sub for sub in s["anyOf"] if "type" in sub and has_type(value, sub["type"])]
+    if len(branches) != 1:
+        return []
+    errors: list[Any] = []
+    compile_schema(branches[0])(value, path, errors)
+    return [issue for e in errors for issue in _convert(e)]
+
+
 def _convert(err: Any) -> list[Issue]:
     path = tuple(err.absolute_path)
     where = format_path(path)
@@ -145,6 +162,10 @@ def _convert(err: Any) -> list[Issue]:
             )
             for k, d in zip(missing, desc, strict=True)
         ]
+    if v == "anyOf":
+        inner = _within_branch(s, value, path)
+        if inner:
+            return inner
     if v == "anyOf" and isinstance(value, str):
         syntax = [sub["pattern"] for sub in s["anyOf"] if "pattern" in sub]
         if syntax:

@@ -117,6 +117,11 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
 }
 
 
+def has_type(x: Any, name: str | list[str]) -> bool:
+    """Whether ``x`` is of the JSON Schema type(s) ``name`` (draft 2020-12 rules)."""
+    return any(_TYPES[n](x) for n in (name if isinstance(name, list) else [name]))
+
+
 def _type(value: Any, schema: dict[str, Any], eager: bool) -> Check:
     names = value if isinstance(value, list) else [value]
     preds = tuple(_TYPES[n] for n in names)
