@@ -112,3 +112,32 @@ def test_timeout_kills_the_rig_and_exits_124():
     res = run_rig_raw("sleep 600", timeout=25)
     assert res.returncode == 124, res.explain()
     assert "timed out" in res.stderr
+
+
+def test_guest_knobs_net_rng_hvc_over_an_l1_tap(guest: Path, tmp_path: Path):
+    """--l1-setup makes a tap in L1; the guest pings through it (vhost-net) and uses rng/hvc."""
+    hvc_out = tmp_path / "hvc.txt"
+    cmdline = (
+        "console=ttyS0 quiet svreport.net=169.254.10.2/24,169.254.10.1 svreport.rng=4096 "
+        "svreport.hvc=hello-hvc"
+    )
+    extra = ["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=on"]
+    extra += ["-device", "virtio-net-device,netdev=n0,mac=52:54:00:aa:bb:cc"]
+    extra += ["-device", "virtio-rng-device", "-device", "virtio-serial-device"]
+    extra += ["-chardev", f"file,id=h0,path={hvc_out}", "-device", "virtconsole,chardev=h0"]
+    cmd = qemu_microvm_cmd(guest / "vmlinuz", guest / "initrd.img", cmdline, extra=extra)
+    res = run_rig_raw(
+        cmd,
+        files=[guest / "vmlinuz", guest / "initrd.img"],
+        writeback=[hvc_out],
+        l1_setup="ip tuntap add tap0 mode tap && ip addr add 169.254.10.1/24 dev tap0 "
+        "&& ip link set tap0 up",
+        timeout=300,
+    )
+    assert res.returncode == 0, res.explain()
+    assert res.first("net").fields["mac"] == "52:54:00:aa:bb:cc"
+    assert res.first("ping").text == "169.254.10.1 ok", res.explain()
+    assert res.first("rng").text.startswith("virtio_rng")
+    assert res.first("rng_read").args == ("4096",)
+    assert [r.text for r in res.all("hvc")] == ["hvc0"]
+    assert hvc_out.read_bytes().strip() == b"hello-hvc"
