@@ -53,8 +53,11 @@ def read_newc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
 
 
 def test_outputs_exist(guest: Path) -> None:
-    for name in ("vmlinuz", "vmlinux", "initrd.img", "kernel-version", "config"):
+    for name in ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4", "kernel-version", "config"):
         assert (guest / name).stat().st_size > 0, name
+    with open(guest / "rootfs.ext4", "rb") as f:
+        f.seek(1024 + 56)
+        assert f.read(2) == b"\x53\xef", "rootfs.ext4 has no ext2/3/4 superblock magic"
     assert (guest / "kernel-version").read_text().strip().endswith("-cloud-amd64")
 
 
