@@ -15,6 +15,7 @@ import os
 import py_compile
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -203,6 +204,21 @@ def _extract(img: Path, wanted: list[str]) -> int:
     return n
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _clean_stale_runs(runs: Path, max_age_s: float = 6 * 3600) -> None:
+    """Remove run folders left by killed rigs (a live run is never that old)."""
+    now = time.time()
+    for d in runs.glob("run-*"):
+        try:
+            if now - d.stat().st_mtime > max_age_s:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def l1_kernel() -> Path:
     if not (GUEST / "vmlinuz").exists() or not (GUEST / "kernel-version").exists():
         subprocess.run([str(REPO / "scripts" / "build-guest")], check=True)
@@ -219,6 +235,7 @@ def execute(spec: RunSpec, timeout: float, keep: bool = False, l1_cpus: int = 1)
         layers.append(qemu_archive())
     runs = RIG / "runs"
     runs.mkdir(parents=True, exist_ok=True)
+    _clean_stale_runs(runs)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
     initrd = run_dir / "initrd"
     wanted_wb = [f for f in spec.files if f.writable]
@@ -259,12 +276,17 @@ def execute(spec: RunSpec, timeout: float, keep: bool = False, l1_cpus: int = 1)
     for t in threads:
         t.start()
     timed_out = False
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         proc.wait(timeout=max(1.0, timeout - (t_qemu - t_start)))
     except subprocess.TimeoutExpired:
         timed_out = True
-        proc.kill()
-        proc.wait()
+    finally:
+        if proc.poll() is None:  # timeout, Ctrl-C or SIGTERM: never leave QEMU behind
+            proc.kill()
+            proc.wait()
+            if not timed_out:
+                shutil.rmtree(run_dir, ignore_errors=True)
     for t in threads:
         t.join(timeout=5)
     total = time.monotonic() - t_start
