@@ -48,6 +48,8 @@ PY_DEBS = [
     "libnsl2",
     "libtirpc3",
     "libseccomp2",
+    "liblz4-1",  # the engine decodes LZ4 bzImage payloads with liblz4 (decompress.py)
+    "libzstd1",
     "libgcc-s1",
     "libc-bin",
     "dash",

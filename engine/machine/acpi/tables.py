@@ -52,8 +52,14 @@ BOOT_CMOS_RTC_NOT_PRESENT = 1 << 5
 HYPERVISOR_ID = b"SVLAUNCH"
 
 
-def fadt(dsdt_addr: int, *, boot_arch: int = BOOT_VGA_NOT_PRESENT) -> bytes:
+def fadt(
+    dsdt_addr: int, *, boot_arch: int = BOOT_VGA_NOT_PRESENT | BOOT_CMOS_RTC_NOT_PRESENT
+) -> bytes:
     """FADT revision 6, HW-reduced, with the reset and sleep registers on ``pm.PM_PORT``.
+
+    No CMOS RTC (ports 0x70/0x71) is emulated, and the flag says so: without it Linux registers
+    ``rtc_cmos`` and polls the all-ones UIP bit for ~40 s of nested-rig time (guest wall time
+    comes from kvm-clock instead).
 
     HW-reduced means no PM1/GPE blocks, no SCI, no legacy PIC: Linux then takes the reset
     register for reboot (``acpi_reboot``) and the sleep control register for poweroff.
