@@ -30,13 +30,15 @@ test: setup host-deps guest
 test-fast: setup
 	$(BIN)/pytest -q -m "not rig and not long"
 
+SCRIPTS := scripts/rig scripts/build-guest scripts/measure-syscalls
+
 lint: setup
-	$(BIN)/ruff check launcher engine tests bench scripts
-	$(BIN)/ruff format --check launcher engine tests bench
+	$(BIN)/ruff check launcher engine tests bench scripts $(SCRIPTS)
+	$(BIN)/ruff format --check launcher engine tests bench scripts $(SCRIPTS)
 
 fmt: setup
-	$(BIN)/ruff format launcher engine tests bench
-	$(BIN)/ruff check --fix launcher engine tests bench
+	$(BIN)/ruff format launcher engine tests bench scripts $(SCRIPTS)
+	$(BIN)/ruff check --fix launcher engine tests bench scripts $(SCRIPTS)
 
 bench: setup host-deps guest
 	$(BIN)/python -m bench
