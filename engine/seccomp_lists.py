@@ -82,6 +82,8 @@ MAIN: dict[str, str] = {
     "fallocate": "virtio-blk discard/write-zeroes",
     "readv": "tap reads",
     "writev": "tap writes",
+    "timerfd_create": "rate limiters (rng max-bytes, blk iops) of devices on the main loop",
+    "timerfd_settime": "rate limiters of devices on the main loop",
     "wait4": "reaping nothing: CPython's os.waitpid in shutdown paths",
     "kill": "signalling itself on fatal errors",
     "getcwd": "os.path.abspath in error messages",
