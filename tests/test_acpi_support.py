@@ -45,6 +45,7 @@ TOPOLOGIES: dict[str, tuple[int, int, int, int, int]] = {
     "8cpu-dies-threads": (1, 2, 1, 2, 2),
     "8cpu-clusters": (2, 1, 2, 1, 2),
     "12cpu-odd": (2, 1, 1, 3, 2),  # 3 cores: APIC ids have gaps
+    "6cpu-odd": (2, 1, 1, 3, 1),
     "all-levels": (2, 2, 2, 2, 2),
     "x2apic": (3, 1, 1, 65, 1),  # ids above 254: x2APIC MADT/SRAT entries
 }
