@@ -14,8 +14,10 @@ import functools
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
+
+from launcher.frozen import frozen
 
 PLAN_VERSION = 1
 
@@ -23,7 +25,7 @@ PLAN_VERSION = 1
 # -- memory ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class RamRange:
     """A guest-physical RAM range; ``node`` is the guest NUMA node that owns it (or None)."""
 
@@ -32,7 +34,7 @@ class RamRange:
     node: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class HostBinding:
     """How a range of guest RAM is bound to host NUMA nodes (``mbind``)."""
 
@@ -42,7 +44,7 @@ class HostBinding:
     policy: str  # default | preferred | bind | interleave
 
 
-@dataclass(frozen=True)
+@frozen
 class MemoryPlan:
     size: int
     ranges: tuple[RamRange, ...]
@@ -54,7 +56,7 @@ class MemoryPlan:
     bindings: tuple[HostBinding, ...] = ()
 
 
-@dataclass(frozen=True)
+@frozen
 class NumaNodePlan:
     id: int
     cpus: tuple[int, ...]
@@ -64,7 +66,7 @@ class NumaNodePlan:
     policy: str = "default"
 
 
-@dataclass(frozen=True)
+@frozen
 class NumaPlan:
     nodes: tuple[NumaNodePlan, ...]
     distances: tuple[tuple[int, ...], ...]  # full matrix [src][dst], defaults filled (10/20)
@@ -73,7 +75,7 @@ class NumaPlan:
 # -- cpus ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class TopologyPlan:
     sockets: int
     dies: int
@@ -84,7 +86,7 @@ class TopologyPlan:
     maxcpus: int
 
 
-@dataclass(frozen=True)
+@frozen
 class VcpuPlan:
     index: int
     apic_id: int
@@ -99,14 +101,14 @@ class VcpuPlan:
 # -- boot, chardevs, devices --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class BootPlan:
     kernel: str
     initrd: str | None = None
     cmdline: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class ChardevPlan:
     id: str
     backend: str  # stdio | pty | socket | file
@@ -115,7 +117,7 @@ class ChardevPlan:
     nowait: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class SerialPlan:
     """The 8250 UART on COM1."""
 
@@ -124,7 +126,7 @@ class SerialPlan:
     irq: int = 4
 
 
-@dataclass(frozen=True)
+@frozen
 class DevicePlan:
     """Base of every virtio-mmio device: where it sits and which loop serves it."""
 
@@ -135,7 +137,7 @@ class DevicePlan:
     iothread: str | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class BlkPlan(DevicePlan):
     kind: ClassVar[str] = "blk"
     file: str = ""
@@ -149,7 +151,7 @@ class BlkPlan(DevicePlan):
     drive_id: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class NetPlan(DevicePlan):
     kind: ClassVar[str] = "net"
     ifname: str | None = None
@@ -163,7 +165,7 @@ class NetPlan(DevicePlan):
     netdev_id: str = ""
 
 
-@dataclass(frozen=True)
+@frozen
 class ConsolePlan(DevicePlan):
     """A virtconsole port (each is its own virtio-mmio device on microvm)."""
 
@@ -171,7 +173,7 @@ class ConsolePlan(DevicePlan):
     chardev: ChardevPlan | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class RngPlan(DevicePlan):
     kind: ClassVar[str] = "rng"
     file: str = "/dev/urandom"
@@ -179,21 +181,21 @@ class RngPlan(DevicePlan):
     period_ms: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class BalloonPlan(DevicePlan):
     kind: ClassVar[str] = "balloon"
     deflate_on_oom: bool = False
     free_page_reporting: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class VsockPlan(DevicePlan):
     kind: ClassVar[str] = "vsock"
     guest_cid: int = 3
     vhostfd: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class SlotPlan(DevicePlan):
     """An empty replaceable virtio-mmio transport (device id 0) that QMP hot-replace fills.
 
@@ -213,7 +215,7 @@ DEVICE_KINDS: dict[str, type[DevicePlan]] = {
 # -- control and sandbox ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class SandboxPlan:
     """The manifest's ozone section, resolved (jail path, uid/gid, caps, cgroups...)."""
 
@@ -230,7 +232,7 @@ class SandboxPlan:
     clean_resource: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class HostFile:
     """A host file the VM uses (for the sandbox, `svlaunch check` and the rig)."""
 
@@ -239,7 +241,7 @@ class HostFile:
     writable: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class Plan:
     name: str
     arch: str
