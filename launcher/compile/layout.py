@@ -28,7 +28,16 @@ SERIAL_IRQ = 4
 SERIAL_PORT = 0x3F8
 DEVICE_IRQ_FIRST = 5
 DEVICE_IRQ_LAST = 23
-MAX_MMIO_DEVICES = DEVICE_IRQ_LAST - DEVICE_IRQ_FIRST + 1
+
+#: The ACPI Generic Event Device (``ACPI0013``, the power button of a HW-reduced guest): a
+#: one-byte event-status register at this I/O port and an edge-triggered GSI. A port, not an
+#: MMIO window, so any guest reaches it without mapping the hole (next to the FADT PM port
+#: 0x600). Its GSI is the last of the device pool, so virtio slot ``i`` keeps GSI ``5 + i``.
+GED_PORT = 0x610
+GED_PORT_SIZE = 1
+GED_IRQ = DEVICE_IRQ_LAST
+#: virtio-mmio slots: GSIs 5..22 (23 is the GED's).
+MAX_MMIO_DEVICES = GED_IRQ - DEVICE_IRQ_FIRST
 
 IOAPIC_ADDR = 0xFEC0_0000
 LAPIC_ADDR = 0xFEE0_0000
