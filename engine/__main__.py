@@ -254,6 +254,7 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
     finally:
         if server is not None:
             server.close()
+        _print_exit_profiles(vm)
         vm.close()
         if _EXEC_CACHE is not None:
             _EXEC_CACHE.save()  # classes first created after the guest started (QMP)
@@ -264,6 +265,18 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
                 os.unlink(plan.pidfile)
             except OSError:
                 pass
+
+
+def _print_exit_profiles(vm: Any) -> None:
+    """``SVLAUNCH_EXIT_STATS=1``: each vCPU's exits and where their time went, on stderr."""
+    m = vm.machine
+    if m is None:
+        return
+    for v in m.vcpus:
+        prof = v.ctx.profile
+        if prof is not None:
+            v.pause(timeout=1.0)
+            sys.stderr.write("".join(f"exit-stats {line}\n" for line in prof.lines(v.index)))
 
 
 def _parse_fast(argv: list[str]) -> tuple[str, bool, bool] | None:

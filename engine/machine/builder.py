@@ -35,7 +35,14 @@ from engine.machine.kvm import Kvm, VmFd
 from engine.machine.loader import LoadResult, load_kernel
 from engine.machine.memory import GuestMemory
 from engine.machine.ram import Progress, create_guest_memory
-from engine.machine.vcpu import ExitContext, VcpuThread, VmEvents, install_kick_handler
+from engine.machine.vcpu import (
+    ExitContext,
+    ExitProfile,
+    VcpuThread,
+    VmEvents,
+    install_kick_handler,
+    profiling_requested,
+)
 from launcher.compile.plan import Plan
 from launcher.errors import EngineError, HostError
 
@@ -184,11 +191,14 @@ def build(
             dm.attach_virtio(spec, dm.create_virtio(spec))
         m.kernel = _load_boot_data(m)  # 6
         supported = kvm.supported_cpuid()  # 7
+        profile = profiling_requested()
         for vp in plan.vcpus:
             fd = vm.create_vcpu(vp.apic_id)
             fd.set_cpuid2(vcpu_cpuid(supported, vp, plan.topology, pvm=pvm))
             regs.configure_vcpu(fd, m.kernel.entry)
             ctx = ExitContext(pio=pio, mmio=mmio, events=events, pvm=pvm)
+            if profile:
+                ctx.profile = ExitProfile()
             t = VcpuThread(fd, vp.index, ctx, thread_init=thread_init)
             m.vcpus.append(t)
         for t in m.vcpus:

@@ -49,6 +49,39 @@ class ExitAction(enum.Enum):
 
 
 @dataclass
+class ExitProfile:
+    """Where one vCPU's time and exits went (``SVLAUNCH_EXIT_STATS=1``; off the default path).
+
+    ``by_key`` counts exits by (reason, port or MMIO address); ``vmm_s`` is the time between
+    a KVM_RUN returning and the next one starting (the Python exit path), ``guest_s`` the time
+    inside KVM_RUN. The engine prints the profiles at exit: the boot-time benchmark's tool for
+    finding which device's exits to make cheaper or remove.
+    """
+
+    by_key: Counter[tuple[str, int]] = field(default_factory=Counter)
+    vmm_s: dict[tuple[str, int], float] = field(default_factory=dict)
+    guest_s: float = 0.0
+
+    def lines(self, index: int, top: int = 12) -> list[str]:
+        total = sum(self.by_key.values())
+        spent = sum(self.vmm_s.values())
+        out = [
+            f"vcpu {index}: {total} exits, {self.guest_s:.3f} s in KVM_RUN, "
+            f"{spent:.3f} s handling exits"
+        ]
+        for (reason, addr), n in self.by_key.most_common(top):
+            t = self.vmm_s.get((reason, addr), 0.0)
+            out.append(f"  {reason:<14} {addr:#10x} {n:8d}  {t * 1e6 / max(n, 1):8.1f} us each")
+        return out
+
+
+def profiling_requested() -> bool:
+    import os
+
+    return os.environ.get("SVLAUNCH_EXIT_STATS", "") not in ("", "0")
+
+
+@dataclass
 class ExitContext:
     pio: IoBus
     mmio: IoBus
@@ -56,6 +89,7 @@ class ExitContext:
     pvm: bool = False
     get_rip: Callable[[], int] = lambda: 0
     counts: Counter[str] = field(default_factory=Counter)
+    profile: ExitProfile | None = None
 
 
 def _io_exit(run: Any, run_map: Any, ctx: ExitContext) -> None:
@@ -240,6 +274,9 @@ class VcpuThread:
                 self._cond.notify_all()
 
     def _loop(self) -> None:
+        if self.ctx.profile is not None:
+            self._loop_profiled(self.ctx.profile)
+            return
         run, run_map, fd = self.fd.run_struct, self.fd.run_map, self.fd
         while True:
             with self._cond:
@@ -255,6 +292,43 @@ class VcpuThread:
                 fd.set_immediate_exit(False)
                 continue
             if handle_exit(reason, run, run_map, self.ctx) is ExitAction.STOP:
+                self.halted = True
+                with self._cond:
+                    if self._want is VcpuState.RUNNING:
+                        self._want = VcpuState.PAUSED
+
+    def _loop_profiled(self, prof: ExitProfile) -> None:
+        """``_loop`` with timing around KVM_RUN and each exit (see ``ExitProfile``)."""
+        import time
+
+        run, run_map, fd = self.fd.run_struct, self.fd.run_map, self.fd
+        clock = time.perf_counter
+        while True:
+            with self._cond:
+                while self._want is VcpuState.PAUSED:
+                    self._parked = True
+                    self._cond.notify_all()
+                    self._cond.wait()
+                self._parked = False
+                if self._want is VcpuState.STOPPED:
+                    return
+            t0 = clock()
+            reason = fd.run()
+            t1 = clock()
+            prof.guest_s += t1 - t0
+            if reason == k.KVM_EXIT_INTR:
+                fd.set_immediate_exit(False)
+                continue
+            if reason == k.KVM_EXIT_IO:
+                key = (f"io-{'out' if run.io.direction else 'in'}", int(run.io.port))
+            elif reason == k.KVM_EXIT_MMIO:
+                key = (f"mmio-{'w' if run.mmio.is_write else 'r'}", int(run.mmio.phys_addr))
+            else:
+                key = (k.EXIT_NAMES.get(reason, str(reason)), 0)
+            action = handle_exit(reason, run, run_map, self.ctx)
+            prof.by_key[key] += 1
+            prof.vmm_s[key] = prof.vmm_s.get(key, 0.0) + clock() - t1
+            if action is ExitAction.STOP:
                 self.halted = True
                 with self._cond:
                     if self._want is VcpuState.RUNNING:
