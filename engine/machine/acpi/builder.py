@@ -9,7 +9,8 @@ the one step that touches guest memory, through the bounds-checked ``GuestMemory
 
 The engine must also: report [SYSTEM_MEM_START, 1 MiB) as E820 reserved, put ``rsdp_addr`` in
 ``boot_params.acpi_rsdp_addr``, create vCPU ``i`` with id ``plan.vcpus[i].apic_id``, and answer
-the FADT's reset/sleep register (``engine.machine.acpi.pm``).
+the FADT's reset/sleep register (``engine.machine.acpi.pm``) and the power button's GED
+register and GSI (``engine.machine.ged``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from engine.machine import layout
 from engine.machine.acpi.dsdt import MmioDevice, Uart, dsdt
+from engine.machine.acpi.ged import Ged
 from engine.machine.acpi.tables import (
     CpuAffinity,
     MemAffinity,
@@ -30,7 +32,7 @@ from engine.machine.acpi.tables import (
     srat,
     xsdt,
 )
-from launcher.compile.layout import VIRTIO_MMIO_SIZE
+from launcher.compile.layout import GED_IRQ, GED_PORT, VIRTIO_MMIO_SIZE
 from launcher.compile.plan import Plan
 from launcher.errors import EngineError
 
@@ -100,7 +102,7 @@ def build_acpi(
 
     uart = Uart(plan.serial.port, plan.serial.irq) if plan.serial is not None else None
     devices = [MmioDevice(d.mmio_base, VIRTIO_MMIO_SIZE, d.irq) for d in plan.devices]
-    dsdt_addr = place(dsdt(uart, devices))
+    dsdt_addr = place(dsdt(uart, devices, Ged(GED_PORT, GED_IRQ)))
     listed = [place(fadt(dsdt_addr))]
     listed.append(
         place(

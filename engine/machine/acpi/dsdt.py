@@ -5,7 +5,8 @@ A direct-boot HW-reduced Linux learns about devices only from here (engine-notes
   interrupt become the platform device's resources (no ``virtio_mmio.device=`` cmdline needed);
 - COM1 (``PNP0501``) is listed so that its GSI 4 is registered through ACPI: with HW-reduced
   ACPI there is no legacy PIC and ISA IRQs are not pre-mapped;
-- ``_S5_`` gives SLP_TYP for poweroff through the FADT sleep control register (``pm``).
+- ``_S5_`` gives SLP_TYP for poweroff through the FADT sleep control register (``pm``);
+- the power button: a Generic Event Device and ``PWRB`` (``ged``), for QMP system_powerdown.
 Everything sits under ``\\_SB``, as Firecracker does for COM1; iasl and Linux accept both.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.machine.acpi import aml, pm
+from engine.machine.acpi.ged import Ged, ged_aml
 from engine.machine.acpi.sdt import sdt
 
 DSDT_REVISION = 2  # 64-bit AML integers
@@ -74,11 +76,13 @@ def s5_package() -> bytes:
     return aml.name("_S5_", aml.package(typ, typ, aml.integer(0), aml.integer(0)))
 
 
-def dsdt(uart: Uart | None, devices: Sequence[MmioDevice]) -> bytes:
+def dsdt(uart: Uart | None, devices: Sequence[MmioDevice], ged: Ged | None = None) -> bytes:
     """The whole DSDT table (header + AML)."""
     sb = []
     if uart is not None:
         sb.append(uart_device(uart))
     sb += [virtio_device(i, d) for i, d in enumerate(devices)]
+    if ged is not None:
+        sb += ged_aml(ged)
     body = aml.scope("\\_SB", *sb) + s5_package()
     return sdt(b"DSDT", DSDT_REVISION, body)
