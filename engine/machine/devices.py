@@ -1,9 +1,10 @@
 """The device manager: the only code that places devices on buses and wires eventfds to KVM.
 
-Legacy devices (COM1 UART, the ACPI PM port) go on the PIO bus; each virtio device gets an
-``MmioTransport`` at its plan's ``mmio_base`` on the MMIO bus, one irqfd on its GSI and one
-ioeventfd per queue (``base+0x50``, 4 bytes, datamatch = queue index), whose eventfd is polled
-by the device's loop (the main loop, or the iothread the plan names). Devices never see KVM.
+Legacy devices (COM1 UART, the ACPI PM port, the power button's GED with an irqfd on its GSI)
+go on the PIO bus; each virtio device gets an ``MmioTransport`` at its plan's ``mmio_base`` on
+the MMIO bus, one irqfd on its GSI and one ioeventfd per queue (``base+0x50``, 4 bytes,
+datamatch = queue index), whose eventfd is polled by the device's loop (the main loop, or the
+iothread the plan names). Devices never see KVM.
 
 Chardevs are opened once, here, by id (``chardev()``), and handed to the UART and to virtio
 consoles; the manager closes them. ``replace_virtio`` swaps the device behind one window (QMP
@@ -24,11 +25,12 @@ from typing import Any
 from engine.eventloop import EventLoop
 from engine.machine.bus import Bus
 from engine.machine.chardev import Chardev, open_chardev
+from engine.machine.ged import GedDevice
 from engine.machine.kvm import VmFd
 from engine.machine.memory import GuestMemory
 from engine.machine.power import PM_PORT, PowerDevice
 from engine.machine.serial import Serial
-from launcher.compile.layout import VIRTIO_MMIO_SIZE
+from launcher.compile.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
 from launcher.compile.plan import ChardevPlan, DevicePlan, SerialPlan
 from launcher.errors import EngineError
 
@@ -109,6 +111,7 @@ class DeviceManager:
         self.virtio: list[AttachedDevice] = []
         self.serial: Serial | None = None
         self.serial_chardev: Chardev | None = None
+        self.ged: GedDevice | None = None
         self.chardevs: dict[str, Chardev] = {}
         self._chardev_users: dict[str, str] = {}
         self._fds: list[int] = []
@@ -162,7 +165,14 @@ class DeviceManager:
         return serial
 
     def attach_power(self, on_reset: Callable[[], None], on_poweroff: Callable[[], None]) -> None:
+        """The ACPI power devices: the FADT PM port (guest reset/poweroff) and the GED, whose
+        power button the host presses (``self.ged``); both are always in the DSDT/FADT."""
         self.pio.insert(PowerDevice(on_reset, on_poweroff), PM_PORT, 1, "acpi-pm")
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._fds.append(efd)
+        self.vm.register_irqfd(efd, GED_IRQ)
+        self.ged = GedDevice(lambda: os.eventfd_write(efd, 1))
+        self.pio.insert(self.ged, GED_PORT, GED_PORT_SIZE, "acpi-ged", serialize=False)
 
     # -- virtio ---------------------------------------------------------------------------------
 
