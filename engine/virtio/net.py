@@ -20,7 +20,15 @@ import random
 import struct
 import threading
 
-from engine.virtio.device import VIRTIO_F_VERSION_1, VIRTIO_ID_NET, Loop, VirtioDevice, bit
+from engine.virtio.device import (
+    VIRTIO_F_RING_EVENT_IDX,
+    VIRTIO_F_RING_INDIRECT_DESC,
+    VIRTIO_F_VERSION_1,
+    VIRTIO_ID_NET,
+    Loop,
+    VirtioDevice,
+    bit,
+)
 from engine.virtio.queue import DescriptorChain
 from engine.virtio.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN, Tap
 from engine.virtio.vhost import VhostBackend, open_vhost
@@ -54,6 +62,15 @@ OFFLOAD_FEATURES = (
     | bit(VIRTIO_NET_F_HOST_TSO4)
     | bit(VIRTIO_NET_F_HOST_TSO6)
 )
+#: The acked features vhost-net itself implements (linux/vhost.h VHOST_NET_FEATURES, minus
+#: VIRTIO_F_ACCESS_PLATFORM: no IOTLB here). MAC, STATUS, CTRL_VQ, MQ and the offloads are this
+#: device's or the tap's, and VHOST_SET_FEATURES refuses any bit it does not know (EOPNOTSUPP).
+VHOST_NET_PASS = (
+    bit(VIRTIO_NET_F_MRG_RXBUF)
+    | bit(VIRTIO_F_RING_INDIRECT_DESC)
+    | bit(VIRTIO_F_RING_EVENT_IDX)
+    | bit(VIRTIO_F_VERSION_1)
+)
 RX_BURST = 64  # frames per wake-up, so one busy tap cannot starve the loop
 _CONFIG = struct.Struct("<6sHH")  # mac, status, max_virtqueue_pairs
 
@@ -78,6 +95,14 @@ def parse_mac(mac: str | None) -> bytes:
             hint="clear bit 0 of the first byte",
         )
     return raw
+
+
+def vhost_net_features(acked: int) -> int:
+    """What to give VHOST_SET_FEATURES for a driver that acked ``acked``.
+
+    VERSION_1 is always set: it makes vhost-net and the tap agree on the 12-byte header.
+    """
+    return acked & VHOST_NET_PASS | bit(VIRTIO_F_VERSION_1)
 
 
 class Net(VirtioDevice):
@@ -118,8 +143,10 @@ class Net(VirtioDevice):
             ]
             self._vhost = [VhostBackend(fd, f"virtio-net {name}") for fd in fds]
             vh_features = self._vhost[0].get_features()
+            # The offloads are the tap's (vhost-net hands it the guest's vnet header as is).
             features &= (
                 vh_features
+                | OFFLOAD_FEATURES
                 | bit(VIRTIO_NET_F_MAC)
                 | bit(VIRTIO_NET_F_STATUS)
                 | bit(VIRTIO_NET_F_CTRL_VQ)
@@ -201,7 +228,7 @@ class Net(VirtioDevice):
         call = getattr(self.interrupt, "irqfd", None)
         if call is None:
             raise HostError(f"virtio-net {self.name}: vhost needs an irqfd interrupt")
-        features = self.acked_features & ~bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_VERSION_1)
+        features = vhost_net_features(self.acked_features)
         for pair, vh in enumerate(self._vhost):
             vh.set_owner()
             vh.set_features(features)

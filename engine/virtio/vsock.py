@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import struct
 
-from engine.virtio.device import VIRTIO_F_VERSION_1, VIRTIO_ID_VSOCK, Loop, VirtioDevice, bit
+from engine.virtio.device import VIRTIO_ID_VSOCK, Loop, VirtioDevice, bit
 from engine.virtio.vhost import VhostBackend, open_vhost
 from launcher.errors import HostError
 
 CID_MIN = 3
 CID_MAX = (1 << 32) - 2
 RING_BITS = bit(28) | bit(29)
+VIRTIO_VSOCK_F_SEQPACKET = 1
+#: Device features passed through from the kernel. The rest of VHOST_GET_FEATURES is vhost's
+#: own business and must not reach the driver: VIRTIO_F_ACCESS_PLATFORM (33), once acked, puts
+#: vhost in IOTLB mode, where every ring access waits for translations this VMM never sends
+#: (the vsock stalls: connects time out); VHOST_F_LOG_ALL (26) is migration dirty logging.
+DEVICE_BITS = bit(VIRTIO_VSOCK_F_SEQPACKET)
 
 
 class Vsock(VirtioDevice):
@@ -46,9 +52,7 @@ class Vsock(VirtioDevice):
         self._owned = True
         vh = self.backend.get_features()
         self.ring_features = vh & RING_BITS
-        super().__init__(
-            name, [queue_size] * 3, vh & ~RING_BITS & ~bit(VIRTIO_F_VERSION_1), loop=loop
-        )
+        super().__init__(name, [queue_size] * 3, vh & DEVICE_BITS, loop=loop)
         self.kernel_queues = frozenset({0, 1})
         self.vhost = True
         self.guest_cid = guest_cid
