@@ -71,6 +71,8 @@ class Vm:
         self._build_kwargs = build_kwargs
         self._fds: FdTable | None = None
         self._hot: HotReplace | None = None
+        #: time.monotonic() of the first resume (the guest's first instruction), for start-up marks
+        self.first_run_at: float | None = None
 
     @property
     def fds(self) -> FdTable:
@@ -98,6 +100,7 @@ class Vm:
         if not paused:
             self.machine.resume()
             self._state = RUNNING
+            self.first_run_at = time.monotonic()
 
     def run(self) -> int:
         """Serve the main loop on this thread until the VM stops; returns the exit code."""
@@ -187,13 +190,28 @@ class Vm:
             raise _qmp().QmpError.wrong_state()
         self.machine.resume()
         self._state = RUNNING
+        if self.first_run_at is None:
+            self.first_run_at = time.monotonic()
         self.sink.emit("RESUME")
 
     def quit(self) -> None:
         self._finish(EXIT_GUEST_OK, "QMP quit")
 
     def powerdown(self) -> None:
-        raise _qmp().QmpError("system_powerdown: this machine has no ACPI power button; use quit")
+        """``system_powerdown``: press the ACPI power button (the GED); the guest decides.
+
+        As in QEMU, this only asks: the VM stops when the guest writes S5 to the PM port
+        (``on_poweroff``), and a guest that ignores the button keeps running. Allowed while
+        paused (the interrupt waits in the irqchip until the vCPUs resume).
+        """
+        m = self.machine
+        if m is None or self._stopping:
+            raise _qmp().QmpError.wrong_state()
+        if m.devices.ged is None:
+            raise _qmp().QmpError("system_powerdown: this machine has no ACPI power button")
+        pass
+        log.info("QMP system_powerdown: ACPI power button pressed")
+        self.sink.emit("POWERDOWN")
 
     def reset(self) -> None:
         self.sink.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
@@ -228,13 +246,13 @@ class Vm:
         dev = self._device("balloon")
         if dev is None or not hasattr(dev, "set_target"):
             raise _qmp().QmpError.not_active("balloon")
-        dev.set_target(self.plan.memory.size - target_bytes)
+        dev.set_target(target_bytes)  # QMP's value is the guest's memory, not the balloon's
 
     def balloon_query(self) -> int:
         dev = self._device("balloon")
-        if dev is None or not hasattr(dev, "actual_bytes"):
+        if dev is None or not hasattr(dev, "query"):
             raise _qmp().QmpError.not_active("balloon")
-        return self.plan.memory.size - int(dev.actual_bytes)
+        return int(dev.query()["actual"])
 
     def _hotplug(self, call: Any) -> Any:
         """Run a hot-replace step, turning engine errors into QMP errors."""
