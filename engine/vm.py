@@ -209,7 +209,7 @@ class Vm:
             raise _qmp().QmpError.wrong_state()
         if m.devices.ged is None:
             raise _qmp().QmpError("system_powerdown: this machine has no ACPI power button")
-        pass
+        m.devices.ged.press_power_button()
         log.info("QMP system_powerdown: ACPI power button pressed")
         self.sink.emit("POWERDOWN")
 
