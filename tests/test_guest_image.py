@@ -23,6 +23,8 @@ MODULES = [
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",
+    "evdev",
+    "button",
 ]
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 
@@ -102,6 +104,7 @@ def test_initrd_has_init_busybox_console_and_modules_in_order(guest: Path) -> No
     mode, init, _ = files["init"]
     assert mode & 0o111 and init.startswith(b"#!/bin/sh")
     assert b"SVREPORT" in init and b"poweroff -f" in init
+    assert b"svreport.wait=powerbutton" in init and b'"Power Button"' in init
     assert files["bin/busybox"][1][:4] == b"\x7fELF"
     assert files["bin/sh"][1] == b"busybox"  # applet symlink
     cmode, _, rdev = files["dev/console"]
