@@ -1,12 +1,14 @@
 """``python -m engine.ozone``: the sandbox supervisor (ozone for the builtin engine).
 
-    python -m engine.ozone run --plan FILE [--state-dir DIR] [-- ARGV...]
+    python -m engine.ozone run --plan FILE [--state-dir DIR] [--keep] [-- ARGV...]
     python -m engine.ozone teardown --name NAME --exec EXEC [--state-dir DIR]
 
 ``run`` builds the jail from the plan's ozone section, starts the engine in it
 (``python -m engine run --plan /plan.json``, or ARGV), forwards SIGTERM/SIGINT/SIGHUP to it,
-reports how it ended (a seccomp kill is named), tears down when the manifest asks for
-``clean_resource``, and exits with the engine's status (128+signal when killed).
+reports how it ended (a seccomp kill is named), tears the sandbox down (jail, cgroups, socket
+links; ``--keep`` leaves them to inspect), and exits with the engine's status (128+signal when
+killed). So stopping the VM (``svlaunch down``) leaves nothing behind; a supervisor that was
+killed leaves its state file, and the next ``run`` of that name cleans up first.
 ``teardown`` is ozone's ``-clean-resource``: it works from the state file alone.
 """
 
@@ -22,7 +24,7 @@ from launcher.errors import SvlaunchError
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.ozone.sandbox import Sandbox
+    from engine.ozone.sandbox import Sandbox, clean_stale
     from launcher.compile.plan import Plan
 
     try:
@@ -30,6 +32,13 @@ def _run(args: argparse.Namespace) -> int:
             plan = Plan.loads(f.read())
     except (OSError, ValueError) as e:
         raise SvlaunchError(f"cannot read plan {args.plan}: {e}") from None
+    if plan.sandbox is not None:  # from_plan names a missing section
+        exec_name = os.path.basename(plan.sandbox.exec_file.rstrip("/")) or "engine"
+        if clean_stale(plan.sandbox.name, exec_name, args.state_dir):
+            print(
+                f"svlaunch: cleaned up after a crashed sandbox {plan.sandbox.name!r}",
+                file=sys.stderr,
+            )
     sandbox = Sandbox.from_plan(plan, state_dir=args.state_dir)
     for w in sandbox.spec.warnings:
         print(f"svlaunch: warning: {w}", file=sys.stderr)
@@ -46,8 +55,11 @@ def _run(args: argparse.Namespace) -> int:
     end = jailed.wait()
     if end.code != 0:
         print(f"svlaunch: engine (pid {end.pid}) {end.reason}", file=sys.stderr)
-    if sandbox.spec.clean_resource:
-        sandbox.teardown()
+    if not args.keep:
+        try:
+            sandbox.teardown()
+        except SvlaunchError as e:  # the engine's status still matters more
+            print(f"svlaunch: {e}", file=sys.stderr)
     return end.shell_status
 
 
@@ -64,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="start the engine in its sandbox")
     run.add_argument("--plan", required=True)
     run.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    run.add_argument("--keep", action="store_true",
+                     help="leave the jail and cgroups after the engine exits (to inspect them)")  # fmt: skip
     run.add_argument("argv", nargs="*", help="payload instead of the engine (after --)")
     td = sub.add_parser("teardown", help="remove a sandbox's jail and cgroups (-clean-resource)")
     td.add_argument("--name", required=True)

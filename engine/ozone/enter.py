@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import resource
 
-from engine.ozone import caps
+from engine.ozone import caps, rootfs
 from engine.ozone import sys as osys
 from engine.ozone.spec import SandboxSpec
 
@@ -39,9 +39,10 @@ def close_inherited_fds(keep: set[int]) -> None:
         lo = fd + 1
 
 
-def enter(spec: SandboxSpec, netns_fd: int | None) -> None:
-    """Namespaces → mounts → pivot_root → devices → rlimits → caps/uid → no_new_privs."""
+def enter(spec: SandboxSpec, netns_fd: int | None, root_mode: str = rootfs.PIVOT) -> None:
+    """Namespaces → mounts → pivot_root (or move+chroot) → devices → rlimits → caps/uid → no_new_privs."""
     jail = spec.jail
+    last_cap = osys.cap_last_cap()  # read now: the jail has no /proc
     # new UTS/IPC/mount namespaces (PID came from the supervisor's fork): nothing below is seen
     # by the host, and every mount made from here on disappears with the namespace
     _step("namespaces", osys.unshare, osys.CLONE_NEWNS | osys.CLONE_NEWUTS | osys.CLONE_NEWIPC)
@@ -65,11 +66,9 @@ def enter(spec: SandboxSpec, netns_fd: int | None) -> None:
         if b.role != "runtime":
             flags |= osys.MS_NOEXEC
         _step("mounts", osys.mount, None, target, None, flags, path=target)
-    # pivot_root(".", "."): the old root ends up stacked on "/" and is detached right away
-    os.chdir(jail)
-    _step("pivot_root", osys.pivot_root, ".", ".", path=jail)
-    _step("pivot_root", osys.umount2, ".", osys.MNT_DETACH)
-    os.chdir("/")
+    # the jail becomes "/": pivot_root, or MS_MOVE + chroot on an initramfs root (rootfs.py)
+    _step("pivot_root" if root_mode == rootfs.PIVOT else "move_root", rootfs.enter_root, jail,
+          root_mode, path=jail)  # fmt: skip
     # device nodes: only now, on the jail's own fs, owned by the VM's uid
     for d in spec.devices:
         _step("devices", osys.mknod, d.path, 0o020000 | d.mode, d.major, d.minor, path=d.path)
@@ -88,7 +87,7 @@ def enter(spec: SandboxSpec, netns_fd: int | None) -> None:
     for name, soft, hard in spec.rlimits:
         _step("rlimits", osys.setrlimit, getattr(resource, name), soft, hard, path=name)
     # capabilities and ids together: the drop order is the kernel's (see caps.drop_to)
-    _step("capabilities", caps.drop_to, spec.caps, spec.uid, spec.gid, osys.cap_last_cap())
+    _step("capabilities", caps.drop_to, spec.caps, spec.uid, spec.gid, last_cap)
     # no_new_privs last: nothing we exec can gain privileges, and the engine's seccomp needs it
     _step("no_new_privs", osys.prctl, osys.PR_SET_NO_NEW_PRIVS, 1)
     # die with the supervisor (set after the uid switch, which clears it)

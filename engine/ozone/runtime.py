@@ -36,6 +36,9 @@ class Runtime:
 
     executable: str
     paths: tuple[str, ...]  # files or dirs, bound read-only at the same path
+    #: dirs holding the project's packages, for ``PYTHONPATH`` in the jail (an editable install
+    #: finds them through its site-packages hook anyway; a plain checkout, as in the rig, not)
+    pythonpath: tuple[str, ...] = ()
 
     def argv(self, *args: str) -> list[str]:
         return [self.executable, "-B", *args]
@@ -51,11 +54,32 @@ def _ext_modules(dirs: list[str]) -> list[str]:
     return sorted(out)
 
 
+LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+           "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")  # fmt: skip
+
+
+def _trace(files: list[str]) -> str:
+    """The loader's dependency listing of ``files``: ``ldd`` (one run), or where ``ldd`` cannot
+    run (it is a bash script; the rig's L1 has no bash) the loader itself, ``ld.so --list``,
+    once per file (what ``ldd`` does inside)."""
+    try:
+        return subprocess.run(["ldd", *files], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        pass
+    loader = next((p for p in LOADERS if os.path.exists(p)), None)
+    if loader is None:
+        return ""
+    out = []
+    for f in files:
+        res = subprocess.run([loader, "--list", f], capture_output=True, text=True, check=False)
+        out.append(res.stdout)
+    return "\n".join(out)
+
+
 def _ldd(files: list[str]) -> list[str]:
-    """Resolved shared-library paths of ``files`` (one ``ldd`` run for all of them)."""
-    res = subprocess.run(["ldd", *files], capture_output=True, text=True, check=False)
+    """Resolved shared-library paths of ``files``."""
     libs: set[str] = set()
-    for line in res.stdout.splitlines():
+    for line in _trace(files).splitlines():
         line = line.strip()
         if "=>" in line:
             target = line.split("=>", 1)[1].strip().split(" (")[0].strip()
@@ -67,9 +91,12 @@ def _ldd(files: list[str]) -> list[str]:
 
 
 def _site_packages() -> list[str]:
-    if sys.prefix == sys.base_prefix:
-        return []
-    return [p for p in site.getsitepackages() if p.startswith(sys.prefix) and os.path.isdir(p)]
+    """The site dirs the engine imports from: the venv's, or (no venv, e.g. the rig's L1 with
+    Debian's python3 and dependencies in dist-packages) the system ones on ``sys.path``."""
+    dirs = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    if sys.prefix != sys.base_prefix:
+        return [p for p in dirs if p.startswith(sys.prefix)]
+    return [p for p in dirs if p in sys.path]
 
 
 def _cache_key(files: list[str]) -> str:
@@ -112,9 +139,11 @@ def discover(cache_dir: str | None = None) -> Runtime:
         paths.append("/etc/ld.so.cache")
     if sys.prefix != sys.base_prefix:
         paths.append(os.path.join(sys.prefix, "pyvenv.cfg"))
-        paths.extend(site_pkgs)
+    paths.extend(site_pkgs)
+    pythonpath = []
     for name in PROJECT_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec and spec.submodule_search_locations:
             paths.extend(spec.submodule_search_locations)
-    return Runtime(sys.executable, tuple(dict.fromkeys(paths)))
+            pythonpath.extend(os.path.dirname(p) for p in spec.submodule_search_locations)
+    return Runtime(sys.executable, tuple(dict.fromkeys(paths)), tuple(dict.fromkeys(pythonpath)))

@@ -13,19 +13,20 @@ import json
 import os
 import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from engine.ozone import enter as child
-from engine.ozone import exits
+from engine.ozone import exits, rootfs
 from engine.ozone import sys as osys
 from engine.ozone.cgroup import CgroupSet
 from engine.ozone.errors import SandboxError, from_oserror
 from engine.ozone.layout import apply_ops, plan_ops
 from engine.ozone.runtime import Runtime, discover
 from engine.ozone.spec import SandboxSpec, build_spec
-from engine.ozone.state import DEFAULT_STATE_DIR, State, proc_start_time
+from engine.ozone.state import DEFAULT_STATE_DIR, State, alive, proc_start_time
 
 JAIL_PLAN = "/plan.json"
 JAIL_SECCOMP = "/seccomp"
@@ -46,7 +47,13 @@ class Jailed:
 
 class Sandbox:
     def __init__(self, spec: SandboxSpec, *, state_dir: str = DEFAULT_STATE_DIR,
-                 cgroup_root: str = "/", proc_mounts: str = "/proc/mounts", cgroup_parent: str = "") -> None:  # fmt: skip
+                 cgroup_root: str = "/", proc_mounts: str = "/proc/mounts", cgroup_parent: str = "",
+                 root_mode: str = "auto") -> None:  # fmt: skip
+        """``root_mode``: how the jail becomes ``/`` (``rootfs.py``): ``auto`` picks ``pivot``,
+        or ``move`` when the host's root is an initramfs; tests force ``move`` on a normal host."""
+        if root_mode not in ("auto", *rootfs.MODES):
+            raise ValueError(f"root_mode {root_mode!r} is not auto, pivot or move")
+        self.root_mode = root_mode
         self.spec = spec
         self.state_dir = state_dir
         self.cgroups = CgroupSet(
@@ -84,7 +91,8 @@ class Sandbox:
         4. cgroups, limits written before any task joins, so the engine never runs unlimited.
         5. fork into a new PID namespace; the child closes inherited fds first, then waits
            until the supervisor has moved it into the cgroups (all its memory is charged).
-        6. child (``enter.py``): UTS/IPC/mount namespaces, netns, bind mounts, pivot_root,
+        6. child (``enter.py``): UTS/IPC/mount namespaces, netns, bind mounts, pivot_root (or
+           MS_MOVE + chroot on an initramfs root, ``rootfs.py``),
            device nodes, read-only root, rlimits, capabilities + uid/gid, no_new_privs, exec.
         A failure in 6 comes back over a CLOEXEC pipe (EOF means exec succeeded); any failure
         runs ``teardown`` for what was made, then raises ``SandboxError`` naming the step.
@@ -100,6 +108,7 @@ class Sandbox:
                                hint=f"a VM named {spec.name!r} is running or was not cleaned up: "
                                f"python -m engine.ozone teardown --name {spec.name} --exec {spec.exec_name}")  # fmt: skip
         self.cgroups.probe()
+        mode = rootfs.choose() if self.root_mode == "auto" else self.root_mode
         netns_fd = None
         if spec.netns:
             netns_fd = self._try(
@@ -112,7 +121,10 @@ class Sandbox:
             self.state.cgroups = list(self.cgroups.created)
             self._save()
             pid = self._fork(
-                argv or spec.runtime.argv("-m", "engine", "run", "--plan", JAIL_PLAN), env, netns_fd
+                argv or spec.runtime.argv("-m", "engine", "run", "--plan", JAIL_PLAN),
+                env,
+                netns_fd,
+                mode,
             )
         except BaseException:
             self.teardown(check_alive=False)
@@ -153,8 +165,9 @@ class Sandbox:
                     f,
                 )
                 os.chown(f, spec.uid, spec.gid)
-        self.state.sockets = [b.target for b in spec.binds if b.role.endswith("-dir")]
+        self.state.sockets = [b.source for b in spec.binds if b.role.endswith("-dir")]
         self._save()
+        self._redirect_sockets()
         dev_dirs = (
             ("/dev", "/dev/net")
             if any(d.path.startswith("/dev/net/") for d in spec.devices)
@@ -170,7 +183,32 @@ class Sandbox:
             os.mkdir(jail + JAIL_SECCOMP, 0o755)
             seccomp.export_all(jail + JAIL_SECCOMP)
 
-    def _fork(self, argv: list[str], env: dict[str, str] | None, netns_fd: int | None) -> int:
+    def _redirect_sockets(self) -> None:
+        """Private socket dirs (uid:gid, 0750) and the host symlinks to the sockets in them."""
+        spec = self.spec
+        if not spec.redirects:
+            return
+        dirs = [os.path.dirname(p) for _, p in spec.redirects]  # <root>/<exec>/<name>.sock/<i>
+        for d in dict.fromkeys([os.path.dirname(dirs[0]), *dirs]):
+            if not os.path.isdir(d):
+                self._try("place files", lambda d=d: os.mkdir(d, 0o750), d)
+                os.chown(d, spec.uid, spec.gid)
+                self.state.made_dirs.append(d)
+        self._save()
+        for host, private in spec.redirects:
+            if os.path.lexists(host):
+                st = os.lstat(host)
+                if not (stat.S_ISLNK(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+                    raise SandboxError("place files", "a file that is no socket is in the way",
+                                       path=host, hint="remove it, or name another socket path")  # fmt: skip
+                os.unlink(host)  # a stale socket or link of an earlier run
+            self._try("place files", lambda h=host, p=private: os.symlink(p, h), host)
+            self.state.links.append([host, private])
+            self._save()
+
+    def _fork(
+        self, argv: list[str], env: dict[str, str] | None, netns_fd: int | None, mode: str
+    ) -> int:
         spec = self.spec
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -179,7 +217,7 @@ class Sandbox:
             self._try("namespaces", lambda: osys.unshare(osys.CLONE_NEWPID))
             pid = os.fork()
             if pid == 0:  # child: never returns
-                self._child(argv, env, netns_fd, go_r, err_w)
+                self._child(argv, env, netns_fd, go_r, err_w, mode)
             osys.setns(own_pidns, osys.CLONE_NEWPID)  # our later children stay in our PID ns
         finally:
             os.close(own_pidns)
@@ -187,6 +225,7 @@ class Sandbox:
             os.close(err_w)
         self.state.engine_pid = pid
         self.state.supervisor_pid = os.getpid()
+        self.state.supervisor_start = proc_start_time(os.getpid())
         self.state.engine_start = proc_start_time(pid)
         self._save()
         try:
@@ -215,6 +254,7 @@ class Sandbox:
         netns_fd: int | None,
         go_r: int,
         err_w: int,
+        mode: str,
     ) -> None:
         spec = self.spec
         code = 1
@@ -226,7 +266,7 @@ class Sandbox:
             os.close(go_r)
             for fd in spec.keep_fds:
                 os.set_inheritable(fd, True)
-            child.enter(spec, netns_fd)
+            child.enter(spec, netns_fd, mode)
             os.execve(argv[0], argv, self._env(env))
         except child.StepFailed as e:
             err = from_oserror(e.step, e.err, e.path, e.hint)
@@ -241,6 +281,8 @@ class Sandbox:
     def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUTF8": "1",
                "SVLAUNCH_JAILED": "1"}  # fmt: skip
+        if self.spec.runtime.pythonpath:
+            env["PYTHONPATH"] = ":".join(self.spec.runtime.pythonpath)
         env.update({k: v for k, v in os.environ.items() if k.startswith("SVLAUNCH_")})
         env["SVLAUNCH_SECCOMP_DIR" if self.spec.seccomp else "SVLAUNCH_SECCOMP"] = (
             JAIL_SECCOMP if self.spec.seccomp else "off"
@@ -260,15 +302,12 @@ class Sandbox:
 
 
 def teardown_state(state: State, cgroups: CgroupSet, check_alive: bool = True) -> None:
-    """Mirror of ``realize``, newest first: (engine gone?) → host mounts → jail → sockets/dirs →
+    """Mirror of ``realize``, newest first: (engine gone?) → host mounts → jail → socket links →
+    sockets/dirs →
     cgroups → pidfile. Mounts inside the engine's mount namespace vanished with it; a mount
     under the jail in the host namespace (none is ever made) is detached before anything is
     deleted, and the jail is removed without crossing into another filesystem."""
-    if (
-        check_alive
-        and state.engine_pid
-        and proc_start_time(state.engine_pid) == state.engine_start != ""
-    ):
+    if check_alive and alive(state.engine_pid, state.engine_start):
         raise SandboxError("teardown", f"the engine (pid {state.engine_pid}) is still running", path=state.jail,
                            hint=f"stop the VM first (QMP quit, or kill {state.engine_pid})")  # fmt: skip
     for mnt in sorted(_mounts_under(state.jail), key=len, reverse=True):
@@ -282,6 +321,9 @@ def teardown_state(state: State, cgroups: CgroupSet, check_alive: bool = True) -
         )
     if state.jail_created and os.path.isdir(state.jail):
         _remove_tree(state.jail)
+    for host, target in state.links:
+        if os.path.islink(host) and os.readlink(host) == target:
+            os.unlink(host)  # only the link we made: the path may have been reused since
     for sock in state.sockets:
         for name in os.listdir(sock) if os.path.isdir(sock) else ():
             p = os.path.join(sock, name)
@@ -315,6 +357,27 @@ def teardown_named(
 
     teardown_state(state, CgroupSet(Limits(), exec_name, name, **cg))
     os.unlink(path)
+
+
+def clean_stale(name: str, exec_name: str, state_dir: str = DEFAULT_STATE_DIR, **cg: Any) -> bool:
+    """Tear down sandbox ``name`` if its supervisor and engine are both gone (they crashed or
+    were killed); True if it did. The supervisor calls this *before* ``from_plan`` (whose checks
+    must see the host as it will be), so a second run of a name works after a crash."""
+    path = State.path_for(state_dir, exec_name, name)
+    try:
+        old = State.load(path)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, TypeError) as e:
+        raise SandboxError("jail", f"unreadable state file: {e}", path=path,
+                           hint="remove it after checking that no VM of this name runs") from None  # fmt: skip
+    if alive(old.supervisor_pid, old.supervisor_start) or alive(old.engine_pid, old.engine_start):
+        return False  # still running: realize refuses with "the jail already exists"
+    from engine.ozone.cgroup import Limits
+
+    teardown_state(old, CgroupSet(Limits(), exec_name, name, **cg), check_alive=False)
+    os.unlink(path)
+    return True
 
 
 def _mounts_under(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:

@@ -42,6 +42,9 @@ class SandboxSpec:
     devices: tuple[Device, ...]
     own_dirs: tuple[str, ...]  # socket dirs to create for the VM (owned by uid:gid)
     own_files: tuple[str, ...]  # chardev/log files to create for the VM (owned by uid:gid)
+    #: (host socket path, private socket path): the host path becomes a symlink to the socket the
+    #: engine makes in a private dir (bound at the socket's dir), when the uid cannot write there
+    redirects: tuple[tuple[str, str], ...]
     limits: Limits
     keep_fds: tuple[int, ...]
     rlimits: tuple[tuple[str, int, int], ...]
@@ -121,6 +124,7 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
     own_dirs: list[str] = []
     own_files: list[str] = []
     sockets = _chardev_backends(plan)
+    sock_base = os.path.join(sb.root, exec_name, f"{raw_name}.sock")
 
     def need(path: str, role: str, writable: bool, key: str) -> None:
         try:
@@ -139,6 +143,40 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
         real = os.path.realpath(path)
         binds.append(Bind(real, real, stat.S_ISDIR(st.st_mode), writable, role, alias=path))
 
+    redirects: list[tuple[str, str]] = []
+    private_dirs: dict[str, str] = {}  # socket dir -> its private stand-in
+
+    def socket(path: str, role: str) -> None:
+        d = os.path.dirname(path)
+        if not os.path.isdir(d):
+            if d not in own_dirs:
+                own_dirs.append(d)
+                binds.append(Bind(d, d, True, True, f"{role}-dir"))
+            return
+        st = os.stat(d)
+        if d == "/" or _is_shared_dir(st):
+            bad(f"{role} socket {path!r} sits in a shared directory {d!r}", "sources",
+                "put VM sockets in a directory of their own, e.g. /run/svlaunch/<vm>/")  # fmt: skip
+        elif can_access(st, uid, gid, 7):
+            if not any(b.target == d for b in binds):
+                need(d, f"{role} socket directory", True, "uid")
+        else:
+            # svlaunch's own runtime dir (root, 0700) and the like: the engine gets a private
+            # dir at that path in the jail, and the host path becomes a symlink to its socket
+            if d not in private_dirs:
+                private_dirs[d] = os.path.join(sock_base, str(len(private_dirs)))
+                binds.append(Bind(private_dirs[d], d, True, True, f"{role}-dir"))
+            redirects.append((path, os.path.join(private_dirs[d], os.path.basename(path))))
+
+    seen_sockets: set[str] = set()
+    wanted_sockets = [(os.path.abspath(q), "qmp") for q in plan.qmp]
+    wanted_sockets += [(p, "chardev") for p, kind in sockets.items() if kind == "socket"]
+    wanted_sockets += [(os.path.abspath(hf.path), hf.role) for hf in plan.host_files
+                       if hf.role == "qmp"]  # fmt: skip
+    for path, role in wanted_sockets:
+        if path not in seen_sockets:
+            seen_sockets.add(path)
+            socket(path, role)
     for hf in plan.host_files:
         path = os.path.abspath(hf.path)
         if hf.role == "rng" and path in ("/dev/urandom", "/dev/random"):
@@ -146,18 +184,7 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
         if hf.role == "pidfile":
             continue  # the supervisor writes it (the engine's pid is 1 inside the jail)
         if hf.role == "qmp" or (hf.role == "chardev" and sockets.get(path) == "socket"):
-            d = os.path.dirname(path)
-            if os.path.isdir(d):
-                st = os.stat(d)
-                if d == "/" or _is_shared_dir(st):
-                    bad(f"{hf.role} socket {path!r} sits in a shared directory {d!r}", "sources",
-                        "put VM sockets in a directory of their own, e.g. /run/svlaunch/<vm>/")  # fmt: skip
-                    continue
-                need(d, f"{hf.role} socket directory", True, "uid")
-            elif d not in own_dirs:
-                own_dirs.append(d)
-                binds.append(Bind(d, d, True, True, f"{hf.role}-dir"))
-            continue
+            continue  # above
         if hf.role == "chardev" and sockets.get(path) == "pty":
             bad(f"chardev {path!r} is a pty: a pty cannot be reached from outside the jail", "sources",
                 "use a socket chardev (svlaunch console connects to it)")  # fmt: skip
@@ -203,7 +230,7 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
     return SandboxSpec(
         name=raw_name, exec_name=exec_name, uid=uid, gid=gid, root=sb.root, caps=cap_mask,
         netns=sb.netns, binds=tuple(binds), devices=tuple(devices), own_dirs=tuple(own_dirs),
-        own_files=tuple(own_files), limits=limits, keep_fds=tuple(keep), rlimits=DEFAULT_RLIMITS,
+        own_files=tuple(own_files), redirects=tuple(redirects), limits=limits, keep_fds=tuple(keep), rlimits=DEFAULT_RLIMITS,
         clean_resource=sb.clean_resource, seccomp=plan.seccomp, runtime=runtime,
         plan_json=jailed.dumps(), pidfile=plan.pidfile, warnings=tuple(warnings),
     )  # fmt: skip

@@ -22,9 +22,11 @@ class State:
     cgroup_limits: dict[str, object] = field(default_factory=dict)
     cgroups: list[str] = field(default_factory=list)  # dirs created, in creation order
     made_dirs: list[str] = field(default_factory=list)  # host dirs created outside the jail
-    sockets: list[str] = field(default_factory=list)  # socket paths the engine may leave behind
+    sockets: list[str] = field(default_factory=list)  # dirs where the engine may leave sockets
+    links: list[list[str]] = field(default_factory=list)  # [host path, target] symlinks made
     pidfile: str | None = None
     supervisor_pid: int = 0
+    supervisor_start: str = ""
     engine_pid: int = 0
     engine_start: str = ""  # /proc/<pid>/stat field 22, to tell a reused pid apart
 
@@ -43,6 +45,18 @@ class State:
     def load(cls, path: str) -> State:
         with open(path) as f:
             return cls(**json.load(f))
+
+
+def alive(pid: int, start: str, proc: str = "/proc") -> bool:
+    """``pid`` is still the process that started at ``start`` (a zombie counts as gone)."""
+    if not pid or not start:
+        return False
+    try:
+        with open(f"{proc}/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return len(fields) > 19 and fields[19] == start and fields[0] not in ("Z", "X")
 
 
 def proc_start_time(pid: int, proc: str = "/proc") -> str:

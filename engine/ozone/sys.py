@@ -1,6 +1,6 @@
 """The only module in ``engine/ozone`` that makes raw system calls.
 
-Thin ctypes wrappers over libc (mount, umount2, pivot_root, unshare, setns, sethostname, prctl,
+Thin ctypes wrappers over libc (mount, umount2, pivot_root, chroot, unshare, setns, sethostname, prctl,
 capget/capset) plus the few ``os`` calls the sandbox needs, so the rest of the package is plain
 logic that unit tests can drive in a temp dir. Every wrapper raises ``OSError`` with the errno and
 the call's arguments; callers turn that into a ``SandboxError`` naming the step. ctypes (not
@@ -29,6 +29,7 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
+MS_MOVE = 8192
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -86,6 +87,10 @@ def pivot_root(new_root: str, put_old: str) -> None:
         _libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)),
         f"pivot_root({new_root!r}, {put_old!r})",
     )
+
+
+def chroot(path: str) -> None:
+    os.chroot(path)
 
 
 def unshare(flags: int) -> None:
