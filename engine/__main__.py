@@ -233,6 +233,7 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
             server = QmpServer(vm, plan.qmp, loop=vm.machine.loop)
             vm.sink = server
             server.start()
+            mark("QMP listening")
         if seccomp is not None:
             for io in vm.machine.iothreads.values():
                 io.loop.call_soon_threadsafe(lambda: seccomp.install("io", enabled=plan.seccomp))
@@ -259,6 +260,9 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
         if _EXEC_CACHE is not None:
             _EXEC_CACHE.save()  # classes first created after the guest started (QMP)
         if os.environ.get("SVLAUNCH_STARTUP_TRACE") is not None:
+            if vm.first_run_at is not None:
+                MARKS.append(("vCPUs first resumed (guest runs)", vm.first_run_at))
+                MARKS.sort(key=lambda m: m[1])
             _print_marks()
         if plan.pidfile:
             try:

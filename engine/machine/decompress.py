@@ -9,17 +9,18 @@ decompressed size as a u32 (the kernel's ``size_append``), which sizes the outpu
 
 from __future__ import annotations
 
-import bz2
-import lzma
-import shutil
+import ctypes
 import struct
-import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 
 from launcher.errors import EngineError
 
 LZ4_LEGACY_MAGIC = 0x184C2102
+
+#: What a decoder returns: the decompressed bytes, or a view over its output buffer.
+Decoded = bytes | memoryview
 
 
 class DecompressError(EngineError):
@@ -57,43 +58,51 @@ def _gzip(payload: bytes) -> bytes:
 
 
 def _xz(payload: bytes) -> bytes:
+    import lzma  # lazy, as bz2 and subprocess: only the payload's own decoder is imported
+
     return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
 
 
 def _lzma(payload: bytes) -> bytes:
+    import lzma
+
     return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(payload)
 
 
 def _bzip2(payload: bytes) -> bytes:
+    import bz2
+
     return bz2.BZ2Decompressor().decompress(payload)
 
 
-def _dlopen(name: str):  # type: ignore[no-untyped-def]
-    from cffi import FFI
-
-    ffi = FFI()
-    ffi.cdef(
-        """
-        int LZ4_decompress_safe(const char *src, char *dst, int srcSize, int dstCapacity);
-        size_t ZSTD_decompress(void *dst, size_t dstCapacity, const void *src, size_t srcSize);
-        unsigned ZSTD_isError(size_t code);
-        const char *ZSTD_getErrorName(size_t code);
-        """
-    )
+def _dlopen(name: str) -> ctypes.CDLL | None:
+    """The system library, through ctypes: cffi's run-time ``cdef`` would import pycparser
+    (0.3 s of start-up in the nested rig, where the engine runs under TCG)."""
     try:
-        return ffi, ffi.dlopen(name)
+        return ctypes.CDLL(name)
     except OSError:
-        return ffi, None
+        return None
 
 
-def _lz4_lib(payload: bytes) -> bytes | None:
+def _addr(buf: bytes | bytearray) -> int:
+    """The address of a buffer's first byte (valid while ``buf`` lives and is not resized)."""
+    if isinstance(buf, bytearray):
+        return ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+    return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0
+
+
+def _lz4_lib(payload: bytes) -> memoryview | None:
     """LZ4 legacy frames: repeated [u32 csize][block], each block ≤ 8 MiB of output."""
-    ffi, lib = _dlopen("liblz4.so.1")
+    lib = _dlopen("liblz4.so.1")
     if lib is None:
         return None
+    fn = lib.LZ4_decompress_safe
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
+    fn.restype = ctypes.c_int
     total = _expected_size(payload)
-    out = ffi.new("char[]", total + (8 << 20))
-    src = ffi.from_buffer(payload)
+    cap = total + (8 << 20)
+    out = bytearray(cap)  # calloc'd: untouched pages cost nothing
+    src, dst = _addr(payload), _addr(out)
     pos, written = 4, 0
     while pos + 4 <= len(payload):
         (csize,) = struct.unpack_from("<I", payload, pos)
@@ -103,30 +112,42 @@ def _lz4_lib(payload: bytes) -> bytes | None:
         if csize > len(payload) - pos - 4:
             break  # the trailing size word
         pos += 4
-        n = lib.LZ4_decompress_safe(
-            src + pos, out + written, csize, min(8 << 20, total + (8 << 20) - written)
-        )
+        n = fn(src + pos, dst + written, csize, min(8 << 20, cap - written))
         if n < 0:
             raise DecompressError(f"lz4 payload is corrupt at byte {pos}")
         written += n
         pos += csize
-    return bytes(ffi.buffer(out, written))
+    return memoryview(out)[:written]
 
 
-def _zstd_lib(payload: bytes) -> bytes | None:
-    ffi, lib = _dlopen("libzstd.so.1")
+def _zstd_lib(payload: bytes) -> memoryview | None:
+    lib = _dlopen("libzstd.so.1")
     if lib is None:
         return None
+    lib.ZSTD_decompress.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+    )
+    lib.ZSTD_decompress.restype = ctypes.c_size_t
+    lib.ZSTD_isError.argtypes = (ctypes.c_size_t,)
+    lib.ZSTD_isError.restype = ctypes.c_uint
+    lib.ZSTD_getErrorName.argtypes = (ctypes.c_size_t,)
+    lib.ZSTD_getErrorName.restype = ctypes.c_char_p
     total = _expected_size(payload)
-    out = ffi.new("char[]", total)
-    n = lib.ZSTD_decompress(out, total, ffi.from_buffer(payload), len(payload) - 4)
+    out = bytearray(total)
+    n = lib.ZSTD_decompress(_addr(out), total, _addr(payload), len(payload) - 4)
     if lib.ZSTD_isError(n):
-        raise DecompressError(f"zstd payload: {ffi.string(lib.ZSTD_getErrorName(n)).decode()}")
-    return bytes(ffi.buffer(out, n))
+        raise DecompressError(f"zstd payload: {lib.ZSTD_getErrorName(n).decode()}")
+    return memoryview(out)[:n]
 
 
 def _with_program(program: str, args: list[str]) -> Callable[[bytes], bytes | None]:
     def run(payload: bytes) -> bytes | None:
+        import shutil
+        import subprocess
+
         exe = shutil.which(program)
         if exe is None:
             return None
@@ -139,7 +160,7 @@ def _with_program(program: str, args: list[str]) -> Callable[[bytes], bytes | No
 
 
 #: format → decoders tried in order; a decoder returns None when it is not available here.
-DECODERS: dict[str, tuple[Callable[[bytes], bytes | None], ...]] = {
+DECODERS: dict[str, tuple[Callable[[bytes], Decoded | None], ...]] = {
     "gzip": (_gzip,),
     "xz": (_xz,),
     "lzma": (_lzma,),
@@ -154,8 +175,17 @@ _INSTALL = {
 }
 
 
-def decompress(payload: bytes, *, what: str = "kernel payload") -> tuple[str, bytes]:
-    """``(format, data)`` for a kernel payload; a clear ``DecompressError`` names what is missing."""
+def _lazy_errors() -> tuple[type[Exception], ...]:
+    """Corrupt-data errors of the lazily imported decoders (only those already imported)."""
+    lz = sys.modules.get("lzma")
+    return (lz.LZMAError,) if lz is not None else ()
+
+
+def decompress(payload: bytes, *, what: str = "kernel payload") -> tuple[str, Decoded]:
+    """``(format, data)`` for a kernel payload; a clear ``DecompressError`` names what is missing.
+
+    ``data`` may be a memoryview over a decoder's buffer (no copy of a 50 MB kernel).
+    """
     fmt = detect_format(payload)
     if fmt == "none":
         return fmt, payload
@@ -171,7 +201,7 @@ def decompress(payload: bytes, *, what: str = "kernel payload") -> tuple[str, by
     for dec in decoders:
         try:
             data = dec(payload)
-        except (zlib.error, lzma.LZMAError, OSError, EOFError) as e:
+        except (zlib.error, OSError, EOFError, *_lazy_errors()) as e:
             raise DecompressError(f"{what}: {fmt} data is corrupt: {e}") from None
         if data is not None:
             return fmt, data

@@ -9,7 +9,10 @@ Everything is tested with in-memory images (``io.BytesIO``).
 
 from __future__ import annotations
 
+import io
+import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -51,63 +54,144 @@ class LoadResult:
         return layout.CMDLINE_MAX_SIZE - 1
 
 
-def load_kernel(mem: GuestMemory, image: BinaryIO | bytes, *, name: str = "kernel") -> LoadResult:
-    """Load an ELF vmlinux or a bzImage (recognised by content, not name)."""
-    data = image if isinstance(image, bytes) else image.read()
+def load_kernel(
+    mem: GuestMemory, image: BinaryIO | bytes | memoryview, *, name: str = "kernel"
+) -> LoadResult:
+    """Load an ELF vmlinux or a bzImage (recognised by content, not name).
+
+    An ELF in a real file is read straight into guest RAM segment by segment (``preadv``):
+    no 50 MB intermediate copy, which costs ~0.2 s under the nested rig's TCG.
+    """
+    fd = _fileno(image)
+    if fd is not None and os.pread(fd, 4, 0) == ELF_MAGIC:
+        return load_elf_fd(mem, fd, name=name)
+    data = image if isinstance(image, bytes | memoryview) else image.read()
     if data[:4] == ELF_MAGIC:
         return load_elf(mem, data, name=name)
     if len(data) > 0x206 and struct.unpack_from("<I", data, 0x202)[0] == HDRS_MAGIC:
         return load_bzimage(mem, data, name=name)
     raise LoaderError(
-        f"{name}: neither an ELF vmlinux nor a bzImage (starts with {data[:4].hex()})",
+        f"{name}: neither an ELF vmlinux nor a bzImage (starts with {bytes(data[:4]).hex()})",
         hint="pass a vmlinux or a vmlinuz/bzImage file",
     )
 
 
-def load_elf(mem: GuestMemory, data: bytes, *, name: str = "kernel") -> LoadResult:
-    """Copy each PT_LOAD to its physical address; zero its BSS tail; entry = e_entry."""
-    if len(data) < 64 or data[:4] != ELF_MAGIC:
+def _fileno(image: object) -> int | None:
+    try:
+        fd = image.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return fd if isinstance(fd, int) else None
+
+
+@dataclass(frozen=True)
+class _Segment:
+    index: int
+    offset: int
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+def _elf_layout(
+    head: bytes | memoryview, file_size: int, *, name: str
+) -> tuple[int, list[_Segment]]:
+    """Entry point and PT_LOAD segments, every one checked against the file and 1 MiB.
+
+    ``head`` holds at least the ELF header and the program header table.
+    """
+    if len(head) < 64 or head[:4] != ELF_MAGIC:
         raise LoaderError(f"{name}: not an ELF file")
-    if data[4] != 2 or data[5] != 1:
+    if head[4] != 2 or head[5] != 1:
         raise LoaderError(
-            f"{name}: not a 64-bit little-endian ELF (class {data[4]}, data {data[5]})"
+            f"{name}: not a 64-bit little-endian ELF (class {head[4]}, data {head[5]})"
         )
-    (e_machine,) = struct.unpack_from("<H", data, 18)
+    (e_machine,) = struct.unpack_from("<H", head, 18)
     if e_machine != 62:
         raise LoaderError(f"{name}: ELF machine {e_machine} is not x86_64 (62)")
-    e_entry, e_phoff = struct.unpack_from("<QQ", data, 24)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+    e_entry, e_phoff = struct.unpack_from("<QQ", head, 24)
+    e_phentsize, e_phnum = struct.unpack_from("<HH", head, 54)
     if e_entry < layout.HIMEM_START:
         raise LoaderError(f"{name}: entry point {e_entry:#x} is below 1 MiB")
-    if e_phentsize < 56 or e_phoff + e_phnum * e_phentsize > len(data):
+    if e_phentsize < 56 or e_phoff + e_phnum * e_phentsize > min(len(head), file_size):
         raise LoaderError(f"{name}: program headers lie outside the file")
-    view = memoryview(data)
-    lo, hi = None, 0
+    segments = []
     for i in range(e_phnum):
         p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", data, e_phoff + i * e_phentsize
+            "<IIQQQQQQ", head, e_phoff + i * e_phentsize
         )
         if p_type != PT_LOAD or p_memsz == 0:
             continue
-        if p_filesz > p_memsz or p_offset + p_filesz > len(data):
+        if p_filesz > p_memsz or p_offset + p_filesz > file_size:
             raise LoaderError(f"{name}: segment {i} has bad sizes or lies outside the file")
         if p_paddr < layout.HIMEM_START:
             raise LoaderError(f"{name}: segment {i} loads at {p_paddr:#x}, below 1 MiB")
+        segments.append(_Segment(i, p_offset, p_paddr, p_filesz, p_memsz))
+    if not segments:
+        raise LoaderError(f"{name}: ELF has no loadable segment")
+    return e_entry, segments
+
+
+def _place(
+    mem: GuestMemory,
+    entry: int,
+    segments: list[_Segment],
+    copy: Callable[[_Segment], None],
+    *,
+    name: str,
+) -> LoadResult:
+    """Copy each segment (``copy``) and zero its BSS tail; a segment outside RAM is an error."""
+    for seg in segments:
         try:
-            mem.write(p_paddr, view[p_offset : p_offset + p_filesz])
-            if p_memsz > p_filesz:
-                mem.fill(p_paddr + p_filesz, p_memsz - p_filesz)
+            copy(seg)
+            if seg.memsz > seg.filesz:
+                mem.fill(seg.paddr + seg.filesz, seg.memsz - seg.filesz)
         except GuestMemoryError:
             raise LoaderError(
-                f"{name}: segment {i} [{p_paddr:#x}, +{p_memsz:#x}) does not fit guest RAM "
-                f"(RAM ends at {mem.last_addr:#x})",
+                f"{name}: segment {seg.index} [{seg.paddr:#x}, +{seg.memsz:#x}) does not fit "
+                f"guest RAM (RAM ends at {mem.last_addr:#x})",
                 hint="give the VM more memory",
             ) from None
-        lo = p_paddr if lo is None else min(lo, p_paddr)
-        hi = max(hi, p_paddr + p_memsz)
-    if lo is None:
-        raise LoaderError(f"{name}: ELF has no loadable segment")
-    return LoadResult(entry=e_entry, kernel_start=lo, kernel_end=hi, image_format="elf")
+    lo = min(seg.paddr for seg in segments)
+    hi = max(seg.paddr + seg.memsz for seg in segments)
+    return LoadResult(entry=entry, kernel_start=lo, kernel_end=hi, image_format="elf")
+
+
+def load_elf(mem: GuestMemory, data: bytes | memoryview, *, name: str = "kernel") -> LoadResult:
+    """Copy each PT_LOAD to its physical address; zero its BSS tail; entry = e_entry."""
+    entry, segments = _elf_layout(data, len(data), name=name)
+    view = memoryview(data)
+
+    def copy(seg: _Segment) -> None:
+        mem.write(seg.paddr, view[seg.offset : seg.offset + seg.filesz])
+
+    return _place(mem, entry, segments, copy, name=name)
+
+
+def load_elf_fd(mem: GuestMemory, fd: int, *, name: str = "kernel") -> LoadResult:
+    """``load_elf`` reading an open file: headers with ``pread``, segments into guest RAM."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 4096, 0)
+    if len(head) >= 64 and head[:4] == ELF_MAGIC:
+        e_phoff = struct.unpack_from("<Q", head, 32)[0]
+        e_phentsize, e_phnum = struct.unpack_from("<HH", head, 54)
+        need = e_phoff + e_phentsize * e_phnum
+        if len(head) < need <= size:
+            head = os.pread(fd, need, 0)
+    entry, segments = _elf_layout(head, size, name=name)
+
+    def copy(seg: _Segment) -> None:
+        views = mem.slices(seg.paddr, seg.filesz)  # raises GuestMemoryError outside RAM
+        offset = seg.offset
+        for v in views:
+            while len(v):
+                n = os.preadv(fd, [v], offset)
+                if n <= 0:
+                    raise LoaderError(f"{name}: file ended inside segment {seg.index}")
+                offset += n
+                v = v[n:]
+
+    return _place(mem, entry, segments, copy, name=name)
 
 
 @dataclass(frozen=True)
@@ -121,7 +205,7 @@ class SetupHeader:
     raw: bytes
 
 
-def parse_setup_header(data: bytes, *, name: str = "kernel") -> SetupHeader:
+def parse_setup_header(data: bytes | memoryview, *, name: str = "kernel") -> SetupHeader:
     """Boot-protocol checks in order: HdrS, version ≥ 2.08 (payload fields), LOADED_HIGH."""
     if len(data) < 0x250 or struct.unpack_from("<I", data, 0x202)[0] != HDRS_MAGIC:
         raise LoaderError(f"{name}: no bzImage setup header (HdrS) at 0x202")
@@ -149,7 +233,9 @@ def parse_setup_header(data: bytes, *, name: str = "kernel") -> SetupHeader:
     )
 
 
-def extract_vmlinux(data: bytes, *, name: str = "kernel") -> tuple[SetupHeader, str, bytes]:
+def extract_vmlinux(
+    data: bytes | memoryview, *, name: str = "kernel"
+) -> tuple[SetupHeader, str, bytes | memoryview]:
     """The bzImage's setup header, payload compression and decompressed ELF."""
     hdr = parse_setup_header(data, name=name)
     start = (hdr.setup_sects + 1) * 512 + hdr.payload_offset
@@ -166,7 +252,7 @@ def extract_vmlinux(data: bytes, *, name: str = "kernel") -> tuple[SetupHeader, 
     return hdr, fmt, elf
 
 
-def load_bzimage(mem: GuestMemory, data: bytes, *, name: str = "kernel") -> LoadResult:
+def load_bzimage(mem: GuestMemory, data: bytes | memoryview, *, name: str = "kernel") -> LoadResult:
     hdr, fmt, elf = extract_vmlinux(data, name=name)
     res = load_elf(mem, elf, name=name)
     return LoadResult(
