@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import struct
 import subprocess
 import sys
@@ -163,3 +164,33 @@ def test_qmp_system_powerdown_in_the_engine_process(tmp_path: Path) -> None:
             proc.kill()
         proc.communicate()
     assert serial.read_bytes() == b"waiting\npressed\n"
+
+
+def test_svlaunch_down_powers_the_guest_off_end_to_end(tmp_path: Path) -> None:
+    """``up -d``, console, ps, status, events and ``down`` from the CLI, on host KVM."""
+    from test_powerdown_driver import check_clean_powerdown, parse
+
+    kernel = write_guest(tmp_path, BUTTON_GUEST)
+    manifest = tmp_path / "vm.toml"
+    initrd = tmp_path / "initrd"  # the launcher insists on a root file system; unused
+    initrd.write_bytes(bytes(4096))
+    manifest.write_text(
+        'name = "pd-tiny"\nserial = "stdio"\n[memory]\nsize = "128M"\n'
+        f'[boot]\nkernel = "{kernel}"\ninitrd = "{initrd}"\ncmdline = "console=ttyS0"\n'
+    )
+    env = dict(os.environ, SVLAUNCH_RUNTIME_DIR=str(tmp_path / "run"), PYTHONPATH=str(ROOT))
+    driver = Path(__file__).with_name("test_powerdown_driver.py")
+    args = ["--name", "pd-tiny", "--manifest", str(manifest), "--wait-text", "waiting\n"]
+    p = subprocess.run(
+        [sys.executable, str(driver), *args, "--paused", "--timeout", "60", "--down-timeout", "30"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    explain = f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert p.returncode == 0, explain
+    steps, console = parse(p.stdout)
+    check_clean_powerdown(steps, "pd-tiny", explain)
+    assert console.endswith("waiting\npressed\n"), explain
