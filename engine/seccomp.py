@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 
 from engine.seccomp_lists import ROLES, allowed
@@ -120,6 +121,9 @@ def install(role: str, *, enabled: bool = True) -> None:
     how = mode()
     if not enabled or how == "off":
         return
+    # A module first imported after this point (pyroute2 on netdev_add) must not have its
+    # bytecode written: mkdir/rename are set-up calls that no list allows (SIGSYS otherwise).
+    sys.dont_write_bytecode = True
     load_bpf(_bpf(role, how))
     trigger = os.environ.get("SVLAUNCH_TEST_FORBIDDEN_SYSCALL", "")
     if trigger == role or (trigger == "1" and role == "main"):

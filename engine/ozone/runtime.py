@@ -54,6 +54,11 @@ def _ext_modules(dirs: list[str]) -> list[str]:
     return sorted(out)
 
 
+#: Libraries the engine dlopens by soname at run time (``engine/machine/decompress.py``: bzImage
+#: payloads); no ``ldd`` closure names them, so they are looked up in the loader's usual dirs.
+DLOPENED = ("liblz4.so.1", "libzstd.so.1")
+LIB_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib",
+            "/usr/lib")  # fmt: skip
 LOADERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")  # fmt: skip
 
@@ -88,6 +93,18 @@ def _ldd(files: list[str]) -> list[str]:
         elif line.startswith("/") and "(0x" in line:
             libs.add(line.split(" (")[0].strip())  # the loader itself
     return sorted(libs)
+
+
+def _dlopened() -> list[str]:
+    """The real paths of ``DLOPENED`` that the host has (an absent one: the engine says so)."""
+    out = []
+    for name in DLOPENED:
+        for d in LIB_DIRS:
+            p = os.path.join(d, name)
+            if os.path.exists(p):
+                out += [p, os.path.realpath(p)]  # the soname link and the file it names
+                break
+    return out
 
 
 def _site_packages() -> list[str]:
@@ -134,7 +151,7 @@ def discover(cache_dir: str | None = None) -> Runtime:
             with open(tmp, "w") as f:
                 json.dump(libs, f)
             os.replace(tmp, cache)
-    paths = [sys.executable, interp, stdlib, *libs]
+    paths = [sys.executable, interp, stdlib, *libs, *_dlopened()]
     if os.path.exists("/etc/ld.so.cache"):
         paths.append("/etc/ld.so.cache")
     if sys.prefix != sys.base_prefix:
