@@ -12,6 +12,7 @@ from engine.machine import layout
 from engine.machine.acpi import pm
 from engine.machine.acpi.builder import TABLE_ALIGN, build_acpi
 from engine.machine.memory import GuestMemory
+from launcher.compile.layout import MAX_MMIO_DEVICES
 from launcher.errors import EngineError
 
 
@@ -39,8 +40,12 @@ def _walk(mem: GuestMemory, rsdp_addr: int) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "plan",
-    [make_plan("1cpu"), make_plan("2s2c", numa=True, devices=4), make_plan("x2apic", devices=19)],
-    ids=["1cpu", "numa", "x2apic-19dev"],
+    [
+        make_plan("1cpu"),
+        make_plan("2s2c", numa=True, devices=4),
+        make_plan("x2apic", devices=MAX_MMIO_DEVICES),
+    ],
+    ids=["1cpu", "numa", "x2apic-maxdev"],
 )
 def test_guest_finds_every_table_from_the_rsdp(plan) -> None:
     blob = build_acpi(plan)
@@ -67,7 +72,7 @@ def test_build_is_deterministic() -> None:
 
 
 def test_tables_that_do_not_fit_raise_an_engine_error() -> None:
-    plan = make_plan("x2apic", devices=19)
+    plan = make_plan("x2apic", devices=MAX_MMIO_DEVICES)
     with pytest.raises(EngineError, match="system-data region") as e:
         build_acpi(plan, limit=layout.SYSTEM_MEM_START + 1024)
     assert e.value.hint
