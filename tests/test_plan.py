@@ -173,3 +173,15 @@ def test_plan_version_is_checked() -> None:
     data["version"] = 99
     with pytest.raises(ValueError, match="version 99"):
         Plan.from_json(data)
+
+
+def test_too_many_devices_is_a_located_error_not_a_crash() -> None:
+    from launcher.model import Rng
+
+    rngs = tuple(Rng(f"r{i}") for i in range(layout.MAX_MMIO_DEVICES))
+    with pytest.raises(InvalidInput) as exc:
+        compile_plan(vm(rngs=rngs))
+    assert exc.value.issues[0].code == "engine-too-many-devices"
+    assert len(compile_plan(vm(rngs=rngs[: layout.MAX_MMIO_DEVICES - 6])).devices) == (
+        layout.MAX_MMIO_DEVICES
+    )

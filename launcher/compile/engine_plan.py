@@ -281,6 +281,22 @@ def _devices(m: Manifest) -> list[DevicePlan]:
     return specs
 
 
+def _mmio_slot_count(m: Manifest) -> int:
+    """How many virtio-mmio windows ``_devices`` will place (the same counting rules)."""
+    drives = sum(1 for d in m.drives if d.attached)
+    nets = [n for n in m.nets if n.attached]
+    plain = sum(1 for n in nets if not n.vhost)
+    return (
+        max(MICROVM_BLK_SLOTS, drives)
+        + max(MICROVM_NET_SLOTS, plain)
+        + (len(nets) - plain)
+        + len(m.consoles)
+        + len(m.rngs)
+        + (m.balloon is not None)
+        + (m.vsock is not None)
+    )
+
+
 def _net_plan(m: Manifest, n, base: int, irq: int) -> NetPlan:
     pairs = max(n.queues or 1, len(n.fds), len(n.vhostfds))
     return NetPlan(
@@ -336,6 +352,19 @@ def compile_plan(m: Manifest) -> Plan:
         issues.append(Issue(str(exc), path=f"cpu.{exc.field}", hint=exc.hint, code="smp-topology"))
     if issues:
         raise InvalidInput(issues, "the builtin engine cannot run this manifest")
+    wanted = _mmio_slot_count(m)
+    if wanted > layout.MAX_MMIO_DEVICES:
+        raise InvalidInput(
+            [
+                Issue(
+                    f"this VM needs {wanted} virtio-mmio devices (including the 4 block and 2 net "
+                    f"replaceable slots); the engine has {layout.MAX_MMIO_DEVICES} interrupt lines",
+                    path="",
+                    hint="remove consoles, rng or net devices, or merge disks",
+                    code="engine-too-many-devices",
+                )
+            ]
+        )
     memory, numa, cpu_node = _memory_plan(m)
     vcpus = tuple(
         VcpuPlan(
