@@ -4,7 +4,8 @@ The payload is ``python -m engine.ozone.probe`` (interpreter start, project impo
 install, one line on stdout). "jailed" is from ``Sandbox.from_plan`` + ``realize()`` to that line;
 "plain" is the same program as a plain subprocess; the difference is what the sandbox adds
 (validation, ldd-closure cache lookup, jail dir, ~30 bind mounts, cgroups, namespaces,
-pivot_root, mknod, capability drop). Teardown is timed separately. Needs root.
+pivot_root or MS_MOVE + chroot, mknod, capability drop). Both root modes are timed, interleaved
+with the plain runs. Teardown is timed separately. Needs root.
 
     python bench/sandbox_startup.py [--runs N]
 """
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROBE = [sys.executable, "-m", "engine.ozone.probe"]
+#: pivot_root (a normal host) and MS_MOVE + chroot (what an initramfs root such as the rig's L1 gets)
+MODES = ("pivot", "move")
 
 
 def _plan(d: str):
@@ -50,7 +53,7 @@ def _plan(d: str):
     )  # fmt: skip
 
 
-def _jailed(plan, state: str) -> tuple[float, float, float]:
+def _jailed(plan, state: str, mode: str = "auto") -> tuple[float, float, float]:
     from engine.ozone.sandbox import Sandbox
 
     r, w = os.pipe()
@@ -60,7 +63,7 @@ def _jailed(plan, state: str) -> tuple[float, float, float]:
     os.dup2(out_w, 1)
     t0 = time.perf_counter()
     try:
-        sb = Sandbox.from_plan(plan, state_dir=state)
+        sb = Sandbox.from_plan(plan, state_dir=state, root_mode=mode)
         jailed = sb.realize(PROBE)
         t_exec = time.perf_counter()
     finally:
@@ -108,17 +111,22 @@ def main() -> int:
         seccomp.export_all(bpf)
         _jailed(plan, state)  # warm: fills the runtime-closure cache, page cache
         _plain(bpf)
-        rows = [_jailed(plan, state) for _ in range(args.runs)]
-        plain = [_plain(bpf) for _ in range(args.runs)]
+        rows: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
+        plain = []
+        for _ in range(args.runs):  # interleaved, so load changes hit every column alike
+            plain.append(_plain(bpf))
+            for m in MODES:
+                rows[m].append(_jailed(plan, state, m))
     ms = lambda xs: statistics.median(xs) * 1000  # noqa: E731
-    to_exec, to_run, down = (ms([r[i] for r in rows]) for i in range(3))
     base = ms(plain)
-    print(f"runs: {args.runs} (medians)")
-    print(f"  sandbox set-up (from_plan + realize until exec): {to_exec:7.1f} ms")
-    print(f"  jailed payload running (realize -> first line):  {to_run:7.1f} ms")
+    print(f"runs: {args.runs} (medians, interleaved)")
     print(f"  plain payload running (subprocess -> first line): {base:7.1f} ms")
-    print(f"  added by the sandbox:                             {to_run - base:7.1f} ms")
-    print(f"  teardown:                                         {down:7.1f} ms")
+    for m in MODES:
+        to_exec, to_run, down = (ms([r[i] for r in rows[m]]) for i in range(3))
+        print(f"  [{m}] sandbox set-up (from_plan + realize until exec): {to_exec:7.1f} ms")
+        print(f"  [{m}] jailed payload running (realize -> first line):  {to_run:7.1f} ms")
+        print(f"  [{m}] added by the sandbox:                             {to_run - base:7.1f} ms")
+        print(f"  [{m}] teardown:                                         {down:7.1f} ms")
     return 0
 
 

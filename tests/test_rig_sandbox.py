@@ -99,7 +99,7 @@ def test_down_stops_a_running_sandboxed_vm_and_leaves_nothing(run: RigResult) ->
 
 
 def test_a_crashed_supervisor_is_cleaned_by_the_next_up(run: RigResult) -> None:
-    c = one(run, "killed")
+    c = one(run, "killed_supervisor")
     assert c["detached"] == "0" and c["engine_gone"] == "1", c
     crash = one(run, "left", phase="crash")
     assert crash["jail"] == "1", crash  # the crash left it; "again" then booted and cleaned it

@@ -158,7 +158,8 @@ def main() -> int:
     link = f"/run/svlaunch/{name}/qmp.sock"
     say("CHECK", detached=rc, qmp_link=int(os.path.islink(link)))
     res = svlaunch("down", name, "--timeout", "2")
-    say("CHECK", down=res.returncode, out=json.dumps((res.stdout + res.stderr).strip()))
+    print((res.stdout + res.stderr).strip(), flush=True)
+    say("CHECK", down=res.returncode)
     left("down", name)
 
     say("PHASE", name="crash")
@@ -168,7 +169,7 @@ def main() -> int:
     if sup:
         os.kill(sup, signal.SIGKILL)
     time.sleep(1)
-    say("CHECK", detached=rc, killed=sup,
+    say("CHECK", detached=rc, killed_supervisor=sup,
         engine_gone=int(not epid or not os.path.exists(f"/proc/{epid}/status")))  # fmt: skip
     res = svlaunch("down", name)
     say("CHECK", down_after_crash=res.returncode)
