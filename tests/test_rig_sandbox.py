@@ -46,7 +46,11 @@ def run() -> RigResult:
     subprocess.run([str(REPO / "scripts" / "build-guest")], check=True)
     files = [MANIFEST, CASE / "l1_check.py", GUEST / "vmlinuz", GUEST / "initrd.img"]
     cmd = f"python3 {CASE / 'l1_check.py'} {MANIFEST} {NAME}"
-    return run_rig_raw(cmd, files=files, timeout=TIMEOUT)
+    res = run_rig_raw(cmd, files=files, timeout=TIMEOUT)
+    out = REPO / "build" / "rig-sandbox"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "last-run.txt").write_text(res.explain())  # the whole L1 run, for a failing test
+    return res
 
 
 def one(run: RigResult, key: str, value: str | None = None, **match: str) -> dict[str, str]:
@@ -105,3 +109,11 @@ def test_a_crashed_supervisor_is_cleaned_by_the_next_up(run: RigResult) -> None:
     assert crash["jail"] == "1", crash  # the crash left it; "again" then booted and cleaned it
     assert one(run, "up", "again")["rc"] == "0"
     assert_nothing_left(run, "again")
+
+
+def test_startup_with_and_without_the_sandbox_is_reported(run: RigResult) -> None:
+    """Numbers for the docs (not a timing assertion): ``up -d --paused`` until QMP answers."""
+    c = one(run, "startup_plain_s")
+    print(f"\nrig L1 up -d --paused until QMP: {c}")
+    assert float(c["startup_plain_s"]) > 0 and float(c["startup_sandboxed_s"]) > 0, c
+    assert_nothing_left(run, "startup")

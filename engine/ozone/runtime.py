@@ -12,7 +12,6 @@ tracebacks all stay valid). The ``ldd`` closure is cached, keyed by the files' m
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import importlib.util
 import json
@@ -45,12 +44,15 @@ class Runtime:
 
 
 def _ext_modules(dirs: list[str]) -> list[str]:
+    """Extension modules under ``dirs`` (os.walk: a third of glob's cost, which matters in the
+    rig where every supervisor start walks dist-packages under TCG)."""
     out = []
     for d in dirs:
-        for path in glob.glob(os.path.join(d, "**", "*.so"), recursive=True):
-            mod = os.path.basename(path).split(".")[0]
-            if mod not in SKIP_EXTENSIONS:
-                out.append(path)
+        for dirpath, dirnames, files in os.walk(d):
+            dirnames[:] = [n for n in dirnames if n != "__pycache__"]
+            for name in files:
+                if name.endswith(".so") and name.split(".")[0] not in SKIP_EXTENSIONS:
+                    out.append(os.path.join(dirpath, name))
     return sorted(out)
 
 

@@ -10,6 +10,7 @@ Phases (each announced by an ``SBXPHASE <name>`` line; results are ``SBXCHECK ke
            ``svlaunch down NAME`` (reports the VM gone): the jail is left for the next ``up``.
   again    ``svlaunch up MANIFEST`` in the foreground once more: it cleans the crashed sandbox
            first and boots to ``SVREPORT done``.
+  startup  ``up -d --paused`` until QMP answers, with and without the sandbox (start-up cost).
 After each phase: ``SBXCHECK left phase=... jail=... cgroup=... mounts=... state=... link=...``
 (0 everywhere means nothing was left). Why one L1 run: an L1 boot costs ~5 s of TCG time, and
 the phases must share one host (the crash leaves state the next ``up`` must find).
@@ -176,7 +177,32 @@ def main() -> int:
     left("crash", name)
 
     foreground(manifest, name, "again")
+    startup(manifest, name)
     return 0
+
+
+def startup(manifest: str, name: str, runs: int = 3) -> None:
+    """``svlaunch up -d --paused`` until QMP answers, sandboxed and not (the same manifest
+    without its ozone section), interleaved; then ``down --force``. Prints the medians."""
+    say("PHASE", name="startup")
+    with open(manifest) as f:
+        text = f.read()
+    plain = os.path.join(os.path.dirname(manifest), "plain.toml")  # same dir: same relative paths
+    with open(plain, "w") as f:
+        f.write(text[: text.index("[ozone]")])
+    times: dict[str, list[float]] = {"plain": [], "sandboxed": []}
+    for _ in range(runs):
+        for kind, path in (("plain", plain), ("sandboxed", manifest)):
+            t0 = time.monotonic()
+            res = svlaunch("up", "-d", "--paused", "--timeout", "120", path)
+            times[kind].append(time.monotonic() - t0)
+            if res.returncode:
+                print(res.stdout + res.stderr, flush=True)
+            svlaunch("down", "--force", name)
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    say("CHECK", startup_plain_s=f"{med['plain']:.2f}", startup_sandboxed_s=f"{med['sandboxed']:.2f}",
+        added_s=f"{med['sandboxed'] - med['plain']:.2f}", runs=runs)  # fmt: skip
+    left("startup", name)
 
 
 if __name__ == "__main__":
