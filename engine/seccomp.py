@@ -20,6 +20,7 @@ right after loading, to test the kill path; ``SVLAUNCH_SECCOMP_MEASURE=FILE`` ap
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import sys
 import threading
@@ -66,14 +67,35 @@ def compile_bpf(role: str, how: str = "kill") -> bytes:
         os.close(fd)
 
 
-def export_all(directory: str, how: str | None = None) -> list[str]:
-    """Write ``<role>.bpf`` for every role into ``directory`` (the supervisor, before the jail)."""
-    how = how or mode()
+def export_all(directory: str, how: str | None = None, cache_dir: str | None = None) -> list[str]:
+    """Write ``<role>.bpf`` for every role into ``directory`` (the supervisor, before the jail).
+
+    With ``cache_dir`` the programs are kept there, keyed by the lists and the mode, so a later
+    sandbox start skips importing pyseccomp and compiling (a few hundred ms under TCG)."""
+    how = "log" if (how or mode()) == "log" else "kill"
+    key = hashlib.sha256(repr((how, sorted((r, sorted(allowed(r))) for r in ROLES))).encode())
     out = []
     for role in ROLES:
+        cached = (
+            os.path.join(cache_dir, f"seccomp-{key.hexdigest()[:16]}-{role}.bpf")
+            if cache_dir
+            else None
+        )
+        prog = None
+        if cached and os.path.exists(cached):
+            with open(cached, "rb") as f:
+                prog = f.read()
+        if not prog:
+            prog = compile_bpf(role, how)
+            if cached:
+                os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
+                tmp = f"{cached}.{os.getpid()}"
+                with open(tmp, "wb") as f:
+                    f.write(prog)
+                os.replace(tmp, cached)
         path = os.path.join(directory, f"{role}.bpf")
         with open(path, "wb") as f:
-            f.write(compile_bpf(role, "log" if how == "log" else "kill"))
+            f.write(prog)
         out.append(path)
     return out
 

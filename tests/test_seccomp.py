@@ -91,6 +91,24 @@ def test_precompiled_filters_are_used(tmp_path):
     assert os.WEXITSTATUS(_in_child(work, {"SVLAUNCH_SECCOMP_DIR": str(tmp_path)})) == 7
 
 
+def test_export_cache_gives_the_same_programs_and_follows_the_lists(tmp_path, monkeypatch):
+    cache, a, b = tmp_path / "cache", tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    seccomp.export_all(str(a), "kill", cache_dir=str(cache))
+    assert len(os.listdir(cache)) == 3
+    monkeypatch.setattr(seccomp, "compile_bpf", lambda *_: pytest.fail("compiled despite cache"))
+    seccomp.export_all(str(b), "kill", cache_dir=str(cache))
+    for role in ROLES:
+        assert (a / f"{role}.bpf").read_bytes() == (b / f"{role}.bpf").read_bytes()
+    # another list (or mode) is another key: never a stale program
+    monkeypatch.undo()
+    monkeypatch.setitem(ROLES["io"], "getcwd", "test")
+    seccomp.export_all(str(b), "kill", cache_dir=str(cache))
+    assert len(os.listdir(cache)) == 6
+    assert (a / "io.bpf").read_bytes() != (b / "io.bpf").read_bytes()
+
+
 def test_lists_have_reasons_and_exclude_the_test_syscall():
     for role in ROLES:
         names = allowed(role)

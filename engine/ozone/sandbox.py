@@ -186,7 +186,7 @@ class Sandbox:
             from engine import seccomp  # lazy: only the supervisor needs libseccomp
 
             os.mkdir(jail + JAIL_SECCOMP, 0o755)
-            seccomp.export_all(jail + JAIL_SECCOMP)
+            seccomp.export_all(jail + JAIL_SECCOMP, cache_dir=self.state_dir)
 
     def _redirect_sockets(self) -> None:
         """Private socket dirs (uid:gid, 0750) and the host symlinks to the sockets in them."""
