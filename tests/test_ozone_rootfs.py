@@ -202,3 +202,27 @@ def test_keep_leaves_the_jail_for_inspection(tmp_path):
     td = [*base, "teardown", "--name", "vm1", "--exec", "stratovirt", "--state-dir", state]
     assert subprocess.run(td, capture_output=True).returncode == 0
     assert not os.path.exists(jail)
+
+
+@pytest.mark.root
+@pytest.mark.kvm
+def test_a_client_socket_is_never_redirected(tmp_path):
+    """The engine connects to a client chardev socket that someone else made: replacing it by
+    a link would break that server, so the dir must be reachable (named with its chown hint)."""
+    import dataclasses
+
+    from launcher.compile.plan import ChardevPlan, SerialPlan
+    from launcher.errors import InvalidInput
+
+    d = tmp_path / "theirs"
+    d.mkdir(mode=0o700)
+    path = str(d / "console.sock")
+    plan = make_plan(str(tmp_path))
+    plan = dataclasses.replace(plan, serial=SerialPlan(ChardevPlan("s0", "socket", path, False)))
+    with pytest.raises(InvalidInput) as e:
+        Sandbox.from_plan(plan, state_dir=str(tmp_path / "state"))
+    assert f"cannot read and write chardev socket directory '{d}'" in str(e.value)
+    assert f"chown {UID}:{UID} {d}" in str(e.value)
+    server = dataclasses.replace(plan, serial=SerialPlan(ChardevPlan("s0", "socket", path, True)))
+    sb = Sandbox.from_plan(server, state_dir=str(tmp_path / "state"))
+    assert [h for h, _ in sb.spec.redirects] == [path]

@@ -64,16 +64,16 @@ class SandboxSpec:
         return self.name[:64]
 
 
-def _chardev_backends(plan: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _chardevs(plan: Any) -> list[Any]:
     chardevs = list(plan.chardevs)
     if plan.serial is not None:
         chardevs.append(plan.serial.chardev)
     chardevs += [d.chardev for d in plan.devices if getattr(d, "chardev", None) is not None]
-    for c in chardevs:
-        if c.path:
-            out[os.path.abspath(c.path)] = c.backend
-    return out
+    return chardevs
+
+
+def _chardev_backends(plan: Any) -> dict[str, str]:
+    return {os.path.abspath(c.path): c.backend for c in _chardevs(plan) if c.path}
 
 
 def _is_shared_dir(st: os.stat_result) -> bool:
@@ -146,6 +146,14 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
     redirects: list[tuple[str, str]] = []
     private_dirs: dict[str, str] = {}  # socket dir -> its private stand-in
 
+    #: sockets the engine creates (it listens); a client socket belongs to someone else
+    listening = {os.path.abspath(q) for q in plan.qmp}
+    listening |= {
+        os.path.abspath(c.path)
+        for c in _chardevs(plan)
+        if c.path and c.backend == "socket" and c.server
+    }
+
     def socket(path: str, role: str) -> None:
         d = os.path.dirname(path)
         if not os.path.isdir(d):
@@ -157,7 +165,7 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
         if d == "/" or _is_shared_dir(st):
             bad(f"{role} socket {path!r} sits in a shared directory {d!r}", "sources",
                 "put VM sockets in a directory of their own, e.g. /run/svlaunch/<vm>/")  # fmt: skip
-        elif can_access(st, uid, gid, 7):
+        elif can_access(st, uid, gid, 7) or path not in listening:
             if not any(b.target == d for b in binds):
                 need(d, f"{role} socket directory", True, "uid")
         else:
