@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -168,7 +169,22 @@ class VmDir:
         return self.path.parent / f"{self.name}.last.log"
 
     def remove(self) -> None:
-        """Delete the VM's state, keeping its engine log (if any) as ``<name>.last.log``."""
+        """Delete the VM's state, keeping its engine log (if any) as ``<name>.last.log``.
+
+        A sandboxed VM whose supervisor died (SIGKILL, OOM) leaves its jail, mounts and
+        cgroups behind; they are torn down here, like ozone's ``-clean-resource``.
+        """
+        meta = self.meta() if self.meta_file.exists() else None
+        sandbox = meta.extra.get("sandbox") if meta else None
+        if sandbox:
+            from engine.ozone.teardown import clean_stale
+
+            try:
+                clean_stale(sandbox["name"], sandbox["exec"])
+            except Exception as exc:  # never lose the state dir over a failed clean-up
+                logging.getLogger(__name__).warning(
+                    "%s: sandbox clean-up failed: %s", self.name, exc
+                )
         with contextlib.suppress(OSError):
             if self.log_file.stat().st_size:
                 os.replace(self.log_file, self.last_log)

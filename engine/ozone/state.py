@@ -1,6 +1,6 @@
 """What a realized sandbox left on the host, saved after every step so teardown works after a crash.
 
-The record lives in the runtime dir (``/run/svlaunch/ozone/<exec>-<name>.json``), outside the
+The record lives in the runtime dir (``/run/svlaunch/.ozone/<exec>-<name>.json``), outside the
 jail, written atomically. ``teardown`` needs nothing else: not the plan, not the live process.
 """
 
@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-DEFAULT_STATE_DIR = "/run/svlaunch/ozone"
+DEFAULT_STATE_DIR = "/run/svlaunch/.ozone"  # a dot: never a VM name (runtime.NAME_RE)
 
 
 @dataclass

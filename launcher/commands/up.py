@@ -79,6 +79,14 @@ def engine_command(plan: Any, plan_file: str) -> list[str]:
     return argv
 
 
+def _sandbox_meta(plan: Any) -> dict[str, Any]:
+    """What a later ``down`` or stale-state clean-up needs to tear the jail down."""
+    sb = plan.sandbox
+    if sb is None:
+        return {}
+    return {"sandbox": {"name": sb.name, "exec": os.path.basename(sb.exec_file)}}
+
+
 def _serial_path(plan: Any) -> str | None:
     s = plan.serial
     if s is not None and s.chardev.backend == "socket" and s.chardev.path:
@@ -167,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             detached=args.detach,
             vcpus=plan.topology.cpus,
             memory=plan.memory.size,
+            extra=_sandbox_meta(plan),
         )
         vm.write_meta(meta)
         if not _wait_for_qmp(proc, meta.qmp, log, args.timeout, detach=args.detach):

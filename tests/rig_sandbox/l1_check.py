@@ -7,9 +7,8 @@ Phases (each announced by an ``SBXPHASE <name>`` line; results are ``SBXCHECK ke
            ``/proc/<pid>/`` (uid, capabilities, no_new_privs, seccomp on every thread, cgroup).
   down     ``svlaunch up -d`` then ``svlaunch down NAME`` while the guest runs.
   crash    ``svlaunch up -d``, SIGKILL to the supervisor (the engine dies with it), then
-           ``svlaunch down NAME`` (reports the VM gone): the jail is left for the next ``up``.
-  again    ``svlaunch up MANIFEST`` in the foreground once more: it cleans the crashed sandbox
-           first and boots to ``SVREPORT done``.
+           ``svlaunch down NAME``: reports the VM gone and tears its jail down.
+  again    ``svlaunch up MANIFEST`` in the foreground once more: boots to ``SVREPORT done``.
   startup  ``up -d --paused`` until QMP answers, with and without the sandbox (start-up cost).
 After each phase: ``SBXCHECK left phase=... jail=... cgroup=... mounts=... state=... link=...``
 (0 everywhere means nothing was left). Why one L1 run: an L1 boot costs ~5 s of TCG time, and
@@ -31,7 +30,7 @@ import time
 
 JAIL_BASE = "/srv/ozone/stratovirt"
 CGROUP = "/sys/fs/cgroup/stratovirt"
-STATE_DIR = "/run/svlaunch/ozone"
+STATE_DIR = "/run/svlaunch/.ozone"
 
 
 def say(kind: str, **fields: object) -> None:
