@@ -182,7 +182,7 @@ def build(
         m = Machine(plan, kvm, vm, mem, pio, mmio, dm, loop, iothreads, pvm=pvm)
         cleanup = [m]
         if plan.serial is not None:
-            dm.attach_serial(plan.serial, thread_init=thread_init)
+            dm.attach_serial(plan.serial)
         dm.attach_power(
             lambda: events.on_reset("guest reset (ACPI reset register)"),
             lambda: events.on_poweroff("guest poweroff (ACPI S5)"),

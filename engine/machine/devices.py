@@ -28,7 +28,6 @@ from engine.machine.chardev import Chardev, open_chardev
 from engine.machine.ged import GedDevice
 from engine.machine.kvm import VmFd
 from engine.machine.memory import GuestMemory
-from engine.machine.outbuf import CoalescingWriter
 from engine.machine.power import PM_PORT, PowerDevice
 from engine.machine.serial import Serial
 from launcher.compile.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
@@ -112,7 +111,6 @@ class DeviceManager:
         self.virtio: list[AttachedDevice] = []
         self.serial: Serial | None = None
         self.serial_chardev: Chardev | None = None
-        self.serial_out: CoalescingWriter | None = None
         self.ged: GedDevice | None = None
         self.chardevs: dict[str, Chardev] = {}
         self._chardev_users: dict[str, str] = {}
@@ -137,23 +135,15 @@ class DeviceManager:
 
     # -- legacy ---------------------------------------------------------------------------------
 
-    def attach_serial(
-        self, plan: SerialPlan, *, thread_init: Callable[[], None] | None = None
-    ) -> Serial:
-        """COM1: an 8250 on ``plan.port`` whose interrupt is an irqfd on ``plan.irq``.
-
-        Its output is coalesced into lines (``outbuf``); ``thread_init`` runs on the flusher
-        thread first (the engine's vCPU seccomp role: it writes to the chardev as vCPUs do).
-        """
+    def attach_serial(self, plan: SerialPlan) -> Serial:
+        """COM1: an 8250 on ``plan.port`` whose interrupt is an irqfd on ``plan.irq``."""
         chardev = self.chardev(plan.chardev, "serial")
-        out = CoalescingWriter(chardev.write, thread_init=thread_init)
-        self.serial_out = out
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._fds.append(efd)
         self.vm.register_irqfd(efd, plan.irq)
         loop = self.main_loop
         serial = Serial(
-            out.write,
+            chardev.write,
             lambda: os.eventfd_write(efd, 1),
             on_space=lambda: loop.call_soon_threadsafe(chardev.resume_input),
         )
@@ -295,8 +285,6 @@ class DeviceManager:
                 att.loop.remove_reader(kfd)
             with contextlib.suppress(Exception):
                 att.transport.close()
-        if self.serial_out is not None:
-            self.serial_out.close()  # the last console bytes, before the chardev closes
         for chardev in self.chardevs.values():
             with contextlib.suppress(Exception):
                 chardev.close()
