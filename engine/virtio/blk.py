@@ -1,7 +1,8 @@
 """virtio-blk (virtio 1.2 §5.2) over a raw file or block device.
 
-Data moves straight between the file and guest memory: ``os.preadv``/``os.pwritev`` on the
-``GuestMemory`` views of the chain, on the device's event loop (the main loop or its iothread),
+Data moves straight between the file and guest memory: one preadv/pwritev per request over a
+host iovec array of the chain's buffers (``chain.host_iovec``; the chain's ``GuestMemory``
+views when it spans regions), on the device's event loop (the main loop or its iothread),
 never on a vCPU thread. With ``direct`` the file is opened O_DIRECT; guest buffers that are
 not aligned for it go through a page-aligned bounce buffer (read-modify-write at unaligned
 edges). ``readonly`` opens the file O_RDONLY, offers VIRTIO_BLK_F_RO and fails writes with
@@ -18,16 +19,20 @@ import os
 import struct
 import time
 
+from engine.virtio.chain import host_iovec
 from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
 from engine.virtio.iov import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
+    IOV_MAX,
     copy_in,
     copy_out,
     fallocate,
     preadv_full,
+    preadv_raw,
     pwritev_full,
+    pwritev_raw,
 )
 from engine.virtio.queue import DescriptorChain
 from engine.virtio.throttle import LoopTimer, TokenBucket
@@ -240,13 +245,15 @@ class Blk(VirtioDevice):
             if rtype == VIRTIO_BLK_T_IN:
                 if not self._in_range(sector, data_in):
                     return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
-                self._rw(False, sector * SECTOR, chain.write_views(mem, 0, data_in))
+                if not self._rw_iovec(False, sector * SECTOR, chain, 0, data_in):
+                    self._rw(False, sector * SECTOR, chain.write_views(mem, 0, data_in))
                 self.stats.bytes_out += data_in
                 return self._status(chain, VIRTIO_BLK_S_OK, data_in)
             if rtype == VIRTIO_BLK_T_OUT:
                 if self.readonly or not self._in_range(sector, data_out):
                     return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
-                self._rw(True, sector * SECTOR, chain.read_views(mem, _HDR.size, data_out))
+                if not self._rw_iovec(True, sector * SECTOR, chain, _HDR.size, data_out):
+                    self._rw(True, sector * SECTOR, chain.read_views(mem, _HDR.size, data_out))
                 self.stats.bytes_in += data_out
                 return self._status(chain, VIRTIO_BLK_S_OK, 0)
             if rtype == VIRTIO_BLK_T_FLUSH:
@@ -312,6 +319,23 @@ class Blk(VirtioDevice):
 
     # -- data path ---------------------------------------------------------------------------------
 
+    def _rw_iovec(
+        self, write: bool, offset: int, chain: DescriptorChain, skip: int, length: int
+    ) -> bool:
+        """The whole transfer in one preadv/pwritev over a host iovec array (no view per page).
+
+        False when the view path must do it: the chain was not checked to lie in one region,
+        O_DIRECT alignment is not met, or the transfer came up short (end of file).
+        """
+        assert self.mem is not None
+        iov = host_iovec(self.mem, chain, not write, skip, length)
+        if iov is None or not 0 < iov.count <= IOV_MAX or iov.total != length:
+            return False
+        if self.direct and (offset % self.align or not iov.aligned(self.align)):
+            return False
+        io = pwritev_raw if write else preadv_raw
+        return io(self.fd, iov.data, iov.count, offset) == iov.total
+
     def _rw(self, write: bool, offset: int, views: list[memoryview]) -> None:
         if self.direct and not self._aligned(offset, views):
             self._bounced(write, offset, views)
@@ -320,7 +344,7 @@ class Blk(VirtioDevice):
             pwritev_full(self.fd, views, offset)
         else:
             n = preadv_full(self.fd, views, offset)
-            want = sum(len(v) for v in views)
+            want = sum(map(len, views))
             if n < want:  # file shrank under us: the rest of the request is zeros
                 copy_in(views, n, memoryview(bytes(want - n)))
 

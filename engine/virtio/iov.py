@@ -22,6 +22,34 @@ _libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _libc.fallocate.restype = ctypes.c_int
 
 
+_libc.preadv.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int64)
+_libc.preadv.restype = ctypes.c_ssize_t
+_libc.pwritev.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int64)
+_libc.pwritev.restype = ctypes.c_ssize_t
+
+
+def preadv_raw(fd: int, iov: bytes, count: int, offset: int) -> int:
+    """preadv(2) on a packed ``struct iovec`` array (``chain.HostIovec.data``); raises OSError.
+
+    One call, possibly short: callers check the count and take the view path for the rest.
+    ``count`` must not exceed IOV_MAX (chains never carry more buffers).
+    """
+    n = _libc.preadv(fd, iov, count, offset)
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n
+
+
+def pwritev_raw(fd: int, iov: bytes, count: int, offset: int) -> int:
+    """pwritev(2) on a packed ``struct iovec`` array; raises OSError; may be short."""
+    n = _libc.pwritev(fd, iov, count, offset)
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n
+
+
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """fallocate(2) with a mode (punch hole, zero range); raises OSError."""
     if _libc.fallocate(fd, mode, offset, length) < 0:
@@ -43,7 +71,7 @@ def _advance(views: list[memoryview], n: int) -> list[memoryview]:
 
 def preadv_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
     """Fill ``views`` from ``fd`` at ``offset``; returns bytes read (short only at end of file)."""
-    todo = [v for v in views if len(v)]
+    todo = list(views) if all(views) else [v for v in views if len(v)]
     done = 0
     while todo:
         batch = todo[:IOV_MAX]
@@ -51,19 +79,24 @@ def preadv_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
         if n == 0:
             break
         done += n
+        if len(batch) == len(todo) and n == sum(map(len, batch)):
+            break  # the usual case: all of it in one call (no per-buffer walk)
         todo = _advance(todo, n)
     return done
 
 
 def pwritev_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
     """Write all of ``views`` to ``fd`` at ``offset``; returns bytes written."""
-    todo = [v for v in views if len(v)]
+    todo = list(views) if all(views) else [v for v in views if len(v)]
     done = 0
     while todo:
-        n = os.pwritev(fd, todo[:IOV_MAX], offset + done)
+        batch = todo[:IOV_MAX]
+        n = os.pwritev(fd, batch, offset + done)
         if n == 0:
             raise OSError(5, "pwritev wrote nothing")
         done += n
+        if len(batch) == len(todo) and n == sum(map(len, batch)):
+            break
         todo = _advance(todo, n)
     return done
 

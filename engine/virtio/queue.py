@@ -30,23 +30,25 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass, field
 
 from engine.machine.memory import GuestMemory
+from engine.virtio.chain import (
+    MAX_CHAIN_IOVECS,
+    VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
+    DescriptorChain,
+    linear_table,
+)
 from launcher.errors import GuestMemoryError
 
 log = logging.getLogger(__name__)
 
-VIRTQ_DESC_F_NEXT = 1
-VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 VIRTQ_USED_F_NO_NOTIFY = 1
 
 #: The split ring's largest size (virtio 1.2 §2.7: "Queue Size ... maximum 32768").
 MAX_QUEUE_SIZE = 32768
-#: Most buffers one chain may carry: IOV_MAX, so one preadv/pwritev/readv serves a request.
-MAX_CHAIN_IOVECS = 1024
 #: An indirect table holds at most 65535 descriptors (§2.7.5.3.1).
 MAX_INDIRECT_ENTRIES = 65535
 
@@ -62,67 +64,6 @@ class QueueError(Exception):
 
 class ChainError(Exception):
     """One malformed descriptor chain: that request fails, the queue goes on."""
-
-
-@dataclass(slots=True)
-class DescriptorChain:
-    """A validated chain: guest ``(addr, len)`` buffers split by direction, with their totals.
-
-    Built once by ``Queue.pop`` from a single read of each descriptor; devices read and write
-    the buffers through the helpers below, which go through ``GuestMemory`` again, so even a
-    buffer the guest unmaps or changes later cannot reach outside guest RAM.
-    """
-
-    head: int
-    readable: list[tuple[int, int]] = field(default_factory=list)
-    writable: list[tuple[int, int]] = field(default_factory=list)
-    readable_len: int = 0
-    writable_len: int = 0
-
-    def read_views(
-        self, mem: GuestMemory, skip: int = 0, length: int | None = None
-    ) -> list[memoryview]:
-        """Views of readable bytes ``[skip, skip+length)`` of the chain (zero-copy, for writev)."""
-        return _views(mem, self.readable, skip, length)
-
-    def write_views(
-        self, mem: GuestMemory, skip: int = 0, length: int | None = None
-    ) -> list[memoryview]:
-        """Views of writable bytes ``[skip, skip+length)`` of the chain (zero-copy, for readv)."""
-        return _views(mem, self.writable, skip, length)
-
-    def read(self, mem: GuestMemory, skip: int = 0, length: int | None = None) -> bytes:
-        """Copy readable bytes out of guest memory (for small headers and control messages)."""
-        return b"".join(bytes(v) for v in self.read_views(mem, skip, length))
-
-    def write(self, mem: GuestMemory, data: bytes | bytearray | memoryview, skip: int = 0) -> int:
-        """Copy ``data`` into the writable buffers from offset ``skip``; returns the bytes written."""
-        src = memoryview(data).cast("B")
-        pos = 0
-        for v in self.write_views(mem, skip, len(src)):
-            n = len(v)
-            v[:] = src[pos : pos + n]
-            pos += n
-        return pos
-
-
-def _views(
-    mem: GuestMemory, bufs: list[tuple[int, int]], skip: int, length: int | None
-) -> list[memoryview]:
-    out: list[memoryview] = []
-    left = -1 if length is None else length
-    for addr, blen in bufs:
-        if left == 0:
-            break
-        if skip >= blen:
-            skip -= blen
-            continue
-        n = blen - skip if left < 0 else min(blen - skip, left)
-        out.extend(mem.slices(addr + skip, n))
-        skip = 0
-        if left > 0:
-            left -= n
-    return out
 
 
 class _Area:
@@ -313,7 +254,12 @@ class Queue:
                     raise ChainError(f"indirect table has {table_len} entries, limit 65535")
                 if addr + length > _U64_LIMIT:
                     raise ChainError(f"indirect table at {addr:#x} wraps the address space")
-                table = _Snapshot(mem.read(addr, length))  # one read: no TOCTOU on the table
+                data = mem.read(addr, length)  # one read: no TOCTOU on the table
+                if not readable and not writable:
+                    fast = linear_table(mem, head, data)
+                    if fast is not None:
+                        return fast
+                table = _Snapshot(data)
                 idx, ttl, nested = 0, table_len, True
                 continue
             if length:

@@ -1,0 +1,366 @@
+"""Descriptor chains: the validated buffers of one request, and the fast path that builds them.
+
+Why a fast path: Linux puts every multi-buffer request in an indirect table, and a 1 MiB
+O_DIRECT read arrives as up to 256 scattered 4 KiB pages. Walking such a table one descriptor
+at a time costs a few microseconds of Python per buffer, which is most of a request's cost
+(and, in the nested rig, where all of L1 runs under TCG, most of the disk's throughput).
+``linear_table`` parses a whole table with one ``struct`` call and checks it with C-level
+passes over tuples (``count``, ``min``/``max``, ``map``); it accepts only the shape Linux
+writes (entries in table order, readable then writable, all in one RAM region) and returns
+None for anything else, which then takes the careful one-descriptor-at-a-time walk in
+``queue.py`` (which also produces the errors). Views of a chain built here are slices of one
+region view, made the same C-level way.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from itertools import accumulate, repeat
+from operator import add, itemgetter, sub
+
+from engine.machine.memory import GuestMemory, GuestRegion
+
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+#: Most buffers one chain may carry: IOV_MAX, so one preadv/pwritev/readv serves a request.
+MAX_CHAIN_IOVECS = 1024
+
+_READ_NEXT = VIRTQ_DESC_F_NEXT
+_WRITE_NEXT = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE
+_ADDR = itemgetter(0)
+_LEN = itemgetter(1)
+_tables: dict[int, tuple[bytes, bytes, bytes]] = {}
+_patterns: dict[int, tuple[int, int]] = {}
+
+
+class DescriptorChain:
+    """A validated chain: guest ``(addr, len)`` buffers split by direction, with their totals.
+
+    Built once by ``Queue.pop`` from a single read of each descriptor; devices read and write
+    the buffers through the helpers below, which go through ``GuestMemory`` again, so even a
+    buffer the guest unmaps or changes later cannot reach outside guest RAM. ``region`` is set
+    when every buffer was checked to lie in that one region (views are then plain slices).
+    The fast path keeps the buffers as parallel address/length tuples (``spans``) and builds
+    the ``readable``/``writable`` pair lists only when a device asks for them.
+    """
+
+    __slots__ = (
+        "_lists",
+        "_spans",
+        "head",
+        "readable_len",
+        "region",
+        "split",
+        "table",
+        "writable_len",
+    )
+
+    def __init__(
+        self,
+        head: int,
+        readable: list[tuple[int, int]] | None = None,
+        writable: list[tuple[int, int]] | None = None,
+        readable_len: int = 0,
+        writable_len: int = 0,
+        region: GuestRegion | None = None,
+        spans: tuple[list[int], list[int], list[int], list[int]] | None = None,
+        table: bytes | None = None,
+        split: int = 0,
+    ) -> None:
+        self.head = head
+        #: the raw indirect table this chain came from (fast path only), and the index of its
+        #: first device-writable entry
+        self.table = table
+        self.split = split
+        self.readable_len = readable_len
+        self.writable_len = writable_len
+        self.region = region
+        self._spans = spans
+        self._lists: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
+        if spans is None:
+            self._lists = (readable if readable is not None else [], writable or [])
+
+    def _pairs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        if self._lists is None:
+            assert self._spans is not None
+            ra, rl, wa, wl = self._spans
+            self._lists = (list(zip(ra, rl, strict=True)), list(zip(wa, wl, strict=True)))
+        return self._lists
+
+    @property
+    def readable(self) -> list[tuple[int, int]]:
+        return self._pairs()[0]
+
+    @property
+    def writable(self) -> list[tuple[int, int]]:
+        return self._pairs()[1]
+
+    def spans(self, writable: bool) -> tuple[list[int], list[int]]:
+        """``(addresses, lengths)`` of one direction's buffers, in chain order."""
+        if self._spans is not None:
+            return (
+                (self._spans[2], self._spans[3]) if writable else (self._spans[0], self._spans[1])
+            )
+        bufs = self._pairs()[1 if writable else 0]
+        return list(map(_ADDR, bufs)), list(map(_LEN, bufs))
+
+    def __repr__(self) -> str:
+        return (
+            f"DescriptorChain(head={self.head}, readable={self.readable}, writable={self.writable})"
+        )
+
+    def read_views(
+        self, mem: GuestMemory, skip: int = 0, length: int | None = None
+    ) -> list[memoryview]:
+        """Views of readable bytes ``[skip, skip+length)`` of the chain (zero-copy, for writev)."""
+        if self.region is not None:
+            return _region_views(mem, self.region, *self.spans(False), skip, length)
+        return _views(mem, self.readable, skip, length)
+
+    def write_views(
+        self, mem: GuestMemory, skip: int = 0, length: int | None = None
+    ) -> list[memoryview]:
+        """Views of writable bytes ``[skip, skip+length)`` of the chain (zero-copy, for readv)."""
+        if self.region is not None:
+            return _region_views(mem, self.region, *self.spans(True), skip, length)
+        return _views(mem, self.writable, skip, length)
+
+    def read(self, mem: GuestMemory, skip: int = 0, length: int | None = None) -> bytes:
+        """Copy readable bytes out of guest memory (for small headers and control messages)."""
+        return b"".join(bytes(v) for v in self.read_views(mem, skip, length))
+
+    def write(self, mem: GuestMemory, data: bytes | bytearray | memoryview, skip: int = 0) -> int:
+        """Copy ``data`` into the writable buffers from offset ``skip``; returns the bytes written."""
+        src = memoryview(data).cast("B")
+        pos = 0
+        for v in self.write_views(mem, skip, len(src)):
+            n = len(v)
+            v[:] = src[pos : pos + n]
+            pos += n
+        return pos
+
+
+def _views(
+    mem: GuestMemory, bufs: list[tuple[int, int]], skip: int, length: int | None
+) -> list[memoryview]:
+    out: list[memoryview] = []
+    left = -1 if length is None else length
+    for addr, blen in bufs:
+        if left == 0:
+            break
+        if skip >= blen:
+            skip -= blen
+            continue
+        n = blen - skip if left < 0 else min(blen - skip, left)
+        out.extend(mem.slices(addr + skip, n))
+        skip = 0
+        if left > 0:
+            left -= n
+    return out
+
+
+def _span(
+    base: int, addrs: tuple[int, ...], lens: tuple[int, ...], skip: int, length: int | None
+) -> tuple[list[int] | map, tuple[int, ...] | list[int]]:
+    """Offsets from ``base`` and lengths of chain bytes ``[skip, skip+length)``, C-level passes.
+
+    The cases devices use most (everything, everything but the last buffer, everything but the
+    first: blk data between its header and status byte) take whole buffers without a search.
+    """
+    n = len(lens)
+    if not n:
+        return [], ()
+    if skip == 0 and length is None:
+        return map(sub, addrs, repeat(base)), lens
+    if n > 1 and length is not None:
+        total = sum(lens)
+        if skip == 0 and length == total - lens[-1]:
+            return map(sub, addrs[:-1], repeat(base)), lens[:-1]
+        if skip == lens[0] and length == total - skip:
+            return map(sub, addrs[1:], repeat(base)), lens[1:]
+        if skip == total - lens[-1] and length == lens[-1]:  # a trailing status byte
+            return [addrs[-1] - base], lens[-1:]
+    ends = list(accumulate(lens))  # ends[i]: chain offset one past buffer i
+    end = ends[-1] if length is None else min(ends[-1], skip + length)
+    if skip >= end:
+        return [], ()
+    first = bisect_right(ends, skip)  # the buffer holding byte `skip`
+    last = bisect_left(ends, end)  # the buffer holding byte `end - 1`
+    starts = list(map(sub, addrs[first : last + 1], repeat(base)))
+    sizes = list(lens[first : last + 1])
+    cut = skip - (ends[first] - lens[first])
+    starts[0] += cut
+    sizes[0] -= cut
+    sizes[-1] -= ends[last] - end
+    return starts, sizes
+
+
+def _region_views(
+    mem: GuestMemory,
+    region: GuestRegion,
+    addrs: list[int],
+    lens: list[int],
+    skip: int,
+    length: int | None,
+) -> list[memoryview]:
+    """``_views`` for buffers known to lie in ``region``: no per-buffer lookup."""
+    starts, sizes = _span(region.guest_addr, addrs, lens, skip, length)
+    starts = list(starts)
+    if not starts:
+        return []
+    rv = mem.view(region.guest_addr, region.size)
+    return list(map(rv.__getitem__, map(slice, starts, map(add, starts, sizes))))
+
+
+class HostIovec:
+    """A packed ``struct iovec[count]`` over guest buffers, for preadv/pwritev without views.
+
+    Why: a memoryview per 4 KiB page costs more than the page's copy. ``keep`` is a view of the
+    whole region, held for as long as the iovec is used, so the mapping cannot be unmapped (it
+    raises BufferError on close) while the kernel writes through these addresses.
+    """
+
+    __slots__ = ("count", "data", "keep", "total")
+
+    def __init__(self, data: bytes, count: int, total: int, keep: memoryview) -> None:
+        self.data, self.count, self.total, self.keep = data, count, total, keep
+
+    def aligned(self, align: int) -> bool:
+        """Every buffer's host address and length is a multiple of ``align`` (for O_DIRECT)."""
+        return not any(map((align - 1).__and__, memoryview(self.data).cast("Q")))
+
+
+def _whole(n: int, lens: list[int], skip: int, length: int | None) -> tuple[int, int] | None:
+    """The buffer range ``[i, j)`` that is exactly bytes ``[skip, skip+length)``, for the usual
+    requests (all, all but the last, all but the first, the last alone); None otherwise."""
+    if length is None:
+        return (0, n) if skip == 0 else None
+    total = sum(lens)
+    if skip == 0 and length == total:
+        return 0, n
+    if n > 1 and skip == 0 and length == total - lens[-1]:
+        return 0, n - 1
+    if n > 1 and skip == lens[0] and length == total - skip:
+        return 1, n
+    if skip == total - lens[-1] and length == lens[-1]:
+        return n - 1, n
+    return None
+
+
+def _iov_patterns(n: int) -> tuple[int, int]:
+    """For an n-entry table read as one little-endian integer: the mask keeping each entry's
+    address and length (dropping flags and next), and one 1 at each entry's address field."""
+    pat = _patterns.get(n)
+    if pat is None:
+        ones = sum(1 << (128 * i) for i in range(n))
+        pat = _patterns[n] = (((1 << 96) - 1) * ones, ones)
+    return pat
+
+
+def host_iovec(
+    mem: GuestMemory, chain: DescriptorChain, writable: bool, skip: int, length: int | None
+) -> HostIovec | None:
+    """The chain's readable or writable bytes ``[skip, skip+length)`` as a host iovec array, or
+    None when the chain was not checked to lie in one region (use its views then).
+
+    A chain from ``linear_table`` keeps its raw table, whose entries (addr u64, len u32, flags
+    u16, next u16) become iovecs (base u64, len u64) in three big-integer operations: mask off
+    flags and next, add host-minus-guest to every address, back to bytes. No Python object per
+    buffer; addresses stay in the region because ``linear_table`` checked every buffer.
+    """
+    region = chain.region
+    if region is None:
+        return None
+    keep = mem.view(region.guest_addr, region.size)
+    delta = region.host_addr - region.guest_addr
+    addrs, lens = chain.spans(writable)
+    table = chain.table
+    if table is not None:
+        first = chain.split if writable else 0
+        span = _whole(len(lens), lens, skip, length)
+        if span is not None:
+            i, j = span
+            k = j - i
+            mask, ones = _iov_patterns(k)
+            raw = int.from_bytes(table[16 * (first + i) : 16 * (first + j)], "little") & mask
+            iov = (raw + delta * ones).to_bytes(16 * k, "little")  # delta < 0 borrows nothing:
+            return HostIovec(iov, k, sum(lens[i:j]), keep)  # every address is >= guest_addr
+    offsets, sizes = _span(-delta, addrs, lens, skip, length)
+    sizes_arr = array("Q", sizes)
+    n = len(sizes_arr)
+    iov_arr = array("Q", bytes(16 * n))
+    iov_arr[0::2] = array("Q", offsets)
+    iov_arr[1::2] = sizes_arr
+    return HostIovec(iov_arr.tobytes(), n, sum(sizes_arr), keep)
+
+
+def _linked(n: int) -> tuple[bytes, bytes, bytes]:
+    """Low and high bytes of the ``next`` fields 1..n-1 of a linear n-entry table, and n zeros."""
+    t = _tables.get(n)
+    if t is None:
+        t = _tables[n] = (
+            bytes(i & 0xFF for i in range(1, n)),
+            bytes(i >> 8 for i in range(1, n)),
+            bytes(n),
+        )
+    return t
+
+
+def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | None:
+    """The chain of an indirect table in Linux's shape, or None (then walk it one by one).
+
+    Linux's shape: entry i links to i+1 with NEXT set on all but the last, readable entries
+    (flags NEXT) before writable ones (NEXT|WRITE), the last entry 0 or WRITE, no zero lengths,
+    every buffer inside one RAM region, at most ``MAX_CHAIN_IOVECS`` entries, under 4 GiB in
+    all. Everything the careful walk would refuse is outside this shape. The fields are read
+    with strided byte slices and memoryview casts: C-level passes, one Python int per address
+    and length, none per flag.
+    """
+    n = len(data) // 16
+    if not 0 < n <= MAX_CHAIN_IOVECS or len(data) != 16 * n:
+        return None
+    next_lo, next_hi, zeros = _linked(n)
+    flags = data[12::16]
+    if data[13::16] != zeros or data[14 : 16 * n - 16 : 16] != next_lo:
+        return None
+    if data[15 : 16 * n - 16 : 16] != next_hi:
+        return None
+    last = flags[-1]
+    body = flags[:-1]
+    n_write = body.count(_WRITE_NEXT)
+    n_read = n - 1 - n_write
+    if body.count(_READ_NEXT) != n_read or (n_write and body.index(_WRITE_NEXT) != n_read):
+        return None
+    if last == VIRTQ_DESC_F_WRITE:
+        split = n_read
+    elif last == 0 and not n_write:
+        split = n
+    else:
+        return None
+    mv = memoryview(data)
+    addrs = mv.cast("Q")[0::2].tolist()
+    lens = mv.cast("I")[2::4].tolist()
+    if 0 in lens:
+        return None
+    region = mem.find_region(min(addrs))
+    if region is None:
+        return None
+    if max(addrs) + max(lens) > region.end and max(map(add, addrs, lens)) > region.end:
+        return None
+    total = sum(lens)
+    if total >= 1 << 32:
+        return None
+    readable_len = sum(lens[:split])
+    spans = (addrs[:split], lens[:split], addrs[split:], lens[split:])
+    return DescriptorChain(
+        head,
+        None,
+        None,
+        readable_len,
+        total - readable_len,
+        region,
+        spans=spans,
+        table=data,
+        split=split,
+    )
