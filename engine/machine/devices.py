@@ -37,6 +37,7 @@ from launcher.errors import EngineError
 log = logging.getLogger(__name__)
 
 QUEUE_NOTIFY = 0x50
+INTERRUPT_ACK = 0x64
 SERIAL_PORTS = 8
 
 
@@ -90,6 +91,7 @@ class AttachedDevice:
     loop: EventLoop
     irqfd: int
     kick_fds: list[int] = field(default_factory=list)
+    ack_fd: int | None = None
 
 
 class DeviceManager:
@@ -234,6 +236,9 @@ class DeviceManager:
             att.kick_fds.append(kfd)
             if not t.kernel_kick(q):
                 att.loop.add_reader(kfd, lambda q=q, t=t: t.on_queue_event(q))
+        if hasattr(t, "ack_eventfd"):  # used-ring acks end in the kernel (mmio.py's docstring)
+            att.ack_fd = t.ack_eventfd()
+            self.vm.register_ioeventfd(att.ack_fd, base + INTERRUPT_ACK, 4, datamatch=1)
 
     def _unwire_kicks(self, att: AttachedDevice) -> None:
         base = att.spec.mmio_base
@@ -242,6 +247,12 @@ class DeviceManager:
             with contextlib.suppress(Exception):
                 self.vm.register_ioeventfd(kfd, base + QUEUE_NOTIFY, 4, datamatch=q, deassign=True)
         att.kick_fds.clear()
+        if att.ack_fd is not None:
+            with contextlib.suppress(Exception):
+                self.vm.register_ioeventfd(
+                    att.ack_fd, base + INTERRUPT_ACK, 4, datamatch=1, deassign=True
+                )
+            att.ack_fd = None
 
     def attached(self, device_id: str) -> AttachedDevice | None:
         for att in self.virtio:

@@ -18,6 +18,12 @@ GSIs and KVM:
   InterruptStatus bit 0 (used ring) or bit 1 (config), then writes 1 to the eventfd; the
   driver reads InterruptStatus and writes InterruptACK. For vhost devices the kernel writes the
   irqfd itself, so InterruptStatus always reports bit 0 for them.
+- Acks: the manager may also register ``KVM_IOEVENTFD{addr=base+0x64, len=4, datamatch=1,
+  fd=t.ack_eventfd()}``: the driver's InterruptACK of a used-ring interrupt (value 1, the one
+  every request ends with) then completes in the kernel instead of exiting to a vCPU thread in
+  Python. Nothing reads that eventfd; since such an ack never clears bit 0, InterruptStatus
+  reports bit 0 whenever DRIVER_OK is set (as for vhost devices): at worst the driver looks at
+  a ring with nothing new. Acks with bit 1 (config) still exit and clear what they name.
 - ``t.close()`` at VM stop closes the eventfds and the device's backend.
 
 Status machine (Firecracker's table): ``0 → ACK → ACK|DRIVER → |FEATURES_OK → |DRIVER_OK``;
@@ -125,6 +131,7 @@ class MmioTransport:
         self._isr_lock = threading.Lock()
         self._irq: Callable[[], None] | None = None
         self.irqfd: int | None = None
+        self._ack_fd: int | None = None
         self.config_generation = 0
         self._reset_registers()
 
@@ -191,11 +198,19 @@ class MmioTransport:
         else:
             self.status |= STATUS_DEVICE_NEEDS_RESET
 
+    def ack_eventfd(self) -> int:
+        """The eventfd to register as KVM_IOEVENTFD (base+0x64, datamatch=1): see the module doc."""
+        if self._ack_fd is None:
+            self._ack_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return self._ack_fd
+
     @property
     def interrupt_status(self) -> int:
         with self._isr_lock:
             isr = self._isr
-        if self.device.kernel_queues and self.status & STATUS_DRIVER_OK:
+        if (self.device.kernel_queues or self._ack_fd is not None) and (
+            self.status & STATUS_DRIVER_OK
+        ):
             isr |= INT_VRING
         return isr
 
@@ -423,9 +438,10 @@ class MmioTransport:
         """At VM stop: reset, close the queue eventfds and the device's host resources."""
         self.reset()
         self.device.close()
-        for fd in self._eventfds:
+        for fd in [*self._eventfds, *([self._ack_fd] if self._ack_fd is not None else [])]:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._eventfds = []
+        self._ack_fd = None
