@@ -16,7 +16,7 @@ builtin engine with direct=off). Inside L2 busybox ``dd`` measures, on /dev/vda:
 Everything in the rig runs under TCG, so absolute numbers are far below bare metal; the ratio
 between the engines is the point (goal: builtin >= 0.8 x QEMU on sequential reads).
 
-    python bench/rig_blk.py [--runs N] [--mib N] [--rand N] [--engines qemu,builtin]
+    python bench/rig_blk.py [--boots N] [--runs N] [--mib N] [--rand N] [--engines qemu,builtin]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,15 +54,16 @@ dev=/dev/vda
 blocks=$(($(cat /sys/block/vda/size) / 8))
 flag=iflag=direct
 dd if=$dev of=/dev/null bs=4096 count=1 $flag 2>/dev/null || flag=
-out "setup blocks=$blocks direct=${flag:+yes}"
+q=/sys/block/vda/queue
+out "setup blocks=$blocks direct=${flag:+yes} max_segments=$(cat $q/max_segments) max_sectors_kb=$(cat $q/max_sectors_kb)"
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 dd if=$dev of=/dev/null bs=1048576 count=4 $flag 2>/dev/null  # warm up the path
 i=0
 while [ $i -lt "$runs" ]; do
-	drop; t0=$(now)
+	drop; set -- $(cat /sys/block/vda/stat); r0=$1; t0=$(now)
 	dd if=$dev of=/dev/null bs=1048576 count="$mib" $flag 2>/dev/null
-	t1=$(now)
-	out "seq1m bytes=$((mib * 1048576)) us=$((t1 - t0))"
+	t1=$(now); set -- $(cat /sys/block/vda/stat)
+	out "seq1m bytes=$((mib * 1048576)) us=$((t1 - t0)) requests=$(($1 - r0))"
 	n=$((mib * 64))
 	drop; t0=$(now)
 	dd if=$dev of=/dev/null bs=4096 count=$n $flag 2>/dev/null
@@ -166,13 +166,14 @@ def run_engine(vmm: str, manifest: Path, timeout: float) -> Result:
     return res
 
 
-def med(xs: list[float]) -> str:
-    return f"{statistics.median(xs):9.1f}" if xs else f"{'-':>9}"
+def best(xs: list[float]) -> str:
+    return f"{max(xs):9.1f}" if xs else f"{'-':>9}"
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="measurement rounds inside one boot")
+    p.add_argument("--boots", type=int, default=2, help="boots per engine, alternating engines")
     p.add_argument("--mib", type=int, default=64, help="MiB read per sequential pass")
     p.add_argument("--disk-mib", type=int, default=128, help="size of the disk image")
     p.add_argument("--rand", type=int, default=200, help="random 4 KiB reads per round")
@@ -188,36 +189,47 @@ def main(argv: list[str]) -> int:
         f"console=ttyS0 quiet reboot=k panic=1 svbench.runs={a.runs} svbench.mib={a.mib} "
         f"svbench.rand={a.rand}"
     )
+    engines = a.engines.split(",")
     names = {"qemu": "qemu-microvm", "builtin": "svlaunch-builtin"}
     print(
         f"rig_blk: virtio-blk reads in L2 (busybox dd on /dev/vda, {a.disk_mib} MiB raw image in "
-        f"L1 RAM, 1 vCPU, 256 MiB; {a.runs} rounds; medians)"
+        f"L1 RAM, 1 vCPU, 256 MiB); {a.boots} boot(s) per engine, alternating, {a.runs} "
+        "rounds each; best of all rounds (other load on the host only ever slows a round down)"
     )
-    print(
-        f"{'engine':18s} {'seq 1M MiB/s':>12s} {'seq 4K IOPS':>12s} {'rand 4K IOPS':>12s} "
-        f"{'(raw, w/ dd spawn)':>18s} {'boot+run s':>10s}"
-    )
-    results: dict[str, Result] = {}
+    results = {eng: Result() for eng in engines}
+    failed = 0
     with tempfile.TemporaryDirectory(prefix="rig-blk-") as tmp:
         manifest = Path(tmp) / "bench.toml"
         manifest.write_text(manifest_text(initrd, disk, cmdline))
-        for eng in a.engines.split(","):
-            res = run_engine(eng, manifest, a.timeout)
-            results[eng] = res
-            name = names.get(eng, eng)
-            if res.error and not res.seq1m_mib_s:
-                print(f"{name:18s} FAILED: {res.error}")
-                continue
-            inner = f"{res.inner_s:10.1f}" if res.inner_s is not None else f"{'-':>10}"
-            print(
-                f"{name:18s} {med(res.seq1m_mib_s):>12s} {med(res.seq4k_iops):>12s} "
-                f"{med(res.rand4k_iops):>12s} {med(res.rand4k_raw_iops):>18s} {inner}"
-            )
-            if res.error:
-                print(f"{'':18s} (incomplete: {res.error})")
+        for i in range(a.boots):
+            for eng in engines:
+                res = run_engine(eng, manifest, a.timeout)
+                acc = results[eng]
+                acc.seq1m_mib_s += res.seq1m_mib_s
+                acc.seq4k_iops += res.seq4k_iops
+                acc.rand4k_iops += res.rand4k_iops
+                acc.rand4k_raw_iops += res.rand4k_raw_iops
+                seq = ", ".join(f"{x:.0f}" for x in res.seq1m_mib_s) or "-"
+                line = f"  boot {i + 1} {names.get(eng, eng):18s} seq 1M MiB/s per round: {seq}"
+                if res.inner_s is not None:
+                    line += f" (boot+run {res.inner_s:.1f} s)"
+                print(line, flush=True)
+                if res.error:
+                    failed += 1
+                    print(f"    FAILED: {res.error}")
+    print(
+        f"{'engine':18s} {'seq 1M MiB/s':>12s} {'seq 4K IOPS':>12s} {'rand 4K IOPS':>12s} "
+        f"{'(raw, w/ dd spawn)':>18s}"
+    )
+    for eng in engines:
+        r = results[eng]
+        print(
+            f"{names.get(eng, eng):18s} {best(r.seq1m_mib_s):>12s} {best(r.seq4k_iops):>12s} "
+            f"{best(r.rand4k_iops):>12s} {best(r.rand4k_raw_iops):>18s}"
+        )
     q, b = results.get("qemu"), results.get("builtin")
     if q and b and q.seq1m_mib_s and b.seq1m_mib_s:
-        ratio = statistics.median(b.seq1m_mib_s) / statistics.median(q.seq1m_mib_s)
+        ratio = max(b.seq1m_mib_s) / max(q.seq1m_mib_s)
         verdict = "meets" if ratio >= 0.8 else "below"
         print(f"builtin / qemu, sequential 1 MiB reads: {ratio:.2f} ({verdict} the 0.8 goal)")
         for label, bx, qx in (
@@ -225,10 +237,8 @@ def main(argv: list[str]) -> int:
             ("random 4 KiB", b.rand4k_iops, q.rand4k_iops),
         ):
             if bx and qx:
-                print(
-                    f"builtin / qemu, {label} reads: {statistics.median(bx) / statistics.median(qx):.2f}"
-                )
-    return 1 if any(r.error for r in results.values()) else 0
+                print(f"builtin / qemu, {label} reads: {max(bx) / max(qx):.2f}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

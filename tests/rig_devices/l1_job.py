@@ -128,12 +128,12 @@ def main() -> int:
         t0 = time.monotonic()
         rc, out = svlaunch("qmp", a.vm, "balloon", f"value={a.balloon}")
         say(event="balloon", rc=rc, s=f"{time.monotonic() - t0:.2f}", out=json.dumps(out))
-    if a.balloon is not None:
-        actual = query_balloon(a.vm, a.balloon, deadline=time.monotonic() + 4)
-        say(event="query-balloon", actual=actual)
-    if a.vsock_cid is not None:
+    if a.vsock_cid is not None:  # first: quick, and the guest must still be up
         say(event="vsock", cid=a.vsock_cid, result=vsock_probe(a.vsock_cid))
         say(event="vsock", cid=a.vsock_cid + 1, result=vsock_probe(a.vsock_cid + 1))
+    if a.balloon is not None:
+        actual = query_balloon(a.vm, a.balloon, deadline=time.monotonic() + 8)
+        say(event="query-balloon", actual=actual)
     return 0
 
 
