@@ -16,6 +16,8 @@ from typing import Protocol
 
 from launcher.errors import EngineError
 
+CACHE_LIMIT = 1024
+
 
 class BusDevice(Protocol):
     def read(self, offset: int, size: int) -> int: ...
@@ -47,6 +49,10 @@ class Bus:
         self._entries: list[tuple[BusRange, BusDevice, threading.Lock | None]] = []
         self._lock = threading.Lock()
         self.unhandled = 0
+        #: addr -> entry for addresses guests used: a dict hit instead of a bisect per exit
+        #: (a guest's PIO/MMIO exits hit a handful of registers). Replaced, not mutated, on any
+        #: change to the ranges; bounded, so a guest sweeping a window cannot grow it forever.
+        self._cache: dict[int, tuple[BusRange, BusDevice, threading.Lock | None]] = {}
 
     def insert(
         self, device: BusDevice, base: int, length: int, name: str, *, serialize: bool = True
@@ -71,6 +77,7 @@ class Bus:
                         )
             self._starts.insert(i, base)
             self._entries.insert(i, (new, device, threading.Lock() if serialize else None))
+            self._cache = {}
 
     def replace(self, base: int, device: BusDevice, name: str) -> BusDevice:
         """Swap the device at ``base`` in place (hot-replace), keeping its range; returns the old.
@@ -85,9 +92,11 @@ class Bus:
             rng, old, lock = self._entries[i]
             if lock is None:
                 self._entries[i] = (BusRange(base, rng.length, name), device, None)
+                self._cache = {}
                 return old
             with lock:
                 self._entries[i] = (BusRange(base, rng.length, name), device, lock)
+                self._cache = {}
             return old
 
     def remove(self, base: int) -> None:
@@ -96,6 +105,7 @@ class Bus:
             if i < len(self._starts) and self._starts[i] == base:
                 del self._starts[i]
                 del self._entries[i]
+                self._cache = {}
 
     def lookup(self, addr: int) -> tuple[BusRange, BusDevice, threading.Lock | None] | None:
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -105,8 +115,19 @@ class Bus:
                 return entry
         return None
 
+    def _cached(self, addr: int) -> tuple[BusRange, BusDevice, threading.Lock | None] | None:
+        cache = self._cache
+        entry = cache.get(addr)
+        if entry is None:
+            entry = self.lookup(addr)
+            if entry is not None:
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[addr] = entry
+        return entry
+
     def read(self, addr: int, size: int) -> int:
-        entry = self.lookup(addr)
+        entry = self._cached(addr)
         if entry is None or addr + size > entry[0].end:
             self.unhandled += 1
             return (1 << (8 * size)) - 1
@@ -117,7 +138,7 @@ class Bus:
             return dev.read(addr - rng.base, size)
 
     def write(self, addr: int, size: int, value: int) -> None:
-        entry = self.lookup(addr)
+        entry = self._cached(addr)
         if entry is None or addr + size > entry[0].end:
             self.unhandled += 1
             return

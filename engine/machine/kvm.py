@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +20,9 @@ from engine.machine import kvm_sys as k
 from launcher.errors import EngineError, HostError
 
 ffi, libc = k.ffi, k.libc
+#: KVM_RUN's argument and the exit-reason field, made once: the vCPU loop's hot path
+_ARG_ZERO = ffi.cast("unsigned long", 0)
+_EXIT_REASON = struct.Struct("<I")
 
 #: errno → meaning, per ioctl (falls back to the generic table).
 _MEANINGS: dict[str, dict[int, str]] = {
@@ -277,13 +281,13 @@ class VcpuFd:
 
     def run(self) -> int:
         """Enter the guest; returns the exit reason, or ``KVM_EXIT_INTR`` when kicked (EINTR)."""
-        r = libc.ioctl(self.fd, k.KVM_RUN, ffi.cast("unsigned long", 0))
+        r = libc.ioctl(self.fd, k.KVM_RUN, _ARG_ZERO)
         if r < 0:
             err = ffi.errno
             if err in (errno.EINTR, errno.EAGAIN):
                 return k.KVM_EXIT_INTR
             raise KvmError("KVM_RUN", err, f"vcpu {self.id}")
-        return self.run_struct.exit_reason
+        return _EXIT_REASON.unpack_from(self._map, 8)[0]  # kvm_run.exit_reason, no cdata
 
     def set_immediate_exit(self, value: bool) -> None:
         self.run_struct.immediate_exit = 1 if value else 0
