@@ -19,8 +19,8 @@ import os
 import struct
 import time
 
-from engine.virtio.chain import host_iovec
 from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
+from engine.virtio.hostiov import host_iovec
 from engine.virtio.iov import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,

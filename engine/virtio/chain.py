@@ -14,7 +14,6 @@ region view, made the same C-level way.
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_left, bisect_right
 from itertools import accumulate, repeat
 from operator import add, itemgetter, sub
@@ -31,7 +30,7 @@ _WRITE_NEXT = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE
 _ADDR = itemgetter(0)
 _LEN = itemgetter(1)
 _tables: dict[int, tuple[bytes, bytes, bytes]] = {}
-_patterns: dict[int, tuple[int, int]] = {}
+_slots: dict[int, tuple[int, int, int]] = {}
 
 
 class DescriptorChain:
@@ -53,6 +52,7 @@ class DescriptorChain:
         "region",
         "split",
         "table",
+        "table_lens",
         "writable_len",
     )
 
@@ -67,6 +67,7 @@ class DescriptorChain:
         spans: tuple[list[int], list[int], list[int], list[int]] | None = None,
         table: bytes | None = None,
         split: int = 0,
+        lens: list[int] | None = None,
     ) -> None:
         self.head = head
         #: the raw indirect table this chain came from (fast path only), and the index of its
@@ -76,15 +77,15 @@ class DescriptorChain:
         self.readable_len = readable_len
         self.writable_len = writable_len
         self.region = region
+        self.table_lens = lens
         self._spans = spans
         self._lists: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
-        if spans is None:
+        if spans is None and table is None:
             self._lists = (readable if readable is not None else [], writable or [])
 
     def _pairs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         if self._lists is None:
-            assert self._spans is not None
-            ra, rl, wa, wl = self._spans
+            (ra, rl), (wa, wl) = self.spans(False), self.spans(True)
             self._lists = (list(zip(ra, rl, strict=True)), list(zip(wa, wl, strict=True)))
         return self._lists
 
@@ -98,10 +99,13 @@ class DescriptorChain:
 
     def spans(self, writable: bool) -> tuple[list[int], list[int]]:
         """``(addresses, lengths)`` of one direction's buffers, in chain order."""
+        if self._spans is None and self.table is not None and self.table_lens is not None:
+            addrs = memoryview(self.table).cast("Q")[0::2].tolist()
+            lens, k = self.table_lens, self.split
+            self._spans = (addrs[:k], lens[:k], addrs[k:], lens[k:])
         if self._spans is not None:
-            return (
-                (self._spans[2], self._spans[3]) if writable else (self._spans[0], self._spans[1])
-            )
+            ra, rl, wa, wl = self._spans
+            return (wa, wl) if writable else (ra, rl)
         bufs = self._pairs()[1 if writable else 0]
         return list(map(_ADDR, bufs)), list(map(_LEN, bufs))
 
@@ -128,10 +132,21 @@ class DescriptorChain:
 
     def read(self, mem: GuestMemory, skip: int = 0, length: int | None = None) -> bytes:
         """Copy readable bytes out of guest memory (for small headers and control messages)."""
+        lens = self.table_lens
+        if lens and length is not None and self.split and skip + length <= lens[0]:
+            assert self.table is not None  # a request header in the first buffer: one read
+            return mem.read(int.from_bytes(self.table[:8], "little") + skip, length)
         return b"".join(bytes(v) for v in self.read_views(mem, skip, length))
 
     def write(self, mem: GuestMemory, data: bytes | bytearray | memoryview, skip: int = 0) -> int:
         """Copy ``data`` into the writable buffers from offset ``skip``; returns the bytes written."""
+        lens = self.table_lens
+        if lens and self.split < len(lens) and skip + len(data) <= self.writable_len:
+            into_last = skip - (self.writable_len - lens[-1])
+            if into_last >= 0:  # a status byte in the last buffer: one write
+                assert self.table is not None
+                mem.write(int.from_bytes(self.table[-16:-8], "little") + into_last, data)
+                return len(data)
         src = memoryview(data).cast("B")
         pos = 0
         for v in self.write_views(mem, skip, len(src)):
@@ -213,88 +228,6 @@ def _region_views(
     return list(map(rv.__getitem__, map(slice, starts, map(add, starts, sizes))))
 
 
-class HostIovec:
-    """A packed ``struct iovec[count]`` over guest buffers, for preadv/pwritev without views.
-
-    Why: a memoryview per 4 KiB page costs more than the page's copy. ``keep`` is a view of the
-    whole region, held for as long as the iovec is used, so the mapping cannot be unmapped (it
-    raises BufferError on close) while the kernel writes through these addresses.
-    """
-
-    __slots__ = ("count", "data", "keep", "total")
-
-    def __init__(self, data: bytes, count: int, total: int, keep: memoryview) -> None:
-        self.data, self.count, self.total, self.keep = data, count, total, keep
-
-    def aligned(self, align: int) -> bool:
-        """Every buffer's host address and length is a multiple of ``align`` (for O_DIRECT)."""
-        return not any(map((align - 1).__and__, memoryview(self.data).cast("Q")))
-
-
-def _whole(n: int, lens: list[int], skip: int, length: int | None) -> tuple[int, int] | None:
-    """The buffer range ``[i, j)`` that is exactly bytes ``[skip, skip+length)``, for the usual
-    requests (all, all but the last, all but the first, the last alone); None otherwise."""
-    if length is None:
-        return (0, n) if skip == 0 else None
-    total = sum(lens)
-    if skip == 0 and length == total:
-        return 0, n
-    if n > 1 and skip == 0 and length == total - lens[-1]:
-        return 0, n - 1
-    if n > 1 and skip == lens[0] and length == total - skip:
-        return 1, n
-    if skip == total - lens[-1] and length == lens[-1]:
-        return n - 1, n
-    return None
-
-
-def _iov_patterns(n: int) -> tuple[int, int]:
-    """For an n-entry table read as one little-endian integer: the mask keeping each entry's
-    address and length (dropping flags and next), and one 1 at each entry's address field."""
-    pat = _patterns.get(n)
-    if pat is None:
-        ones = sum(1 << (128 * i) for i in range(n))
-        pat = _patterns[n] = (((1 << 96) - 1) * ones, ones)
-    return pat
-
-
-def host_iovec(
-    mem: GuestMemory, chain: DescriptorChain, writable: bool, skip: int, length: int | None
-) -> HostIovec | None:
-    """The chain's readable or writable bytes ``[skip, skip+length)`` as a host iovec array, or
-    None when the chain was not checked to lie in one region (use its views then).
-
-    A chain from ``linear_table`` keeps its raw table, whose entries (addr u64, len u32, flags
-    u16, next u16) become iovecs (base u64, len u64) in three big-integer operations: mask off
-    flags and next, add host-minus-guest to every address, back to bytes. No Python object per
-    buffer; addresses stay in the region because ``linear_table`` checked every buffer.
-    """
-    region = chain.region
-    if region is None:
-        return None
-    keep = mem.view(region.guest_addr, region.size)
-    delta = region.host_addr - region.guest_addr
-    addrs, lens = chain.spans(writable)
-    table = chain.table
-    if table is not None:
-        first = chain.split if writable else 0
-        span = _whole(len(lens), lens, skip, length)
-        if span is not None:
-            i, j = span
-            k = j - i
-            mask, ones = _iov_patterns(k)
-            raw = int.from_bytes(table[16 * (first + i) : 16 * (first + j)], "little") & mask
-            iov = (raw + delta * ones).to_bytes(16 * k, "little")  # delta < 0 borrows nothing:
-            return HostIovec(iov, k, sum(lens[i:j]), keep)  # every address is >= guest_addr
-    offsets, sizes = _span(-delta, addrs, lens, skip, length)
-    sizes_arr = array("Q", sizes)
-    n = len(sizes_arr)
-    iov_arr = array("Q", bytes(16 * n))
-    iov_arr[0::2] = array("Q", offsets)
-    iov_arr[1::2] = sizes_arr
-    return HostIovec(iov_arr.tobytes(), n, sum(sizes_arr), keep)
-
-
 def _linked(n: int) -> tuple[bytes, bytes, bytes]:
     """Low and high bytes of the ``next`` fields 1..n-1 of a linear n-entry table, and n zeros."""
     t = _tables.get(n)
@@ -338,21 +271,16 @@ def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | 
         split = n
     else:
         return None
-    mv = memoryview(data)
-    addrs = mv.cast("Q")[0::2].tolist()
-    lens = mv.cast("I")[2::4].tolist()
+    lens = memoryview(data).cast("I")[2::4].tolist()
     if 0 in lens:
         return None
-    region = mem.find_region(min(addrs))
-    if region is None:
-        return None
-    if max(addrs) + max(lens) > region.end and max(map(add, addrs, lens)) > region.end:
+    region = mem.find_region(int.from_bytes(data[:8], "little"))
+    if region is None or not _inside(data, n, region.guest_addr, region.end):
         return None
     total = sum(lens)
     if total >= 1 << 32:
         return None
     readable_len = sum(lens[:split])
-    spans = (addrs[:split], lens[:split], addrs[split:], lens[split:])
     return DescriptorChain(
         head,
         None,
@@ -360,7 +288,33 @@ def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | 
         readable_len,
         total - readable_len,
         region,
-        spans=spans,
         table=data,
         split=split,
+        lens=lens,
     )
+
+
+def _inside(data: bytes, n: int, lo: int, hi: int) -> bool:
+    """Every entry's ``[addr, addr+len)`` lies in ``[lo, hi)``, for all n at once.
+
+    The table as one integer has a 128-bit slot per entry: addr in bits 0-63, len in 64-95.
+    Adding ``2**64 - lo`` to every address carries into bit 64 of its slot exactly when
+    ``addr >= lo``; adding ``2**80 - hi - 1`` to every ``addr + len`` (< 2**65) carries into bit
+    80 exactly when it exceeds ``hi``. Slots are wide enough that no carry reaches a neighbour.
+    """
+    ones, addr_mask, len_mask = _slot_patterns(n)
+    t = int.from_bytes(data, "little")
+    addrs = t & addr_mask
+    if lo and ((addrs + ((1 << 64) - lo) * ones) >> 64) & ones != ones:
+        return False
+    ends = addrs + ((t >> 64) & len_mask)
+    return not ((ends + ((1 << 80) - hi - 1) * ones) >> 80) & ones
+
+
+def _slot_patterns(n: int) -> tuple[int, int, int]:
+    """A 1 at the bottom of each of n 128-bit slots, and masks of each slot's low 64/32 bits."""
+    pat = _slots.get(n)
+    if pat is None:
+        ones = sum(1 << (128 * i) for i in range(n))
+        pat = _slots[n] = (ones, ((1 << 64) - 1) * ones, ((1 << 32) - 1) * ones)
+    return pat
