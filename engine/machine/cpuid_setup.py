@@ -88,6 +88,4 @@ def vcpu_cpuid(
         cpuid_mod.CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
         for e in entries
     ]
-    return cpuid_mod.patch_cpuid(
-        conv, vcpu, topology, vendor=cpuid_mod.vendor_of(conv), pvm=pvm
-    )
+    return cpuid_mod.patch_cpuid(conv, vcpu, topology, vendor=cpuid_mod.vendor_of(conv), pvm=pvm)
