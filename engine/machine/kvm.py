@@ -13,10 +13,10 @@ import mmap
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from engine.machine import kvm_sys as k
+from engine.machine.cpuid import CpuidEntry, CpuidLike
 from launcher.errors import EngineError, HostError
 
 ffi, libc = k.ffi, k.libc
@@ -96,29 +96,6 @@ def _ioctl(fd: int, req: int, arg: Any = None, *, detail: str = "") -> int:
     return r
 
 
-@dataclass(frozen=True)
-class KvmCpuidEntry:
-    """One raw CPUID entry as KVM reports it (converted to ``cpuid.CpuidEntry`` by the builder)."""
-
-    function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
-
-
-class CpuidLike(Protocol):
-    function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
-
-
 class Kvm:
     """``/dev/kvm``: capabilities and VM creation."""
 
@@ -148,12 +125,12 @@ class Kvm:
     def max_vcpu_id(self) -> int:
         return self.check_extension(k.KVM_CAP_MAX_VCPU_ID) or self.max_vcpus
 
-    def supported_cpuid(self) -> list[KvmCpuidEntry]:
+    def supported_cpuid(self) -> list[CpuidEntry]:
         n = k.MAX_CPUID_ENTRIES
         buf = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
         _ioctl(self.fd, k.KVM_GET_SUPPORTED_CPUID, buf)
         return [
-            KvmCpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+            CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
             for e in (buf.entries[i] for i in range(buf.nent))
         ]
 
