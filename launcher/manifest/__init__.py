@@ -3,57 +3,39 @@
 Public API (stable; other packages code against it):
 
 - ``load_manifest(path) -> Manifest`` (raises ``InvalidInput`` with every located issue)
+- ``load_file(path) -> (Manifest | None, list[Issue])``
 - ``load_text(text, fmt, source) -> (Manifest | None, list[Issue])``
 - ``dump_manifest(manifest, fmt="toml"|"yaml") -> str`` and ``manifest_to_data(manifest)``
 
-Submodules are imported on first use so ``import launcher.manifest`` stays cheap.
+The names resolve on first use (PEP 562 ``__getattr__``) to the functions in ``load`` and
+``dump``, so ``import launcher.manifest`` stays cheap and each signature is written once.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from launcher.errors import Issue
-    from launcher.model import Manifest
+    from launcher.manifest.dump import dump_manifest, manifest_to_data
+    from launcher.manifest.load import load_file, load_manifest, load_text
 
 __all__ = ["dump_manifest", "load_file", "load_manifest", "load_text", "manifest_to_data"]
 
-
-def load_manifest(
-    path: str, *, target: str = "engine", warnings: list[Issue] | None = None
-) -> Manifest:
-    from launcher.manifest.load import load_manifest as impl
-
-    return impl(path, target=target, warnings=warnings)
-
-
-def load_file(path: str, *, target: str = "engine") -> tuple[Manifest | None, list[Issue]]:
-    from launcher.manifest.load import load_file as impl
-
-    return impl(path, target=target)
+#: public name -> the submodule that defines it
+_HOME = {
+    "load_manifest": "load",
+    "load_file": "load",
+    "load_text": "load",
+    "manifest_to_data": "dump",
+    "dump_manifest": "dump",
+}
 
 
-def load_text(
-    text: str,
-    fmt: str,
-    source: str = "<memory>",
-    base_dir: str | None = None,
-    *,
-    target: str = "engine",
-) -> tuple[Manifest | None, list[Issue]]:
-    from launcher.manifest.load import load_text as impl
-
-    return impl(text, fmt, source, base_dir, target=target)
-
-
-def manifest_to_data(manifest: Manifest, base_dir: str | None = None) -> dict[str, Any]:
-    from launcher.manifest.dump import manifest_to_data as impl
-
-    return impl(manifest, base_dir)
-
-
-def dump_manifest(manifest: Manifest, fmt: str = "toml", base_dir: str | None = None) -> str:
-    from launcher.manifest.dump import dump_manifest as impl
-
-    return impl(manifest, fmt, base_dir)
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
