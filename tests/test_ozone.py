@@ -65,6 +65,23 @@ def make_plan(
     )  # fmt: skip
 
 
+def realize_piped(sb: Sandbox, argv: list[str]):
+    """Start ``argv`` jailed with its stdin/stdout on pipes: (jailed, stdin writer, stdout)."""
+    r, w = os.pipe()
+    out_r, out_w = os.pipe()
+    saved = os.dup(0), os.dup(1)
+    os.dup2(r, 0)
+    os.dup2(out_w, 1)
+    try:
+        jailed = sb.realize(argv)
+    finally:
+        os.dup2(saved[0], 0)
+        os.dup2(saved[1], 1)
+        for fd in (r, out_w, *saved):
+            os.close(fd)
+    return jailed, w, os.fdopen(out_r)
+
+
 TINY = Runtime("/usr/bin/true", ())  # no interpreter closure: keeps unit tests fast
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from test_ozone import UID, make_plan
+from test_ozone import UID, make_plan, realize_piped
 
 from engine.ozone.errors import SandboxError
 from engine.ozone.sandbox import Sandbox, _mounts_under
@@ -56,19 +56,8 @@ def _cleanup():
 def _start(plan, tmp_path, argv=PROBE):
     sb = Sandbox.from_plan(plan, state_dir=str(tmp_path / "state"))
     STARTED.append(sb)
-    r, w = os.pipe()
-    out_r, out_w = os.pipe()
-    saved = os.dup(0), os.dup(1)
-    os.dup2(r, 0)
-    os.dup2(out_w, 1)
-    try:
-        jailed = sb.realize(argv)
-    finally:
-        os.dup2(saved[0], 0)
-        os.dup2(saved[1], 1)
-        for fd in (r, out_w, *saved):
-            os.close(fd)
-    return sb, jailed, w, os.fdopen(out_r)
+    jailed, w, out = realize_piped(sb, argv)
+    return sb, jailed, w, out
 
 
 def _status(pid: int) -> dict[str, str]:

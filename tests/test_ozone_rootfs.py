@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from test_ozone import UID, make_plan
+from test_ozone import UID, make_plan, realize_piped
 
 from engine.ozone import rootfs
 from engine.ozone.sandbox import Sandbox, _mounts_under
@@ -75,27 +75,10 @@ def test_everything_off_the_jails_path_is_detached_deepest_first():
 PROBE = [sys.executable, "-m", "engine.ozone.probe"]
 
 
-def _realize(sb: Sandbox, argv: list[str]):
-    """Start ``argv`` jailed with its stdin/stdout on pipes: (jailed, stdin writer, stdout)."""
-    r, w = os.pipe()
-    out_r, out_w = os.pipe()
-    saved = os.dup(0), os.dup(1)
-    os.dup2(r, 0)
-    os.dup2(out_w, 1)
-    try:
-        jailed = sb.realize(argv)
-    finally:
-        os.dup2(saved[0], 0)
-        os.dup2(saved[1], 1)
-        for fd in (r, out_w, *saved):
-            os.close(fd)
-    return jailed, w, os.fdopen(out_r)
-
-
 def _probe_facts(tmp_path, mode: str) -> tuple[dict, Sandbox]:
     plan = make_plan(str(tmp_path / mode))
     sb = Sandbox.from_plan(plan, state_dir=str(tmp_path / mode / "state"), root_mode=mode)
-    jailed, w, out = _realize(sb, PROBE)
+    jailed, w, out = realize_piped(sb, PROBE)
     try:
         facts = json.loads(out.readline())
         facts["proc_root"] = sorted(os.listdir(f"/proc/{jailed.pid}/root"))
@@ -143,7 +126,7 @@ def test_socket_in_a_root_only_dir_reaches_the_host_through_a_link(tmp_path):
     plan = dataclasses.replace(plan, qmp=(*plan.qmp, qmp))
     sb = Sandbox.from_plan(plan, state_dir=str(tmp_path / "state"))
     assert len(sb.spec.redirects) == 1 and sb.spec.redirects[0][0] == qmp
-    jailed, w, out = _realize(sb, [sys.executable, "-c", LISTENER, qmp])
+    jailed, w, out = realize_piped(sb, [sys.executable, "-c", LISTENER, qmp])
     try:
         assert out.readline().strip() == str(UID)
         assert os.path.islink(qmp)
