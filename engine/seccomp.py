@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 
+from engine.libc import check, libc
 from engine.seccomp_lists import ROLES, allowed
 
 _SYS_SECCOMP = 317  # x86_64
@@ -115,21 +116,14 @@ def _bpf(role: str, how: str) -> bytes:
 
 def load_bpf(prog: bytes) -> None:
     """Install ``prog`` on the calling thread (sets no_new_privs first, as seccomp requires)."""
-    libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    if libc.prctl(
-        _PR_SET_NO_NEW_PRIVS,
-        ctypes.c_ulong(1),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-        ctypes.c_ulong(0),
-    ):
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
-    if libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(fprog)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"seccomp(SET_MODE_FILTER): {os.strerror(err)}")
+    one, zero = ctypes.c_ulong(1), ctypes.c_ulong(0)
+    check(libc.prctl(_PR_SET_NO_NEW_PRIVS, one, zero, zero, zero), "prctl(PR_SET_NO_NEW_PRIVS)")
+    check(
+        libc.syscall(_SYS_SECCOMP, _SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(fprog)),
+        "seccomp(SET_MODE_FILTER)",
+    )
 
 
 def install(role: str, *, enabled: bool = True) -> None:
@@ -150,7 +144,7 @@ def install(role: str, *, enabled: bool = True) -> None:
     trigger = os.environ.get("SVLAUNCH_TEST_FORBIDDEN_SYSCALL", "")
     if trigger == role or (trigger == "1" and role == "main"):
         # test-only: a syscall no list allows; the kernel kills the process here
-        ctypes.CDLL(None).syscall(_SYS_PERSONALITY, ctypes.c_ulong(0xFFFFFFFF))
+        libc.syscall(_SYS_PERSONALITY, ctypes.c_ulong(0xFFFFFFFF))
 
 
 def counts() -> dict[str, int]:

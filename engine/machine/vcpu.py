@@ -218,7 +218,8 @@ def install_kick_handler() -> bool:
             return True
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+        from engine.libc import libc
+
         libc.signal.restype = ctypes.c_void_p
         libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
         noop = ctypes.cast(libc.abs, ctypes.c_void_p).value

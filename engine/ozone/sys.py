@@ -3,8 +3,9 @@
 Thin ctypes wrappers over libc (mount, umount2, pivot_root, chroot, unshare, setns, sethostname, prctl,
 capget/capset) plus the few ``os`` calls the sandbox needs, so the rest of the package is plain
 logic that unit tests can drive in a temp dir. Every wrapper raises ``OSError`` with the errno and
-the call's arguments; callers turn that into a ``SandboxError`` naming the step. ctypes (not
-cffi) because it is in the standard library and so also works inside a fresh jail.
+the call's arguments (``engine.libc.check``); callers turn that into a ``SandboxError`` naming the
+step. ctypes (not cffi) because it is in the standard library and so also works inside a fresh
+jail.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import fcntl
 import os
 import resource
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from engine.libc import check as _check
+from engine.libc import libc as _libc
 
 # unshare(2)/setns(2) flags (linux/sched.h)
 CLONE_NEWNS = 0x00020000
@@ -56,13 +58,6 @@ _SYS_CAPSET = 126
 _SYS_CLOSE_RANGE = 436
 _CAP_VERSION_3 = 0x20080522
 _NS_GET_NSTYPE = 0xB703
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
 
 
 def _b(s: str | None) -> bytes | None:
