@@ -13,7 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.machine import layout
-from engine.machine.loader import LoadResult
+from engine.machine.loader import (  # setup-header fields: the same offsets in boot_params
+    BOOT_FLAG,
+    CMD_LINE_PTR,
+    CMDLINE_SIZE,
+    HDRS_MAGIC,
+    HEADER,
+    KERNEL_ALIGNMENT,
+    LOADED_HIGH,
+    LOADFLAGS,
+    RAMDISK_IMAGE,
+    SETUP_HEADER,
+    TYPE_OF_LOADER,
+    VERSION,
+    LoadResult,
+)
 from engine.machine.memory import GuestMemory
 from launcher.errors import EngineError
 
@@ -29,17 +43,6 @@ EXT_RAMDISK_IMAGE = 0x0C0
 EXT_RAMDISK_SIZE = 0x0C4
 EXT_CMD_LINE_PTR = 0x0C8
 E820_ENTRIES = 0x1E8
-SETUP_HEADER = 0x1F1
-BOOT_FLAG = 0x1FE
-HEADER = 0x202
-VERSION = 0x206
-TYPE_OF_LOADER = 0x210
-LOADFLAGS = 0x211
-RAMDISK_IMAGE = 0x218
-RAMDISK_SIZE = 0x21C
-CMD_LINE_PTR = 0x228
-KERNEL_ALIGNMENT = 0x230
-CMDLINE_SIZE = 0x238
 E820_TABLE = 0x2D0
 
 
@@ -117,11 +120,11 @@ def build_zero_page(
         zp[SETUP_HEADER : SETUP_HEADER + len(hdr)] = hdr
     else:
         struct.pack_into("<H", zp, BOOT_FLAG, 0xAA55)
-        struct.pack_into("<I", zp, HEADER, 0x53726448)
+        struct.pack_into("<I", zp, HEADER, HDRS_MAGIC)
         struct.pack_into("<H", zp, VERSION, 0x020C)
         struct.pack_into("<I", zp, KERNEL_ALIGNMENT, 0x0100_0000)
     zp[TYPE_OF_LOADER] = 0xFF
-    zp[LOADFLAGS] |= 0x01  # LOADED_HIGH
+    zp[LOADFLAGS] |= LOADED_HIGH
     struct.pack_into("<I", zp, CMD_LINE_PTR, cmdline_addr & 0xFFFF_FFFF)
     struct.pack_into("<I", zp, EXT_CMD_LINE_PTR, cmdline_addr >> 32)
     struct.pack_into("<I", zp, CMDLINE_SIZE, cmdline_len)

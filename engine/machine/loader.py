@@ -22,10 +22,28 @@ from launcher.errors import EngineError, GuestMemoryError
 
 ELF_MAGIC = b"\x7fELF"
 PT_LOAD = 1
-SETUP_HEADER_START = 0x1F1
-HDRS_MAGIC = 0x53726448
+HDRS_MAGIC = 0x53726448  # "HdrS" at HEADER
 XLF_KERNEL_64 = 1
 LOADED_HIGH = 1
+
+# Setup-header fields (Documentation/arch/x86/boot.rst): the same offsets in the bzImage and in
+# ``boot_params``, where ``bootparams`` copies the header.
+SETUP_HEADER = 0x1F1  # setup_sects, the header's first field
+BOOT_FLAG = 0x1FE
+JUMP_END = 0x201  # the header ends at HEADER + this byte
+HEADER = 0x202
+VERSION = 0x206
+TYPE_OF_LOADER = 0x210
+LOADFLAGS = 0x211
+RAMDISK_IMAGE = 0x218
+RAMDISK_SIZE = 0x21C
+CMD_LINE_PTR = 0x228
+INITRD_ADDR_MAX = 0x22C
+KERNEL_ALIGNMENT = 0x230
+XLOADFLAGS = 0x236
+CMDLINE_SIZE = 0x238
+PAYLOAD_OFFSET = 0x248  # payload_offset, then payload_length
+SETUP_HEADER_MIN_LEN = 0x250  # the image holds the header through payload_length
 
 
 class LoaderError(EngineError):
@@ -39,19 +57,24 @@ class LoadResult:
     kernel_end: int  # one past the highest (including BSS)
     image_format: str  # "elf" | "bzimage"
     compression: str = "none"
-    setup_header: bytes | None = None  # bzImage bytes [0x1F1, end of header)
+    setup_header: bytes | None = None  # bzImage bytes [SETUP_HEADER, end of header)
+
+    def _header_u32(self, offset: int) -> int | None:
+        """The 32-bit setup-header field at boot_params ``offset``, None if the header lacks it."""
+        at = offset - SETUP_HEADER
+        if self.setup_header is None or len(self.setup_header) < at + 4:
+            return None
+        return struct.unpack_from("<I", self.setup_header, at)[0]
 
     @property
     def initrd_addr_max(self) -> int:
-        if self.setup_header is not None and len(self.setup_header) >= 0x22C + 4 - 0x1F1:
-            return struct.unpack_from("<I", self.setup_header, 0x22C - 0x1F1)[0]
-        return 0x7FFF_FFFF
+        v = self._header_u32(INITRD_ADDR_MAX)
+        return 0x7FFF_FFFF if v is None else v
 
     @property
     def cmdline_size(self) -> int:
-        if self.setup_header is not None and len(self.setup_header) >= 0x238 + 4 - 0x1F1:
-            return struct.unpack_from("<I", self.setup_header, 0x238 - 0x1F1)[0] or 255
-        return layout.CMDLINE_MAX_SIZE - 1
+        v = self._header_u32(CMDLINE_SIZE)
+        return layout.CMDLINE_MAX_SIZE - 1 if v is None else v or 255
 
 
 def load_kernel(
@@ -68,7 +91,7 @@ def load_kernel(
     data = image if isinstance(image, bytes | memoryview) else image.read()
     if data[:4] == ELF_MAGIC:
         return load_elf(mem, data, name=name)
-    if len(data) > 0x206 and struct.unpack_from("<I", data, 0x202)[0] == HDRS_MAGIC:
+    if len(data) > VERSION and struct.unpack_from("<I", data, HEADER)[0] == HDRS_MAGIC:
         return load_bzimage(mem, data, name=name)
     raise LoaderError(
         f"{name}: neither an ELF vmlinux nor a bzImage (starts with {bytes(data[:4]).hex()})",
@@ -207,21 +230,21 @@ class SetupHeader:
 
 def parse_setup_header(data: bytes | memoryview, *, name: str = "kernel") -> SetupHeader:
     """Boot-protocol checks in order: HdrS, version ≥ 2.08 (payload fields), LOADED_HIGH."""
-    if len(data) < 0x250 or struct.unpack_from("<I", data, 0x202)[0] != HDRS_MAGIC:
-        raise LoaderError(f"{name}: no bzImage setup header (HdrS) at 0x202")
-    (version,) = struct.unpack_from("<H", data, 0x206)
+    if len(data) < SETUP_HEADER_MIN_LEN or struct.unpack_from("<I", data, HEADER)[0] != HDRS_MAGIC:
+        raise LoaderError(f"{name}: no bzImage setup header (HdrS) at {HEADER:#x}")
+    (version,) = struct.unpack_from("<H", data, VERSION)
     if version < 0x208:
         raise LoaderError(
             f"{name}: boot protocol {version >> 8}.{version & 0xFF:02d} is too old (need 2.08+)",
             hint="use a Linux 2.6.26+ kernel or its ELF vmlinux",
         )
-    loadflags = data[0x211]
+    loadflags = data[LOADFLAGS]
     if not loadflags & LOADED_HIGH:
         raise LoaderError(f"{name}: a zImage (not LOADED_HIGH) is not supported")
-    setup_sects = data[0x1F1] or 4
-    header_end = 0x202 + data[0x201]
-    (xloadflags,) = struct.unpack_from("<H", data, 0x236)
-    payload_offset, payload_length = struct.unpack_from("<II", data, 0x248)
+    setup_sects = data[SETUP_HEADER] or 4
+    header_end = HEADER + data[JUMP_END]
+    (xloadflags,) = struct.unpack_from("<H", data, XLOADFLAGS)
+    payload_offset, payload_length = struct.unpack_from("<II", data, PAYLOAD_OFFSET)
     return SetupHeader(
         setup_sects,
         version,
@@ -229,7 +252,7 @@ def parse_setup_header(data: bytes | memoryview, *, name: str = "kernel") -> Set
         xloadflags,
         payload_offset,
         payload_length,
-        bytes(data[SETUP_HEADER_START:header_end]),
+        bytes(data[SETUP_HEADER:header_end]),
     )
 
 
