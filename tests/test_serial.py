@@ -12,7 +12,7 @@ import pytest
 from engine.eventloop import EventLoop
 from engine.machine import serial as s
 from engine.machine.bus import Bus, BusError
-from engine.machine.chardev import open_chardev
+from engine.machine.chardev import Chardev, open_chardev
 from launcher.compile.plan import ChardevPlan
 from launcher.errors import HostError
 
@@ -138,6 +138,28 @@ def test_pty_backend_both_ways() -> None:
         loop.stop()
         t.join(2)
         c.close()
+
+
+def test_output_the_peer_cannot_take_is_counted_as_dropped() -> None:
+    """A full pipe takes part of a write, then nothing; a gone reader raises nothing either."""
+    c = Chardev(ChardevPlan("c", "stdio"))
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    c.out_fd = w
+    try:
+        room = 1 << 16  # the default pipe size
+        c.write(bytes(room + 100))
+        assert c.dropped == 100
+        c.write(b"more")  # EAGAIN
+        assert c.dropped == 104
+        os.close(r)
+        r = -1
+        c.write(b"gone")  # EPIPE
+        assert c.dropped == 108
+    finally:
+        os.close(w)
+        if r >= 0:
+            os.close(r)
 
 
 def test_socket_server_one_client_and_reconnect(tmp_path) -> None:

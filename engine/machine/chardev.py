@@ -52,19 +52,21 @@ class Chardev:
     # -- output (any thread) ------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        fd = self.out_fd
-        if fd is None:
-            self.dropped += len(data)
-            return
+        """Write without blocking; what the peer cannot take now is counted in ``dropped``."""
         try:
-            n = os.write(fd, data)
-            if n < len(data):
-                self.dropped += len(data) - n
+            n = self._send(data)
         except BlockingIOError:
-            self.dropped += len(data)
+            n = 0
         except OSError:
-            self.dropped += len(data)
+            n = 0
             self._peer_gone()
+        if n < len(data):
+            self.dropped += len(data) - n
+
+    def _send(self, data: bytes) -> int:
+        """Bytes the output took (0 with no output); raises ``OSError`` when it went away."""
+        fd = self.out_fd
+        return 0 if fd is None else os.write(fd, data)
 
     def _peer_gone(self) -> None:
         """The reader went away; sockets wait for the next client."""
@@ -247,19 +249,9 @@ class SocketChardev(Chardev):
         self._set_conn(conn)
         self._start_polling()
 
-    def write(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> int:
         conn = self._conn
-        if conn is None:
-            self.dropped += len(data)
-            return
-        try:
-            n = conn.send(data, _MSG_NOSIGNAL)
-            self.dropped += len(data) - n
-        except BlockingIOError:
-            self.dropped += len(data)
-        except OSError:
-            self.dropped += len(data)
-            self._peer_gone()
+        return 0 if conn is None else conn.send(data, _MSG_NOSIGNAL)  # no SIGPIPE
 
     def _peer_gone(self) -> None:
         if self._loop is not None:
