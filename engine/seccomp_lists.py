@@ -55,6 +55,23 @@ RUNTIME: dict[str, str] = {
     "stat": "import system path checks",
 }
 
+#: virtio-blk image and tap reads/writes: every thread that serves a device queue
+DATA_PATH: dict[str, str] = {
+    "preadv": "virtio-blk scatter reads",
+    "pwritev": "virtio-blk scatter writes",
+    "preadv2": "virtio-blk scatter reads (CPython built with preadv2 calls it for os.preadv)",
+    "pwritev2": "virtio-blk scatter writes (CPython built with pwritev2 calls it for os.pwritev)",
+    "fdatasync": "virtio-blk flush",
+    "readv": "tap reads",
+    "writev": "tap writes",
+}
+
+#: virtio-blk flush and discard as the main loop and iothreads serve them
+BLK_MAINTENANCE: dict[str, str] = {
+    "fsync": "virtio-blk flush",
+    "fallocate": "virtio-blk discard/write-zeroes",
+}
+
 #: the main thread: QMP, lifecycle, thread creation, hot-plug
 MAIN: dict[str, str] = {
     "accept4": "QMP: a client connects",
@@ -73,15 +90,8 @@ MAIN: dict[str, str] = {
     "unlinkat": "removing the QMP socket on exit",
     "pread64": "virtio-blk served on the main loop",
     "pwrite64": "virtio-blk served on the main loop",
-    "preadv": "virtio-blk scatter reads",
-    "pwritev": "virtio-blk scatter writes",
-    "preadv2": "virtio-blk scatter reads (CPython built with preadv2 calls it for os.preadv)",
-    "pwritev2": "virtio-blk scatter writes (CPython built with pwritev2 calls it for os.pwritev)",
-    "fdatasync": "virtio-blk flush",
-    "fsync": "virtio-blk flush",
-    "fallocate": "virtio-blk discard/write-zeroes",
-    "readv": "tap reads",
-    "writev": "tap writes",
+    **DATA_PATH,
+    **BLK_MAINTENANCE,
     "timerfd_create": "rate limiters (rng max-bytes, blk iops) of devices on the main loop",
     "timerfd_settime": "rate limiters of devices on the main loop",
     "socket": "netdev_add of a tap: pyroute2's IPRoute opens a NETLINK_ROUTE socket",
@@ -99,13 +109,7 @@ MAIN: dict[str, str] = {
 VCPU: dict[str, str] = {
     "pread64": "virtio-blk requests kicked from the vCPU",
     "pwrite64": "virtio-blk requests kicked from the vCPU",
-    "preadv": "virtio-blk scatter reads",
-    "pwritev": "virtio-blk scatter writes",
-    "preadv2": "virtio-blk scatter reads (CPython built with preadv2 calls it for os.preadv)",
-    "pwritev2": "virtio-blk scatter writes (CPython built with pwritev2 calls it for os.pwritev)",
-    "fdatasync": "virtio-blk flush",
-    "readv": "tap reads",
-    "writev": "tap writes",
+    **DATA_PATH,
     "sendto": "UART output to a socket chardev, written in place by the vCPU that stored THR",
     "sendmsg": "UART output to a socket chardev (socket.sendall may use sendmsg)",
     "recvfrom": "UART input polled from a socket chardev when the guest reads RBR",
@@ -115,15 +119,8 @@ VCPU: dict[str, str] = {
 IO: dict[str, str] = {
     "pread64": "virtio-blk",
     "pwrite64": "virtio-blk",
-    "preadv": "virtio-blk scatter reads",
-    "pwritev": "virtio-blk scatter writes",
-    "preadv2": "virtio-blk scatter reads (CPython built with preadv2 calls it for os.preadv)",
-    "pwritev2": "virtio-blk scatter writes (CPython built with pwritev2 calls it for os.pwritev)",
-    "fdatasync": "virtio-blk flush",
-    "fsync": "virtio-blk flush",
-    "fallocate": "virtio-blk discard/write-zeroes",
-    "readv": "tap reads",
-    "writev": "tap writes",
+    **DATA_PATH,
+    **BLK_MAINTENANCE,
     "recvfrom": "socket chardevs",
     "sendto": "socket chardevs",
     "accept4": "socket chardev server",
