@@ -287,29 +287,35 @@ class VcpuThread:
                 self._done = True
                 self._cond.notify_all()
 
+    def _wait_until_running(self) -> bool:
+        """Park while paused (telling ``pause()`` so); False once the vCPU is to stop."""
+        with self._cond:
+            while self._want is VcpuState.PAUSED:
+                self._parked = True
+                self._cond.notify_all()
+                self._cond.wait()
+            self._parked = False
+            return self._want is not VcpuState.STOPPED
+
+    def _halt(self) -> None:
+        """The guest halted this vCPU: park it, unless a resume or stop was asked meanwhile."""
+        self.halted = True
+        with self._cond:
+            if self._want is VcpuState.RUNNING:
+                self._want = VcpuState.PAUSED
+
     def _loop(self) -> None:
         if self.ctx.profile is not None:
             self._loop_profiled(self.ctx.profile)
             return
         run, run_map, fd = self.fd.run_struct, self.fd.run_map, self.fd
-        while True:
-            with self._cond:
-                while self._want is VcpuState.PAUSED:
-                    self._parked = True
-                    self._cond.notify_all()
-                    self._cond.wait()
-                self._parked = False
-                if self._want is VcpuState.STOPPED:
-                    return
+        while self._wait_until_running():
             reason = fd.run()
             if reason == k.KVM_EXIT_INTR:
                 fd.set_immediate_exit(False)
                 continue
             if handle_exit(reason, run, run_map, self.ctx) is ExitAction.STOP:
-                self.halted = True
-                with self._cond:
-                    if self._want is VcpuState.RUNNING:
-                        self._want = VcpuState.PAUSED
+                self._halt()
 
     def _loop_profiled(self, prof: ExitProfile) -> None:
         """``_loop`` with timing around KVM_RUN and each exit (see ``ExitProfile``)."""
@@ -317,15 +323,7 @@ class VcpuThread:
 
         run, run_map, fd = self.fd.run_struct, self.fd.run_map, self.fd
         clock = time.perf_counter
-        while True:
-            with self._cond:
-                while self._want is VcpuState.PAUSED:
-                    self._parked = True
-                    self._cond.notify_all()
-                    self._cond.wait()
-                self._parked = False
-                if self._want is VcpuState.STOPPED:
-                    return
+        while self._wait_until_running():
             t0 = clock()
             reason = fd.run()
             t1 = clock()
@@ -343,10 +341,7 @@ class VcpuThread:
             prof.by_key[key] += 1
             prof.vmm_s[key] = prof.vmm_s.get(key, 0.0) + clock() - t1
             if action is ExitAction.STOP:
-                self.halted = True
-                with self._cond:
-                    if self._want is VcpuState.RUNNING:
-                        self._want = VcpuState.PAUSED
+                self._halt()
 
     def _kick(self) -> None:
         if self.fd.fd < 0:
