@@ -271,26 +271,26 @@ class VcpuFd:
 
     # -- state ------------------------------------------------------------------------------------
 
+    def _get(self, ctype: str, req: int) -> Any:
+        """A new ``ctype`` the kernel fills with this vCPU's state (the KVM_GET_* pattern)."""
+        out = ffi.new(ctype)
+        _ioctl(self.fd, req, out)
+        return out
+
     def get_regs(self) -> Any:
-        regs = ffi.new("struct kvm_regs *")
-        _ioctl(self.fd, k.KVM_GET_REGS, regs)
-        return regs
+        return self._get("struct kvm_regs *", k.KVM_GET_REGS)
 
     def set_regs(self, regs: Any) -> None:
         _ioctl(self.fd, k.KVM_SET_REGS, regs)
 
     def get_sregs(self) -> Any:
-        sregs = ffi.new("struct kvm_sregs *")
-        _ioctl(self.fd, k.KVM_GET_SREGS, sregs)
-        return sregs
+        return self._get("struct kvm_sregs *", k.KVM_GET_SREGS)
 
     def set_sregs(self, sregs: Any) -> None:
         _ioctl(self.fd, k.KVM_SET_SREGS, sregs)
 
     def get_fpu(self) -> Any:
-        fpu = ffi.new("struct kvm_fpu *")
-        _ioctl(self.fd, k.KVM_GET_FPU, fpu)
-        return fpu
+        return self._get("struct kvm_fpu *", k.KVM_GET_FPU)
 
     def set_fpu(self, fpu: Any) -> None:
         _ioctl(self.fd, k.KVM_SET_FPU, fpu)
@@ -315,9 +315,7 @@ class VcpuFd:
         return {msrs.entries[i].index: msrs.entries[i].data for i in range(done)}
 
     def get_lapic(self) -> bytearray:
-        st = ffi.new("struct kvm_lapic_state *")
-        _ioctl(self.fd, k.KVM_GET_LAPIC, st)
-        return bytearray(ffi.buffer(st))
+        return bytearray(ffi.buffer(self._get("struct kvm_lapic_state *", k.KVM_GET_LAPIC)))
 
     def set_lapic(self, regs: bytes | bytearray) -> None:
         st = ffi.new("struct kvm_lapic_state *")
@@ -334,9 +332,7 @@ class VcpuFd:
         _ioctl(self.fd, k.KVM_SET_CPUID2, buf, detail=f"vcpu {self.id}, {n} entries")
 
     def get_mp_state(self) -> int:
-        st = ffi.new("struct kvm_mp_state *")
-        _ioctl(self.fd, k.KVM_GET_MP_STATE, st)
-        return st.mp_state
+        return self._get("struct kvm_mp_state *", k.KVM_GET_MP_STATE).mp_state
 
     def set_mp_state(self, state: int) -> None:
         st = ffi.new("struct kvm_mp_state *", {"mp_state": state})
