@@ -91,3 +91,10 @@ def test_import_ozone_cli() -> None:
 def test_import_needs_arguments() -> None:
     out = svlaunch("import")
     assert out.returncode == 2 and "nothing to import" in out.stderr
+
+
+def test_output_to_an_unwritable_place_is_one_clear_error(tmp_path: Path) -> None:
+    for cmd in (["schema"], ["plan", str(MANIFEST)]):
+        out = svlaunch(*cmd, "-o", str(tmp_path / "no-such-dir" / "out.json"))
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert "cannot write" in out.stderr and "no-such-dir" in out.stderr

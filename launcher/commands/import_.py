@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 
+from launcher.commands import write_output
 from launcher.errors import UsageError
 
 
@@ -67,9 +68,5 @@ def run(args: argparse.Namespace) -> int:
     # A file gets paths relative to its folder (as manifests resolve them); stdout absolute ones.
     out_dir = os.path.dirname(os.path.abspath(args.output)) if args.output else "/"
     text = dump_manifest(result.manifest, _format(args), out_dir)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.output)
     return 0

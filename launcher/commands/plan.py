@@ -13,7 +13,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-import sys
+
+from launcher.commands import write_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +28,5 @@ def run(args: argparse.Namespace) -> int:
 
     plan = compile_plan(load_manifest(args.manifest))
     text = plan.dumps() + "\n"
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.output)
     return 0

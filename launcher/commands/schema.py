@@ -11,7 +11,8 @@ examples:
 from __future__ import annotations
 
 import argparse
-import sys
+
+from launcher.commands import write_output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,9 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from launcher.manifest.schemagen import schema_json
 
     text = schema_json()
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+    write_output(text, args.output)
     return 0
