@@ -197,6 +197,56 @@ class Queue:
 
         Malformed chains are completed with used length 0 and skipped (counted in ``errors``).
         """
+        avail, desc, used = self._avail, self._desc, self._used
+        if (
+            avail is not None
+            and avail.buf is not None
+            and desc is not None
+            and desc.buf is not None
+        ):
+            fast = self._pop_fast(avail.buf, desc.buf, used.buf if used is not None else None)
+            if fast is not False:
+                return fast  # type: ignore[return-value]
+        return self._pop_careful()
+
+    def _pop_fast(
+        self, avail: memoryview, desc: memoryview, used: memoryview | None
+    ) -> DescriptorChain | bool | None:
+        """``pop`` for rings that each lie in one region and a head that is a Linux-shaped
+        indirect table: the same reads as the careful path, without its layers of calls (a
+        request's fixed cost, which the nested rig multiplies). False: take the careful path
+        (nothing consumed)."""
+        size = self.size
+        nxt = self.next_avail
+        n = (_U16.unpack_from(avail, 2)[0] - nxt) & 0xFFFF
+        if n == 0:
+            if not self.event_idx or used is None:
+                return None
+            _U16.pack_into(used, 4 + 8 * size, nxt)  # ask for a kick, then look again
+            n = (_U16.unpack_from(avail, 2)[0] - nxt) & 0xFFFF
+            if n == 0:
+                return None
+        if n > size:
+            return False  # the careful path raises the QueueError
+        head = _U16.unpack_from(avail, 4 + 2 * (nxt % size))[0]
+        if head >= size:
+            return False
+        addr, length, flags, _ = _DESC.unpack_from(desc, 16 * head)
+        mem = self._mem
+        if flags != VIRTQ_DESC_F_INDIRECT or not self.indirect or mem is None:
+            return False
+        if not 0 < length <= 16 * MAX_CHAIN_IOVECS or length % 16:
+            return False
+        r = mem.find_region(addr)
+        if r is None or addr + length > r.end:
+            return False
+        chain = linear_table(mem, head, mem.read(addr, length))
+        if chain is None:
+            return False
+        self.next_avail = (nxt + 1) & 0xFFFF
+        return chain
+
+    def _pop_careful(self) -> DescriptorChain | None:
         while True:
             if self.pending() == 0:
                 if not self._enable_notification():
@@ -302,9 +352,15 @@ class Queue:
         used = self._used
         if used is None:
             return
-        used.pack(_USED_ELEM, 4 + 8 * (self.next_used % self.size), head, length)
-        self.next_used = (self.next_used + 1) & 0xFFFF
-        used.pack(_U16, 2, self.next_used)
+        slot = 4 + 8 * (self.next_used % self.size)
+        self.next_used = nxt = (self.next_used + 1) & 0xFFFF
+        buf = used.buf
+        if buf is not None:  # the element, then the index: the driver never sees a stale one
+            _USED_ELEM.pack_into(buf, slot, head, length)
+            _U16.pack_into(buf, 2, nxt)
+            return
+        used.pack(_USED_ELEM, slot, head, length)
+        used.pack(_U16, 2, nxt)
 
     def needs_notification(self) -> bool:
         """Whether the driver wants an interrupt for the used entries added since the last one."""
