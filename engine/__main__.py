@@ -70,82 +70,13 @@ if not __package__:
     _script_paths()
 
 
-class _ExecCache:
-    """A bytecode cache for the source that ``dataclasses`` compiles at class creation.
-
-    Every ``@dataclass`` compiles its ``__init__``/``__repr__``/``__eq__``/... from generated
-    source with ``exec``: about 0.4 ms per frozen class, 14 ms for the plan's classes alone.
-    The compiled code depends on nothing but that source text, so it is cached like a ``.pyc``:
-    ``dataclasses.exec`` is pointed at ``__call__``, which looks the text up in a dict loaded
-    from ``engine/__pycache__/dataclass-exec.<tag>.bin`` and compiles on a miss. ``save()``
-    (after the guest runs) rewrites the file with the entries this run used, when there were
-    misses and bytecode writing is allowed; a stale or unreadable file is only a miss.
-    """
-
-    def __init__(self) -> None:
-        tag = sys.implementation.cache_tag
-        here = os.path.dirname(os.path.abspath(__file__))
-        self.path = os.path.join(here, "__pycache__", f"dataclass-exec.{tag}.bin")
-        self.magic = b"SVDC" + sys.version.encode()[:32].ljust(32)
-        self.code: dict[str, Any] = {}
-        self.used: dict[str, Any] = {}
-        self.misses = 0
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-            if data.startswith(self.magic):
-                import marshal
-
-                self.code = marshal.loads(data[len(self.magic) :])
-        except (OSError, ValueError, EOFError, TypeError):
-            self.code = {}
-
-    def __call__(self, source: Any, globals: Any = None, locals: Any = None) -> None:
-        if not isinstance(source, str):
-            exec(source, globals, locals)
-            return
-        code = self.code.get(source)
-        if code is None:
-            code = compile(source, "<string>", "exec")
-            self.misses += 1
-        self.used[source] = code
-        exec(code, globals, locals)
-
-    def save(self) -> None:
-        if not self.misses or sys.dont_write_bytecode:
-            return
-        import marshal
-
-        tmp = f"{self.path}.{os.getpid()}"
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(self.magic + marshal.dumps(self.used))
-            os.replace(tmp, self.path)
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        self.misses = 0
-
-
-def _install_exec_cache() -> _ExecCache:
-    import dataclasses
-
-    cache = _ExecCache()
-    dataclasses.exec = cache  # type: ignore[attr-defined]  # shadows the builtin in that module
-    return cache
-
-
-_EXEC_CACHE: _ExecCache | None = None
-
-
 def boot(argv: list[str] | None = None) -> int:
-    """The process entry point: start-up tuning, then ``main``."""
-    global _EXEC_CACHE
+    """The process entry point: start-up tuning, then ``main``.
+
+    The dataclasses on the start-up path are ``launcher.frozen.frozen``: they compile no code
+    at import, which is what a bytecode cache for ``dataclasses``' generated source used to buy.
+    """
     gc.disable()  # start-up allocates many long-lived objects: collect once the guest runs
-    _EXEC_CACHE = _install_exec_cache()
     try:
         return main(argv)
     finally:
@@ -244,8 +175,6 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
                 "VM %s built in %.1f ms", plan.name, (time.monotonic() - T0) * 1000
             )
         gc.enable()
-        if _EXEC_CACHE is not None:
-            _EXEC_CACHE.save()
         if seccomp is not None:
             seccomp.install("main", enabled=plan.seccomp)
         return vm.run()
@@ -257,8 +186,6 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
             server.close()
         _print_exit_profiles(vm)
         vm.close()
-        if _EXEC_CACHE is not None:
-            _EXEC_CACHE.save()  # classes first created after the guest started (QMP)
         if os.environ.get("SVLAUNCH_STARTUP_TRACE") is not None:
             if vm.first_run_at is not None:
                 MARKS.append(("vCPUs first resumed (guest runs)", vm.first_run_at))

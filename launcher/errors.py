@@ -1,27 +1,37 @@
 """svlaunch's error vocabulary: a leaf module every other module may import.
 
 Errors carry structured facts (where, what, how to fix) and render themselves; nothing here
-imports the rest of the project or any third-party package, so raising an error is always cheap.
+imports the rest of the project (but the leaf ``launcher.frozen``) or any third-party package, so
+raising an error is always cheap.
 The CLI's single error boundary (``launcher.cli.main``) turns ``SvlaunchError`` into exit code 1
 and anything else into exit code 2 with a traceback.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import total_ordering
+
+from launcher.frozen import frozen
 
 EXIT_OK = 0
 EXIT_INVALID = 1  # invalid input: manifest, argv, host state the user must fix
 EXIT_USAGE = 2  # usage error (bad CLI flags) or an internal error (a bug: traceback printed)
 
 
-@dataclass(frozen=True, order=True)
+@total_ordering
+@frozen
 class Mark:
     """A place in a source file. ``line`` and ``col`` are 1-based; 0 means unknown."""
 
     file: str
     line: int = 0
     col: int = 0
+
+    def __lt__(self, other: Mark) -> bool:
+        """Marks sort by file, line, column (``order=True`` of a plain dataclass)."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.file, self.line, self.col) < (other.file, other.line, other.col)
 
     def __str__(self) -> str:
         if self.line <= 0:
@@ -31,7 +41,7 @@ class Mark:
         return f"{self.file}:{self.line}:{self.col}"
 
 
-@dataclass(frozen=True)
+@frozen
 class Issue:
     """One problem found in user input. ``path`` is the key path (``drives.root.file``)."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from engine.machine import layout
 from engine.machine.loader import (  # setup-header fields: the same offsets in boot_params
@@ -30,6 +29,7 @@ from engine.machine.loader import (  # setup-header fields: the same offsets in 
 )
 from engine.machine.memory import GuestMemory
 from launcher.errors import EngineError
+from launcher.frozen import frozen
 
 E820_RAM = 1
 E820_RESERVED = 2
@@ -50,7 +50,7 @@ class BootConfigError(EngineError):
     """The command line or initrd does not fit what the kernel or guest RAM allows."""
 
 
-@dataclass(frozen=True)
+@frozen
 class E820Entry:
     addr: int
     size: int
@@ -81,7 +81,7 @@ def e820_map(ram: Sequence[tuple[int, int]]) -> list[E820Entry]:
     return out
 
 
-@dataclass(frozen=True)
+@frozen
 class Initrd:
     addr: int
     size: int

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import bisect
 import threading
-from dataclasses import dataclass
 from typing import Protocol
 
 from launcher.errors import EngineError
+from launcher.frozen import frozen
 
 CACHE_LIMIT = 1024
 
@@ -29,7 +29,7 @@ class BusError(EngineError):
     """Two devices were placed on overlapping ranges (a layout bug, caught at build time)."""
 
 
-@dataclass(frozen=True)
+@frozen
 class BusRange:
     base: int
     length: int

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from launcher.compile.apicid import ApicIdWidths, apic_id_widths
 from launcher.compile.plan import TopologyPlan, VcpuPlan
+from launcher.frozen import frozen
 
 Vendor = Literal["intel", "amd"]
 
@@ -38,7 +38,7 @@ Vendor = Literal["intel", "amd"]
 SIGNIFICANT_INDEX = 1
 
 
-@dataclass(frozen=True)
+@frozen
 class CpuidEntry:
     """One CPUID leaf/subleaf, mirroring ``struct kvm_cpuid_entry2`` (minus padding)."""
 
@@ -81,7 +81,7 @@ EXT1_ECX_TOPOEXT = 1 << 22
 LEVEL_INVALID, LEVEL_SMT, LEVEL_CORE, LEVEL_MODULE, LEVEL_DIE = 0, 1, 2, 3, 5
 
 
-@dataclass(frozen=True)
+@frozen
 class FeatureMask:
     """Bits to clear in one register of one leaf/subleaf, and why."""
 
@@ -137,7 +137,7 @@ PVM_DROP_LEAVES = frozenset({0xD})
 # -- the transform ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@frozen
 class _Topo:
     """The per-package facts every leaf needs, computed once."""
 

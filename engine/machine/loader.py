@@ -13,12 +13,12 @@ import io
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from engine.machine import layout
 from engine.machine.memory import GuestMemory
 from launcher.errors import EngineError, GuestMemoryError
+from launcher.frozen import frozen
 
 ELF_MAGIC = b"\x7fELF"
 PT_LOAD = 1
@@ -50,7 +50,7 @@ class LoaderError(EngineError):
     """The kernel image is malformed or does not fit the guest."""
 
 
-@dataclass(frozen=True)
+@frozen
 class LoadResult:
     entry: int  # 64-bit entry point (guest physical)
     kernel_start: int  # lowest guest address written
@@ -107,7 +107,7 @@ def _fileno(image: object) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-@dataclass(frozen=True)
+@frozen
 class _Segment:
     index: int
     offset: int
@@ -217,7 +217,7 @@ def load_elf_fd(mem: GuestMemory, fd: int, *, name: str = "kernel") -> LoadResul
     return _place(mem, entry, segments, copy, name=name)
 
 
-@dataclass(frozen=True)
+@frozen
 class SetupHeader:
     setup_sects: int
     version: int

@@ -2,14 +2,15 @@
 
 ``apic_id`` packs (package, die, cluster, core, thread) into bit fields the way QEMU's
 ``apicid_from_topo_ids`` does; CPUID leaves, the MADT and the SRAT all use these ids. It imports
-nothing from the project so the engine can use it without loading ``launcher.model`` (whose
-dataclasses cost start-up time); ``launcher.compile.topology`` re-exports every name here.
+only the leaf ``launcher.frozen``, so the engine can use it without loading ``launcher.model``;
+``launcher.compile.topology`` re-exports every name here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
+
+from launcher.frozen import frozen
 
 
 class TopologyShape(Protocol):
@@ -27,7 +28,7 @@ def _width(count: int) -> int:
     return (count - 1).bit_length()
 
 
-@dataclass(frozen=True)
+@frozen
 class ApicIdWidths:
     """Bit widths and shifts of each level in an x86 APIC id."""
 
@@ -62,7 +63,7 @@ def apic_id_widths(topology: TopologyShape) -> ApicIdWidths:
     )
 
 
-@dataclass(frozen=True)
+@frozen
 class CpuPosition:
     index: int
     package: int

@@ -16,7 +16,6 @@ register and GSI (``engine.machine.ged``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.machine import layout
@@ -35,6 +34,7 @@ from engine.machine.acpi.tables import (
 from launcher.compile.layout import GED_IRQ, GED_PORT, VIRTIO_MMIO_SIZE
 from launcher.compile.plan import Plan
 from launcher.errors import EngineError
+from launcher.frozen import frozen
 
 if TYPE_CHECKING:
     from engine.machine.memory import GuestMemory
@@ -44,7 +44,7 @@ TABLE_ALIGN = 8
 UNREACHABLE = 0xFF
 
 
-@dataclass(frozen=True)
+@frozen
 class TableRef:
     """Where one table landed: its signature, guest address and length."""
 
@@ -53,7 +53,7 @@ class TableRef:
     length: int
 
 
-@dataclass(frozen=True)
+@frozen
 class AcpiBlob:
     """The tables image and the RSDP, with the guest addresses they belong at."""
 

@@ -32,9 +32,8 @@ If, And, Notify, Local0) are encoded here, the only place that needs them (ACPI 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from engine.machine.acpi import aml
+from launcher.frozen import frozen
 
 #: Event-status register bits (what ``_EVT`` tests). Bit 0: the power button was pressed.
 EVENT_POWER_BUTTON = 0x01
@@ -63,7 +62,7 @@ ACCESS_BYTE = 0x01  # FieldFlags AccessType; LockRule NoLock and UpdateRule Pres
 METHOD_SERIALIZED = 0x08
 
 
-@dataclass(frozen=True)
+@frozen
 class Ged:
     """A GED whose event-status byte is at I/O ``port`` and whose event interrupt is ``gsi``."""
 
