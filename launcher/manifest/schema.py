@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from launcher.errors import Issue
-from launcher.manifest.schemagen import ADDR_PATTERN, INTLIST_PATTERN, SIZE_PATTERN
+from launcher.manifest.schema_vocab import ADDR_PATTERN, INTLIST_PATTERN, SIZE_PATTERN
 from launcher.manifest.sourcemap import format_path
 from launcher.manifest.values import SIZE_HINT
 
