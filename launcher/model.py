@@ -14,55 +14,28 @@ back from an argv. Keep field names equal to the manifest keys with ``-`` → ``
 from __future__ import annotations
 
 from dataclasses import field
-from enum import StrEnum
 
 from launcher.frozen import frozen
+from launcher.model_enums import (  # re-exported: the model's value sets are imported from here
+    Aio,
+    Arch,
+    ChardevBackend,
+    MachineType,
+    NetType,
+    NumaPolicy,
+    Transport,
+)
 
-
-class Arch(StrEnum):
-    X86_64 = "x86_64"
-    AARCH64 = "aarch64"
-
-
-class MachineType(StrEnum):
-    MICROVM = "microvm"
-    Q35 = "q35"
-    VIRT = "virt"  # aarch64 standard VM
-    NONE = "none"
-
-    @property
-    def is_standard(self) -> bool:
-        return self in (MachineType.Q35, MachineType.VIRT)
-
-
-class Transport(StrEnum):
-    MMIO = "mmio"
-    PCI = "pci"
-
-
-class NumaPolicy(StrEnum):
-    DEFAULT = "default"
-    PREFERRED = "preferred"
-    BIND = "bind"
-    INTERLEAVE = "interleave"
-
-
-class ChardevBackend(StrEnum):
-    STDIO = "stdio"
-    PTY = "pty"
-    SOCKET = "socket"
-    FILE = "file"
-
-
-class NetType(StrEnum):
-    TAP = "tap"
-    VHOST_USER = "vhost-user"
-
-
-class Aio(StrEnum):
-    NATIVE = "native"
-    IO_URING = "io_uring"
-    OFF = "off"
+__all__ = [
+    "Aio",
+    "Arch",
+    "ChardevBackend",
+    "MachineType",
+    "NetType",
+    "NumaPolicy",
+    "Transport",
+    "frozen",
+]
 
 
 # -- machine, cpu, memory ----------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""The manifest's value sets (arch, machine type, transport, NUMA policy, chardev backend, net
+type, aio), as ``StrEnum`` so a value prints as the manifest spells it.
+
+A leaf module split from ``launcher.model``, which re-exports every name here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Arch(StrEnum):
+    X86_64 = "x86_64"
+    AARCH64 = "aarch64"
+
+
+class MachineType(StrEnum):
+    MICROVM = "microvm"
+    Q35 = "q35"
+    VIRT = "virt"  # aarch64 standard VM
+    NONE = "none"
+
+    @property
+    def is_standard(self) -> bool:
+        return self in (MachineType.Q35, MachineType.VIRT)
+
+
+class Transport(StrEnum):
+    MMIO = "mmio"
+    PCI = "pci"
+
+
+class NumaPolicy(StrEnum):
+    DEFAULT = "default"
+    PREFERRED = "preferred"
+    BIND = "bind"
+    INTERLEAVE = "interleave"
+
+
+class ChardevBackend(StrEnum):
+    STDIO = "stdio"
+    PTY = "pty"
+    SOCKET = "socket"
+    FILE = "file"
+
+
+class NetType(StrEnum):
+    TAP = "tap"
+    VHOST_USER = "vhost-user"
+
+
+class Aio(StrEnum):
+    NATIVE = "native"
+    IO_URING = "io_uring"
+    OFF = "off"
