@@ -110,6 +110,7 @@ VCPU: dict[str, str] = {
     "pread64": "virtio-blk requests kicked from the vCPU",
     "pwrite64": "virtio-blk requests kicked from the vCPU",
     **DATA_PATH,
+    **BLK_MAINTENANCE,  # a request served in place may be a flush or a discard, too
     "sendto": "UART output to a socket chardev, written in place by the vCPU that stored THR",
     "sendmsg": "UART output to a socket chardev (socket.sendall may use sendmsg)",
     "recvfrom": "UART input polled from a socket chardev when the guest reads RBR",
