@@ -1,9 +1,9 @@
-"""The live terminal UI's pure half: immutable view models built from QMP, and their rendering.
+"""The live terminal UI's pure half: immutable view models built from QMP replies and events.
 
-Everything here is a function of values: QMP replies and events in, a ``VmView`` out, a rich
-renderable from that. No sockets, no terminal, no engine objects, so it talks to the builtin
-engine, StratoVirt and QEMU alike, and tests render it to a capture console at a fixed width.
-The I/O half (keys, sockets, refresh) is ``launcher/tui_live.py``.
+Everything here is a function of values: QMP replies and events in, a ``VmView`` out. No
+sockets, no terminal, no engine objects, so it serves the builtin engine, StratoVirt and QEMU
+alike, and tests drive it without any of them. Rendering is ``launcher/tui_render.py``; the I/O
+half (keys, sockets, refresh) is ``launcher/tui_live.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-MAX_EVENTS = 8
-MAX_SERIAL_LINES = 8
+MAX_EVENTS = 64  # kept; the screen shows as many of the newest as fit
+MAX_SERIAL_LINES = 200
 
 # key -> (QMP command, label). Shown on screen in this order; "q" detaches (no command).
 KEYS: dict[str, tuple[str | None, str]] = {
@@ -26,14 +26,8 @@ KEYS: dict[str, tuple[str | None, str]] = {
     "b": ("system_reset", "reset"),
     "q": (None, "detach"),
 }
-
-STATE_STYLE = {
-    "running": "bold green",
-    "paused": "bold yellow",
-    "prelaunch": "bold yellow",
-    "shutdown": "bold red",
-    "exited": "bold red",
-}
+#: keys whose action cannot be taken back: the first press only asks for a second one
+CONFIRM = frozenset({"b"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +35,7 @@ class DeviceView:
     id: str
     kind: str
     counters: tuple[tuple[str, int], ...] = ()
+    rates: tuple[tuple[str, float], ...] = ()  # per second since the previous poll, non-zero only
 
 
 @dataclass(frozen=True)
@@ -57,12 +52,16 @@ class VmView:
     server: str = ""
     uptime_s: float | None = None
     vcpus: tuple[int, ...] = ()  # host thread ids, one per vCPU
+    vcpu_exits: int | None = None  # all vCPUs' exits to the engine (builtin engine only)
+    vcpu_exit_rate: float | None = None  # per second since the previous poll
     memory: int | None = None  # bytes
     balloon: int | None = None  # bytes, None: no balloon
     devices: tuple[DeviceView, ...] | None = None  # None: the server has no statistics
     events: tuple[EventView, ...] = ()
     serial: tuple[str, ...] = ()
+    serial_note: str = "no console output"  # shown while ``serial`` is empty
     message: str = ""
+    polled_at: float | None = None  # monotonic seconds of the poll the statistics come from
 
 
 # -- building views from QMP ----------------------------------------------------------------------
@@ -80,13 +79,30 @@ def server_text(greeting_version: dict[str, Any] | None) -> str:
     return f"QEMU {ver}" + (f" {pkg}" if pkg else "")
 
 
-def _devices(stats: Any) -> tuple[DeviceView, ...] | None:
+def _rate(new: int, old: int | None, dt: float | None) -> float:
+    if old is None or not dt or dt <= 0 or new < old:
+        return 0.0
+    return (new - old) / dt
+
+
+def _devices(
+    stats: Any, previous: tuple[DeviceView, ...] | None, dt: float | None
+) -> tuple[DeviceView, ...] | None:
     if not isinstance(stats, dict):
         return None
+    before = {d.id: dict(d.counters) for d in previous or ()}
     out = []
     for dev in stats.get("devices") or []:
-        counters = tuple(sorted((str(k), int(v)) for k, v in (dev.get("counters") or {}).items()))
-        out.append(DeviceView(str(dev.get("id", "?")), str(dev.get("kind", "?")), counters))
+        if not isinstance(dev, dict):
+            continue
+        ident = str(dev.get("id", "?"))
+        raw = dev.get("counters") or {}
+        counters = tuple(
+            sorted((str(k), int(v)) for k, v in raw.items() if isinstance(v, int | float))
+        )
+        old = before.get(ident, {})
+        rates = tuple((k, r) for k, v in counters if (r := _rate(v, old.get(k), dt)) > 0)
+        out.append(DeviceView(ident, str(dev.get("kind", "?")), counters, rates))
     return tuple(out)
 
 
@@ -100,14 +116,26 @@ def view_from_replies(
     stats: Any = None,
     greeting_version: dict[str, Any] | None = None,
     previous: VmView | None = None,
+    now: float | None = None,
 ) -> VmView:
-    """A view from the replies of one poll (None where a command was refused or absent)."""
+    """A view from the replies of one poll (None where a command was refused or absent).
+
+    ``now`` (monotonic seconds) dates the statistics, so that counters become per-second rates
+    against ``previous``.
+    """
     prev = previous or VmView(name)
+    dt = now - prev.polled_at if now is not None and prev.polled_at is not None else None
     state = str(status.get("status", "unknown")) if isinstance(status, dict) else prev.state
-    threads = tuple(int(c.get("thread_id", c.get("thread-id", 0))) for c in cpus or [])
+    threads = tuple(
+        int(c.get("thread_id", c.get("thread-id", 0))) for c in cpus or [] if isinstance(c, dict)
+    )
     mem = memory.get("base-memory") if isinstance(memory, dict) else prev.memory
     bal = balloon.get("actual") if isinstance(balloon, dict) else None
     uptime = stats.get("uptime") if isinstance(stats, dict) else None
+    exits = None
+    if isinstance(stats, dict) and isinstance(stats.get("vcpu-exits"), list):
+        exits = sum(int(n) for n in stats["vcpu-exits"])
+    exit_rate = None if exits is None else _rate(exits, prev.vcpu_exits, dt)
     return dataclasses.replace(
         prev,
         name=name,
@@ -115,9 +143,12 @@ def view_from_replies(
         server=server_text(greeting_version) or prev.server,
         uptime_s=float(uptime) if uptime is not None else None,
         vcpus=threads or prev.vcpus,
+        vcpu_exits=exits,
+        vcpu_exit_rate=exit_rate if dt else None,
         memory=mem,
         balloon=bal,
-        devices=_devices(stats),
+        devices=_devices(stats, prev.devices, dt),
+        polled_at=now,
     )
 
 
@@ -125,10 +156,11 @@ _EVENT_STATE = {"STOP": "paused", "RESUME": "running", "SHUTDOWN": "shutdown"}
 
 
 def apply_event(
-    view: VmView, name: str, data: dict[str, Any], seconds: int, microseconds: int
+    view: VmView, name: str, data: dict[str, Any] | None, seconds: int, microseconds: int
 ) -> VmView:
     """The view after a QMP event: the log grows (bounded), the state follows lifecycle events."""
     stamp = time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{microseconds // 1000:03d}"
+    data = data or {}
     text = json.dumps(data, separators=(",", ":")) if data else ""
     events = (*view.events, EventView(stamp, name, text))[-MAX_EVENTS:]
     changes: dict[str, Any] = {"events": events}
@@ -139,7 +171,12 @@ def apply_event(
     return dataclasses.replace(view, **changes)
 
 
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
+def saw_shutdown(view: VmView) -> bool:
+    """Whether the server announced its end (SHUTDOWN), as opposed to vanishing."""
+    return any(ev.name == "SHUTDOWN" for ev in view.events)
+
+
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def add_serial(view: VmView, pending: str, data: bytes) -> tuple[VmView, str]:
@@ -148,7 +185,7 @@ def add_serial(view: VmView, pending: str, data: bytes) -> tuple[VmView, str]:
     *done, rest = text.split("\n")
     if not done:
         return view, rest[-4096:]
-    lines = tuple(_CONTROL.sub("", line) for line in done)
+    lines = tuple(_CONTROL.sub("", line).expandtabs() for line in done)
     return dataclasses.replace(view, serial=(*view.serial, *lines)[-MAX_SERIAL_LINES:]), rest
 
 
@@ -156,80 +193,15 @@ def with_message(view: VmView, message: str) -> VmView:
     return dataclasses.replace(view, message=message)
 
 
-# -- rendering ------------------------------------------------------------------------------------
+def with_serial_note(view: VmView, note: str) -> VmView:
+    return dataclasses.replace(view, serial_note=note)
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    if n >= 1 << 30 and n % (1 << 30) == 0:
-        return f"{n >> 30} GiB"
-    return f"{n / (1 << 20):.0f} MiB"
+_KEY_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|O.|.)?", re.DOTALL)
 
 
-def _uptime(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(s)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}"
-
-
-def render(view: VmView) -> Any:
-    """The whole screen as one rich renderable (a Group of panels)."""
-    from rich.console import Group
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row("VM", Text(view.name, style="bold"))
-    head.add_row("state", Text(view.state, style=STATE_STYLE.get(view.state, "bold")))
-    head.add_row("uptime", _uptime(view.uptime_s))
-    cpus = ", ".join(str(t) for t in view.vcpus) if view.vcpus else "-"
-    head.add_row("vCPUs", f"{len(view.vcpus)} (threads {cpus})" if view.vcpus else "-")
-    mem = _size(view.memory)
-    if view.balloon is not None:
-        mem += f"  (balloon: {_size(view.balloon)})"
-    head.add_row("memory", mem)
-    if view.server:
-        head.add_row("server", view.server)
-
-    if view.devices is None:
-        devices: Any = Text("statistics not offered by this QMP server", style="dim")
-    elif not view.devices:
-        devices = Text("no devices", style="dim")
-    else:
-        devices = Table(expand=True, box=None, pad_edge=False)
-        for col in ("device", "kind", "counters"):
-            devices.add_column(col, style="bold" if col == "device" else None)
-        for d in view.devices:
-            devices.add_row(d.id, d.kind, "  ".join(f"{k}={v}" for k, v in d.counters) or "-")
-
-    log = Table.grid(padding=(0, 1))
-    for ev in view.events:
-        log.add_row(ev.time, Text(ev.name, style="bold cyan"), ev.data)
-    events: Any = log if view.events else Text("no events yet", style="dim")
-
-    serial: Any = (
-        Text("\n".join(view.serial), no_wrap=True, overflow="ellipsis")
-        if view.serial
-        else Text("no console output", style="dim")
-    )
-
-    keys = Text()
-    for key, (_, label) in KEYS.items():
-        keys.append(f" {key} ", style="reverse")
-        keys.append(f" {label}  ")
-
-    return Group(
-        Panel(head, title="svlaunch top", title_align="left"),
-        Panel(devices, title="devices"),
-        Panel(events, title="QMP events"),
-        Panel(serial, title="serial console"),
-        keys,
-        Text(view.message, style="italic", no_wrap=True, overflow="ellipsis"),
-    )
+def keys_of(data: bytes) -> list[str]:
+    """The single-key presses in terminal input: arrows and other escape sequences dropped
+    (Down is ``ESC [ B``: its ``B`` must not ask for a reset), upper case folded to lower."""
+    text = _KEY_ESCAPES.sub("", data.decode("utf-8", "ignore"))
+    return [c.lower() for c in text if c.isprintable()]

@@ -1,9 +1,11 @@
 """The live terminal UI's I/O half: keys, the QMP session, the serial socket, the refresh loop.
 
-One thread, one ``select``: the terminal (single keys, cbreak mode), the QMP socket (events) and
-the serial socket (console tail). Every ``POLL_S`` seconds the view is rebuilt from fresh QMP
-replies; events update it as they arrive. Commands that the server lacks (QEMU has no
-``x-svlaunch-query-stats``; QEMU 6+ dropped ``query-cpus``) are remembered and not asked again.
+One thread, one ``select``: the terminal (single keys, cbreak mode), the QMP socket (events), the
+serial socket (console tail) and a signal pipe (terminal resizes). Every ``POLL_S`` seconds the
+view is rebuilt from fresh QMP replies; events update it as they arrive. Commands that the
+server lacks (QEMU has no ``x-svlaunch-query-stats``; QEMU 6+ dropped ``query-cpus``) are
+remembered and not asked again. Redraws happen only when the view or the terminal size changed,
+at most every ``MIN_REDRAW_S`` (a chatty console does not repaint the screen per byte).
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ import contextlib
 import dataclasses
 import os
 import select
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from launcher import tui
@@ -22,6 +28,19 @@ from launcher.errors import HostError
 from launcher.qmpclient import QmpClient, QmpCommandError
 
 POLL_S = 1.0
+MIN_REDRAW_S = 0.05
+CONFIRM_S = 3.0
+
+DETACHED, SHUTDOWN, GONE = "detached", "shutdown", "gone"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the TUI ended: the user detached, the VM announced its end, or it vanished."""
+
+    how: str  # DETACHED | SHUTDOWN | GONE
+    view: tui.VmView
+    detail: str = ""
 
 
 class Session:
@@ -30,10 +49,11 @@ class Session:
     def __init__(self, client: QmpClient, title: str | None = None) -> None:
         self.client = client
         self.missing: set[str] = set()
-        name = title or self._ask("query-name", {}).get("name") or client.path
+        name = title or (self._ask("query-name") or {}).get("name") or client.path
         version = client.greeting.version if client.greeting else None
         self.view = tui.VmView(name, server=tui.server_text(version))
         self.greeting_version = version
+        self.armed: tuple[str, float] | None = None  # a key waiting for its confirming press
 
     def _ask(self, command: str, default: Any = None) -> Any:
         if command in self.missing:
@@ -58,20 +78,36 @@ class Session:
             stats=self._ask("x-svlaunch-query-stats"),
             greeting_version=self.greeting_version,
             previous=self.view,
+            now=time.monotonic(),
         )
         self.absorb_events()
 
     def absorb_events(self) -> None:
         for ev in self.client.drain_events():
-            self.view = tui.apply_event(self.view, ev.name, ev.data, ev.seconds, ev.microseconds)
+            self._event(ev)
 
-    def press(self, key: str) -> bool:
+    def absorb_queued(self) -> None:
+        """Events read before the connection broke (a RESET or SHUTDOWN just before the end)."""
+        while self.client.events:
+            self._event(self.client.events.popleft())
+
+    def _event(self, ev: Any) -> None:
+        self.view = tui.apply_event(self.view, ev.name, ev.data, ev.seconds, ev.microseconds)
+
+    def press(self, key: str, now: float | None = None) -> bool:
         """Run the key's action; False when the key means detach."""
+        now = time.monotonic() if now is None else now
+        armed, self.armed = self.armed, None
         if key not in tui.KEYS:
+            self.view = tui.with_message(self.view, f"no action on '{key}'")
             return True
         command, label = tui.KEYS[key]
         if command is None:
             return False
+        if key in tui.CONFIRM and not (armed and armed[0] == key and now <= armed[1]):
+            self.armed = (key, now + CONFIRM_S)
+            self.view = tui.with_message(self.view, f"{label}? press {key} again to confirm")
+            return True
         try:
             self.client.execute(command)
             msg = f"{label}: ok"
@@ -82,96 +118,209 @@ class Session:
         return True
 
 
-def _open_serial(path: str | None) -> socket.socket | None:
-    if not path:
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+class SerialTail:
+    """The serial console socket, read without blocking; one client at a time (as QEMU)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.sock: socket.socket | None = None
+        self.pending = ""
+        self.got_data = False
+        self.note = "no serial console socket" if not path else "no console output"
+        if path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(path)
+            except OSError as exc:
+                sock.close()
+                self.note = f"serial console not attached: {exc.strerror or exc}"
+                return
+            sock.setblocking(False)
+            self.sock = sock
+
+    def read(self, view: tui.VmView) -> tui.VmView:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return view
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            note = (
+                "serial console closed"
+                if self.got_data
+                else "serial console in use by another client (svlaunch console?)"
+            )
+            return tui.with_serial_note(view, note)
+        self.got_data = True
+        view, self.pending = tui.add_serial(view, self.pending, data)
+        return view
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+
+class Screen:
+    """rich Live on the alternate screen, redrawn only on change and at a bounded rate."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.live: Any = None
+        self.shown: tuple[tui.VmView, Any] | None = None
+        self.last = 0.0
+
+    def __enter__(self) -> Screen:
+        from rich.live import Live
+
+        self.live = Live(console=self.console, screen=True, auto_refresh=False)
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+
+    def size(self) -> Any:
+        """The terminal's size now. Asked of the terminal itself: rich prefers $COLUMNS and
+        $LINES, which a shell or tmux may have exported at start and which go stale on resize."""
+        for fd in (1, 2, 0):
+            with contextlib.suppress(OSError):
+                cols, rows = os.get_terminal_size(fd)
+                if cols and rows:
+                    self.console.size = (cols, rows)
+                    break
+        return self.console.size
+
+    def due(self, view: tui.VmView) -> float | None:
+        """Seconds until a redraw is allowed, or None when nothing changed."""
+        if self.shown == (view, self.size()):
+            return None
+        return max(0.0, self.last + MIN_REDRAW_S - time.monotonic())
+
+    def show(self, view: tui.VmView, *, now: bool = False) -> None:
+        from launcher.tui_render import render
+
+        wait = self.due(view)
+        if wait is None or (wait > 0 and not now):
+            return
+        size = self.size()
+        self.live.update(render(view, size.height), refresh=True)
+        self.shown, self.last = (view, size), time.monotonic()
+
+
+@contextlib.contextmanager
+def _cbreak(fd: int) -> Iterator[None]:
+    if fd < 0 or not os.isatty(fd):
+        yield
+        return
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
     try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        return None
-    sock.setblocking(False)
-    return sock
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _resize_pipe() -> Iterator[int]:
+    """A file descriptor that becomes readable on SIGWINCH (-1 off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield -1
+        return
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_fd = signal.set_wakeup_fd(w)
+    old = signal.signal(signal.SIGWINCH, lambda *_: None)
+    try:
+        yield r
+    finally:
+        signal.signal(signal.SIGWINCH, old)
+        signal.set_wakeup_fd(old_fd)
+        os.close(r)
+        os.close(w)
+
+
+def _ended(session: Session, exc: HostError) -> Outcome:
+    """The QMP connection broke: a SHUTDOWN before it means the VM ended as asked."""
+    session.absorb_queued()
+    view = session.view
+    if tui.saw_shutdown(view):
+        return Outcome(SHUTDOWN, dataclasses.replace(view, state="shutdown", message=""))
+    gone = dataclasses.replace(view, state="gone", message=f"VM gone: {exc.message}")
+    return Outcome(GONE, gone, exc.message)
+
+
+def _loop(session: Session, serial: SerialTail, screen: Screen, fd_in: int, wake: int) -> Outcome:
+    next_poll = time.monotonic() + POLL_S
+    while True:
+        if session.client.closed:  # the last read drained its final events, then EOF
+            return _ended(session, HostError(f"QMP server at {session.client.path} hung up"))
+        screen.show(session.view)
+        timeout = max(0.0, next_poll - time.monotonic())
+        redraw = screen.due(session.view)
+        if redraw is not None:
+            timeout = min(timeout, redraw)
+        watch: list[Any] = [session.client.sock]
+        watch += [fd for fd in (fd_in, wake) if fd >= 0]
+        if serial.sock is not None:
+            watch.append(serial.sock)
+        ready, _, _ = select.select(watch, [], [], timeout)
+        if wake >= 0 and wake in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake, 512)
+        try:
+            if fd_in >= 0 and fd_in in ready:
+                data = os.read(fd_in, 64)
+                if not data:
+                    fd_in = -1  # stdin closed: keep watching the VM
+                for key in tui.keys_of(data):
+                    if not session.press(key):
+                        return Outcome(DETACHED, session.view)
+            if session.client.sock in ready:
+                session.absorb_events()
+            if time.monotonic() >= next_poll:
+                session.poll()
+                next_poll = time.monotonic() + POLL_S
+        except HostError as exc:
+            return _ended(session, exc)
+        if serial.sock is not None and serial.sock in ready:
+            session.view = serial.read(session.view)
 
 
 def run_tui(
     address: str, *, serial: str | None = None, title: str | None = None, resume: bool = False
-) -> int:
-    """Show the dashboard until ``q`` or the VM exits. Returns 0.
+) -> Outcome:
+    """Show the dashboard until ``q`` (detach) or the VM ends; say how it ended.
 
     ``resume``: send ``cont`` once the serial console is attached (``svlaunch up --tui`` starts
-    the engine paused so that no console output is lost).
+    the engine paused so that no console output is lost). When the VM ended, its last screen
+    stays printed on the normal screen.
     """
-    from rich.console import Console
-    from rich.live import Live
-
     client = QmpClient.connect(address)
-    session = Session(client, title)
-    session.poll()
-    serial_sock = _open_serial(serial)
-    if resume:
-        session.press("r")
-    pending = ""
-    fd_in = sys.stdin.fileno()
-    saved = None
-    if os.isatty(fd_in):
-        import termios
-        import tty
-
-        saved = termios.tcgetattr(fd_in)
-        tty.setcbreak(fd_in)
-    console = Console()
+    tail = SerialTail(None)
     try:
-        with Live(
-            tui.render(session.view), console=console, screen=True, auto_refresh=False
-        ) as live:
-            next_poll = time.monotonic() + POLL_S
-            while True:
-                watch: list[Any] = [client.sock] + ([fd_in] if fd_in >= 0 else [])
-                if serial_sock is not None:
-                    watch.append(serial_sock)
-                ready, _, _ = select.select(watch, [], [], max(0.0, next_poll - time.monotonic()))
-                try:
-                    if fd_in in ready:
-                        keys = os.read(fd_in, 64).decode(errors="ignore")
-                        if not keys:
-                            fd_in = -1  # stdin closed: keep watching the VM
-                        for key in keys:
-                            if not session.press(key):
-                                return 0
-                    if client.sock in ready:
-                        session.absorb_events()
-                    if time.monotonic() >= next_poll:
-                        session.poll()
-                        next_poll = time.monotonic() + POLL_S
-                except HostError:
-                    session.view = tui.with_message(
-                        tui.apply_event(session.view, "SHUTDOWN", {}, int(time.time()), 0),
-                        "the VM has exited (QMP closed); press any key",
-                    )
-                    session.view = dataclasses.replace(session.view, state="exited")
-                    live.update(tui.render(session.view), refresh=True)
-                    if fd_in >= 0:
-                        select.select([fd_in], [], [], 30)
-                    return 0
-                if serial_sock is not None and serial_sock in ready:
-                    try:
-                        data = serial_sock.recv(65536)
-                    except BlockingIOError:
-                        data = b" "
-                    if not data:
-                        serial_sock.close()
-                        serial_sock = None
-                    else:
-                        session.view, pending = tui.add_serial(session.view, pending, data)
-                live.update(tui.render(session.view), refresh=True)
-    finally:
-        if saved is not None:
-            import termios
+        session = Session(client, title)
+        session.poll()
+        tail = SerialTail(serial)
+        session.view = tui.with_serial_note(session.view, tail.note)
+        if resume:
+            session.press("r")
+        fd_in = sys.stdin.fileno() if sys.stdin is not None else -1
+        screen = Screen()
+        with _cbreak(fd_in), _resize_pipe() as wake, screen:
+            outcome = _loop(session, tail, screen, fd_in, wake)
+        if outcome.how != DETACHED:
+            from launcher.tui_render import render
 
-            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
-        if serial_sock is not None:
-            with contextlib.suppress(OSError):
-                serial_sock.close()
+            screen.console.print(render(outcome.view))
+        return outcome
+    finally:
+        tail.close()
         client.close()

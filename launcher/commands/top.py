@@ -3,8 +3,9 @@
 Shows the VM's name, state, uptime, vCPUs, memory and balloon, a device table with live
 statistics (builtin engine only; other QMP servers show a note instead), the QMP event log and
 the tail of the serial console. Keys (shown on screen): p pause, r resume, o powerdown,
-b reset, q detach (the VM keeps running). Talks QMP only, so it attaches to the builtin
-engine, StratoVirt or QEMU alike.
+b reset (press twice), q detach (the VM keeps running). Talks QMP only, so it attaches to the
+builtin engine, StratoVirt or QEMU alike. Exits 0 when you detach or the VM shuts down (a
+SHUTDOWN event), 1 when the VM vanishes without one (its engine was killed).
 
 examples:
   svlaunch top web1
@@ -26,15 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from launcher.errors import EngineError, UsageError
-    from launcher.tui_live import run_tui
+    from launcher.tui_live import DETACHED, SHUTDOWN, run_tui
 
     if bool(args.name) == bool(args.qmp):
         raise UsageError("give a VM name or --qmp ADDRESS (one of them)")
     if args.qmp:
-        return run_tui(args.qmp, serial=args.serial)
-    from launcher import runtime
+        outcome = run_tui(args.qmp, serial=args.serial)
+        hint = "check the process that served this QMP socket"
+    else:
+        from launcher import runtime
 
-    meta = runtime.find(args.name).meta()
-    if meta is None:
-        raise EngineError(f"VM '{args.name}' is still starting; try again in a moment")
-    return run_tui(meta.qmp, serial=args.serial or meta.serial, title=meta.name)
+        meta = runtime.find(args.name).meta()
+        if meta is None:
+            raise EngineError(f"VM '{args.name}' is still starting; try again in a moment")
+        outcome = run_tui(meta.qmp, serial=args.serial or meta.serial, title=meta.name)
+        hint = f"'svlaunch ps' shows what is left; 'svlaunch down {meta.name}' cleans up"
+    name = outcome.view.name
+    if outcome.how == DETACHED:
+        print(f"{name}: detached; the VM keeps running")
+        return 0
+    if outcome.how == SHUTDOWN:
+        print(f"{name}: the VM shut down")
+        return 0
+    raise EngineError(f"VM '{name}' is gone: {outcome.detail}", hint=hint)

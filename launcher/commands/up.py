@@ -241,12 +241,14 @@ def _foreground(
     fd_in = sys.stdin.fileno()
     try:
         if tui:
-            from launcher.tui_live import run_tui
+            from launcher.tui_live import DETACHED, GONE, run_tui
 
-            run_tui(meta.qmp, serial=meta.serial, title=vm.name, resume=resume)
-            if proc.poll() is None:
+            outcome = run_tui(meta.qmp, serial=meta.serial, title=vm.name, resume=resume)
+            if outcome.how == DETACHED and proc.poll() is None:
                 print(f"{vm.name}: detached; the VM keeps running (svlaunch down {vm.name})")
                 return 0
+            if outcome.how == GONE:
+                print(f"{vm.name}: the VM is gone: {outcome.detail}", file=sys.stderr)
         elif relay and meta.serial:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(meta.serial)
