@@ -35,7 +35,7 @@ class LoopThread:
             done.set()
 
         self.loop.call_soon_threadsafe(run)
-        assert done.wait(5)
+        assert done.wait(30)
         return out[0]
 
     def stop(self) -> None:
@@ -43,7 +43,7 @@ class LoopThread:
         self.th.join(2)
 
 
-def wait_for(pred, timeout=5.0):
+def wait_for(pred, timeout=30.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         v = pred()
@@ -74,7 +74,7 @@ def test_console_over_a_real_socket_chardev(tmp_path: Path) -> None:
             tx.kick()
 
         lt.call(send)
-        client.settimeout(5)
+        client.settimeout(30)
         assert client.recv(100) == b"login: "
         # Host → guest: input waits for buffers, then arrives in order.
         lt.call(lambda: [rx.add([], [4]) for _ in range(2)] and rx.kick())
@@ -117,7 +117,7 @@ def test_input_back_pressure_and_emergency_write() -> None:
         # Emergency write goes straight out.
         t.write(0x100 + 8, 4, ord("!"))
         b.setblocking(True)
-        b.settimeout(5)
+        b.settimeout(30)
         assert b.recv(1) == b"!"
     finally:
         lt.call(t.close)
