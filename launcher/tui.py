@@ -172,8 +172,11 @@ def apply_event(
 
 
 def saw_shutdown(view: VmView) -> bool:
-    """Whether the server announced its end (SHUTDOWN), as opposed to vanishing."""
-    return any(ev.name == "SHUTDOWN" for ev in view.events)
+    """Whether the server announced its end, as opposed to vanishing: a SHUTDOWN, or a RESET as
+    the last word (a microVM stops on reset; the builtin engine's QMP ``system_reset`` sends
+    RESET alone before it exits)."""
+    names = [ev.name for ev in view.events]
+    return "SHUTDOWN" in names or (bool(names) and names[-1] == "RESET")
 
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][A-Z0-9]|\x1b.|[\x00-\x08\x0b-\x1f\x7f]")

@@ -157,6 +157,19 @@ class SerialTail:
         view, self.pending = tui.add_serial(view, self.pending, data)
         return view
 
+    def finish(self, view: tui.VmView, timeout: float = 0.5) -> tui.VmView:
+        """Read what the server still sends until it hangs up (the engine exiting), then keep
+        an unfinished last line too."""
+        deadline = time.monotonic() + timeout
+        while self.sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                break
+            view = self.read(view)
+        if self.pending:
+            view, self.pending = tui.add_serial(view, self.pending, b"\n")
+        return view
+
     def close(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
@@ -247,9 +260,16 @@ def _resize_pipe() -> Iterator[int]:
         os.close(w)
 
 
-def _ended(session: Session, exc: HostError) -> Outcome:
-    """The QMP connection broke: a SHUTDOWN before it means the VM ended as asked."""
+def _ended(session: Session, serial: SerialTail, exc: HostError) -> Outcome:
+    """The QMP connection broke: a SHUTDOWN before it means the VM ended as asked.
+
+    A command can fail (EPIPE) while the server's last events still wait in the socket, and the
+    guest's last console lines in the serial socket: both are read to their end first.
+    """
+    with contextlib.suppress(HostError):
+        session.absorb_events()
     session.absorb_queued()
+    session.view = serial.finish(session.view)
     view = session.view
     if tui.saw_shutdown(view):
         return Outcome(SHUTDOWN, dataclasses.replace(view, state="shutdown", message=""))
@@ -261,7 +281,9 @@ def _loop(session: Session, serial: SerialTail, screen: Screen, fd_in: int, wake
     next_poll = time.monotonic() + POLL_S
     while True:
         if session.client.closed:  # the last read drained its final events, then EOF
-            return _ended(session, HostError(f"QMP server at {session.client.path} hung up"))
+            return _ended(
+                session, serial, HostError(f"QMP server at {session.client.path} hung up")
+            )
         screen.show(session.view)
         timeout = max(0.0, next_poll - time.monotonic())
         redraw = screen.due(session.view)
@@ -289,7 +311,7 @@ def _loop(session: Session, serial: SerialTail, screen: Screen, fd_in: int, wake
                 session.poll()
                 next_poll = time.monotonic() + POLL_S
         except HostError as exc:
-            return _ended(session, exc)
+            return _ended(session, serial, exc)
         if serial.sock is not None and serial.sock in ready:
             session.view = serial.read(session.view)
 
@@ -306,9 +328,12 @@ def run_tui(
     client = QmpClient.connect(address)
     tail = SerialTail(None)
     try:
-        session = Session(client, title)
-        session.poll()
         tail = SerialTail(serial)
+        session = Session(client, title)
+        # The engine accepts the serial connection in its event loop, the same loop that
+        # answers QMP: once a QMP reply sent after connect() is back, the accept has happened,
+        # so the guest's first bytes after 'cont' have somewhere to go (not dropped).
+        session.poll()
         session.view = tui.with_serial_note(session.view, tail.note)
         if resume:
             session.press("r")
@@ -319,7 +344,7 @@ def run_tui(
         if outcome.how != DETACHED:
             from launcher.tui_render import render
 
-            screen.console.print(render(outcome.view))
+            screen.console.print(render(outcome.view, keys=False))
         return outcome
     finally:
         tail.close()

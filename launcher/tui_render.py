@@ -98,8 +98,11 @@ def _panel(body: Any, title: str, height: int | None = None, subtitle: str = "")
     )
 
 
-def render(view: VmView, height: int | None = None) -> Any:
-    """The whole screen as one rich renderable; ``height`` (rows) fits it to the terminal."""
+def render(view: VmView, height: int | None = None, *, keys: bool = True) -> Any:
+    """The whole screen as one rich renderable; ``height`` (rows) fits it to the terminal.
+
+    ``keys=False``: without the key help (the last screen, printed once the TUI has ended).
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -156,16 +159,16 @@ def render(view: VmView, height: int | None = None) -> Any:
         else Text(view.serial_note, style="dim")
     )
 
-    keys = Text(no_wrap=True, overflow="ellipsis")
-    for key, (_, label) in KEYS.items():
-        keys.append(f" {key} ", style="reverse")
-        keys.append(f" {label}  ")
+    help_line = Text(no_wrap=True, overflow="ellipsis")
+    for key, (_, label) in KEYS.items() if keys else ():
+        help_line.append(f" {key} ", style="reverse")
+        help_line.append(f" {label}  ")
 
     return Group(
         _panel(head, "svlaunch top", subtitle=view.server),
         _panel(dev_body, "devices"),
         _panel(events, "QMP events"),
         _panel(serial, "serial console", serial_h),
-        keys,
+        help_line,
         Text(view.message, style="italic", no_wrap=True, overflow="ellipsis"),
     )

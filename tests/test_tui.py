@@ -115,6 +115,9 @@ def test_events_drive_state_and_the_log_is_bounded() -> None:
     assert out.count("RESUME") + out.count("STOP") == tui_render.DEFAULT_ROWS
     assert not tui.saw_shutdown(view)
     assert tui.saw_shutdown(tui.apply_event(view, "SHUTDOWN", None, 0, 0))
+    reset = tui.apply_event(view, "RESET", None, 0, 0)
+    assert tui.saw_shutdown(reset)  # the last word: the VM stopped on reset
+    assert not tui.saw_shutdown(tui.apply_event(reset, "STOP", None, 0, 0))  # QEMU reboots
 
 
 def test_views_are_immutable_values() -> None:

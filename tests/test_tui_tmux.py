@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,19 +58,24 @@ def qemu(tmp_path: Path) -> Iterator[str]:
 
 
 class Tmux:
+    """One tmux server of the test's own (``-L``), one session, one pane."""
+
     def __init__(self, name: str) -> None:
-        self.base = [TMUX, "-L", name]
+        self.base = [TMUX or "tmux", "-L", name]
         self.target = name
 
-    def start(self, command: str) -> None:
+    def start(self, command: str, width: int = 100, height: int = 40) -> None:
+        size = ["-x", str(width), "-y", str(height)]
         subprocess.run(
-            [*self.base, "new-session", "-d", "-s", self.target, "-x", "100", "-y", "40", command],
-            check=True,
+            [*self.base, "new-session", "-d", "-s", self.target, *size, command], check=True
         )
 
     def screen(self) -> str:
+        """The visible pane and the lines scrolled off it (not the TUI's alternate screen)."""
         res = subprocess.run(
-            [*self.base, "capture-pane", "-p", "-t", self.target], capture_output=True, text=True
+            [*self.base, "capture-pane", "-p", "-S", "-200", "-t", self.target],
+            capture_output=True,
+            text=True,
         )
         return res.stdout
 
@@ -82,13 +87,19 @@ class Tmux:
         return res.returncode == 0
 
     def wait_for(self, *needles: str, timeout: float = 15.0) -> str:
+        return self.wait_until(lambda s: all(n in s for n in needles), repr(needles), timeout)
+
+    def wait_for_count(self, needle: str, count: int, timeout: float = 15.0) -> str:
+        return self.wait_until(lambda s: s.count(needle) >= count, f"{count}x {needle!r}", timeout)
+
+    def wait_until(self, ok: Callable[[str], bool], what: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            if all(n in screen for n in needles):
+            if ok(screen):
                 return screen
             if time.monotonic() > deadline:
-                pytest.fail(f"screen never showed {needles!r}; last screen:\n{screen}")
+                pytest.fail(f"screen never showed {what}; last screen:\n{screen}")
             time.sleep(0.1)
 
     def kill(self) -> None:

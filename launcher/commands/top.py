@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         if meta is None:
             raise EngineError(f"VM '{args.name}' is still starting; try again in a moment")
         outcome = run_tui(meta.qmp, serial=args.serial or meta.serial, title=meta.name)
-        hint = f"'svlaunch ps' shows what is left; 'svlaunch down {meta.name}' cleans up"
+        hint = "its engine stopped without a SHUTDOWN event (killed or crashed); 'svlaunch ps'"
+        hint += " clears what it left behind"
     name = outcome.view.name
     if outcome.how == DETACHED:
         print(f"{name}: detached; the VM keeps running")
