@@ -100,8 +100,8 @@ def make_vm(tmp_path: Path, code: bytes, name: str) -> Vm:
 
 
 @pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    t = Tmux(f"svl-tui-engine-{os.getpid()}")
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux("svl-tui", tmp_path / "tmux.sock")
     yield t
     t.kill()
 
@@ -240,3 +240,25 @@ def test_up_tui_detach_leaves_the_vm_running(idle_vm: Vm, tmux: Tmux) -> None:
     assert vm.status() == "running"
     p = vm.cli("down", "--timeout", "1", vm.name)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_top_follows_a_resize_and_ctrl_c_leaves_the_vm(idle_vm: Vm, tmux: Tmux) -> None:
+    vm = idle_vm
+    start_paused(vm)
+    tmux.start(vm.shell("top", vm.name, tag="top"), width=120, height=40)
+    screen = tmux.wait_for("state   prelaunch", "q  detach")
+    assert max(len(line) for line in screen.splitlines()) == 120
+
+    tmux.resize(80, 24)  # SIGWINCH: laid out again for 80x24, the key help still on screen
+    screen = tmux.wait_until(
+        lambda s: s.splitlines()[0].endswith("╮") and len(s.splitlines()[0]) == 80,
+        "an 80-column screen",
+        10,
+    )
+    assert "q  detach" in screen and "state   prelaunch" in screen, screen
+    assert all(len(line) <= 80 for line in screen.splitlines()), screen
+
+    tmux.keys("C-c")
+    screen = tmux.wait_for("top exited 130")
+    assert "svlaunch: interrupted" in screen and "Traceback" not in screen, screen
+    assert vm.status() == "prelaunch"  # Ctrl-C leaves top, not the VM

@@ -6,7 +6,6 @@ test presses the TUI's keys and reads the screen with ``tmux capture-pane``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -58,10 +57,10 @@ def qemu(tmp_path: Path) -> Iterator[str]:
 
 
 class Tmux:
-    """One tmux server of the test's own (``-L``), one session, one pane."""
+    """One tmux server of the test's own (its socket in the test's temp dir), one pane."""
 
-    def __init__(self, name: str) -> None:
-        self.base = [TMUX or "tmux", "-L", name]
+    def __init__(self, name: str, socket: Path) -> None:
+        self.base = [TMUX or "tmux", "-S", str(socket)]
         self.target = name
 
     def start(self, command: str, width: int = 100, height: int = 40) -> None:
@@ -81,6 +80,12 @@ class Tmux:
 
     def keys(self, *keys: str) -> None:
         subprocess.run([*self.base, "send-keys", "-t", self.target, *keys], check=True)
+
+    def resize(self, width: int, height: int) -> None:
+        subprocess.run(
+            [*self.base, "resize-window", "-t", self.target, "-x", str(width), "-y", str(height)],
+            check=True,
+        )
 
     def alive(self) -> bool:
         res = subprocess.run([*self.base, "has-session", "-t", self.target], capture_output=True)
@@ -107,8 +112,8 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    t = Tmux(f"svl-tui-{os.getpid()}")
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    t = Tmux("svl-tui", tmp_path / "tmux.sock")
     yield t
     t.kill()
 
