@@ -117,7 +117,7 @@ def render(view: VmView, height: int | None = None, *, keys: bool = True) -> Any
         # the device table takes at most 2/5 of the rows below the header, the log and the
         # serial tail share the rest (a row each at least)
         flexible = height - (len(head_rows) + 2) - 2
-        dev_rows = max(2, min(dev_rows, flexible * 2 // 5 - 2, flexible - 8))
+        dev_rows = min(dev_rows, max(2, min(flexible * 2 // 5 - 2, flexible - 8)))
         rest = max(6, height - (len(head_rows) + 2) - 2 - (dev_rows + 2))
         event_rows = max(1, min(len(view.events) or 1, rest // 2 - 2))
         serial_h = rest - (event_rows + 2)

@@ -198,3 +198,10 @@ def test_a_long_name_is_cut_not_the_labels() -> None:
     assert "│ state   prelaunch" in out and "│ memory  -" in out
     assert "│ VM      /tmp/pytest-of-root/" in out and "…" in out
     assert all(len(line) <= 80 for line in out.splitlines())
+
+
+def test_a_server_without_statistics_fills_the_screen_too() -> None:
+    """The one-line note in the device panel: the layout still ends on the terminal's last row."""
+    view = tui.view_from_replies("qemu", status={"status": "prelaunch"}, stats=None)
+    lines = render_text(view, width=80, height=24).splitlines()
+    assert len(lines) == 24 and lines[-2].startswith(" p  pause")

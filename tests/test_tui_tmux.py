@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,20 +27,20 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@dataclass
+class Qemu:
+    sock: str
+    proc: subprocess.Popen[bytes]
+
+
 @pytest.fixture
-def qemu(tmp_path: Path) -> Iterator[str]:
+def qemu(tmp_path: Path) -> Iterator[Qemu]:
+    """QEMU with no guest, stopped (``-S``); ``-no-reboot``: a reset ends it, as a microVM."""
     sock = tmp_path / "qemu.sock"
     proc = subprocess.Popen(
         [
-            QEMU,
-            "-machine",
-            "none",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-qmp",
-            f"unix:{sock},server,nowait",
+            *(QEMU or "qemu-system-x86_64", "-machine", "none", "-S", "-no-reboot"),
+            *("-display", "none", "-nodefaults", "-qmp", f"unix:{sock},server,nowait"),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -51,7 +52,7 @@ def qemu(tmp_path: Path) -> Iterator[str]:
             proc.kill()
             pytest.fail(f"QEMU did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
         time.sleep(0.05)
-    yield str(sock)
+    yield Qemu(str(sock), proc)
     proc.kill()
     proc.wait()
 
@@ -123,8 +124,12 @@ def qemu_status(sock: str) -> str:
         return c.execute("query-status")["status"]
 
 
-def test_top_pauses_and_resumes_real_qemu(qemu: str, tmux: Tmux) -> None:
-    tmux.start(f"cd {ROOT} && {sys.executable} -m launcher.cli top --qmp unix:{qemu}")
+def top(qemu: Qemu) -> str:
+    return f'cd {ROOT} && {sys.executable} -m launcher.cli top --qmp unix:{qemu.sock}; echo "top exited $?"; sleep 600'
+
+
+def test_top_pauses_and_resumes_real_qemu(qemu: Qemu, tmux: Tmux) -> None:
+    tmux.start(top(qemu))
     screen = tmux.wait_for("state   prelaunch", "q  detach")
     assert "statistics not offered by this QMP server" in screen
     assert "QEMU 7." in screen or "QEMU " in screen
@@ -137,8 +142,30 @@ def test_top_pauses_and_resumes_real_qemu(qemu: str, tmux: Tmux) -> None:
     # (QEMU serves one QMP client per socket: ask it only after the TUI has let go.)
 
     tmux.keys("q")
-    deadline = time.monotonic() + 10
-    while tmux.alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not tmux.alive(), "the TUI did not exit on 'q'"
-    assert qemu_status(qemu) == "paused"  # detaching leaves the VM as it is
+    screen = tmux.wait_for("top exited 0").replace("\n", "")  # (long lines wrap)
+    assert "detached; the VM keeps running" in screen
+    assert qemu_status(qemu.sock) == "paused"  # detaching leaves the VM as it is
+
+
+def test_top_on_real_qemu_at_80x24_ends_with_it(qemu: Qemu, tmux: Tmux) -> None:
+    """A reset under -no-reboot: QEMU says SHUTDOWN and quits; top exits 0, no traceback."""
+    tmux.start(top(qemu), width=80, height=24)
+    screen = tmux.wait_for("state   prelaunch", "q  detach")
+    lines = screen.splitlines()
+    assert all(len(line) <= 80 for line in lines) and lines[-2].startswith(" p  pause"), screen
+    tmux.keys("b")
+    tmux.wait_for("reset? press b again to confirm")
+    tmux.keys("b")
+    screen = tmux.wait_for("top exited 0").replace("\n", "")  # (long lines wrap)
+    assert "SHUTDOWN" in screen and "state   shutdown" in screen, screen
+    assert "the VM shut down" in screen and "Traceback" not in screen, screen
+    assert qemu.proc.wait(10) == 0
+
+
+def test_top_says_a_killed_qemu_is_gone(qemu: Qemu, tmux: Tmux) -> None:
+    tmux.start(top(qemu), width=80, height=24)
+    tmux.wait_for("state   prelaunch", "q  detach")
+    qemu.proc.kill()
+    screen = tmux.wait_for("top exited 1").replace("\n", "")  # (long lines wrap)
+    assert "state   gone" in screen and "is gone: QMP" in screen, screen
+    assert "Traceback" not in screen, screen
