@@ -262,3 +262,36 @@ def test_top_follows_a_resize_and_ctrl_c_leaves_the_vm(idle_vm: Vm, tmux: Tmux) 
     screen = tmux.wait_for("top exited 130")
     assert "svlaunch: interrupted" in screen and "Traceback" not in screen, screen
     assert vm.status() == "prelaunch"  # Ctrl-C leaves top, not the VM
+
+
+def test_top_says_when_another_client_holds_the_serial_console(idle_vm: Vm, tmux: Tmux) -> None:
+    vm = idle_vm
+    start_paused(vm)
+    console = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "console", vm.name],
+        cwd=ROOT,
+        env=vm.env,
+        stdin=subprocess.PIPE,  # kept open: the console stays attached
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        time.sleep(1.0)  # the engine has accepted the console's connection
+        assert console.poll() is None
+        tmux.start(vm.shell("top", vm.name, tag="top"), width=100, height=30)
+        screen = tmux.wait_for("state   prelaunch", "q  detach")
+        screen = tmux.wait_for("serial console in use by another client")
+        assert "Traceback" not in screen
+        tmux.keys("r")  # the guest's lines go to the client that holds the console
+        tmux.wait_for("state   running")
+        assert console.stdout is not None
+        os.set_blocking(console.stdout.fileno(), False)
+        got = b""
+        deadline = time.monotonic() + 10
+        while LINES[-1] not in got and time.monotonic() < deadline:
+            got += console.stdout.read() or b""
+            time.sleep(0.05)
+        assert b"".join(LINES) in got
+    finally:
+        console.kill()
+        console.wait()
