@@ -316,6 +316,25 @@ def _loop(session: Session, serial: SerialTail, screen: Screen, fd_in: int, wake
             session.view = serial.read(session.view)
 
 
+def require_terminal(what: str) -> None:
+    """The dashboard draws on a terminal; piped or redirected, it would show nothing, forever."""
+    from launcher.errors import UsageError
+
+    if not (sys.stdout is not None and sys.stdout.isatty()):
+        raise UsageError(
+            f"{what!r} needs a terminal (its standard output is not one)",
+            hint="for scripts use 'svlaunch status NAME', 'svlaunch events NAME --json' or "
+            "'svlaunch qmp NAME COMMAND'",
+        )
+
+
+def _stdin_fd() -> int:
+    try:
+        return sys.stdin.fileno() if sys.stdin is not None else -1
+    except (OSError, ValueError):  # closed, or replaced by something without a descriptor
+        return -1
+
+
 def run_tui(
     address: str, *, serial: str | None = None, title: str | None = None, resume: bool = False
 ) -> Outcome:
@@ -337,7 +356,7 @@ def run_tui(
         session.view = tui.with_serial_note(session.view, tail.note)
         if resume:
             session.press("r")
-        fd_in = sys.stdin.fileno() if sys.stdin is not None else -1
+        fd_in = _stdin_fd()
         screen = Screen()
         with _cbreak(fd_in), _resize_pipe() as wake, screen:
             outcome = _loop(session, tail, screen, fd_in, wake)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
 from launcher import tui, tui_render
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def render_text(view: tui.VmView, width: int = 80, height: int | None = None) -> str:
@@ -205,3 +211,28 @@ def test_a_server_without_statistics_fills_the_screen_too() -> None:
     view = tui.view_from_replies("qemu", status={"status": "prelaunch"}, stats=None)
     lines = render_text(view, width=80, height=24).splitlines()
     assert len(lines) == 24 and lines[-2].startswith(" p  pause")
+
+
+def test_top_without_a_terminal_is_one_clear_error(tmp_path: Path) -> None:
+    """Piped, the dashboard would draw nothing and never end: refuse, and point to the tools."""
+    run = tmp_path / "run"
+    env = dict(os.environ, SVLAUNCH_RUNTIME_DIR=str(run))
+    for name in ("vmlinux", "initrd"):
+        (tmp_path / name).write_bytes(bytes(4096))
+    manifest = tmp_path / "vm.toml"
+    manifest.write_text(
+        'name = "piped"\nserial = "stdio"\n[boot]\nkernel = "vmlinux"\ninitrd = "initrd"\n'
+    )
+    for args in (["top", "web1"], ["up", "--tui", str(manifest)]):
+        p = subprocess.run(
+            [sys.executable, "-m", "launcher.cli", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        assert p.returncode == 2, p.stderr
+        assert "needs a terminal (its standard output is not one)" in p.stderr
+        assert "svlaunch status NAME" in p.stderr and "Traceback" not in p.stderr
+    assert not run.exists() or not list(run.iterdir())  # no engine was started, no state left

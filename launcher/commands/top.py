@@ -27,10 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from launcher.errors import EngineError, UsageError
-    from launcher.tui_live import DETACHED, SHUTDOWN, run_tui
+    from launcher.tui_live import DETACHED, SHUTDOWN, require_terminal, run_tui
 
     if bool(args.name) == bool(args.qmp):
         raise UsageError("give a VM name or --qmp ADDRESS (one of them)")
+    require_terminal("top")
     if args.qmp:
         outcome = run_tui(args.qmp, serial=args.serial)
         hint = "check the process that served this QMP socket"

@@ -135,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     from launcher.manifest import load_manifest
 
     plan = compile_plan(load_manifest(args.manifest))
+    if args.tui:
+        from launcher.tui_live import require_terminal
+
+        require_terminal("up --tui")  # before an engine starts paused for nobody
     claim = runtime.claim(args.name or plan.name)
     vm = claim.vm
     proc: subprocess.Popen[bytes] | None = None
