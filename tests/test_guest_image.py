@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import stat
 import struct
 import subprocess
 from pathlib import Path
@@ -27,6 +29,7 @@ MODULES = [
     "button",
 ]
 XEN_ELFNOTE_PHYS32_ENTRY = 18
+PT_DYNAMIC, PT_INTERP = 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,64 @@ def test_initrd_has_init_busybox_console_and_modules_in_order(guest: Path) -> No
     assert files["etc/svreport-modules"][1].decode().split() == MODULES
     for m in MODULES:
         assert files[f"lib/modules/{m}.ko"][1][:4] == b"\x7fELF", m
+
+
+def elf_segment_types(elf: bytes) -> set[int]:
+    phoff = struct.unpack_from("<Q", elf, 32)[0]
+    phentsize, phnum = struct.unpack_from("<HH", elf, 54)
+    return {struct.unpack_from("<I", elf, phoff + i * phentsize)[0] for i in range(phnum)}
+
+
+def test_initrd_has_svvsock_static_and_executable(guest: Path) -> None:
+    """The guest's vsock echo runs with no libc in the initrd: a static x86-64 executable."""
+    files = read_newc((guest / "initrd.img").read_bytes())
+    mode, elf, _ = files["bin/svvsock"]
+    assert stat.S_ISREG(mode) and mode & 0o111 == 0o111, oct(mode)
+    assert elf == (guest / "svvsock").read_bytes()
+    assert elf[:4] == b"\x7fELF" and elf[4] == 2 and elf[5] == 1  # 64-bit little-endian
+    e_type, e_machine = struct.unpack_from("<HH", elf, 16)
+    assert (e_type, e_machine) == (2, 62), "not an x86-64 EXEC (static, non-PIE)"
+    segments = elf_segment_types(elf)
+    assert PT_INTERP not in segments and PT_DYNAMIC not in segments, "svvsock is not static"
+    assert b"SVREPORT vsock %s ok bytes=" in elf  # the report format string
+    init = files["init"][1]
+    assert b"svvsock " in init and b"svreport.vsock=" in init
+
+
+def test_rootfs_has_the_same_svvsock(guest: Path) -> None:
+    res = subprocess.run(
+        ["debugfs", "-R", "cat /bin/svvsock", str(guest / "rootfs.ext4")],
+        capture_output=True,
+        check=True,
+    )
+    assert res.stdout == (guest / "svvsock").read_bytes()
+
+
+def run_svvsock(guest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(guest / "svvsock"), *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_svvsock_rejects_bad_arguments(guest: Path) -> None:
+    for args in [(), ("x",), ("1234", "0"), ("1234", "5", "extra"), ("99999999999",)]:
+        res = run_svvsock(guest, *args)
+        assert res.returncode == 2 and res.stdout == "", args
+        assert "svvsock" in res.stderr, args
+
+
+def test_svvsock_listens_then_gives_up_after_its_timeout(guest: Path) -> None:
+    """Nobody connects on the host: it reports listening, then a fail line, and exits 1."""
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except OSError as e:
+        pytest.skip(f"no AF_VSOCK on this host: {e}")
+    res = run_svvsock(guest, "47001", "1")
+    assert res.returncode == 1, res
+    assert res.stdout.splitlines() == [
+        "SVREPORT vsock_listening 47001",
+        "SVREPORT vsock 47001 fail timeout",
+    ]
 
 
 def test_initrd_is_readable_by_gnu_cpio(guest: Path) -> None:
