@@ -300,12 +300,9 @@ class Vm:
         for att in self.machine.devices.virtio:
             if att.spec.kind == "slot":
                 continue  # an empty replaceable slot
-            counters = getattr(att.transport.device, "counters", None)
-            devs.append(
-                q.DeviceStats(
-                    att.spec.id, att.spec.kind, dict(counters() if callable(counters) else {})
-                )
-            )
+            stats = getattr(att.transport.device, "stats", None)  # virtio DeviceStats
+            counters = stats.snapshot() if stats is not None else {}
+            devs.append(q.DeviceStats(att.spec.id, att.spec.kind, counters))
         return q.VmStats(
             uptime_s=time.monotonic() - self._started_at,
             devices=tuple(devs),

@@ -128,6 +128,10 @@ def test_block_hot_replace_is_seen_by_the_guest(tmp_path) -> None:
         assert type(att.transport.device).__name__ == "Blk"
         assert vm.machine.mmio.lookup(base1)[1] is att.transport
         assert notify_owned(vm, base1)
+        # the TUI's x-svlaunch-query-stats: the hot-added disk reports its counters, slots don't
+        stats = {d.id: d.counters for d in vm.stats().devices}
+        assert "disk1" in stats and not any(k.startswith("blk-slot") for k in stats)
+        assert {"requests", "bytes_in", "bytes_out", "errors"} <= set(stats["disk1"])
         # the kick eventfd is polled by the device's loop: a write is drained there
         os.eventfd_write(att.kick_fds[0], 1)
         vm.wait(0.1)
