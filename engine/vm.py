@@ -214,7 +214,10 @@ class Vm:
         self.sink.emit("POWERDOWN")
 
     def reset(self) -> None:
+        """A microvm does not reboot (StratoVirt: system_reset is a shutdown there), so the
+        RESET is followed by the SHUTDOWN that ends the VM, as QEMU with -no-reboot says it."""
         self.sink.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
+        self.sink.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-system-reset"})
         self._finish(EXIT_GUEST_OK, "QMP system_reset")
 
     def query_cpus(self) -> list[CpuInfo]:

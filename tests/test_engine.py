@@ -137,6 +137,21 @@ def test_pause_and_resume_a_running_guest(tmp_path) -> None:
         vm.close()
 
 
+def test_qmp_system_reset_ends_a_microvm_with_shutdown(tmp_path) -> None:
+    plan = make_plan(write_guest(tmp_path, say(b"x") + HANG), serial_file=tmp_path / "s")
+    ev = Events()
+    vm = Vm(plan, sink=ev)
+    vm.start()
+    try:
+        time.sleep(0.1)
+        vm.reset()
+        assert vm.wait(5) == 0
+    finally:
+        vm.close()
+    reason = {"guest": False, "reason": "host-qmp-system-reset"}
+    assert ev.events[-2:] == [("RESET", reason), ("SHUTDOWN", reason)]
+
+
 def test_guest_reset_is_an_orderly_stop(tmp_path) -> None:
     plan = make_plan(write_guest(tmp_path, reset()), serial_file=tmp_path / "s")
     vm, code, ev = run_vm(plan)
