@@ -35,21 +35,25 @@ class GuestRegion:
     file_backed: bool = False
     shared: bool = False
     _anchor: ctypes.c_char | None = field(default=None, repr=False)
+    #: one past the last guest address: a plain int, not a property, because the virtqueue
+    #: checks buffers against it on every request (a region's range never changes)
+    end: int = field(init=False, repr=False)
+    _host: int | None = field(default=None, init=False, repr=False)
 
-    @property
-    def end(self) -> int:
-        """One past the last guest address of the region."""
-        return self.guest_addr + self.size
+    def __post_init__(self) -> None:
+        self.end = self.guest_addr + self.size
 
     @property
     def host_addr(self) -> int:
         """Host virtual address of the mapping (for KVM_SET_USER_MEMORY_REGION, mbind, madvise)."""
-        if self._anchor is None:
+        if self._host is None:
             self._anchor = ctypes.c_char.from_buffer(self.mapping)
-        return ctypes.addressof(self._anchor)
+            self._host = ctypes.addressof(self._anchor)
+        return self._host
 
     def release(self) -> None:
         self._anchor = None
+        self._host = None
         try:
             self.mapping.close()
         except BufferError:
@@ -79,6 +83,8 @@ class GuestMemory:
                     f"region at {r.guest_addr:#x}: size {r.size:#x} does not fit its mapping"
                 )
         self._starts = [r.guest_addr for r in self._regions]
+        #: the region the last lookup found (guests touch one region nearly always)
+        self._last: GuestRegion | None = self._regions[0] if self._regions else None
 
     @classmethod
     def anonymous(cls, ranges: Sequence[tuple[int, int]], *, shared: bool = False) -> GuestMemory:
@@ -108,10 +114,14 @@ class GuestMemory:
     # -- lookup -------------------------------------------------------------------------------
 
     def find_region(self, addr: int) -> GuestRegion | None:
+        r = self._last
+        if r is not None and r.guest_addr <= addr < r.end:
+            return r
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:
             r = self._regions[i]
             if addr < r.end:
+                self._last = r
                 return r
         return None
 

@@ -14,6 +14,7 @@ region view, made the same C-level way.
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left, bisect_right
 from itertools import accumulate, repeat
 from operator import add, itemgetter, sub
@@ -29,8 +30,8 @@ _READ_NEXT = VIRTQ_DESC_F_NEXT
 _WRITE_NEXT = VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE
 _ADDR = itemgetter(0)
 _LEN = itemgetter(1)
+_LEN32 = struct.Struct("<I")
 _tables: dict[int, tuple[bytes, bytes, bytes]] = {}
-_slots: dict[int, tuple[int, int, int]] = {}
 
 
 class DescriptorChain:
@@ -45,6 +46,7 @@ class DescriptorChain:
     """
 
     __slots__ = (
+        "_lens",
         "_lists",
         "_spans",
         "head",
@@ -52,7 +54,7 @@ class DescriptorChain:
         "region",
         "split",
         "table",
-        "table_lens",
+        "table_int",
         "writable_len",
     )
 
@@ -68,6 +70,7 @@ class DescriptorChain:
         table: bytes | None = None,
         split: int = 0,
         lens: list[int] | None = None,
+        table_int: int = 0,
     ) -> None:
         self.head = head
         #: the raw indirect table this chain came from (fast path only), and the index of its
@@ -77,11 +80,26 @@ class DescriptorChain:
         self.readable_len = readable_len
         self.writable_len = writable_len
         self.region = region
-        self.table_lens = lens
+        self._lens = lens
+        #: ``table`` read as one little-endian integer (fast path: host iovecs are cut from it)
+        self.table_int = table_int
         self._spans = spans
         self._lists: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
         if spans is None and table is None:
             self._lists = (readable if readable is not None else [], writable or [])
+
+    @property
+    def table_lens(self) -> list[int] | None:
+        """Every table entry's length (fast path), made on first use: the hot path needs only
+        the totals and the first and last lengths (``entry_len``)."""
+        if self._lens is None and self.table is not None:
+            self._lens = memoryview(self.table).cast("I")[2::4].tolist()
+        return self._lens
+
+    def entry_len(self, i: int) -> int:
+        """The length of table entry ``i`` (fast path only)."""
+        assert self.table is not None
+        return _LEN32.unpack_from(self.table, 16 * i + 8)[0]
 
     def _pairs(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         if self._lists is None:
@@ -132,20 +150,31 @@ class DescriptorChain:
 
     def read(self, mem: GuestMemory, skip: int = 0, length: int | None = None) -> bytes:
         """Copy readable bytes out of guest memory (for small headers and control messages)."""
-        lens = self.table_lens
-        if lens and length is not None and self.split and skip + length <= lens[0]:
-            assert self.table is not None  # a request header in the first buffer: one read
-            return mem.read(int.from_bytes(self.table[:8], "little") + skip, length)
+        if (
+            self.table is not None
+            and length is not None
+            and self.split
+            and skip + length <= self.entry_len(0)
+        ):
+            assert self.region is not None  # a request header in buffer 0: one read
+            off = int.from_bytes(self.table[:8], "little") + skip - self.region.guest_addr
+            return self.region.mapping[off : off + length]  # checked inside the region
         return b"".join(bytes(v) for v in self.read_views(mem, skip, length))
 
     def write(self, mem: GuestMemory, data: bytes | bytearray | memoryview, skip: int = 0) -> int:
         """Copy ``data`` into the writable buffers from offset ``skip``; returns the bytes written."""
-        lens = self.table_lens
-        if lens and self.split < len(lens) and skip + len(data) <= self.writable_len:
-            into_last = skip - (self.writable_len - lens[-1])
+        table = self.table
+        if (
+            table is not None
+            and 16 * self.split < len(table)
+            and skip + len(data) <= self.writable_len
+        ):
+            into_last = skip - (self.writable_len - self.entry_len(len(table) // 16 - 1))
             if into_last >= 0:  # a status byte in the last buffer: one write
-                assert self.table is not None
-                mem.write(int.from_bytes(self.table[-16:-8], "little") + into_last, data)
+                r = self.region  # the buffer was checked to lie inside it
+                assert r is not None
+                off = int.from_bytes(self.table[-16:-8], "little") + into_last - r.guest_addr
+                r.mapping[off : off + len(data)] = data
                 return len(data)
         src = memoryview(data).cast("B")
         pos = 0
@@ -240,7 +269,9 @@ def _linked(n: int) -> tuple[bytes, bytes, bytes]:
     return t
 
 
-def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | None:
+def linear_table(
+    mem: GuestMemory, head: int, data: bytes, hint: GuestRegion | None = None
+) -> DescriptorChain | None:
     """The chain of an indirect table in Linux's shape, or None (then walk it one by one).
 
     Linux's shape: entry i links to i+1 with NEXT set on all but the last, readable entries
@@ -248,7 +279,8 @@ def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | 
     every buffer inside one RAM region, at most ``MAX_CHAIN_IOVECS`` entries, under 4 GiB in
     all. Everything the careful walk would refuse is outside this shape. The fields are read
     with strided byte slices and memoryview casts: C-level passes, one Python int per address
-    and length, none per flag.
+    and length, none per flag. ``hint``: the region to try first (the table's own, usually
+    the buffers' too), which saves the lookup.
     """
     n = len(data) // 16
     if not 0 < n <= MAX_CHAIN_IOVECS or len(data) != 16 * n:
@@ -271,16 +303,26 @@ def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | 
         split = n
     else:
         return None
-    lens = memoryview(data).cast("I")[2::4].tolist()
-    if 0 in lens:
-        return None
-    region = mem.find_region(int.from_bytes(data[:8], "little"))
-    if region is None or not _inside(data, n, region.guest_addr, region.end):
-        return None
-    total = sum(lens)
+    t = int.from_bytes(data, "little")
+    region = hint
+    fit = None if region is None else _fit(t, n, region)
+    if fit is None:
+        region = mem.find_region(int.from_bytes(data[:8], "little"))
+        if region is None or region is hint:
+            return None
+        fit = _fit(t, n, region)
+        if fit is None:
+            return None
+    lens, k = fit
+    total = _fold(lens, n, k.masks)
     if total >= 1 << 32:
         return None
-    readable_len = sum(lens[:split])
+    if split == 1:
+        readable_len = _LEN32.unpack_from(data, 8)[0]
+    elif split == n:
+        readable_len = total
+    else:
+        readable_len = _fold(lens & k.masks[split], split, k.masks)
     return DescriptorChain(
         head,
         None,
@@ -290,31 +332,78 @@ def linear_table(mem: GuestMemory, head: int, data: bytes) -> DescriptorChain | 
         region,
         table=data,
         split=split,
-        lens=lens,
+        table_int=t,
     )
 
 
-def _inside(data: bytes, n: int, lo: int, hi: int) -> bool:
-    """Every entry's ``[addr, addr+len)`` lies in ``[lo, hi)``, for all n at once.
+class _Consts:
+    """Big-integer patterns for n-entry tables in one region (cached: built once per shape).
 
     The table as one integer has a 128-bit slot per entry: addr in bits 0-63, len in 64-95.
     Adding ``2**64 - lo`` to every address carries into bit 64 of its slot exactly when
     ``addr >= lo``; adding ``2**80 - hi - 1`` to every ``addr + len`` (< 2**65) carries into bit
-    80 exactly when it exceeds ``hi``. Slots are wide enough that no carry reaches a neighbour.
+    80 exactly when it exceeds ``hi``; adding ``2**32 - 1`` to every length carries into bit 32
+    exactly when it is not zero. Slots are wide enough that no carry reaches a neighbour.
+    ``delta``: host minus guest address, added to every slot to make a host ``struct iovec``.
     """
-    ones, addr_mask, len_mask = _slot_patterns(n)
-    t = int.from_bytes(data, "little")
-    addrs = t & addr_mask
-    if lo and ((addrs + ((1 << 64) - lo) * ones) >> 64) & ones != ones:
-        return False
-    ends = addrs + ((t >> 64) & len_mask)
-    return not ((ends + ((1 << 80) - hi - 1) * ones) >> 80) & ones
 
+    __slots__ = ("addr", "delta", "hi", "iov", "len", "lo", "masks", "nonzero", "ones")
 
-def _slot_patterns(n: int) -> tuple[int, int, int]:
-    """A 1 at the bottom of each of n 128-bit slots, and masks of each slot's low 64/32 bits."""
-    pat = _slots.get(n)
-    if pat is None:
+    def __init__(self, n: int, lo: int, hi: int, host: int) -> None:
         ones = sum(1 << (128 * i) for i in range(n))
-        pat = _slots[n] = (ones, ((1 << 64) - 1) * ones, ((1 << 32) - 1) * ones)
-    return pat
+        self.ones = ones
+        self.addr = ((1 << 64) - 1) * ones
+        self.len = ((1 << 32) - 1) * ones
+        self.iov = ((1 << 96) - 1) * ones  # addr and len, without flags and next
+        self.lo = ((1 << 64) - lo) * ones if lo else 0
+        self.hi = ((1 << 80) - hi - 1) * ones
+        self.nonzero = self.len
+        self.delta = (host - lo) * ones  # < 0 borrows nothing: every address is >= lo
+        self.masks = _Masks()
+
+
+class _Masks(dict[int, int]):
+    """``masks[k]``: the low k 128-bit slots (made on first use)."""
+
+    def __missing__(self, k: int) -> int:
+        m = self[k] = (1 << (128 * k)) - 1
+        return m
+
+
+_consts: dict[tuple[int, int, int, int], _Consts] = {}
+
+
+def consts(n: int, region: GuestRegion) -> _Consts:
+    """The patterns for n-entry tables in ``region`` (hostiov.py cuts iovecs with them)."""
+    key = (n, region.guest_addr, region.end, region.host_addr)
+    k = _consts.get(key)
+    if k is None:
+        if len(_consts) >= 1024:
+            _consts.clear()
+        k = _consts[key] = _Consts(n, region.guest_addr, region.end, region.host_addr)
+    return k
+
+
+def _fit(t: int, n: int, region: GuestRegion) -> tuple[int, _Consts] | None:
+    """The lengths (one per slot) when every entry's ``[addr, addr+len)`` lies in ``region`` and
+    no length is zero, for all n entries at once; None otherwise."""
+    k = consts(n, region)
+    ones = k.ones
+    addrs = t & k.addr
+    if k.lo and ((addrs + k.lo) >> 64) & ones != ones:
+        return None
+    lens = (t >> 64) & k.len
+    if ((lens + k.nonzero) >> 32) & ones != ones:
+        return None
+    if ((addrs + lens + k.hi) >> 80) & ones:
+        return None
+    return lens, k
+
+
+def _fold(x: int, n: int, masks: _Masks) -> int:
+    """The sum of n 128-bit slots: halve the slot count until one is left (C-level adds)."""
+    while n > 1:
+        half = (n + 1) >> 1
+        x = (x & masks[half]) + (x >> (128 * half))
+        n = half
+    return x

@@ -12,9 +12,7 @@ from __future__ import annotations
 from array import array
 
 from engine.machine.memory import GuestMemory
-from engine.virtio.chain import DescriptorChain, _span
-
-_patterns: dict[int, tuple[int, int]] = {}
+from engine.virtio.chain import DescriptorChain, _span, consts
 
 
 class HostIovec:
@@ -35,33 +33,25 @@ class HostIovec:
         return not any(map((align - 1).__and__, memoryview(self.data).cast("Q")))
 
 
-def _whole(n: int, lens: list[int], skip: int, length: int | None) -> tuple[int, int] | None:
-    """The buffer range ``[i, j)`` that is exactly bytes ``[skip, skip+length)``, for the usual
-    requests (all, all but the last, all but the first, the last alone); None otherwise."""
+def _whole(
+    n: int, first_len: int, last_len: int, total: int, skip: int, length: int | None
+) -> tuple[int, int, int] | None:
+    """The buffer range ``[i, j)`` and its byte count, of n buffers (the first and last of them this long, ``total``
+    in all) that is exactly bytes ``[skip, skip+length)``, for the usual requests (all, all but
+    the last, all but the first, the last alone); None otherwise."""
     if not n:
         return None
     if length is None:
-        return (0, n) if skip == 0 else None
-    total = sum(lens)
+        return (0, n, total) if skip == 0 else None
     if skip == 0 and length == total:
-        return 0, n
-    if n > 1 and skip == 0 and length == total - lens[-1]:
-        return 0, n - 1
-    if n > 1 and skip == lens[0] and length == total - skip:
-        return 1, n
-    if skip == total - lens[-1] and length == lens[-1]:
-        return n - 1, n
+        return 0, n, total
+    if n > 1 and skip == 0 and length == total - last_len:
+        return 0, n - 1, length
+    if n > 1 and skip == first_len and length == total - skip:
+        return 1, n, length
+    if skip == total - last_len and length == last_len:
+        return n - 1, n, length
     return None
-
-
-def _iov_patterns(n: int) -> tuple[int, int]:
-    """For an n-entry table read as one little-endian integer: the mask keeping each entry's
-    address and length (dropping flags and next), and one 1 at each entry's address field."""
-    pat = _patterns.get(n)
-    if pat is None:
-        ones = sum(1 << (128 * i) for i in range(n))
-        pat = _patterns[n] = (((1 << 96) - 1) * ones, ones)
-    return pat
 
 
 def host_iovec(
@@ -78,20 +68,22 @@ def host_iovec(
     region = chain.region
     if region is None:
         return None
-    keep = mem.view(region.guest_addr, region.size)
+    keep = memoryview(region.mapping)  # pins the mapping (close raises) while the I/O runs
+    table = chain.table
+    if table is not None:
+        n_all = len(table) // 16
+        first, end = (chain.split, n_all) if writable else (0, chain.split)
+        n = end - first
+        total = chain.writable_len if writable else chain.readable_len
+        if n:
+            first_len, last_len = chain.entry_len(first), chain.entry_len(end - 1)
+            span = _whole(n, first_len, last_len, total, skip, length)
+            if span is not None:
+                i, j, got = span
+                k = consts(n_all, region)  # every address is >= the region's start:
+                iov = ((chain.table_int & k.iov) + k.delta).to_bytes(16 * n_all, "little")
+                return HostIovec(iov[16 * (first + i) : 16 * (first + j)], j - i, got, keep)
     delta = region.host_addr - region.guest_addr
-    table, all_lens = chain.table, chain.table_lens
-    if table is not None and all_lens is not None:
-        first = chain.split if writable else 0
-        lens = all_lens[first:] if writable else all_lens[: chain.split]
-        span = _whole(len(lens), lens, skip, length)
-        if span is not None:
-            i, j = span
-            k = j - i
-            mask, ones = _iov_patterns(k)
-            raw = int.from_bytes(table[16 * (first + i) : 16 * (first + j)], "little") & mask
-            iov = (raw + delta * ones).to_bytes(16 * k, "little")  # delta < 0 borrows nothing:
-            return HostIovec(iov, k, sum(lens[i:j]), keep)  # every address is >= guest_addr
     addrs, lens = chain.spans(writable)
     offsets, sizes = _span(-delta, addrs, lens, skip, length)
     sizes_arr = array("Q", sizes)

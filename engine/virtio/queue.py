@@ -240,7 +240,8 @@ class Queue:
         r = mem.find_region(addr)
         if r is None or addr + length > r.end:
             return False
-        chain = linear_table(mem, head, mem.read(addr, length))
+        off = addr - r.guest_addr
+        chain = linear_table(mem, head, r.mapping[off : off + length], r)  # one copy: no TOCTOU
         if chain is None:
             return False
         self.next_avail = (nxt + 1) & 0xFFFF
