@@ -308,13 +308,21 @@ class VcpuThread:
         if self.ctx.profile is not None:
             self._loop_profiled(self.ctx.profile)
             return
-        run, run_map, fd = self.fd.run_struct, self.fd.run_map, self.fd
-        while self._wait_until_running():
+        run, run_map, fd, ctx = self.fd.run_struct, self.fd.run_map, self.fd, self.ctx
+        exits, running = ctx.exits, VcpuState.RUNNING
+        mmio, intr = k.KVM_EXIT_MMIO, k.KVM_EXIT_INTR
+        # ``_want`` is read without the lock while running: a pause or stop sets it, then kicks
+        # (immediate_exit + signal), so KVM_RUN returns at once and the next turn sees it.
+        while self._want is running or self._wait_until_running():
             reason = fd.run()
-            if reason == k.KVM_EXIT_INTR:
+            if reason == mmio:  # the hot exit (virtio registers): no dispatch layer
+                exits[mmio] += 1
+                _mmio_exit(run_map, ctx)
+                continue
+            if reason == intr:
                 fd.set_immediate_exit(False)
                 continue
-            if handle_exit(reason, run, run_map, self.ctx) is ExitAction.STOP:
+            if handle_exit(reason, run, run_map, ctx) is ExitAction.STOP:
                 self._halt()
 
     def _loop_profiled(self, prof: ExitProfile) -> None:

@@ -206,9 +206,8 @@ class MmioTransport:
 
     @property
     def interrupt_status(self) -> int:
-        with self._isr_lock:
-            isr = self._isr
-        if (self.device.kernel_queues or self._ack_fd is not None) and (
+        isr = self._isr  # one int read: the lock only guards read-modify-writes
+        if (self._ack_fd is not None or self.device.kernel_queues) and (
             self.status & STATUS_DRIVER_OK
         ):
             isr |= INT_VRING
@@ -243,6 +242,8 @@ class MmioTransport:
 
     def read(self, offset: int, size: int) -> int:
         """A guest MMIO read of ``size`` bytes at ``offset`` in the window."""
+        if offset == INTERRUPT_STATUS:  # every interrupt reads it: tested first
+            return self.interrupt_status if size == 4 else 0
         if offset >= CONFIG:
             if size not in (1, 2, 4, 8) or offset + size > WINDOW_SIZE:
                 return 0
@@ -251,8 +252,6 @@ class MmioTransport:
             return int.from_bytes(data, "little")
         if size != 4:
             return 0
-        if offset == INTERRUPT_STATUS:
-            return self.interrupt_status
         with self.device.lock:
             return self._read_reg(offset)
 
