@@ -213,6 +213,9 @@ def _resume(meta: Any) -> None:
     from launcher.qmpclient import QmpClient
 
     with QmpClient.connect(meta.qmp) as c:
+        # One round trip first: the engine's loop then has seen (and accepted) the serial
+        # connection made before it, so the guest's first bytes are not written to nobody.
+        c.execute("query-status")
         c.execute("cont")
 
 
