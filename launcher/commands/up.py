@@ -192,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
         code = _foreground(proc, vm, meta, relay=relay, tui=args.tui, resume=not args.paused)
         if code not in (0, None):
             _print_log_tail(log)
+        if code is not None and code < 0:  # the engine died of a signal: report it as a shell does
+            print(f"{vm.name}: the engine was killed by signal {-code}", file=sys.stderr)
+            code = 128 - code
         return code
     finally:
         claim.release()  # the engine holds its own copy of the lock for as long as it lives
