@@ -9,15 +9,14 @@ Addresses come from ``launcher.compile.layout``; topology and APIC ids from
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import types
-import typing
-from dataclasses import field
-from typing import Any, ClassVar
 
-from launcher.frozen import frozen
+from launcher.frozen import field, fields_of, frozen
+
+TYPE_CHECKING = False  # not typing's: the engine reads a plan at start-up, typing costs ~3 ms
+if TYPE_CHECKING:
+    from typing import Any, ClassVar
 
 PLAN_VERSION = 1
 
@@ -289,12 +288,11 @@ class Plan:
 
 
 def _to_json(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if hasattr(type(value), "__record_fields__"):
         out: dict[str, Any] = {}
-        kind = getattr(type(value), "kind", "")
         if isinstance(value, DevicePlan):
-            out["kind"] = kind
-        for f in dataclasses.fields(value):
+            out["kind"] = type(value).kind
+        for f in fields_of(value):
             out[f.name] = _to_json(getattr(value, f.name))
         return out
     if isinstance(value, tuple | list):
@@ -302,33 +300,35 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(tp: type) -> dict[str, Any]:
-    return typing.get_type_hints(tp)
+    """Each field's type, from its annotation (``typing.get_type_hints`` without ``typing``:
+    the annotations are this module's own strings, evaluated once among its names)."""
+    hints = _HINTS.get(tp)
+    if hints is None:
+        hints = _HINTS[tp] = {f.name: eval(f.type, globals()) for f in fields_of(tp)}
+    return hints
 
 
 def _from_json(tp: Any, data: Any) -> Any:
-    """Rebuild a value of type ``tp`` from its JSON form (driven by the dataclass type hints)."""
+    """Rebuild a value of type ``tp`` from its JSON form (driven by the field annotations)."""
     if data is None:
         return None
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType):  # X | None
+        args = [a for a in tp.__args__ if a is not type(None)]
         return _from_json(args[0], data)
-    if origin is tuple:
-        args = typing.get_args(tp)
+    if isinstance(tp, types.GenericAlias) and tp.__origin__ is tuple:
+        args = tp.__args__
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_from_json(args[0], v) for v in data)
         return tuple(_from_json(a, v) for a, v in zip(args, data, strict=True))
     if tp is DevicePlan:
         cls = DEVICE_KINDS[data["kind"]]
         return _from_json(cls, data)
-    if dataclasses.is_dataclass(tp):
+    if hasattr(tp, "__record_fields__"):
         hints = _hints(tp)
-        kwargs = {
-            f.name: _from_json(hints[f.name], data[f.name])
-            for f in dataclasses.fields(tp)
-            if f.name in data
-        }
+        kwargs = {name: _from_json(t, data[name]) for name, t in hints.items() if name in data}
         return tp(**kwargs)
     return data
