@@ -8,16 +8,20 @@ manifest's iothreads are extra loops (``IoThread``).
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import threading
 from collections import deque
-from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from engine.logsetup import get_logger
 
-Callback = Callable[[], None]
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Callback = Callable[[], None]
+
+log = get_logger(__name__)
 
 
 class EventLoop:

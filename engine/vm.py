@@ -12,15 +12,17 @@ reaches its first guest instruction without loading the QMP layer.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
 
+from engine.logsetup import get_logger
 from engine.machine.builder import Machine, build
 from launcher.compile.plan import Plan
 
+TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
+    from typing import Any
+
     from engine.machine.hotplug import HotReplace
     from engine.qmp.control import (
         BlockdevSpec,
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
         VmStats,
     )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 EXIT_GUEST_OK = 0
 EXIT_FATAL = 1

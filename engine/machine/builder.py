@@ -21,12 +21,8 @@ depends on the ones before it:
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from dataclasses import dataclass, field
-from typing import Any
-
 from engine.eventloop import EventLoop, IoThread
+from engine.logsetup import get_logger
 from engine.machine import bootparams, layout, regs
 from engine.machine.bus import Bus
 from engine.machine.cpuid_setup import is_pvm_host, vcpu_cpuid
@@ -45,8 +41,13 @@ from engine.machine.vcpu import (
 )
 from launcher.compile.plan import Plan
 from launcher.errors import EngineError, HostError
+from launcher.frozen import field, record
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from typing import Any
+
+log = get_logger(__name__)
 
 PVM_NOTICE = (
     "this host's /dev/kvm is PVM (kvm_pvm): a stock Linux kernel's CPL0 code is emulated "
@@ -55,7 +56,7 @@ PVM_NOTICE = (
 )
 
 
-@dataclass
+@record
 class Machine:
     plan: Plan
     kvm: Kvm
@@ -158,8 +159,6 @@ def build(
 ) -> Machine:
     """Build the VM of ``plan`` with every vCPU paused. ``events`` receives poweroff/reset/fatal."""
     pvm = is_pvm_host()
-    if pvm:
-        log.warning(PVM_NOTICE)
     install_kick_handler()
     kvm = Kvm(kvm_path)  # 1
     cleanup: list[Any] = [kvm]
@@ -176,6 +175,8 @@ def build(
         vm.create_irqchip()
         vm.create_pit2()
         loop = EventLoop("main")  # 5
+        if pvm:  # said on the loop's first turn: logging is imported after the guest started
+            loop.call_soon_threadsafe(lambda: log.warning(PVM_NOTICE))
         iothreads = {name: IoThread(name) for name in plan.iothreads}
         pio, mmio = Bus("pio"), Bus("mmio")
         dm = DeviceManager(vm, mem, pio, mmio, loop, {n: t.loop for n, t in iothreads.items()})
@@ -208,8 +209,10 @@ def build(
         return m
     except BaseException:
         for obj in reversed(cleanup):
-            with contextlib.suppress(Exception):
+            try:
                 obj.close()
+            except Exception:  # the build's own error is the one to report
+                pass
         raise
 
 

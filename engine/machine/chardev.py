@@ -10,22 +10,22 @@ room; when the device is full the backend stops polling its fd until ``resume_in
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import termios
 import threading
 import tty
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from engine.eventloop import EventLoop
+from engine.logsetup import get_logger
 from launcher.compile.plan import ChardevPlan
 from launcher.errors import HostError
 
+TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     import socket
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Sink = Callable[[bytes], int]
 Free = Callable[[], int]
