@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import engine.virtio.queue as queue_mod
 from engine.machine.memory import GuestMemory
+from engine.virtio.bulk import TableMemo
 from engine.virtio.chain import MAX_CHAIN_IOVECS, DescriptorChain, linear_table
 from engine.virtio.hostiov import host_iovec
 from engine.virtio.mmio import INT_CONFIG, INT_VRING, MmioTransport
@@ -186,3 +187,61 @@ def test_used_ring_acks_absorbed_by_the_kernel_keep_interrupt_status_bit_0() -> 
     finally:
         t.close()
         m.close()
+
+
+def chain_facts(mem: GuestMemory, c: DescriptorChain | None) -> tuple | None:
+    """Everything a device can learn from a chain: buffers, totals, host iovecs."""
+    if c is None:
+        return None
+    iovs = []
+    for writable, total in ((False, c.readable_len), (True, c.writable_len)):
+        for skip, length in ((0, None), (0, total - 1), (1, total - 1), (total - 1, 1)):
+            if skip < 0 or (length is not None and length < 0):
+                continue
+            iov = host_iovec(mem, c, writable, skip, length)
+            iovs.append(None if iov is None else (iov.data, iov.count, iov.total))
+    return c.readable, c.writable, c.readable_len, c.writable_len, c.region, iovs
+
+
+IN_RAM = st.tuples(st.integers(0, 4 * MiB - 8192), st.integers(1, 8192))
+MOSTLY_GOOD = st.one_of(IN_RAM, IN_RAM, IN_RAM, st.tuples(ADDRS, st.integers(0, 8192)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bufs=st.lists(MOSTLY_GOOD, min_size=3, max_size=12),
+    n_read=st.integers(0, 12),
+    ends=st.lists(MOSTLY_GOOD, min_size=2, max_size=2),
+    poke=st.none() | st.tuples(st.integers(0, 12 * 16 - 1), st.integers(0, 255)),
+)
+def test_memo_accepts_exactly_what_the_full_checks_accept(
+    mem: GuestMemory, bufs, n_read, ends, poke
+) -> None:
+    """A table whose body equals the last accepted one (new ends, as the request tag moves) is
+    taken from the memo: the same verdict and the same buffers, totals and iovecs as the
+    full checks give, for hostile ends and bodies alike."""
+    memo = TableMemo()
+    first = linux_table(bufs, min(n_read, len(bufs)))
+    assert chain_facts(mem, linear_table(mem, 0, first, memo=memo)) == chain_facts(
+        mem, linear_table(mem, 0, first)
+    )
+    again = bytearray(linux_table([ends[0], *bufs[1:-1], ends[1]], min(n_read, len(bufs))))
+    if poke is not None and poke[0] < len(again):
+        again[poke[0]] = poke[1]
+    again = bytes(again)
+    got = linear_table(mem, 1, again, memo=memo)
+    event("memo hit" if got is not None and got.table_int == 0 else "memo miss")
+    assert chain_facts(mem, got) == chain_facts(mem, linear_table(mem, 1, again))
+
+
+def test_repeated_blk_table_comes_from_the_memo(mem: GuestMemory) -> None:
+    """dd's 1 MiB reads: the same pages each time, header and status moving with the tag."""
+    pages = [(0x100000 + 0x3000 * i, 4096) for i in range(254)]
+    memo = TableMemo()
+    for tag in range(3):
+        data = linux_table([(0x200 + 64 * tag, 16), *pages, (0x400 + 64 * tag, 1)], 1)
+        chain = linear_table(mem, tag, data, memo=memo)
+        assert chain is not None and chain.table_int == (0 if tag else chain.table_int)
+        assert chain_facts(mem, chain) == chain_facts(mem, linear_table(mem, tag, data))
+    outside = linux_table([(64 * MiB, 16), *pages, (0x400, 1)], 1)  # header outside RAM
+    assert linear_table(mem, 3, outside, memo=memo) is None

@@ -20,6 +20,7 @@ from itertools import accumulate, repeat
 from operator import add, itemgetter, sub
 
 from engine.machine.memory import GuestMemory, GuestRegion
+from engine.virtio.bulk import TableMemo, fit, fold, host_table
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -50,6 +51,7 @@ class DescriptorChain:
         "_lists",
         "_spans",
         "head",
+        "host_table",
         "readable_len",
         "region",
         "split",
@@ -71,6 +73,7 @@ class DescriptorChain:
         split: int = 0,
         lens: list[int] | None = None,
         table_int: int = 0,
+        host_table: bytes | None = None,
     ) -> None:
         self.head = head
         #: the raw indirect table this chain came from (fast path only), and the index of its
@@ -83,6 +86,8 @@ class DescriptorChain:
         self._lens = lens
         #: ``table`` read as one little-endian integer (fast path: host iovecs are cut from it)
         self.table_int = table_int
+        #: the whole table as host ``struct iovec``s (fast path; made when first needed)
+        self.host_table = host_table
         self._spans = spans
         self._lists: tuple[list[tuple[int, int]], list[tuple[int, int]]] | None = None
         if spans is None and table is None:
@@ -270,7 +275,11 @@ def _linked(n: int) -> tuple[bytes, bytes, bytes]:
 
 
 def linear_table(
-    mem: GuestMemory, head: int, data: bytes, hint: GuestRegion | None = None
+    mem: GuestMemory,
+    head: int,
+    data: bytes,
+    hint: GuestRegion | None = None,
+    memo: TableMemo | None = None,
 ) -> DescriptorChain | None:
     """The chain of an indirect table in Linux's shape, or None (then walk it one by one).
 
@@ -280,7 +289,8 @@ def linear_table(
     all. Everything the careful walk would refuse is outside this shape. The fields are read
     with strided byte slices and memoryview casts: C-level passes, one Python int per address
     and length, none per flag. ``hint``: the region to try first (the table's own, usually
-    the buffers' too), which saves the lookup.
+    the buffers' too), which saves the lookup. ``memo``: the queue's ``TableMemo`` (a body
+    equal to the last accepted one skips the bulk checks, the ends are checked alone).
     """
     n = len(data) // 16
     if not 0 < n <= MAX_CHAIN_IOVECS or len(data) != 16 * n:
@@ -303,18 +313,33 @@ def linear_table(
         split = n
     else:
         return None
+    if memo is not None and n >= 3:
+        got = memo.recall(data, split)
+        if got is not None:
+            region, total, readable_len, host = got
+            return DescriptorChain(
+                head,
+                None,
+                None,
+                readable_len,
+                total - readable_len,
+                region,
+                table=data,
+                split=split,
+                host_table=host,
+            )
     t = int.from_bytes(data, "little")
     region = hint
-    fit = None if region is None else _fit(t, n, region)
-    if fit is None:
+    ok = None if region is None else fit(t, n, region)
+    if ok is None:
         region = mem.find_region(int.from_bytes(data[:8], "little"))
         if region is None or region is hint:
             return None
-        fit = _fit(t, n, region)
-        if fit is None:
+        ok = fit(t, n, region)
+        if ok is None:
             return None
-    lens, k = fit
-    total = _fold(lens, n, k.masks)
+    lens, k = ok
+    total = fold(lens, n, k.masks)
     if total >= 1 << 32:
         return None
     if split == 1:
@@ -322,7 +347,11 @@ def linear_table(
     elif split == n:
         readable_len = total
     else:
-        readable_len = _fold(lens & k.masks[split], split, k.masks)
+        readable_len = fold(lens & k.masks[split], split, k.masks)
+    host = None
+    if memo is not None and n >= 3:
+        host = host_table(t, n, region)
+        memo.remember(data, split, region, total, readable_len, host)
     return DescriptorChain(
         head,
         None,
@@ -333,77 +362,5 @@ def linear_table(
         table=data,
         split=split,
         table_int=t,
+        host_table=host,
     )
-
-
-class _Consts:
-    """Big-integer patterns for n-entry tables in one region (cached: built once per shape).
-
-    The table as one integer has a 128-bit slot per entry: addr in bits 0-63, len in 64-95.
-    Adding ``2**64 - lo`` to every address carries into bit 64 of its slot exactly when
-    ``addr >= lo``; adding ``2**80 - hi - 1`` to every ``addr + len`` (< 2**65) carries into bit
-    80 exactly when it exceeds ``hi``; adding ``2**32 - 1`` to every length carries into bit 32
-    exactly when it is not zero. Slots are wide enough that no carry reaches a neighbour.
-    ``delta``: host minus guest address, added to every slot to make a host ``struct iovec``.
-    """
-
-    __slots__ = ("addr", "delta", "hi", "iov", "len", "lo", "masks", "nonzero", "ones")
-
-    def __init__(self, n: int, lo: int, hi: int, host: int) -> None:
-        ones = sum(1 << (128 * i) for i in range(n))
-        self.ones = ones
-        self.addr = ((1 << 64) - 1) * ones
-        self.len = ((1 << 32) - 1) * ones
-        self.iov = ((1 << 96) - 1) * ones  # addr and len, without flags and next
-        self.lo = ((1 << 64) - lo) * ones if lo else 0
-        self.hi = ((1 << 80) - hi - 1) * ones
-        self.nonzero = self.len
-        self.delta = (host - lo) * ones  # < 0 borrows nothing: every address is >= lo
-        self.masks = _Masks()
-
-
-class _Masks(dict[int, int]):
-    """``masks[k]``: the low k 128-bit slots (made on first use)."""
-
-    def __missing__(self, k: int) -> int:
-        m = self[k] = (1 << (128 * k)) - 1
-        return m
-
-
-_consts: dict[tuple[int, int, int, int], _Consts] = {}
-
-
-def consts(n: int, region: GuestRegion) -> _Consts:
-    """The patterns for n-entry tables in ``region`` (hostiov.py cuts iovecs with them)."""
-    key = (n, region.guest_addr, region.end, region.host_addr)
-    k = _consts.get(key)
-    if k is None:
-        if len(_consts) >= 1024:
-            _consts.clear()
-        k = _consts[key] = _Consts(n, region.guest_addr, region.end, region.host_addr)
-    return k
-
-
-def _fit(t: int, n: int, region: GuestRegion) -> tuple[int, _Consts] | None:
-    """The lengths (one per slot) when every entry's ``[addr, addr+len)`` lies in ``region`` and
-    no length is zero, for all n entries at once; None otherwise."""
-    k = consts(n, region)
-    ones = k.ones
-    addrs = t & k.addr
-    if k.lo and ((addrs + k.lo) >> 64) & ones != ones:
-        return None
-    lens = (t >> 64) & k.len
-    if ((lens + k.nonzero) >> 32) & ones != ones:
-        return None
-    if ((addrs + lens + k.hi) >> 80) & ones:
-        return None
-    return lens, k
-
-
-def _fold(x: int, n: int, masks: _Masks) -> int:
-    """The sum of n 128-bit slots: halve the slot count until one is left (C-level adds)."""
-    while n > 1:
-        half = (n + 1) >> 1
-        x = (x & masks[half]) + (x >> (128 * half))
-        n = half
-    return x

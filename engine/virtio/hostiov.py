@@ -12,7 +12,8 @@ from __future__ import annotations
 from array import array
 
 from engine.machine.memory import GuestMemory
-from engine.virtio.chain import DescriptorChain, _span, consts
+from engine.virtio.bulk import host_table
+from engine.virtio.chain import DescriptorChain, _span
 
 
 class HostIovec:
@@ -80,8 +81,9 @@ def host_iovec(
             span = _whole(n, first_len, last_len, total, skip, length)
             if span is not None:
                 i, j, got = span
-                k = consts(n_all, region)  # every address is >= the region's start:
-                iov = ((chain.table_int & k.iov) + k.delta).to_bytes(16 * n_all, "little")
+                iov = chain.host_table
+                if iov is None:
+                    iov = chain.host_table = host_table(chain.table_int, n_all, region)
                 return HostIovec(iov[16 * (first + i) : 16 * (first + j)], j - i, got, keep)
     delta = region.host_addr - region.guest_addr
     addrs, lens = chain.spans(writable)

@@ -32,6 +32,7 @@ import logging
 import struct
 
 from engine.machine.memory import GuestMemory
+from engine.virtio.bulk import TableMemo
 from engine.virtio.chain import (
     MAX_CHAIN_IOVECS,
     VIRTQ_DESC_F_NEXT,
@@ -131,6 +132,7 @@ class Queue:
         self._desc: _Area | None = None
         self._avail: _Area | None = None
         self._used: _Area | None = None
+        self._memo = TableMemo()  # the last indirect-table body the bulk checks accepted
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -166,6 +168,7 @@ class Queue:
         self.event_idx = event_idx
         self.indirect = indirect
         self._signalled_used = self.next_used
+        self._memo = TableMemo()
 
     @property
     def active(self) -> bool:
@@ -174,6 +177,7 @@ class Queue:
     def deactivate(self) -> None:
         """Drop the views into guest memory (so its mappings can be closed)."""
         self._mem = self._desc = self._avail = self._used = None
+        self._memo = TableMemo()
 
     # -- avail side ----------------------------------------------------------------------------------
 
@@ -241,7 +245,8 @@ class Queue:
         if r is None or addr + length > r.end:
             return False
         off = addr - r.guest_addr
-        chain = linear_table(mem, head, r.mapping[off : off + length], r)  # one copy: no TOCTOU
+        data = r.mapping[off : off + length]  # one copy: no TOCTOU
+        chain = linear_table(mem, head, data, r, self._memo)
         if chain is None:
             return False
         self.next_avail = (nxt + 1) & 0xFFFF
