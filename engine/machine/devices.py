@@ -15,14 +15,12 @@ queue ioeventfds deassigned and the new ones assigned, all on the device loop's 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from engine.eventloop import EventLoop
+from engine.logsetup import get_logger  # not logging: engine start-up cost
 from engine.machine.bus import Bus
 from engine.machine.chardev import Chardev, open_chardev
 from engine.machine.ged import GedDevice
@@ -33,8 +31,13 @@ from engine.machine.serial import Serial
 from launcher.compile.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
 from launcher.compile.plan import ChardevPlan, DevicePlan, SerialPlan
 from launcher.errors import EngineError
+from launcher.frozen import field, record
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # not typing's: engine start-up cost
+if TYPE_CHECKING:
+    from typing import Any
+
+log = get_logger(__name__)
 
 QUEUE_NOTIFY = 0x50
 INTERRUPT_ACK = 0x64
@@ -84,7 +87,7 @@ class DeviceError(EngineError):
     """A device could not be created or wired (names the device id)."""
 
 
-@dataclass
+@record
 class AttachedDevice:
     spec: DevicePlan
     transport: Any
