@@ -5,7 +5,7 @@ Two boots (CI time: each is a whole L1 + L2 run under TCG) serve every assertion
   rng, a virtio console on a file chardev, a balloon and vhost-vsock, all in one guest;
 - ``tests/rig_devices/vhost-net.toml``: a NIC whose rings the L1 kernel serves (vhost-net).
 The guest (scripts/guest/init) reports what it sees as SVREPORT lines; host-side actions that
-must happen while the guest runs (QMP ``balloon``, a vsock connect) come from
+must happen while the guest runs (QMP ``balloon``, a vsock exchange) come from
 ``tests/rig_devices/l1_job.py``, started in L1 by ``--l1-setup`` and triggered by the guest's
 console text. Disk images live under build/rig-devices/ (the manifests name them there).
 """
@@ -35,6 +35,7 @@ GUEST_MEM = 256 * MIB
 BALLOON_TARGET = 160 * MIB
 RNG_MAX_BYTES, RNG_PERIOD_MS, RNG_READ = 1024, 1000, 4096  # devices.toml's rng and svreport.rng
 VSOCK_CID = 42
+VSOCK_PORT = 5000  # devices.toml's svreport.vsock (the guest's echo, scripts/guest/svvsock.c)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,7 @@ def devices_run(guest: Path) -> DevicesRun:
     setup = tap_setup("169.254.10.1/24") + " && " + l1_job(
         "--wait-file", str(hvc), "--wait-text", HVC_TEXT, "--vm", "rig-devices",
         "--balloon", str(BALLOON_TARGET), "--vsock-cid", str(VSOCK_CID),
+        "--vsock-port", str(VSOCK_PORT),
     )  # fmt: skip
     res = run_rig(CASES / "devices.toml", timeout=400, l1_setup=setup)
     assert res.returncode == 0, res.explain()
@@ -158,16 +160,33 @@ def test_balloon_inflation_lowers_the_guests_available_memory(devices_run: Devic
     assert 0.9 * inflated_kb <= before - after <= 1.15 * inflated_kb, b.text
 
 
-def test_vsock_reaches_the_guest_driver_through_vhost_vsock(devices_run: DevicesRun):
+def test_vsock_line_goes_to_the_guest_echo_and_back_through_vhost_vsock(devices_run: DevicesRun):
     res = devices_run.res
-    ours = job(res, "vsock", cid=str(VSOCK_CID))["result"]
-    if ours == "no-vhost-vsock":
+    ours = job(res, "vsock", cid=str(VSOCK_CID), port=str(VSOCK_PORT))
+    if ours["result"] == "no-vhost-vsock":
         pytest.skip("the rig's L1 has no /dev/vhost-vsock")
-    # No listener in the guest (busybox has no AF_VSOCK tools): the guest kernel's virtio
-    # transport answers the connection request with a reset. A lost request would time out; a
-    # CID nobody holds fails at once with ENODEV.
-    assert ours == "ECONNRESET", res.explain()
-    assert job(res, "vsock", cid=str(VSOCK_CID + 1))["result"] == "ENODEV", res.explain()
+    assert res.first("vsock_listening").args == (str(VSOCK_PORT),), res.explain()
+    # L1 -> guest: the guest's echo read the job's line (a fresh random word and a newline)...
+    sent = ours.get("sent", "")
+    assert sent.startswith("rig-"), res.explain()
+    guest = res.first("vsock")
+    assert guest.args == (str(VSOCK_PORT), "ok"), res.explain()
+    assert guest.fields["bytes"] == str(len(sent) + 1), res.explain()
+    # ... and guest -> L1: the job read the echo of exactly that line.
+    assert ours["result"] == "echo", res.explain()
+    assert ours["reply"] == f"svlaunch-echo:{sent}", res.explain()
+
+
+def test_vsock_connects_to_an_unheard_port_or_cid_are_refused(devices_run: DevicesRun):
+    res = devices_run.res
+    if job(res, "vsock", cid=str(VSOCK_CID))["result"] == "no-vhost-vsock":
+        pytest.skip("the rig's L1 has no /dev/vhost-vsock")
+    # A port the guest does not listen on: its virtio transport answers with a reset (a lost
+    # request would time out). A CID no VM holds fails at once with ENODEV.
+    port = str(VSOCK_PORT + 1)
+    assert job(res, "vsock-refused", cid=str(VSOCK_CID), port=port)["result"] == "ECONNRESET"
+    other = job(res, "vsock-refused", cid=str(VSOCK_CID + 1), port=str(VSOCK_PORT))
+    assert other["result"] == "ENODEV", res.explain()
 
 
 def test_vhost_net_nic_pings_the_l1_tap_through_the_kernel(guest: Path):

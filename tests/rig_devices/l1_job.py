@@ -1,14 +1,15 @@
 """A background job for the rig's L1 (started from --l1-setup): act on a running guest.
 
-Why a job: balloon inflation and a vsock round trip need the host side (L1) to act while the
+Why a job: balloon inflation and a vsock exchange need the host side (L1) to act while the
 guest runs, at a moment the guest chooses. The guest signals by writing text to its virtio
 console (``svreport.hvc=TEXT``); the console's file chardev is an L1 file, so the job polls it,
 then sends QMP ``balloon`` through ``svlaunch qmp NAME balloon value=BYTES`` (the user's way),
-connects to the guest's vsock CID, and reads ``query-balloon`` back. Results go to L1's console
-as ``RIGJOB key=value...`` lines, which reach the rig's stderr (prefixed ``L1| ``).
+talks to the guest's vsock echo (``svreport.vsock=PORT``, scripts/guest/svvsock.c) over
+AF_VSOCK, and reads ``query-balloon`` back. Results go to L1's console as ``RIGJOB key=value...``
+lines, which reach the rig's stderr (prefixed ``L1| ``).
 
     python3 l1_job.py [--vhost-thread] [--wait-file F --wait-text T --vm NAME
-                      [--balloon BYTES] [--vsock-cid CID]]
+                      [--balloon BYTES] [--vsock-cid CID --vsock-port PORT]]
 """
 
 from __future__ import annotations
@@ -67,8 +68,16 @@ def query_balloon(vm: str, target: int, deadline: float) -> object:
         return f"error:{type(e).__name__}"
 
 
-def vsock_probe(cid: int, port: int = 9) -> str:
-    """Connect to ``cid:port``; the errno name (ECONNRESET: the guest's driver answered)."""
+def _errname(e: OSError) -> str:
+    return errno.errorcode.get(e.errno, str(e.errno)) if e.errno else "timeout"
+
+
+def vsock_probe(cid: int, port: int) -> str:
+    """Connect to ``cid:port`` where nobody listens; the errno name.
+
+    ECONNRESET: the guest's driver answered the request with a reset (a lost request would
+    time out); ENODEV: no VM holds the CID.
+    """
     if not os.path.exists("/dev/vhost-vsock"):
         return "no-vhost-vsock"
     s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
@@ -77,9 +86,63 @@ def vsock_probe(cid: int, port: int = 9) -> str:
         s.connect((cid, port))
         return "connected"
     except OSError as e:
-        return errno.errorcode.get(e.errno or 0, str(e.errno)) if e.errno else "timeout"
+        return _errname(e)
     finally:
         s.close()
+
+
+def _read_line(s: socket.socket, limit: int = 4096) -> bytes:
+    """Bytes up to and including the first newline (or what came before EOF)."""
+    buf = b""
+    while b"\n" not in buf and len(buf) < limit:
+        chunk = s.recv(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def vsock_echo(cid: int, port: int, timeout: float) -> dict[str, object]:
+    """Send a fresh line to the guest's echo on ``cid:port`` and read its answer.
+
+    Connects until ``timeout`` (ECONNRESET means the echo does not listen yet). The line is
+    random so that only this run's guest can answer it. ``result`` is ``echo`` when the reply
+    is ``svlaunch-echo:<line>``, ``mismatch`` for any other reply, else the errno name.
+    """
+    if not os.path.exists("/dev/vhost-vsock"):
+        return {"result": "no-vhost-vsock"}
+    sent = f"rig-{os.urandom(6).hex()}"
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    tries = 0
+    while True:
+        tries += 1
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.settimeout(max(1.0, min(10.0, deadline - time.monotonic())))
+        try:
+            s.connect((cid, port))
+            break
+        except OSError as e:
+            s.close()
+            if e.errno != errno.ECONNRESET or time.monotonic() > deadline:
+                return {"result": _errname(e), "tries": tries}
+            time.sleep(0.2)
+    connect_ms = (time.monotonic() - t0) * 1000
+    try:
+        with s:
+            s.sendall(f"{sent}\n".encode())
+            reply = _read_line(s).decode(errors="replace").rstrip("\n")
+    except OSError as e:
+        return {"result": _errname(e), "tries": tries, "sent": sent}
+    return {
+        "result": "echo" if reply == f"svlaunch-echo:{sent}" else "mismatch",
+        "tries": tries,
+        "connect_ms": f"{connect_ms:.0f}",
+        "rtt_ms": f"{(time.monotonic() - t0) * 1000 - connect_ms:.1f}",
+        "sent": sent,
+        # one word on the RIGJOB line, whatever the guest sent
+        "reply": reply.encode("unicode_escape").decode().replace(" ", "\\x20") or "-",
+    }
 
 
 def _comm(pid: str) -> str:
@@ -112,6 +175,7 @@ def main() -> int:
     p.add_argument("--vm", default="")
     p.add_argument("--balloon", type=int)
     p.add_argument("--vsock-cid", type=int)
+    p.add_argument("--vsock-port", type=int, default=5000)
     p.add_argument("--vhost-thread", action="store_true")
     p.add_argument("--timeout", type=float, default=300)
     a = p.parse_args()
@@ -128,9 +192,12 @@ def main() -> int:
         t0 = time.monotonic()
         rc, out = svlaunch("qmp", a.vm, "balloon", f"value={a.balloon}")
         say(event="balloon", rc=rc, s=f"{time.monotonic() - t0:.2f}", out=json.dumps(out))
-    if a.vsock_cid is not None:  # first: quick, and the guest must still be up
-        say(event="vsock", cid=a.vsock_cid, result=vsock_probe(a.vsock_cid))
-        say(event="vsock", cid=a.vsock_cid + 1, result=vsock_probe(a.vsock_cid + 1))
+    if a.vsock_cid is not None:
+        # The refusals first: once the echo has answered, the guest goes on to power off.
+        cid, port = a.vsock_cid, a.vsock_port
+        say(event="vsock-refused", cid=cid, port=port + 1, result=vsock_probe(cid, port + 1))
+        say(event="vsock-refused", cid=cid + 1, port=port, result=vsock_probe(cid + 1, port))
+        say(event="vsock", cid=cid, port=port, **vsock_echo(cid, port, timeout=60))
     if a.balloon is not None:
         actual = query_balloon(a.vm, a.balloon, deadline=time.monotonic() + 8)
         say(event="query-balloon", actual=actual)
