@@ -301,3 +301,9 @@ class _LazyDataclassFields:
         type.__setattr__(cls, "__dataclass_params__", params)
         type.__setattr__(cls, "__dataclass_fields__", shadow.__dataclass_fields__)
         return shadow.__dataclass_fields__
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for these classes, without importing ``dataclasses``."""
+    values = {f.name: getattr(obj, f.name) for f in fields_of(obj) if f.init}
+    return type(obj)(**(values | changes))

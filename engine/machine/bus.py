@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Protocol
 
 from launcher.errors import EngineError
 from launcher.frozen import frozen
+
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # a Protocol only speaks to the type checker
 
 CACHE_LIMIT = 1024
 

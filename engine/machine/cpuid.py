@@ -24,15 +24,19 @@ Leaves 0xA (PMU) and 0x4000_0000+ (KVM paravirt) are passed through as the host 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from typing import Literal, Protocol
 
 from launcher.compile.apicid import ApicIdWidths, apic_id_widths
 from launcher.compile.plan import TopologyPlan, VcpuPlan
-from launcher.frozen import frozen
+from launcher.frozen import frozen, replace
 
-Vendor = Literal["intel", "amd"]
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from typing import Literal, Protocol
+
+    Vendor = Literal["intel", "amd"]
+else:
+    Protocol = object  # a Protocol only speaks to the type checker
 
 #: kvm_cpuid_entry2.flags: the entry applies to one subleaf (``index``) only.
 SIGNIFICANT_INDEX = 1
@@ -201,7 +205,7 @@ def patch_cpuid(
 
 
 def _set(table: dict[tuple[int, int], CpuidEntry], e: CpuidEntry, **regs: int) -> None:
-    table[(e.function, e.index)] = dataclasses.replace(e, **regs)
+    table[(e.function, e.index)] = replace(e, **regs)
 
 
 def _raise_max_leaf(table: dict[tuple[int, int], CpuidEntry], leaf: int) -> None:

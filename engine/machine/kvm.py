@@ -13,11 +13,14 @@ import mmap
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from engine.machine import kvm_sys as k
 from engine.machine.cpuid import CpuidEntry, CpuidLike
 from launcher.errors import EngineError, HostError
+
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from typing import Any
 
 ffi, libc = k.ffi, k.libc
 #: KVM_RUN's argument and the exit-reason field, made once: the vCPU loop's hot path

@@ -10,7 +10,10 @@ to the values verified on the host.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from typing import Any
+
 
 #: The C declarations (x86_64). ``_kvm_ffi.py`` is generated from them (out-of-line ABI mode) so
 #: that importing the engine does not parse C: cffi's parser costs ~40 ms of start-up.

@@ -13,12 +13,15 @@ import io
 import os
 import struct
 from collections.abc import Callable
-from typing import BinaryIO
 
 from engine.machine import layout
 from engine.machine.memory import GuestMemory
 from launcher.errors import EngineError, GuestMemoryError
 from launcher.frozen import frozen
+
+TYPE_CHECKING = False  # not typing's: start-up cost
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 ELF_MAGIC = b"\x7fELF"
 PT_LOAD = 1

@@ -16,7 +16,6 @@ register and GSI (``engine.machine.ged``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from engine.machine import layout
 from engine.machine.acpi.dsdt import MmioDevice, Uart, dsdt
@@ -36,6 +35,7 @@ from launcher.compile.plan import Plan
 from launcher.errors import EngineError
 from launcher.frozen import frozen
 
+TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from engine.machine.memory import GuestMemory
 
