@@ -57,22 +57,27 @@ def apply_logging() -> None:
             _apply(*settings)
 
 
+def _level(enabled: bool, verbose: bool) -> int:
+    if verbose:
+        return 10
+    if enabled:
+        return LEVELS.get(os.environ.get(LOG_ENV, "error").strip().lower(), 40)
+    return 30
+
+
 def _apply(enabled: bool, path: str | None, verbose: bool) -> None:
     import logging
 
     handler: logging.Handler
+    level = _level(enabled, verbose)
     if enabled:
-        level = LEVELS.get(os.environ.get(LOG_ENV, "error").strip().lower(), logging.ERROR)
         if path:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
         else:
             handler = logging.StreamHandler(sys.stdout)
     else:
-        level = logging.WARNING
         handler = logging.StreamHandler(sys.stderr)
-    if verbose:
-        level = logging.DEBUG
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
@@ -90,13 +95,33 @@ class LazyLogger:
         self._logger: logging.Logger | None = None
 
     def __getattr__(self, attr: str) -> Any:
+        return getattr(self._real(), attr)
+
+    def _real(self) -> logging.Logger:
         logger = self._logger
         if logger is None:
             import logging
 
             apply_logging()
             logger = self._logger = logging.getLogger(self.name)
-        return getattr(logger, attr)
+        return logger
+
+    def _dropped(self, level: int) -> bool:
+        """A line at ``level`` that the recorded (not yet applied) configuration drops: no
+        need to import ``logging`` to drop it (the engine's debug/info lines, by default)."""
+        settings = _settings
+        if self._logger is not None or settings is None:
+            return False
+        enabled, _path, verbose = settings
+        return level < _level(enabled, verbose)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self._dropped(10):
+            self._real().debug(msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if not self._dropped(20):
+            self._real().info(msg, *args, **kwargs)
 
 
 def get_logger(name: str) -> Any:

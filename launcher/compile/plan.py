@@ -9,7 +9,6 @@ Addresses come from ``launcher.compile.layout``; topology and APIC ids from
 
 from __future__ import annotations
 
-import json
 import types
 
 from launcher.frozen import field, fields_of, frozen
@@ -273,6 +272,8 @@ class Plan:
         return _to_json(self)
 
     def dumps(self) -> str:
+        import json
+
         return json.dumps(self.to_json(), indent=2, sort_keys=False)
 
     @classmethod
@@ -284,7 +285,7 @@ class Plan:
 
     @classmethod
     def loads(cls, text: str) -> Plan:
-        return cls.from_json(json.loads(text))
+        return cls.from_json(_json_loads(text))
 
 
 def _to_json(value: Any) -> Any:
@@ -298,6 +299,31 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_to_json(v) for v in value]
     return value
+
+
+class _JsonOptions:
+    """What ``_json.make_scanner`` reads off ``json.JSONDecoder``: the defaults."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int, parse_constant = float, int, float  # float("NaN"), as json does
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads`` through the C scanner it uses: the engine reads its plan at start-up, and
+    the ``json`` package costs ~5 ms there (it imports ``re`` and ``enum``). Errors, rare, get
+    ``json``'s own message."""
+    try:
+        import _json
+
+        value, end = _json.make_scanner(_JsonOptions)(text, 0)
+        if text[end:].strip():
+            raise ValueError("extra data")
+        return value
+    except (ImportError, StopIteration, ValueError):
+        import json
+
+        return json.loads(text)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
