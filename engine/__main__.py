@@ -73,8 +73,9 @@ if not __package__:
 def boot(argv: list[str] | None = None) -> int:
     """The process entry point: start-up tuning, then ``main``.
 
-    The dataclasses on the start-up path are ``launcher.frozen.frozen``: they compile no code
-    at import, which is what a bytecode cache for ``dataclasses``' generated source used to buy.
+    The start-up path imports none of ``dataclasses``/``inspect`` (``launcher.frozen``),
+    ``json`` (the plan uses its C scanner), ``logging`` (``engine.logsetup.get_logger``) or
+    ``signal``'s enums (``_signal``): ``tests/test_imports.py`` holds it to that.
     """
     gc.disable()  # start-up allocates many long-lived objects: collect once the guest runs
     try:
