@@ -35,7 +35,7 @@ from engine.virtio.iov import (
     pwritev_raw,
 )
 from engine.virtio.queue import DescriptorChain
-from engine.virtio.throttle import LoopTimer, TokenBucket
+from engine.virtio.throttle import RateTimer, TokenBucket
 from launcher.errors import HostError
 
 VIRTIO_BLK_F_SIZE_MAX = 1
@@ -148,7 +148,7 @@ class Blk(VirtioDevice):
             )
         )
         self.bucket = TokenBucket(iops_total, max(1.0, iops_total / 10)) if iops_total else None
-        self._timer: LoopTimer | None = None
+        self._timer = RateTimer(self.lock, self._unthrottle)
         self._throttled: set[int] = set()
         self._throttled_since = 0.0
         self.flushes = 0
@@ -164,24 +164,15 @@ class Blk(VirtioDevice):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def on_activate(self) -> None:
-        if self.bucket is not None and self.loop is not None and self._timer is None:
-            loop = self.loop
-            loop.call_soon_threadsafe(lambda: self._make_timer(loop))
-
-    def _make_timer(self, loop: Loop) -> None:
-        with self.lock:
-            if self._timer is None:
-                self._timer = LoopTimer(loop, self._unthrottle)
+        if self.bucket is not None:
+            self._timer.start(self.loop)
 
     def on_reset(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self._throttled.clear()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        self._timer.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -211,9 +202,7 @@ class Blk(VirtioDevice):
         if not self._throttled:
             self._throttled_since = time.monotonic()
         self._throttled.add(index)
-        if self._timer is not None:
-            self._timer.arm(wait)
-        else:  # no loop (unit tests without one): wait inline
+        if not self._timer.arm(wait):  # no loop (unit tests without one): wait inline
             time.sleep(wait)
             self._unthrottle_locked()
 

@@ -101,10 +101,9 @@ def pwritev_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
     return done
 
 
-def copy_out(views: Sequence[memoryview], skip: int, dst: memoryview) -> None:
-    """Copy ``len(dst)`` bytes from the view list, starting ``skip`` bytes in, into ``dst``."""
+def _pieces(views: Sequence[memoryview], skip: int, want: int):
+    """(view, offset in it, offset in the flat buffer, length) for ``want`` bytes from ``skip``."""
     pos = 0
-    want = len(dst)
     for v in views:
         if pos >= want:
             break
@@ -112,22 +111,18 @@ def copy_out(views: Sequence[memoryview], skip: int, dst: memoryview) -> None:
             skip -= len(v)
             continue
         n = min(len(v) - skip, want - pos)
-        dst[pos : pos + n] = v[skip : skip + n]
+        yield v, skip, pos, n
         pos += n
         skip = 0
+
+
+def copy_out(views: Sequence[memoryview], skip: int, dst: memoryview) -> None:
+    """Copy ``len(dst)`` bytes from the view list, starting ``skip`` bytes in, into ``dst``."""
+    for v, off, pos, n in _pieces(views, skip, len(dst)):
+        dst[pos : pos + n] = v[off : off + n]
 
 
 def copy_in(views: Sequence[memoryview], skip: int, src: memoryview) -> None:
     """Copy ``src`` into the view list starting ``skip`` bytes in."""
-    pos = 0
-    want = len(src)
-    for v in views:
-        if pos >= want:
-            break
-        if skip >= len(v):
-            skip -= len(v)
-            continue
-        n = min(len(v) - skip, want - pos)
-        v[skip : skip + n] = src[pos : pos + n]
-        pos += n
-        skip = 0
+    for v, off, pos, n in _pieces(views, skip, len(src)):
+        v[off : off + n] = src[pos : pos + n]

@@ -13,7 +13,7 @@ import os
 import time
 
 from engine.virtio.device import VIRTIO_ID_RNG, Loop, VirtioDevice
-from engine.virtio.throttle import LoopTimer, TokenBucket
+from engine.virtio.throttle import RateTimer, TokenBucket
 from launcher.errors import HostError
 
 
@@ -45,18 +45,12 @@ class Rng(VirtioDevice):
         if max_bytes:
             period = (period_ms or 1000) / 1000.0
             self.bucket = TokenBucket(max_bytes / period, max_bytes)
-        self._timer: LoopTimer | None = None
+        self._timer = RateTimer(self.lock, self._resume)
         self._waiting_since: float | None = None
 
     def on_activate(self) -> None:
-        if self.bucket is not None and self.loop is not None and self._timer is None:
-            loop = self.loop
-            loop.call_soon_threadsafe(lambda: self._make_timer(loop))
-
-    def _make_timer(self, loop: Loop) -> None:
-        with self.lock:
-            if self._timer is None:
-                self._timer = LoopTimer(loop, lambda: self._resume())
+        if self.bucket is not None:
+            self._timer.start(self.loop)
 
     def _resume(self) -> None:
         with self.lock:
@@ -66,14 +60,11 @@ class Rng(VirtioDevice):
         self.guarded(self.process_queue, 0)
 
     def on_reset(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         self._waiting_since = None
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
+        self._timer.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -112,9 +103,7 @@ class Rng(VirtioDevice):
         assert b is not None
         delay = max(1.0 / b.rate, (min(want, b.burst) - b.available()) / b.rate)
         self._waiting_since = time.monotonic()
-        if self._timer is not None:
-            self._timer.arm(delay)
-        else:  # no loop (unit tests without one): wait inline
+        if not self._timer.arm(delay):  # no loop (unit tests without one): wait inline
             time.sleep(delay)
             self.stats.throttled_s += time.monotonic() - self._waiting_since
             self._waiting_since = None

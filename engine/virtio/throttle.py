@@ -14,7 +14,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
@@ -134,3 +134,41 @@ class LoopTimer:
             self._loop.remove_reader(self.fd)
             os.close(self.fd)
             self.fd = -1
+
+
+class RateTimer:
+    """The timer a rate-limited device (blk iops, rng bytes) waits on, made on its loop's thread.
+
+    ``start`` is called at activation (from any thread); the timerfd is created on the device's
+    loop, which owns it. ``arm``/``cancel``/``close`` are no-ops until then.
+    """
+
+    def __init__(self, lock: Any, on_ready: Callable[[], None]) -> None:
+        self._lock = lock
+        self._on_ready = on_ready
+        self.timer: LoopTimer | None = None
+
+    def start(self, loop: Loop | None) -> None:
+        if loop is not None and self.timer is None:
+            loop.call_soon_threadsafe(lambda: self._make(loop))
+
+    def _make(self, loop: Loop) -> None:
+        with self._lock:
+            if self.timer is None:
+                self.timer = LoopTimer(loop, self._on_ready)
+
+    def arm(self, delay: float) -> bool:
+        """Arm the timer; False when it does not exist yet (the caller retries at once)."""
+        if self.timer is None:
+            return False
+        self.timer.arm(delay)
+        return True
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+            self.timer = None
