@@ -229,3 +229,22 @@ def test_socket_client_without_server_is_a_host_error(tmp_path) -> None:
 def test_unknown_backend() -> None:
     with pytest.raises(HostError, match="backend 'tcp' is not supported"):
         open_chardev(ChardevPlan("c", "tcp"))
+
+
+def test_socket_server_takes_a_client_that_connected_before_attach(tmp_path) -> None:
+    """A front end's first bytes (written before the loop polls again) reach an early client."""
+    path = str(tmp_path / "early.sock")
+    c = open_chardev(ChardevPlan("c", "socket", path, server=True, nowait=True))
+    cl = socket.socket(socket.AF_UNIX)
+    cl.connect(path)
+    loop = EventLoop()
+    try:
+        c.attach(loop, lambda d: len(d), lambda: 64)  # the loop never runs in this test
+        c.write(b"login: ")
+        cl.settimeout(5)
+        assert cl.recv(16) == b"login: "
+        assert c.dropped == 0
+    finally:
+        cl.close()
+        c.close()
+        loop.close()

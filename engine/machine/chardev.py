@@ -236,6 +236,10 @@ class SocketChardev(Chardev):
         super().attach(loop, sink, free)
         if self._listener is not None:
             loop.add_reader(self._listener.fileno(), self._on_accept)
+            if self._conn is None:
+                # A client that connected before the front end attached is taken now: output
+                # written before the loop's next poll would otherwise go to nobody.
+                self._on_accept()
 
     def _on_accept(self) -> None:
         assert self._listener is not None
