@@ -270,43 +270,72 @@ def _reject_unsupported(tokens: Tokens, st: State) -> None:
         st.warn("arguments after '--' are ignored by StratoVirt: dropped", tokens.extra_index)
 
 
-def _each(tokens: Tokens, name: str, parse, st: State) -> None:
+def _each(tokens: Tokens, name: str, parse, st: State, attempt) -> None:
     for o in tokens.all(name):
         for v in o.values:
-            parse(v, st)
+            attempt(lambda v=v: parse(v, st))
+
+
+class _Errors:
+    """Every option's error in one run, as validation reports a manifest's.
+
+    Options are independent enough to go on after one fails; if a later option then fails in a
+    way that is only a knock-on of an earlier error, the errors so far are what is reported.
+    """
+
+    def __init__(self) -> None:
+        self.issues: list[Issue] = []
+
+    def __call__(self, action) -> None:
+        try:
+            action()
+        except InvalidInput as exc:
+            self.issues.extend(i for i in exc.issues if i.is_error)
+        except Exception:
+            if not self.issues:
+                raise
+            raise InvalidInput(self.issues) from None
+
+    def raise_any(self) -> None:
+        if self.issues:  # in argv order, as the user reads them
+            where = lambda i: (i.mark.line, i.mark.col) if i.mark else (0, 0)  # noqa: E731
+            raise InvalidInput(sorted(self.issues, key=where))
 
 
 def read_argv(tokens: Tokens, st: State) -> None:
     """Apply the options in StratoVirt's ``create_vmconfig`` order, then devices in argv order."""
+    attempt = _Errors()
     for name, parse in (("-name", parse_name), ("-machine", parse_machine), ("-accel", parse_accel),
                         ("-m", parse_m), ("-mem-path", parse_mem_path), ("-smp", parse_smp),
                         ("-cpu", parse_cpu)):  # fmt: skip
         if (o := tokens.first(name)) is not None:
-            parse(o, st)
-    _simple(tokens, st)
+            attempt(lambda o=o, parse=parse: parse(o, st))
+    attempt(lambda: _simple(tokens, st))
     if (o := tokens.first("-serial")) is not None:
-        parse_serial(o.value, st)
+        attempt(lambda o=o: parse_serial(o.value, st))
     if (o := tokens.first("-incoming")) is not None:
-        parse_incoming(o, st)
-    _reject_unsupported(tokens, st)
+        attempt(lambda o=o: parse_incoming(o, st))
+    attempt(lambda: _reject_unsupported(tokens, st))
     if appends := tokens.all("-append"):
-        parse_append(appends, st)
-    _each(tokens, "-drive", parse_drive, st)
-    _each(tokens, "-object", parse_object, st)
-    _each(tokens, "-netdev", parse_netdev, st)
-    _each(tokens, "-chardev", parse_chardev, st)
+        attempt(lambda: parse_append(appends, st))
+    _each(tokens, "-drive", parse_drive, st, attempt)
+    _each(tokens, "-object", parse_object, st, attempt)
+    _each(tokens, "-netdev", parse_netdev, st, attempt)
+    _each(tokens, "-chardev", parse_chardev, st, attempt)
     for o in tokens.all("-global"):
-        parse_global(o, st)
+        attempt(lambda o=o: parse_global(o, st))
     if (o := tokens.first("-trace")) is not None:
-        parse_trace(o, st)
+        attempt(lambda o=o: parse_trace(o, st))
     for name, parse in (("-qmp", parse_qmp), ("-mon", parse_mon)):
         if (o := tokens.first(name)) is not None:
-            parse(o, st)
-    _numa(tokens, st)
+            attempt(lambda o=o, parse=parse: parse(o, st))
+    attempt(lambda: _numa(tokens, st))
     for o in tokens.all("-device"):
         for v in o.values:
-            _lenient(st.machine.type is MachineType.NONE, lambda v=v: parse_device(v, st), v.index, st,
-                     "-device values are never parsed on machine type none")  # fmt: skip
+            attempt(lambda v=v: _lenient(st.machine.type is MachineType.NONE,
+                                         lambda: parse_device(v, st), v.index, st,
+                                         "-device values are never parsed on machine type none"))  # fmt: skip
+    attempt.raise_any()
 
 
 def _numa(tokens: Tokens, st: State) -> None:
