@@ -117,3 +117,15 @@ def test_foreground_serial_on_the_terminal_and_clean_exit(tmp_path: Path, env) -
     assert res.returncode == 0, res.stderr
     assert "bye from fg" in res.stdout
     assert not (tmp_path / "rt" / "fg").exists()
+
+
+def test_a_missing_kernel_is_a_located_error_before_any_engine_starts(tmp_path: Path, env) -> None:
+    vm = manifest(tmp_path, "nokernel", hello_poweroff(b"never\n"))
+    (tmp_path / "nokernel.elf").unlink()
+    res = svl(env, "up", str(vm), input="")
+    assert res.returncode == 1
+    assert (
+        f"{vm}:" in res.stderr and "error[host-file]" in res.stderr and "boot.kernel" in res.stderr
+    )
+    assert "Traceback" not in res.stderr and "engine exited" not in res.stderr
+    assert not (tmp_path / "rt" / "nokernel").exists()

@@ -129,12 +129,27 @@ def _wait_for_qmp(
         time.sleep(0.05)
 
 
+def _load_for_this_host(path: str) -> Any:
+    """The manifest, checked like ``svlaunch check``: a missing kernel or tap is a located error
+    here, before an engine process starts, not a failure in the engine's log."""
+    from launcher.errors import InvalidInput
+    from launcher.manifest.load import load_file_full
+    from launcher.validate.host import check_host
+
+    r = load_file_full(path)
+    issues = list(r.issues)
+    if r.manifest is not None and not any(i.is_error for i in issues):
+        issues += r.smap.locate(check_host(r.manifest))
+    if r.manifest is None or any(i.is_error for i in issues):
+        raise InvalidInput([i for i in issues if i.is_error])
+    return r.manifest
+
+
 def run(args: argparse.Namespace) -> int:
     from launcher import runtime
     from launcher.compile.engine_plan import compile_plan
-    from launcher.manifest import load_manifest
 
-    plan = compile_plan(load_manifest(args.manifest))
+    plan = compile_plan(_load_for_this_host(args.manifest))
     if args.tui:
         from launcher.tui_live import require_terminal
 
