@@ -120,3 +120,10 @@ def test_cli_locates_host_issues(tmp_path) -> None:
     assert rc == 1
     assert f"{path}:4:10: error[host-file]" in err.getvalue()
     assert "host cannot run it" in out.getvalue()
+
+
+def test_the_stratovirt_binary_matters_only_for_the_stratovirt_target(tmp_path) -> None:
+    man = replace(base(tmp_path), ozone=m.Ozone(str(tmp_path / "no-stratovirt"), 1000, 1000))
+    host = make_host(tmp_path)
+    assert ("host-file", "ozone.exec-file") not in codes(check_host(man, host))
+    assert ("host-file", "ozone.exec-file") in codes(check_host(man, host, target="stratovirt"))

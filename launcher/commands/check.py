@@ -21,17 +21,23 @@ from launcher.errors import EXIT_INVALID
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", metavar="FILE", help="manifest file (.toml, .yaml, .yml)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--target",
+        choices=("engine", "stratovirt"),
+        default="engine",
+        help="engine (svlaunch up, default) or stratovirt (the svlaunch cmdline argv)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from launcher.manifest.load import load_file_full
 
-    r = load_file_full(args.manifest)
+    r = load_file_full(args.manifest, target=args.target)
     issues = list(r.issues)
     if r.manifest is not None:
         from launcher.validate.host import check_host
 
-        issues += r.smap.locate(check_host(r.manifest))
+        issues += r.smap.locate(check_host(r.manifest, target=args.target))
     bad = any(i.is_error for i in issues)
     if args.format == "json":
         from launcher.report import json_report

@@ -27,9 +27,10 @@ class Host:
 
 
 class _Checks:
-    def __init__(self, man: m.Manifest, host: Host) -> None:
+    def __init__(self, man: m.Manifest, host: Host, target: str = "engine") -> None:
         self.man = man
         self.host = host
+        self.target = target
         self.issues: list[Issue] = []
 
     def add(self, code: str, path: Path, message: str, hint: str, severity: str = "error") -> None:
@@ -85,7 +86,8 @@ class _Checks:
                 )
         self.file(("trace",), man.trace, "trace event list")
         if man.ozone is not None:
-            self.file(("ozone", "exec-file"), man.ozone.exec_file, "StratoVirt binary")
+            if self.target == "stratovirt":  # the builtin engine only names its jail after it
+                self.file(("ozone", "exec-file"), man.ozone.exec_file, "StratoVirt binary")
             for i, s in enumerate(man.ozone.sources):
                 if not os.path.exists(s):
                     self.add(
@@ -252,6 +254,9 @@ class _Checks:
                 self.add("host-vhost", ("vsock",), f"{dev} is missing", "modprobe vhost_vsock")
 
 
-def check_host(manifest: m.Manifest, host: Host | None = None) -> list[Issue]:
-    """Every reason this host cannot run ``manifest`` (key paths, no marks)."""
-    return _Checks(manifest, host or Host()).run()
+def check_host(
+    manifest: m.Manifest, host: Host | None = None, target: str = "engine"
+) -> list[Issue]:
+    """Every reason this host cannot run ``manifest`` with ``target`` ("engine": svlaunch up;
+    "stratovirt": the printed command line) (key paths, no marks)."""
+    return _Checks(manifest, host or Host(), target).run()
