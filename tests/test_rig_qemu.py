@@ -40,12 +40,14 @@ def write_plan(path: Path, kernel: Path, cmdline: str, cpus: int, disks: list[di
 def test_qemu_mode_boots_vmlinuz_with_the_cpus_and_cmdline_given(guest: Path, tmp_path: Path):
     token = secrets.token_hex(4)
     cmdline = f"console=ttyS0 quiet svtest.token={token}"
-    plan = write_plan(tmp_path / "plan.json", guest / "vmlinuz", cmdline, 3, [])
+    # 2 vCPUs: QEMU 7.2 with 3 vCPUs overcommitted on L1's single vCPU sometimes never finishes
+    # booting under TCG (seen once in CI; the builtin engine's 4-vCPU rig boots are unaffected).
+    plan = write_plan(tmp_path / "plan.json", guest / "vmlinuz", cmdline, 2, [])
     res = run_rig(plan=plan, vmm="qemu", timeout=300)
     assert res.returncode == 0, res.explain()
     assert res.done, res.explain()
-    assert res.first("cpus").fields["online"] == "3"
-    assert [r.args[0] for r in res.all("cpu")] == ["0", "1", "2"]
+    assert res.first("cpus").fields["online"] == "2"
+    assert [r.args[0] for r in res.all("cpu")] == ["0", "1"]
     assert f"svtest.token={token}" in res.first("cmdline").text.split()
     assert res.inner_boot_s is not None and res.inner_boot_s > 0
     assert res.total_s is not None and res.total_s >= res.inner_boot_s
