@@ -91,7 +91,13 @@ class Vm:
 
             if self.machine is None:
                 raise _qmp().QmpError("the VM is not built")
-            self._hot = HotReplace(self.machine.devices, self.plan.devices, self.fds.take)
+            self._hot = HotReplace(
+                self.machine.devices,
+                self.plan.devices,
+                self.fds.take,
+                self.plan.name,
+                self.plan.iothreads,
+            )
         return self._hot
 
     # -- life -------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from engine.machine.kvm import KvmError
 from engine.qmp.control import BlockdevSpec, DeviceSpec, NetdevSpec, QmpError
 from engine.qmp.protocol import DEVICE_NOT_FOUND
 from engine.vm import Vm
+from launcher.compile.engine_plan import default_mac
 from launcher.compile.layout import VIRTIO_MMIO_BASE, virtio_mmio_slot
 from launcher.compile.plan import BlkPlan, ChardevPlan, ConsolePlan, SlotPlan
 
@@ -176,7 +177,14 @@ def test_hot_replace_refusals(tmp_path) -> None:
             vm.device_add(DeviceSpec("disk1", "virtio-blk-device", "blk", 7))
         with pytest.raises(QmpError, match="already in use"):
             vm.device_add(DeviceSpec("disk0", "virtio-blk-device", "blk", 2, {"drive": "disk1"}))
+        # the manifest's device rules hold for hot-plug too (queue size, serial length)
+        with pytest.raises(QmpError, match="queue-size"):
+            vm.device_add(DeviceSpec("disk1", "virtio-blk-device", "blk", 2, {"queue-size": 3}))
+        with pytest.raises(QmpError, match="serial"):
+            vm.device_add(DeviceSpec("disk1", "virtio-blk-device", "blk", 2, {"serial": "s" * 21}))
         vm.device_add(DeviceSpec("disk1", "virtio-blk-device", "blk", 2))
+        added = vm.machine.devices.attached("disk1").spec
+        assert added.aio == "native" and added.queue_size == 256  # the cold-plug defaults
         with pytest.raises(QmpError, match="in use by device 'disk1'"):
             vm.blockdev_del("disk1")
         with pytest.raises(QmpError) as e:
@@ -239,6 +247,11 @@ def test_net_hot_replace_on_a_tap(tmp_path) -> None:
         vm.device_del("net1")
         assert vm.machine.mmio.read(base + 8, 4) == 0
         assert not notify_owned(vm, base, 0)
+        with pytest.raises(QmpError, match=r"(?i)mac"):
+            vm.device_add(DeviceSpec("net1", "virtio-net-device", "net", 1, {"mac": "52-54-00"}))
+        vm.device_add(DeviceSpec("net1", "virtio-net-device", "net", 1))  # no mac: as cold-plug
+        assert vm.machine.devices.attached("net1").spec.mac == default_mac(plan.name, "net1")
+        vm.device_del("net1")
         vm.netdev_del("net1")
         assert ("DEVICE_DELETED", {"device": "net1", "path": "net1"}) in ev.events
     finally:

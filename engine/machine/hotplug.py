@@ -15,6 +15,7 @@ typed) and raises ``HotplugError``, which ``engine.vm`` turns into QMP errors.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -75,9 +76,16 @@ class HotReplace:
     """The VM's hot-replace state. Calls come from the QMP thread, one at a time."""
 
     def __init__(
-        self, dm: DeviceManager, devices: Sequence[DevicePlan], take_fd: Callable[[str], int]
+        self,
+        dm: DeviceManager,
+        devices: Sequence[DevicePlan],
+        take_fd: Callable[[str], int],
+        vm_name: str = "",
+        iothreads: tuple[str, ...] = (),
     ) -> None:
         self.dm = dm
+        self.vm_name = vm_name
+        self.iothreads = iothreads
         self.slots = SlotTable.from_devices(devices)
         self.backends: dict[tuple[str, str], Backend] = {}
         self._take_fd = take_fd
@@ -211,39 +219,61 @@ class HotReplace:
                 return att
         raise HotplugError(f"no transport at {base:#x}")  # a plan/manager mismatch: a bug
 
+    def _alone(self, **devices: Any) -> Any:
+        """A manifest of this VM holding only the new device, for the manifest's device rules."""
+        from launcher import model as m
+
+        return m.Manifest(name=self.vm_name or "vm", iothreads=self.iothreads, **devices)
+
     def _plan(self, spec: Any, b: Backend, base: int, irq: int, extra: dict) -> DevicePlan:
-        iothread = extra.get("iothread")
+        """The device's plan, built from the same model value and through the same rules and
+        plan builder as a cold-plugged device of the manifest (defaults, MAC, limits)."""
+        from launcher import model as m
+        from launcher.compile.engine_devices import blk_plan, net_plan
+
+        s = b.spec
         try:
+            common = {
+                "device_id": spec.id,
+                "iothread": extra.get("iothread"),
+                "queue_size": int(extra.get("queue-size", 256)),
+            }
             if spec.kind == "blk":
-                s = b.spec
-                return BlkPlan(
-                    id=spec.id,
-                    mmio_base=base,
-                    irq=irq,
-                    iothread=iothread,
+                queues = extra.get("num-queues")
+                drive = m.Drive(
+                    id=b.id,
                     file=s.filename,
                     readonly=bool(s.read_only),
                     direct=bool(s.direct),
-                    serial=extra.get("serial"),
                     iops=s.iops,
-                    num_queues=int(extra.get("num-queues", 1)),
-                    queue_size=int(extra.get("queue-size", 256)),
-                    drive_id=b.id,
+                    serial=extra.get("serial"),
+                    num_queues=None if queues is None else int(queues),
+                    **common,
                 )
-            s = b.spec
-            mq = str(extra.get("mq", "off")).lower() in ("on", "true", "1")
-            return NetPlan(
-                id=spec.id,
-                mmio_base=base,
-                irq=irq,
-                iothread=iothread,
+                _check_like_the_manifest(self._alone(drives=(drive,)))
+                return blk_plan(drive, base, irq)
+            net = m.Net(
+                id=b.id,
                 ifname=s.ifname,
-                fds=tuple(os.dup(fd) for fd in b.fds),  # the device owns dups: reusable backend
+                queues=max(1, int(s.queues)),
                 mac=extra.get("mac"),
-                queue_pairs=max(1, int(s.queues)),
-                mq=mq,
-                queue_size=int(extra.get("queue-size", 256)),
-                netdev_id=b.id,
+                mq=str(extra.get("mq", "off")).lower() in ("on", "true", "1"),
+                **common,
             )
+            _check_like_the_manifest(self._alone(nets=(net,)))
+            # the device owns dups of the backend's fds, so the backend stays reusable
+            net = dataclasses.replace(net, fds=tuple(os.dup(fd) for fd in b.fds))
+            return net_plan(self.vm_name, net, base, irq)
         except ValueError as e:
             raise HotplugError(f"device_add {spec.id}: bad option: {e}") from None
+
+
+def _check_like_the_manifest(manifest: Any) -> None:
+    """The manifest's device rules (queue sizes, serial length, MAC format...) for one device."""
+    from launcher.validate import check_model
+
+    device = manifest.drives or manifest.nets
+    prefix = f"{'drives' if manifest.drives else 'nets'}.{device[0].id}"
+    for issue in check_model(manifest, target="engine"):
+        if issue.is_error and issue.path.startswith(prefix):
+            raise HotplugError(issue.message, hint=issue.hint)

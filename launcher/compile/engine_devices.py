@@ -58,12 +58,12 @@ def _slot_fillers(m: Manifest) -> list[Filler]:
     fillers: list[Filler] = []
     drives = [d for d in m.drives if d.attached]
     for i in range(max(MICROVM_BLK_SLOTS, len(drives))):
-        fillers.append(partial(_blk_plan, drives[i]) if i < len(drives) else _empty(i, "blk"))
+        fillers.append(partial(blk_plan, drives[i]) if i < len(drives) else _empty(i, "blk"))
     nets = [n for n in m.nets if n.attached]
     plain = [n for n in nets if not n.vhost]
     for i in range(max(MICROVM_NET_SLOTS, len(plain))):
-        fillers.append(partial(_net_plan, m, plain[i]) if i < len(plain) else _empty(i, "net"))
-    fillers += [partial(_net_plan, m, n) for n in nets if n.vhost]
+        fillers.append(partial(net_plan, m.name, plain[i]) if i < len(plain) else _empty(i, "net"))
+    fillers += [partial(net_plan, m.name, n) for n in nets if n.vhost]
     fillers += [partial(_console_plan, c, chardevs.get(c.chardev)) for c in m.consoles]
     fillers += [partial(_rng_plan, r) for r in m.rngs]
     if m.balloon:
@@ -77,7 +77,8 @@ def _empty(i: int, kind: str) -> Filler:
     return lambda base, irq: SlotPlan(id=f"{kind}-slot{i}", mmio_base=base, irq=irq, accepts=kind)
 
 
-def _blk_plan(d: Drive, base: int, irq: int) -> BlkPlan:
+def blk_plan(d: Drive, base: int, irq: int) -> BlkPlan:
+    """A drive's device plan; cold-plug and QMP hot-plug both build theirs here."""
     return BlkPlan(
         id=d.device_name,
         mmio_base=base,
@@ -95,7 +96,8 @@ def _blk_plan(d: Drive, base: int, irq: int) -> BlkPlan:
     )
 
 
-def _net_plan(m: Manifest, n: Net, base: int, irq: int) -> NetPlan:
+def net_plan(vm_name: str, n: Net, base: int, irq: int) -> NetPlan:
+    """A NIC's device plan; cold-plug and QMP hot-plug both build theirs here."""
     pairs = max(n.queues or 1, len(n.fds), len(n.vhostfds))
     return NetPlan(
         id=n.device_name,
@@ -104,7 +106,7 @@ def _net_plan(m: Manifest, n: Net, base: int, irq: int) -> NetPlan:
         iothread=n.iothread,
         ifname=n.ifname,
         fds=n.fds,
-        mac=n.mac or default_mac(m.name, n.id),
+        mac=n.mac or default_mac(vm_name, n.id),
         queue_pairs=pairs,
         mq=n.mq,
         vhost=bool(n.vhost),
