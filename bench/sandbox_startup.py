@@ -30,7 +30,7 @@ MODES = ("pivot", "move")
 
 
 def _plan(d: str):
-    from launcher.compile.plan import (
+    from engine.plan import (
         BootPlan,
         HostFile,
         MemoryPlan,

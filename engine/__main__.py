@@ -1,19 +1,16 @@
 """The engine process: ``python -m engine run --plan FILE [--paused]`` (one process per VM).
 
 Reads the plan, builds the VM (vCPUs paused), starts QMP on the plan's sockets, resumes unless
-paused, and serves the main loop until the guest powers off or QMP quits. Exit codes: 0 when the
-guest powered off/reset or QMP quit, 1 for a user-facing error (bad plan, host cannot run it) or
-a fatal guest exit, 2 for an internal error (with a traceback).
+paused, and serves the main loop until the guest powers off or QMP quits. Exit codes
+(``engine.errors``): 0 when the guest powered off/reset or QMP quit, 1 for a user-facing error
+(bad plan, host cannot run it) or a fatal guest exit, 2 for bad flags, 3 for an internal error
+(with a traceback).
 
-Start-up time is a feature (exec → first guest instruction), so the fast way to start the engine
-is ``engine_argv(plan_file)``: ``python -I -S -c "<put the project and site-packages on
-sys.path>; from engine.__main__ import boot; ..." run --plan FILE``. ``-S`` skips ``site`` (in a
-venv with an editable install, its ``.pth`` finder alone imports pathlib, re and importlib.util:
-~15 ms), ``-I`` ignores the environment's PYTHON* variables, and ``-c`` instead of a script path
-keeps this module's bytecode cached (a script is recompiled on every run: ~3 ms). Run as a
-script (``python -I -S engine/__main__.py``) it finds the venv's site-packages itself.
-Everything not needed before the first ``KVM_RUN`` (argparse, logging handlers, QMP) is
-imported lazily, and the guest starts before QMP comes up.
+``engine_argv(plan_file)`` is how the launcher and the sandbox start it: ``python -I -S -c``
+with the project and its site-packages put on ``sys.path`` explicitly. ``-S`` skips ``site``
+(an editable install's ``.pth`` handling is slow), ``-I`` ignores the caller's PYTHON* variables,
+and ``-c`` keeps this module's bytecode cached. QMP and logging handlers are imported after the
+guest starts; a start-up trace (``SVLAUNCH_STARTUP_TRACE``) shows where the time goes.
 """
 
 from __future__ import annotations
@@ -22,8 +19,10 @@ import gc
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # not typing's: importing typing costs ~3 ms before the T0 mark
+from engine.errors import EXIT_INTERNAL
+
 if TYPE_CHECKING:
     from typing import Any
 
@@ -71,15 +70,17 @@ if not __package__:
 
 
 def boot(argv: list[str] | None = None) -> int:
-    """The process entry point: start-up tuning, then ``main``.
-
-    The start-up path imports none of ``dataclasses``/``inspect`` (``launcher.frozen``),
-    ``json`` (the plan uses its C scanner), ``logging`` (``engine.logsetup.get_logger``) or
-    ``signal``'s enums (``_signal``): ``tests/test_imports.py`` holds it to that.
-    """
-    gc.disable()  # start-up allocates many long-lived objects: collect once the guest runs
+    """The process entry point: ``main`` with the collector off during start-up (it allocates
+    many long-lived objects) and any unexpected exception reported as an internal error (3)."""
+    gc.disable()
     try:
         return main(argv)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print("engine: internal error (a bug): please report the traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
         gc.enable()
 
@@ -111,13 +112,13 @@ def _progress(done: int, total: int) -> None:
 
 
 def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
-    from launcher.compile.plan import Plan
-    from launcher.errors import SvlaunchError
+    from engine.errors import SvlaunchError
+    from engine.plan import Plan
 
     try:
         with open(plan_path) as f:
             plan = Plan.loads(f.read())
-        mark("plan read (launcher.compile.plan imported)")
+        mark("plan read")
     except OSError as e:
         print(f"engine: cannot read plan {plan_path}: {e.strerror}", file=sys.stderr)
         return 1
@@ -129,7 +130,7 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
     configure_logging(plan.log, plan.log_file, verbose, lazy=True)  # applied at the first log
     paused = paused or plan.paused
 
-    import _signal  # signal's C core: the signal module's enums cost ~4 ms of start-up
+    import signal
 
     from engine.vm import Vm
 
@@ -148,8 +149,8 @@ def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
         vm.start(paused=True)
         mark("VM built (vCPUs parked)")
         assert vm.machine is not None
-        _signal.signal(_signal.SIGTERM, lambda *_: vm.quit())
-        _signal.signal(_signal.SIGINT, lambda *_: vm.quit())
+        signal.signal(signal.SIGTERM, lambda *_: vm.quit())
+        signal.signal(signal.SIGINT, lambda *_: vm.quit())
         if not paused:
             # Enter the guest now: QMP, the pidfile and logging come up while it runs (no
             # client can be connected before the QMP socket exists, so no event is lost).
@@ -213,35 +214,10 @@ def _print_exit_profiles(vm: Any) -> None:
             sys.stderr.write("".join(f"exit-stats {line}\n" for line in prof.lines(v.index)))
 
 
-def _parse_fast(argv: list[str]) -> tuple[str, bool, bool] | None:
-    """``run --plan FILE [--paused] [-v]`` without argparse (~2 ms); None: let argparse speak."""
-    if len(argv) < 3 or argv[0] != "run":
-        return None
-    plan, paused, verbose, i = None, False, False, 1
-    while i < len(argv):
-        a = argv[i]
-        if a == "--plan" and i + 1 < len(argv) and plan is None:
-            plan, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--plan=") and plan is None:
-            plan = a[len("--plan=") :]
-        elif a == "--paused":
-            paused = True
-        elif a in ("-v", "--verbose"):
-            verbose = True
-        else:
-            return None
-        i += 1
-    return (plan, paused, verbose) if plan else None
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    fast = _parse_fast(args)
-    if fast is not None:
-        return run(fast[0], paused=fast[1], verbose=fast[2])
     import argparse
 
+    args = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m engine", description="svlaunch's KVM engine")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the VM of an engine plan")

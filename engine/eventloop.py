@@ -12,10 +12,10 @@ import os
 import select
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from engine.logsetup import get_logger
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from collections.abc import Callable
 

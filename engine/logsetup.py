@@ -16,8 +16,8 @@ from __future__ import annotations
 import _thread
 import os
 import sys
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False  # not typing's (start-up cost)
 if TYPE_CHECKING:
     import logging
     from typing import Any

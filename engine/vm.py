@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from engine.logsetup import get_logger
 from engine.machine.builder import Machine, build
-from launcher.compile.plan import Plan
+from engine.plan import Plan
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from typing import Any
 
@@ -267,8 +267,8 @@ class Vm:
 
     def _hotplug(self, call: Any) -> Any:
         """Run a hot-replace step, turning engine errors into QMP errors."""
+        from engine.errors import SvlaunchError
         from engine.machine.hotplug import HotplugError
-        from launcher.errors import SvlaunchError
 
         q = _qmp()
         try:

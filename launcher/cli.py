@@ -16,10 +16,7 @@ import importlib
 import os
 import sys
 
-from launcher.errors import EXIT_USAGE, SvlaunchError
-
-EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
+from launcher.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, SvlaunchError
 
 
 class CommandInfo:
@@ -32,38 +29,8 @@ class CommandInfo:
         self.summary = summary
 
 
-_COLUMNS: list[int] = []
-
-
-def _columns() -> int:
-    """``shutil.get_terminal_size().columns`` without importing shutil (2 ms of start-up:
-    argparse makes a formatter for every ``add_argument``, and each asks for the width)."""
-    if not _COLUMNS:
-        try:
-            columns = int(os.environ["COLUMNS"])
-        except (KeyError, ValueError):
-            columns = 0
-        if columns <= 0:
-            try:
-                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
-            except (AttributeError, ValueError, OSError):
-                columns = 0
-        _COLUMNS.append(columns or 80)
-    return _COLUMNS[0]
-
-
 class Formatter(argparse.RawDescriptionHelpFormatter):
-    """Help text laid out as written (examples stay as they are), sized to the terminal."""
-
-    def __init__(
-        self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
-    ) -> None:
-        width = _columns() - 2 if width is None else width
-        super().__init__(prog, indent_increment, max_help_position, width)
+    """Help text laid out as written: the examples stay as they are."""
 
 
 COMMANDS: dict[str, CommandInfo] = {

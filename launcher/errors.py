@@ -1,119 +1,44 @@
-"""svlaunch's error vocabulary: a leaf module every other module may import.
+"""The launcher's error vocabulary: the engine's (``engine.errors``) plus command-line usage.
 
-Errors carry structured facts (where, what, how to fix) and render themselves; nothing here
-imports the rest of the project (but the leaf ``launcher.frozen``) or any third-party package, so
-raising an error is always cheap.
-The CLI's single error boundary (``launcher.cli.main``) turns ``SvlaunchError`` into exit code 1
-and anything else into exit code 2 with a traceback.
+The engine is the lowest layer, so the shared classes live there and this module re-exports
+them; ``launcher.cli.main`` is the single boundary that turns them into exit codes.
 """
 
 from __future__ import annotations
 
-from functools import total_ordering
+from engine.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_USAGE,
+    EngineError,
+    GuestMemoryError,
+    HostError,
+    InvalidInput,
+    Issue,
+    Mark,
+    SvlaunchError,
+)
 
-from launcher.frozen import frozen
-
-EXIT_OK = 0
-EXIT_INVALID = 1  # invalid input: manifest, argv, host state the user must fix
-EXIT_USAGE = 2  # usage error (bad CLI flags) or an internal error (a bug: traceback printed)
-
-
-@total_ordering
-@frozen
-class Mark:
-    """A place in a source file. ``line`` and ``col`` are 1-based; 0 means unknown."""
-
-    file: str
-    line: int = 0
-    col: int = 0
-
-    def __lt__(self, other: Mark) -> bool:
-        """Marks sort by file, line, column (``order=True`` of a plain dataclass)."""
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return (self.file, self.line, self.col) < (other.file, other.line, other.col)
-
-    def __str__(self) -> str:
-        if self.line <= 0:
-            return self.file
-        if self.col <= 0:
-            return f"{self.file}:{self.line}"
-        return f"{self.file}:{self.line}:{self.col}"
-
-
-@frozen
-class Issue:
-    """One problem found in user input. ``path`` is the key path (``drives.root.file``)."""
-
-    message: str
-    path: str = ""
-    hint: str = ""
-    mark: Mark | None = None
-    severity: str = "error"  # "error" | "warning"
-    code: str = ""  # kebab-case rule name, stable for tooling (e.g. "smp-topology-product")
-
-    @property
-    def is_error(self) -> bool:
-        return self.severity == "error"
-
-    def located(self, mark: Mark | None) -> Issue:
-        """The same issue placed at ``mark`` (issues are immutable)."""
-        return Issue(self.message, self.path, self.hint, mark, self.severity, self.code)
-
-    def __str__(self) -> str:
-        where = f"{self.mark}: " if self.mark else ""
-        at = f" (at {self.path})" if self.path else ""
-        hint = f"\n  hint: {self.hint}" if self.hint else ""
-        return f"{where}{self.severity}: {self.message}{at}{hint}"
-
-
-class SvlaunchError(Exception):
-    """A user-facing failure: one clear message, optional hint, exit code 1."""
-
-    exit_code = EXIT_INVALID
-
-    def __init__(self, message: str, *, hint: str = "", mark: Mark | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.mark = mark
-
-    def __str__(self) -> str:
-        where = f"{self.mark}: " if self.mark else ""
-        hint = f"\n  hint: {self.hint}" if self.hint else ""
-        return f"{where}{self.message}{hint}"
-
-
-class InvalidInput(SvlaunchError):
-    """Input that failed validation; carries every issue found, not just the first."""
-
-    def __init__(self, issues: list[Issue], message: str = "") -> None:
-        errors = [i for i in issues if i.is_error]
-        super().__init__(message or f"{len(errors)} error(s) found")
-        self.issues = list(issues)
-
-    def __str__(self) -> str:
-        return "\n".join(str(i) for i in self.issues)
+__all__ = [
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EngineError",
+    "GuestMemoryError",
+    "HostError",
+    "InvalidInput",
+    "Issue",
+    "Mark",
+    "SvlaunchError",
+    "UsageError",
+]
 
 
 class UsageError(SvlaunchError):
     """Bad command-line usage (exit code 2, no traceback)."""
 
     exit_code = EXIT_USAGE
-
-
-class HostError(SvlaunchError):
-    """The host cannot do what the manifest asks (missing file, no /dev/kvm, no NUMA node...)."""
-
-
-class EngineError(SvlaunchError):
-    """A failure while building or running a VM. Subclasses carry the facts they name."""
-
-
-class GuestMemoryError(EngineError):
-    """An access outside guest RAM (or spanning a hole). Guest-triggerable: never fatal to the engine."""
-
-    def __init__(self, addr: int, length: int, reason: str = "outside guest memory") -> None:
-        super().__init__(f"guest memory access [{addr:#x}, +{length:#x}) {reason}")
-        self.addr = addr
-        self.length = length

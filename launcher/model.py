@@ -13,9 +13,8 @@ back from an argv. Keep field names equal to the manifest keys with ``-`` → ``
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 
-from launcher.frozen import frozen
 from launcher.model_enums import (  # re-exported: the model's value sets are imported from here
     Aio,
     Arch,
@@ -34,14 +33,13 @@ __all__ = [
     "NetType",
     "NumaPolicy",
     "Transport",
-    "frozen",
 ]
 
 
 # -- machine, cpu, memory ----------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Machine:
     """``-machine``: type and global switches."""
 
@@ -53,7 +51,7 @@ class Machine:
     gic_version: int | None = None  # aarch64 only: 3
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Cpu:
     """``-smp`` and ``-cpu``. Unset topology factors (``None``) are derived as StratoVirt does."""
 
@@ -68,7 +66,7 @@ class Cpu:
     pmu: bool | None = None  # -cpu ...,pmu=on|off (aarch64 only effective)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Topology:
     """The resolved topology (StratoVirt's ``adjust_topology``); derived, never written by users."""
 
@@ -81,7 +79,7 @@ class Topology:
     threads: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MemoryZone:
     """``-object memory-backend-ram`` not tied to a NUMA node (laid out and bound all the same)."""
 
@@ -91,7 +89,7 @@ class MemoryZone:
     policy: NumaPolicy
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Memory:
     """``-m``, ``-mem-path``, ``-mem-prealloc`` and node-less memory zones."""
 
@@ -101,7 +99,7 @@ class Memory:
     zones: tuple[MemoryZone, ...] = ()
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class NumaNode:
     """``-numa node`` plus the ``memory-backend-ram`` object it uses (declared once, here)."""
 
@@ -117,20 +115,20 @@ class NumaNode:
         return self.memdev or f"mem{self.id}"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class NumaDistance:
     src: int
     dst: int
     val: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Numa:
     nodes: tuple[NumaNode, ...] = ()
     distances: tuple[NumaDistance, ...] = ()
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Boot:
     kernel: str | None = None
     initrd: str | None = None
@@ -140,7 +138,7 @@ class Boot:
 # -- devices -----------------------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class PciAddress:
     """PCI placement of a ``*-pci`` device: ``bus`` and ``addr`` are required for PCI."""
 
@@ -154,7 +152,7 @@ class PciAddress:
         return f"{self.slot:#x}" if self.function == 0 else f"{self.slot:#x}.{self.function:#x}"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Drive:
     """A block drive: the ``-drive`` backend and, unless ``attached`` is false, its virtio-blk device."""
 
@@ -180,7 +178,7 @@ class Drive:
         return self.device_id or self.id
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Net:
     """A network backend (``-netdev``) and, unless ``attached`` is false, its virtio-net device."""
 
@@ -206,7 +204,7 @@ class Net:
         return self.device_id or self.id
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Chardev:
     """``-chardev`` (and the inline ``-serial`` backend)."""
 
@@ -217,7 +215,7 @@ class Chardev:
     nowait: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class VirtioSerial:
     """The virtio-serial transport that consoles hang off (one per VM)."""
 
@@ -226,7 +224,7 @@ class VirtioSerial:
     pci: PciAddress | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Console:
     """A ``virtconsole`` on a chardev."""
 
@@ -234,7 +232,7 @@ class Console:
     chardev: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Vsock:
     id: str
     guest_cid: int
@@ -243,7 +241,7 @@ class Vsock:
     pci: PciAddress | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Balloon:
     id: str | None = None
     deflate_on_oom: bool = False
@@ -252,7 +250,7 @@ class Balloon:
     pci: PciAddress | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Rng:
     """``-object rng-random`` (id, file) and its ``virtio-rng`` device."""
 
@@ -265,7 +263,7 @@ class Rng:
     pci: PciAddress | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RootPort:
     id: str
     port: int
@@ -273,7 +271,7 @@ class RootPort:
     chassis: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Pflash:
     unit: int
     file: str
@@ -281,7 +279,7 @@ class Pflash:
     format: str = "raw"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Vfio:
     id: str
     pci: PciAddress
@@ -289,7 +287,7 @@ class Vfio:
     sysfsdev: str | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class UsbController:
     id: str
     pci: PciAddress
@@ -297,12 +295,12 @@ class UsbController:
     p3: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class UsbDevice:
     id: str
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Usb:
     xhci: UsbController | None = None
     keyboard: UsbDevice | None = None
@@ -312,7 +310,7 @@ class Usb:
 # -- control, logging, sandbox ------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Monitor:
     """``-mon chardev=<id>,id=<id>,mode=control``: QMP on a declared socket chardev."""
 
@@ -320,14 +318,14 @@ class Monitor:
     id: str | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Log:
     """``-D [file]``: no file means stdout (StratoVirt's behaviour; the guidebook says stderr)."""
 
     file: str | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Ozone:
     """The ozone sandbox the VM runs in."""
 
@@ -346,7 +344,7 @@ class Ozone:
     root: str = "/srv/ozone"  # svlaunch extension: jail base folder
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A whole VM. ``source`` is the manifest file (for messages); ``base_dir`` resolves paths."""
 

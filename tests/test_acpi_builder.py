@@ -11,8 +11,8 @@ from test_acpi_support import make_plan
 from engine.machine import layout
 from engine.machine.acpi import pm
 from engine.machine.acpi.builder import TABLE_ALIGN, build_acpi
+from engine.machine.layout import MAX_MMIO_DEVICES
 from engine.machine.memory import GuestMemory
-from launcher.compile.layout import MAX_MMIO_DEVICES
 from launcher.errors import EngineError
 
 

@@ -31,7 +31,7 @@ from test_acpi_support import make_plan
 
 from engine.machine.acpi import pm
 from engine.machine.acpi.builder import build_acpi
-from launcher.compile.plan import BlkPlan, Plan
+from engine.plan import BlkPlan, Plan
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST = REPO / "build" / "guest"

@@ -1,6 +1,6 @@
 """Plans and ``iasl`` helpers shared by the ACPI and CPUID tests, and checks of the plans themselves.
 
-Plans are built directly from ``launcher.compile.plan`` values, with APIC ids from the real
+Plans are built directly from ``engine.plan`` values, with APIC ids from the real
 ``launcher.compile.topology`` formula, so ACPI and CPUID are checked against what the compiler
 produces. ``iasl`` (Debian acpica-tools) disassembles each table; ``roundtrip`` compiles the
 disassembly back and compares bytes, which catches any field iasl read differently from us.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.compile.layout import virtio_mmio_slot
-from launcher.compile.plan import (
+from engine.machine.layout import virtio_mmio_slot
+from engine.plan import (
     BlkPlan,
     BootPlan,
     ChardevPlan,

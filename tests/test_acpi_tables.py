@@ -23,7 +23,7 @@ from engine.machine.acpi import pm
 from engine.machine.acpi.builder import build_acpi
 from engine.machine.acpi.sdt import checksum
 from engine.machine.acpi.tables import rsdp, slit
-from launcher.compile.layout import IOAPIC_ADDR, LAPIC_ADDR, MAX_MMIO_DEVICES, VIRTIO_MMIO_SIZE
+from engine.machine.layout import IOAPIC_ADDR, LAPIC_ADDR, MAX_MMIO_DEVICES, VIRTIO_MMIO_SIZE
 
 pytestmark = needs_iasl
 

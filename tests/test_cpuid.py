@@ -25,7 +25,7 @@ from engine.machine.cpuid import (
     patch_cpuid,
     vendor_of,
 )
-from launcher.compile.plan import TopologyPlan, VcpuPlan
+from engine.plan import TopologyPlan, VcpuPlan
 from launcher.compile.topology import apic_id_widths
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -193,7 +194,7 @@ def test_too_many_vcpus_is_refused_before_the_vm(tmp_path) -> None:
     kvm.close()
     plan = make_plan(write_guest(tmp_path, HANG), cpus=1)
     vcpus = tuple(plan.vcpus[0].__class__(i, i, 0, 0, 0, i, 0) for i in range(limit + 1))
-    plan = plan.__class__(**{**plan.__dict__, "vcpus": vcpus})
+    plan = dataclasses.replace(plan, vcpus=vcpus)
     with pytest.raises(HostError, match=f"allows {limit}"):
         Vm(plan).start(paused=True)
 
@@ -230,14 +231,12 @@ def test_engine_process_bad_plan_is_one_clear_error(tmp_path) -> None:
 
 def test_virtio_device_is_wired_on_the_mmio_bus(tmp_path) -> None:
     from engine.machine.kvm import KvmError
-    from launcher.compile.layout import virtio_mmio_slot
-    from launcher.compile.plan import RngPlan
+    from engine.machine.layout import virtio_mmio_slot
+    from engine.plan import RngPlan
 
     base, irq = virtio_mmio_slot(0)
     plan = make_plan(write_guest(tmp_path, HANG), serial_file=tmp_path / "s")
-    plan = plan.__class__(
-        **{**plan.__dict__, "devices": (RngPlan(id="rng0", mmio_base=base, irq=irq),)}
-    )
+    plan = dataclasses.replace(plan, devices=(RngPlan(id="rng0", mmio_base=base, irq=irq),))
     vm = Vm(plan, sink=Events())
     vm.start(paused=True)
     try:

@@ -10,9 +10,9 @@ from tiny_guest import HANG, make_plan, write_guest
 from virtio_driver import Allocator, Driver
 
 from engine.machine.devices import DeviceError
+from engine.machine.layout import virtio_mmio_slot
+from engine.plan import ChardevPlan, ConsolePlan
 from engine.vm import Vm
-from launcher.compile.layout import virtio_mmio_slot
-from launcher.compile.plan import ChardevPlan, ConsolePlan
 
 pytestmark = pytest.mark.kvm
 MiB = 1 << 20

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from test_acpi_support import disassemble, make_plan, needs_iasl, roundtrip, same_but_creator
 
+from engine.machine import layout
 from engine.machine.acpi import aml, ged, pm
 from engine.machine.acpi.builder import build_acpi
 from engine.machine.acpi.dsdt import dsdt
 from engine.machine.acpi.sdt import sdt
-from launcher.compile import layout
 
 pytestmark = needs_iasl
 

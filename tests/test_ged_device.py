@@ -1,5 +1,5 @@
 """The GED device model: read-to-clear event bits, one interrupt per event, guest writes ignored,
-and its place on a real VM's PIO bus (port and GSI from ``launcher.compile.layout``)."""
+and its place on a real VM's PIO bus (port and GSI from ``engine.machine.layout``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import pytest
 from tiny_guest import HANG, make_plan, write_guest
 
+from engine.machine import layout
 from engine.machine.ged import EVENT_POWER_BUTTON, GedDevice
-from launcher.compile import layout
 
 
 @pytest.fixture

@@ -21,12 +21,12 @@ from tiny_guest import COM1, make_plan, mov_dx, write_guest
 
 from engine.machine import layout
 from engine.machine.kvm import KvmError
+from engine.machine.layout import VIRTIO_MMIO_BASE, virtio_mmio_slot
+from engine.plan import BlkPlan, ChardevPlan, ConsolePlan, SlotPlan
 from engine.qmp.control import BlockdevSpec, DeviceSpec, NetdevSpec, QmpError
 from engine.qmp.protocol import DEVICE_NOT_FOUND
 from engine.vm import Vm
 from launcher.compile.engine_plan import default_mac
-from launcher.compile.layout import VIRTIO_MMIO_BASE, virtio_mmio_slot
-from launcher.compile.plan import BlkPlan, ChardevPlan, ConsolePlan, SlotPlan
 
 pytestmark = pytest.mark.kvm
 

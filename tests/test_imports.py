@@ -3,8 +3,8 @@
 Each module is imported in a fresh interpreter (a cycle or a broken import surfaces only when
 its module is the first one loaded), and the module-level import graph (``TYPE_CHECKING`` blocks
 and imports inside functions left out: those are the lazy ones) must have no cycle at all, even
-one that today's import order happens to survive. Last, the engine's start-up path must not
-generate dataclass code for frozen classes: those use ``launcher.frozen.frozen``.
+one that today's import order happens to survive. Last, dependencies point one way: nothing in
+``engine/`` imports ``launcher/``, not even lazily.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("launcher", "engine")
@@ -163,85 +161,59 @@ def test_the_cycle_finder_sees_a_cycle(tmp_path: Path) -> None:
     assert cycles(_parent_edges_dropped(import_graph(mods))) == [["p.a", "p.b"]]
 
 
-#: dataclasses whose code the start-up path may generate (none: ``@frozen`` and ``@record``)
-MUTABLE_OK: set[str] = set()
+def _all_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """Every import in a module, lazy ones inside functions and TYPE_CHECKING blocks included."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module))
+    return out
 
-#: what the engine's start-up path must not import before the first KVM_RUN (~20 ms together);
-#: ``typing`` (and its ``re``) still comes with ``launcher.compile.apicid``'s runtime ``Protocol``.
-SLOW_MODULES = ("dataclasses", "inspect", "logging", "json", "signal")
+
+def test_the_engine_imports_nothing_of_the_launcher() -> None:
+    """Dependencies point one way: the launcher uses the engine's plan contract, never back."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {target}"
+        for name, path in MODULES.items()
+        if name.split(".")[0] == "engine"
+        for line, target in _all_imports(ast.parse(path.read_text(), str(path)))
+        if target.split(".")[0] == "launcher"
+    ]
+    assert not found, "the engine imports the launcher:\n" + "\n".join(found)
+
+
+def test_the_one_way_check_sees_an_import(tmp_path: Path) -> None:
+    """The check above can fail: a lazy import inside a function is an import too."""
+    tree = ast.parse("def f():\n    from launcher import model\n    import launcher.errors\n")
+    assert [t for _, t in _all_imports(tree)] == ["launcher", "launcher.errors"]
+
 
 _STARTUP_PROBE = """
 import sys
-plan_text, dump, slow = sys.argv[1], sys.argv[2] == "dump", sys.argv[3:]
 from engine.__main__ import boot  # what engine_argv runs
-from launcher.compile.plan import Plan
-import engine.vm, engine.machine.builder, engine.machine.acpi.builder
-plan = Plan.loads(plan_text)
-if dump:
-    plan.dumps()
-print(" ".join(m for m in slow if m in sys.modules))
+from engine.plan import Plan
+import engine.vm, engine.machine.builder, engine.machine.acpi.builder, engine.qmp.server
+Plan.loads(sys.argv[1])
+print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("launcher", "rich"))))
 """
 
 
-def _startup_imports(plan_text: str, *, dump: bool) -> list[str]:
-    """The slow modules loaded by the start-up path, in a fresh ``-I -S`` interpreter (no
-    ``site``: its .pth finder would import ``re`` itself), with ``engine_argv``'s sys.path."""
+def test_the_engine_process_loads_no_launcher_module() -> None:
+    """The engine runs from its plan alone (the sandbox mounts only ``engine/`` into the jail)."""
     from engine.__main__ import engine_argv
 
-    code = engine_argv("x")[4].split("; from engine")[0]  # the sys.path set-up
-    p = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code + "\n" + _STARTUP_PROBE, plan_text,
-         "dump" if dump else "-", *SLOW_MODULES],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    return p.stdout.split()
-
-
-def test_engine_start_up_imports_none_of_the_slow_modules() -> None:
-    """The start-up path (plan read, engine modules) leaves out the modules that cost the most;
-    the probe sees one when it is there (``Plan.dumps`` imports json)."""
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         from tiny_guest import make_plan
     finally:
         sys.path.pop(0)
-    text = make_plan("/nonexistent/kernel").dumps()
-    assert _startup_imports(text, dump=False) == []
-    assert "json" in _startup_imports(text, dump=True)
-
-
-_PROBE = """
-import dataclasses, sys
-made = []
-real_exec = exec
-def counting_exec(src, g=None, l=None):
-    f = sys._getframe(1)
-    while f is not None and f.f_code.co_name != "_process_class":
-        f = f.f_back
-    if f is not None:
-        cls = f.f_locals["cls"]
-        made.append(f"{cls.__module__}.{cls.__qualname__}")
-    real_exec(src, g, l)
-dataclasses.exec = counting_exec
-@dataclasses.dataclass(frozen=True)
-class Canary:
-    x: int
-if not made:
-    print("HOOK-UNSUPPORTED")
-    raise SystemExit(0)
-made.clear()
-import engine.__main__, engine.vm, engine.machine.builder  # what the engine loads to boot
-print("\\n".join(sorted(set(made))))
-"""
-
-
-def test_engine_start_up_generates_no_code_for_frozen_dataclasses() -> None:
+    code = engine_argv("x")[4].split("; from engine")[0]  # the sys.path set-up
     p = subprocess.run(
-        [sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+        [sys.executable, "-I", "-S", "-c", code + "\n" + _STARTUP_PROBE,
+         make_plan("/nonexistent/kernel").dumps()],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert p.returncode == 0, p.stderr
-    if p.stdout.strip() == "HOOK-UNSUPPORTED":
-        pytest.skip("this Python's dataclasses does not compile through a module-level exec")
-    made = set(p.stdout.split())
-    assert made <= MUTABLE_OK, f"use launcher.frozen.frozen for: {sorted(made - MUTABLE_OK)}"
+    assert p.stdout.split() == []

@@ -7,7 +7,7 @@ from tiny_guest import HANG, make_plan, write_guest
 
 from engine.machine.ram import create_guest_memory
 from engine.numa.host import check_host_nodes, host_nodes, parse_node_list, query_policy
-from launcher.compile.plan import HostBinding
+from engine.plan import HostBinding
 from launcher.errors import HostError
 
 MiB = 1 << 20

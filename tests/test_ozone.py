@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -13,7 +14,7 @@ from engine.ozone.layout import Bind, apply_ops, can_access, mirror, plan_ops
 from engine.ozone.runtime import Runtime, discover
 from engine.ozone.sandbox import Sandbox, teardown_state
 from engine.ozone.state import State
-from launcher.compile.plan import (
+from engine.plan import (
     BlkPlan,
     BootPlan,
     HostFile,
@@ -145,7 +146,7 @@ def test_uid_without_access_to_a_drive(tmp_path):
 
 def test_socket_in_a_shared_dir_is_refused(tmp_path):
     plan = make_plan(str(tmp_path))
-    plan = Plan(**{**plan.__dict__, "host_files": (HostFile("/tmp/qmp.sock", "qmp", True),)})
+    plan = dataclasses.replace(plan, host_files=(HostFile("/tmp/qmp.sock", "qmp", True),))
     assert "shared directory '/tmp'" in _issues(plan)
 
 

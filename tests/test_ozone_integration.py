@@ -176,7 +176,7 @@ def _engine_plan(tmp_path, payload: bytes, **sandbox):
     from tiny_guest import hello_poweroff, write_guest  # noqa: F401
     from tiny_guest import make_plan as guest_plan
 
-    from launcher.compile.plan import HostFile, SandboxPlan
+    from engine.plan import HostFile, SandboxPlan
 
     run = tmp_path / "vmrun"
     run.mkdir()

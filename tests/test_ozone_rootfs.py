@@ -194,7 +194,7 @@ def test_a_client_socket_is_never_redirected(tmp_path):
     a link would break that server, so the dir must be reachable (named with its chown hint)."""
     import dataclasses
 
-    from launcher.compile.plan import ChardevPlan, SerialPlan
+    from engine.plan import ChardevPlan, SerialPlan
     from launcher.errors import InvalidInput
 
     d = tmp_path / "theirs"

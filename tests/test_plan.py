@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.compile import layout
+from engine.machine import layout
+from engine.plan import BlkPlan, NetPlan, Plan, SlotPlan
 from launcher.compile.engine_plan import compile_plan, default_mac, unsupported_features
-from launcher.compile.plan import BlkPlan, NetPlan, Plan, SlotPlan
 from launcher.errors import InvalidInput
 from launcher.model import (
     Boot,

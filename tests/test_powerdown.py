@@ -22,8 +22,8 @@ import pytest
 from qemu.qmp import QMPClient
 from tiny_guest import HANG, make_plan, mov_dx, poweroff, say, write_guest
 
+from engine.machine.layout import GED_PORT
 from engine.vm import Vm
-from launcher.compile.layout import GED_PORT
 
 pytestmark = pytest.mark.kvm
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from tiny_guest import HANG, make_plan, say, write_guest
 
-from launcher.compile.layout import virtio_mmio_slot
-from launcher.compile.plan import BlkPlan, NetPlan, RngPlan, SlotPlan
+from engine.machine.layout import virtio_mmio_slot
+from engine.plan import BlkPlan, NetPlan, RngPlan, SlotPlan
 
 pytestmark = [pytest.mark.kvm, pytest.mark.root]
 HAVE_TUN = os.path.exists("/dev/net/tun")

@@ -13,7 +13,7 @@ from engine.eventloop import EventLoop
 from engine.machine import serial as s
 from engine.machine.bus import Bus, BusError
 from engine.machine.chardev import Chardev, open_chardev
-from launcher.compile.plan import ChardevPlan
+from engine.plan import ChardevPlan
 from launcher.errors import HostError
 
 

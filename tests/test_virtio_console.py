@@ -12,10 +12,10 @@ from virtio_driver import Allocator, Driver
 from engine.eventloop import EventLoop
 from engine.machine.chardev import open_chardev
 from engine.machine.memory import GuestMemory
+from engine.plan import ChardevPlan
 from engine.virtio import console as C
 from engine.virtio.chardev_io import FdBackend
 from engine.virtio.mmio import MmioTransport
-from launcher.compile.plan import ChardevPlan
 
 MiB = 1 << 20
 

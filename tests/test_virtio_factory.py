@@ -9,13 +9,7 @@ import pytest
 
 from engine.eventloop import EventLoop
 from engine.machine.memory import GuestMemory
-from engine.virtio.balloon import Balloon
-from engine.virtio.blk import VIRTIO_BLK_F_RO, Blk
-from engine.virtio.console import Console
-from engine.virtio.factory import Placeholder, create_device
-from engine.virtio.mmio import MmioTransport
-from engine.virtio.rng import Rng
-from launcher.compile.plan import (
+from engine.plan import (
     BalloonPlan,
     BlkPlan,
     ChardevPlan,
@@ -24,6 +18,12 @@ from launcher.compile.plan import (
     SlotPlan,
     VsockPlan,
 )
+from engine.virtio.balloon import Balloon
+from engine.virtio.blk import VIRTIO_BLK_F_RO, Blk
+from engine.virtio.console import Console
+from engine.virtio.factory import Placeholder, create_device
+from engine.virtio.mmio import MmioTransport
+from engine.virtio.rng import Rng
 from launcher.errors import HostError
 
 BASE, IRQ = 0xD000_0000, 5

@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from launcher.compile.layout import MMIO32_SIZE, MMIO32_START, ram_ranges
-from launcher.compile.plan import (
+from engine.machine.layout import MMIO32_SIZE, MMIO32_START, ram_ranges
+from engine.plan import (
     BootPlan,
     ChardevPlan,
     HostBinding,
@@ -119,7 +119,7 @@ def make_plan(
     ranges: list[RamRange] = []
     bindings: list[HostBinding] = []
     if node_sizes:
-        from launcher.compile.layout import guest_ranges
+        from engine.machine.layout import guest_ranges
 
         start = 0
         for node, size in enumerate(node_sizes):

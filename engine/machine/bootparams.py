@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from engine.errors import EngineError
 from engine.machine import layout
 from engine.machine.loader import (  # setup-header fields: the same offsets in boot_params
     BOOT_FLAG,
@@ -28,8 +30,6 @@ from engine.machine.loader import (  # setup-header fields: the same offsets in 
     LoadResult,
 )
 from engine.machine.memory import GuestMemory
-from launcher.errors import EngineError
-from launcher.frozen import frozen
 
 E820_RAM = 1
 E820_RESERVED = 2
@@ -50,7 +50,7 @@ class BootConfigError(EngineError):
     """The command line or initrd does not fit what the kernel or guest RAM allows."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class E820Entry:
     addr: int
     size: int
@@ -81,7 +81,7 @@ def e820_map(ram: Sequence[tuple[int, int]]) -> list[E820Entry]:
     return out
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Initrd:
     addr: int
     size: int

@@ -21,6 +21,10 @@ depends on the ones before it:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine.errors import EngineError, HostError
 from engine.eventloop import EventLoop, IoThread
 from engine.logsetup import get_logger
 from engine.machine import bootparams, layout, regs
@@ -39,11 +43,8 @@ from engine.machine.vcpu import (
     install_kick_handler,
     profiling_requested,
 )
-from launcher.compile.plan import Plan
-from launcher.errors import EngineError, HostError
-from launcher.frozen import field, record
+from engine.plan import Plan
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from typing import Any
 
@@ -56,7 +57,7 @@ PVM_NOTICE = (
 )
 
 
-@record
+@dataclass(slots=True)
 class Machine:
     plan: Plan
     kvm: Kvm

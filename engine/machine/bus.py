@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import bisect
 import threading
+from dataclasses import dataclass
+from typing import Protocol
 
-from launcher.errors import EngineError
-from launcher.frozen import frozen
-
-TYPE_CHECKING = False  # not typing's: start-up cost
-if TYPE_CHECKING:
-    from typing import Protocol
-else:
-    Protocol = object  # a Protocol only speaks to the type checker
+from engine.errors import EngineError
 
 CACHE_LIMIT = 1024
 
@@ -34,7 +29,7 @@ class BusError(EngineError):
     """Two devices were placed on overlapping ranges (a layout bug, caught at build time)."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class BusRange:
     base: int
     length: int

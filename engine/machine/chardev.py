@@ -15,13 +15,13 @@ import termios
 import threading
 import tty
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from engine.errors import HostError
 from engine.eventloop import EventLoop
 from engine.logsetup import get_logger
-from launcher.compile.plan import ChardevPlan
-from launcher.errors import HostError
+from engine.plan import ChardevPlan
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     import socket
 

@@ -8,7 +8,7 @@ entry list, so tests decode the result the way Linux does without a VM.
 
 Why each leaf (engine-notes §1.4): the guest derives its sockets/dies/modules/cores/threads from
 the APIC id bit fields that CPUID describes, so the shifts here must be the ones the plan's APIC
-ids were built with (``launcher.compile.apicid.apic_id_widths``: thread | core | cluster |
+ids were built with (``engine.machine.apicid.apic_id_widths``: thread | core | cluster |
 die | package, each ``ceil(log2(count))`` bits, QEMU's ``apicid_from_topo_ids``); the MADT and
 SRAT carry the same ids, and the vCPU must be created with ``KVM_CREATE_VCPU(vcpu.apic_id)``.
 
@@ -25,24 +25,22 @@ Leaves 0xA (PMU) and 0x4000_0000+ (KVM paravirt) are passed through as the host 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
-from launcher.compile.apicid import ApicIdWidths, apic_id_widths
-from launcher.compile.plan import TopologyPlan, VcpuPlan
-from launcher.frozen import frozen, replace
+from engine.machine.apicid import ApicIdWidths, apic_id_widths
+from engine.plan import TopologyPlan, VcpuPlan
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
-    from typing import Literal, Protocol
+    from typing import Literal
 
     Vendor = Literal["intel", "amd"]
-else:
-    Protocol = object  # a Protocol only speaks to the type checker
 
 #: kvm_cpuid_entry2.flags: the entry applies to one subleaf (``index``) only.
 SIGNIFICANT_INDEX = 1
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class CpuidEntry:
     """One CPUID leaf/subleaf, mirroring ``struct kvm_cpuid_entry2`` (minus padding)."""
 
@@ -85,7 +83,7 @@ EXT1_ECX_TOPOEXT = 1 << 22
 LEVEL_INVALID, LEVEL_SMT, LEVEL_CORE, LEVEL_MODULE, LEVEL_DIE = 0, 1, 2, 3, 5
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class FeatureMask:
     """Bits to clear in one register of one leaf/subleaf, and why."""
 
@@ -141,7 +139,7 @@ PVM_DROP_LEAVES = frozenset({0xD})
 # -- the transform ----------------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class _Topo:
     """The per-package facts every leaf needs, computed once."""
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 
 from engine.machine.cpuid import CpuidEntry, patch_cpuid, vendor_of
-from launcher.compile.plan import TopologyPlan, VcpuPlan
+from engine.plan import TopologyPlan, VcpuPlan
 
 PVM_SYSFS = "/sys/module/kvm_pvm"
 

@@ -15,7 +15,7 @@ import sys
 import zlib
 from collections.abc import Callable
 
-from launcher.errors import EngineError
+from engine.errors import EngineError
 
 LZ4_LEGACY_MAGIC = 0x184C2102
 

@@ -18,22 +18,22 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from engine.errors import EngineError
 from engine.eventloop import EventLoop
-from engine.logsetup import get_logger  # not logging: engine start-up cost
+from engine.logsetup import get_logger
 from engine.machine.bus import Bus
 from engine.machine.chardev import Chardev, open_chardev
 from engine.machine.ged import GedDevice
 from engine.machine.kvm import VmFd
+from engine.machine.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
 from engine.machine.memory import GuestMemory
 from engine.machine.power import PM_PORT, PowerDevice
 from engine.machine.serial import Serial
-from launcher.compile.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
-from launcher.compile.plan import ChardevPlan, DevicePlan, SerialPlan
-from launcher.errors import EngineError
-from launcher.frozen import field, record
+from engine.plan import ChardevPlan, DevicePlan, SerialPlan
 
-TYPE_CHECKING = False  # not typing's: engine start-up cost
 if TYPE_CHECKING:
     from typing import Any
 
@@ -87,7 +87,7 @@ class DeviceError(EngineError):
     """A device could not be created or wired (names the device id)."""
 
 
-@record
+@dataclass(slots=True)
 class AttachedDevice:
     spec: DevicePlan
     transport: Any

@@ -22,9 +22,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import device_rules as rules
+from engine.errors import EngineError
 from engine.machine.devices import AttachedDevice, DeviceManager
-from launcher.compile.plan import BlkPlan, DevicePlan, NetPlan, SlotPlan
-from launcher.errors import EngineError
+from engine.plan import BlkPlan, DevicePlan, NetPlan, SlotPlan
 
 KINDS = ("blk", "net")
 
@@ -219,61 +220,48 @@ class HotReplace:
                 return att
         raise HotplugError(f"no transport at {base:#x}")  # a plan/manager mismatch: a bug
 
-    def _alone(self, **devices: Any) -> Any:
-        """A manifest of this VM holding only the new device, for the manifest's device rules."""
-        from launcher import model as m
-
-        return m.Manifest(name=self.vm_name or "vm", iothreads=self.iothreads, **devices)
-
     def _plan(self, spec: Any, b: Backend, base: int, irq: int, extra: dict) -> DevicePlan:
-        """The device's plan, built from the same model value and through the same rules and
-        plan builder as a cold-plugged device of the manifest (defaults, MAC, limits)."""
-        from launcher import model as m
-        from launcher.compile.engine_devices import blk_plan, net_plan
-
+        """The device's plan, with a cold-plugged device's defaults, checked by the same
+        per-device rules the launcher's validation applies (``engine.device_rules``)."""
         s = b.spec
         try:
             common = {
-                "device_id": spec.id,
+                "id": spec.id,
+                "mmio_base": base,
+                "irq": irq,
                 "iothread": extra.get("iothread"),
-                "queue_size": int(extra.get("queue-size", 256)),
+                "queue_size": int(extra.get("queue-size", rules.DEFAULT_QUEUE_SIZE)),
             }
             if spec.kind == "blk":
                 queues = extra.get("num-queues")
-                drive = m.Drive(
-                    id=b.id,
+                plan: DevicePlan = BlkPlan(
                     file=s.filename,
                     readonly=bool(s.read_only),
                     direct=bool(s.direct),
-                    iops=s.iops,
+                    aio=rules.default_aio(bool(s.direct)),
                     serial=extra.get("serial"),
-                    num_queues=None if queues is None else int(queues),
+                    iops=s.iops,
+                    num_queues=1 if queues is None else int(queues),
+                    drive_id=b.id,
                     **common,
                 )
-                _check_like_the_manifest(self._alone(drives=(drive,)))
-                return blk_plan(drive, base, irq)
-            net = m.Net(
-                id=b.id,
-                ifname=s.ifname,
-                queues=max(1, int(s.queues)),
-                mac=extra.get("mac"),
-                mq=str(extra.get("mq", "off")).lower() in ("on", "true", "1"),
-                **common,
-            )
-            _check_like_the_manifest(self._alone(nets=(net,)))
-            # the device owns dups of the backend's fds, so the backend stays reusable
-            net = dataclasses.replace(net, fds=tuple(os.dup(fd) for fd in b.fds))
-            return net_plan(self.vm_name, net, base, irq)
-        except ValueError as e:
+                problems = rules.blk_problems(plan, self.iothreads)
+            else:
+                mac = extra.get("mac")
+                plan = NetPlan(
+                    ifname=s.ifname,
+                    mac=rules.default_mac(self.vm_name, b.id) if mac is None else str(mac),
+                    queue_pairs=max(1, int(s.queues)),
+                    mq=str(extra.get("mq", "off")).lower() in ("on", "true", "1"),
+                    netdev_id=b.id,
+                    **common,
+                )
+                problems = rules.net_problems(plan, self.iothreads)
+        except (TypeError, ValueError) as e:
             raise HotplugError(f"device_add {spec.id}: bad option: {e}") from None
-
-
-def _check_like_the_manifest(manifest: Any) -> None:
-    """The manifest's device rules (queue sizes, serial length, MAC format...) for one device."""
-    from launcher.validate import check_model
-
-    device = manifest.drives or manifest.nets
-    prefix = f"{'drives' if manifest.drives else 'nets'}.{device[0].id}"
-    for issue in check_model(manifest, target="engine"):
-        if issue.is_error and issue.path.startswith(prefix):
-            raise HotplugError(issue.message, hint=issue.hint)
+        if problems:
+            raise HotplugError(problems[0].message, hint=problems[0].hint)
+        if isinstance(plan, NetPlan):
+            # the device owns dups of the backend's fds, so the backend stays reusable
+            plan = dataclasses.replace(plan, fds=tuple(os.dup(fd) for fd in b.fds))
+        return plan

@@ -13,12 +13,12 @@ import mmap
 import os
 import struct
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
+from engine.errors import EngineError, HostError
 from engine.machine import kvm_sys as k
 from engine.machine.cpuid import CpuidEntry, CpuidLike
-from launcher.errors import EngineError, HostError
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from typing import Any
 

@@ -10,7 +10,8 @@ to the values verified on the host.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # not typing's: start-up cost
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:
     from typing import Any
 

@@ -1,49 +1,86 @@
-"""Boot-time guest physical addresses (Firecracker's layout, engine-notes §1.2).
+"""The x86_64 guest physical layout: the only module that names guest addresses and IRQs.
 
-RAM, the 32-bit MMIO hole, IOAPIC/LAPIC and virtio windows are decided by the compiler
-(``launcher.compile.layout``, re-exported here); this module adds only what the engine places at
-boot: GDT, IDT, zero page, boot stack, identity page tables, command line, the E820-reserved
-system-data region for ACPI, and the KVM TSS/identity-map pages inside the MMIO hole.
+Two kinds of fact live here (Firecracker's ``arch/x86_64/layout.rs`` is the model):
+
+- what the compiler writes into a plan: where RAM, the 32-bit MMIO hole and the virtio-mmio
+  windows sit, and which GSI each device gets (``launcher.compile`` reads these);
+- what the engine places at boot: GDT, IDT, zero page, boot stack, identity page tables, command
+  line, the E820-reserved system-data region for ACPI, and the KVM TSS/identity-map pages inside
+  the MMIO hole (engine-notes §1.2, summarized in ``docs/engine.md``).
+
+It imports nothing, so the pure compile side can use it without loading the engine.
 """
 
 from __future__ import annotations
 
-from launcher.compile.layout import (  # re-exported: one source of truth
-    HIGH_RAM_START,
-    IOAPIC_ADDR,
-    LAPIC_ADDR,
-    MMIO32_SIZE,
-    MMIO32_START,
-    SERIAL_IRQ,
-    SERIAL_PORT,
-)
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
 
-__all__ = [
-    "BOOT_GDT_START",
-    "BOOT_IDT_START",
-    "BOOT_STACK_POINTER",
-    "CMDLINE_MAX_SIZE",
-    "CMDLINE_START",
-    "EBDA_START",
-    "HIGH_RAM_START",
-    "HIMEM_START",
-    "IOAPIC_ADDR",
-    "KVM_IDENTITY_MAP_START",
-    "KVM_TSS_START",
-    "LAPIC_ADDR",
-    "MMIO32_SIZE",
-    "MMIO32_START",
-    "PAGE_SIZE",
-    "PDE_START",
-    "PDPTE_START",
-    "PML4_START",
-    "RSDP_ADDR",
-    "SERIAL_IRQ",
-    "SERIAL_PORT",
-    "SYSTEM_MEM_SIZE",
-    "SYSTEM_MEM_START",
-    "ZERO_PAGE_START",
-]
+#: RAM starts at guest physical 0; RAM beyond the hole's start continues at 4 GiB.
+RAM_START = 0
+#: 32-bit MMIO hole [3 GiB, 4 GiB): virtio-mmio windows, IOAPIC, LAPIC, TSS live here.
+MMIO32_START = 0xC000_0000
+MMIO32_SIZE = 4 * GiB - MMIO32_START
+HIGH_RAM_START = 4 * GiB
+
+#: virtio-mmio device windows: one 4 KiB page each, from the start of the hole.
+VIRTIO_MMIO_BASE = 0xD000_0000
+VIRTIO_MMIO_STRIDE = 0x1000
+VIRTIO_MMIO_SIZE = 0x200
+
+#: Legacy GSIs for devices (IOAPIC pins 5..23), as Firecracker: 4 is COM1.
+SERIAL_IRQ = 4
+SERIAL_PORT = 0x3F8
+DEVICE_IRQ_FIRST = 5
+DEVICE_IRQ_LAST = 23
+
+#: The ACPI Generic Event Device (``ACPI0013``, the power button of a HW-reduced guest): a
+#: one-byte event-status register at this I/O port and an edge-triggered GSI. A port, not an
+#: MMIO window, so any guest reaches it without mapping the hole (next to the FADT PM port
+#: 0x600). Its GSI is the last of the device pool, so virtio slot ``i`` keeps GSI ``5 + i``.
+GED_PORT = 0x610
+GED_PORT_SIZE = 1
+GED_IRQ = DEVICE_IRQ_LAST
+#: virtio-mmio slots: GSIs 5..22 (23 is the GED's).
+MAX_MMIO_DEVICES = GED_IRQ - DEVICE_IRQ_FIRST
+
+IOAPIC_ADDR = 0xFEC0_0000
+LAPIC_ADDR = 0xFEE0_0000
+
+
+def ram_ranges(size: int) -> list[tuple[int, int]]:
+    """Guest RAM ``(start, size)`` ranges for ``size`` bytes, skipping the 32-bit MMIO hole."""
+    if size <= MMIO32_START:
+        return [(RAM_START, size)]
+    return [(RAM_START, MMIO32_START), (HIGH_RAM_START, size - MMIO32_START)]
+
+
+def guest_ranges(start: int, size: int) -> list[tuple[int, int]]:
+    """Split the guest-RAM byte interval ``[start, start+size)`` (RAM offsets) into physical ranges.
+
+    NUMA nodes are laid out back to back in RAM order; a node that straddles the hole gets two
+    physical ranges.
+    """
+    out: list[tuple[int, int]] = []
+    end = start + size
+    if start < MMIO32_START:
+        low_end = min(end, MMIO32_START)
+        out.append((start, low_end - start))
+    if end > MMIO32_START:
+        hi_start = max(start, MMIO32_START)
+        out.append((hi_start - MMIO32_START + HIGH_RAM_START, end - hi_start))
+    return out
+
+
+def virtio_mmio_slot(index: int) -> tuple[int, int]:
+    """MMIO base and GSI of the ``index``-th virtio-mmio device (0-based)."""
+    if not 0 <= index < MAX_MMIO_DEVICES:
+        raise ValueError(f"virtio-mmio slot {index} out of range (0..{MAX_MMIO_DEVICES - 1})")
+    return VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_STRIDE, DEVICE_IRQ_FIRST + index
+
+
+# -- boot-time addresses (the engine's) ----------------------------------------------------------
 
 PAGE_SIZE = 0x1000
 

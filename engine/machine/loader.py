@@ -13,13 +13,13 @@ import io
 import os
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from engine.errors import EngineError, GuestMemoryError
 from engine.machine import layout
 from engine.machine.memory import GuestMemory
-from launcher.errors import EngineError, GuestMemoryError
-from launcher.frozen import frozen
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from typing import BinaryIO
 
@@ -53,7 +53,7 @@ class LoaderError(EngineError):
     """The kernel image is malformed or does not fit the guest."""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class LoadResult:
     entry: int  # 64-bit entry point (guest physical)
     kernel_start: int  # lowest guest address written
@@ -110,7 +110,7 @@ def _fileno(image: object) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class _Segment:
     index: int
     offset: int
@@ -220,7 +220,7 @@ def load_elf_fd(mem: GuestMemory, fd: int, *, name: str = "kernel") -> LoadResul
     return _place(mem, entry, segments, copy, name=name)
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class SetupHeader:
     setup_sects: int
     version: int

@@ -14,9 +14,9 @@ import ctypes
 import mmap
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from launcher.errors import GuestMemoryError
-from launcher.frozen import field, record  # not dataclasses: engine start-up cost
+from engine.errors import GuestMemoryError
 
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
@@ -24,7 +24,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-@record(eq=False)
+@dataclass(slots=True, eq=False)
 class GuestRegion:
     """One contiguous range of guest physical memory backed by one host mapping."""
 

@@ -21,10 +21,10 @@ import mmap
 import os
 from collections.abc import Callable
 
+from engine.errors import EngineError, HostError
 from engine.machine.kvm_sys import ffi, libc
 from engine.machine.memory import GuestMemory, GuestRegion, map_anonymous
-from launcher.compile.plan import MemoryPlan
-from launcher.errors import EngineError, HostError
+from engine.plan import MemoryPlan
 
 MADV_DONTDUMP = 16
 MADV_POPULATE_WRITE = 23

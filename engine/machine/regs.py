@@ -10,12 +10,12 @@ PE|MP|ET|NE|WP|AM|PG so the reset value's CD|NW bits do not leak through.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from engine.machine import layout
 from engine.machine.kvm import VcpuFd
 from engine.machine.memory import GuestMemory
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from typing import Any
 

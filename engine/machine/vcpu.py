@@ -10,23 +10,21 @@ KVM_RUN goes through cffi (returns EINTR once; ``fcntl.ioctl`` retries on 3.14+)
 
 from __future__ import annotations
 
-import _signal as signal  # signal's C core: the signal module's enums cost ~4 ms
 import enum
+import signal
 import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from engine.logsetup import get_logger  # not logging, dataclasses, typing: start-up cost
+from engine.logsetup import get_logger
 from engine.machine import kvm_sys as k
 from engine.machine.kvm import KvmError, VcpuFd
-from launcher.frozen import field, record
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Protocol
-else:
-    Protocol = object  # a Protocol only speaks to the type checker
+    from typing import Any
 
 log = get_logger(__name__)
 
@@ -54,7 +52,7 @@ class ExitAction(enum.Enum):
     STOP = "stop"  # this vCPU stops (the VM was told why)
 
 
-@record
+@dataclass(slots=True)
 class ExitProfile:
     """Where one vCPU's time and exits went (``SVLAUNCH_EXIT_STATS=1``; off the default path).
 
@@ -87,7 +85,7 @@ def profiling_requested() -> bool:
     return os.environ.get("SVLAUNCH_EXIT_STATS", "") not in ("", "0")
 
 
-@record
+@dataclass(slots=True)
 class ExitContext:
     pio: IoBus
     mmio: IoBus

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from engine.errors import EngineError, HostError
 from engine.machine.kvm_sys import ffi, libc
 from engine.machine.memory import GuestMemory
-from launcher.compile.plan import HostBinding
-from launcher.errors import EngineError, HostError
+from engine.plan import HostBinding
 
 SYSFS_NODE_ROOT = "/sys/devices/system/node"
 

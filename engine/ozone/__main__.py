@@ -19,13 +19,13 @@ import os
 import signal
 import sys
 
+from engine.errors import SvlaunchError
 from engine.ozone.state import DEFAULT_STATE_DIR
-from launcher.errors import SvlaunchError
 
 
 def _run(args: argparse.Namespace) -> int:
     from engine.ozone.sandbox import Sandbox, clean_stale
-    from launcher.compile.plan import Plan
+    from engine.plan import Plan
 
     try:
         with open(args.plan) as f:

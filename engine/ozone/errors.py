@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.errors import HostError
+from engine.errors import HostError
 
 
 class SandboxError(HostError):

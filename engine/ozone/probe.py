@@ -13,8 +13,8 @@ import sys
 
 
 def main() -> int:
+    import engine.errors
     import engine.ozone.layout  # noqa: F401  the project's code is importable in the jail
-    import launcher.errors  # noqa: F401
     from engine import seccomp
 
     facts = {

@@ -2,8 +2,8 @@
 
 A static binary is not an option for a Python engine, so the jail gets read-only bind mounts of:
 the interpreter binary (and its symlink chain, e.g. ``.venv/bin/python`` → pyenv's ``python3.11``),
-the standard library, the venv's ``pyvenv.cfg`` and ``site-packages``, the project's own packages
-(``engine``, ``launcher``: located through the import system, so an editable install works), the
+the standard library, the venv's ``pyvenv.cfg`` and ``site-packages``, the engine package (located
+through the import system, so an editable install works; the launcher stays outside), the
 shared libraries that the interpreter and its extension modules link against (their ``ldd``
 closure, minus GUI/terminal/TLS extensions the engine never imports), and ``/etc/ld.so.cache``.
 Same paths inside and out means nothing is rewritten (``sys.prefix``, the editable finder and
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 SKIP_EXTENSIONS = ("_tkinter", "_curses", "_curses_panel", "readline", "_sqlite3", "_dbm", "_gdbm", "nis", "_ssl",
                    "_hashlib", "_crypt", "_uuid", "_ctypes_test", "_testcapi", "_testinternalcapi",
                    "_testbuffer", "_testimportmultiple", "_testmultiphase", "xxlimited")  # fmt: skip
-PROJECT_PACKAGES = ("engine", "launcher")
+PROJECT_PACKAGES = ("engine",)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import InvalidInput, Issue
 from engine.ozone import caps
 from engine.ozone import sys as osys
 from engine.ozone.cgroup import Limits, parse_limits
 from engine.ozone.layout import Bind, Device, can_access, device_spec
 from engine.ozone.runtime import Runtime
-from launcher.errors import InvalidInput, Issue
 
 MAX_ID = 65535  # ozone: uid/gid are u32 but at most 65535
 FILE_ROLES = ("kernel", "initrd", "drive", "mem-path", "rng", "trace")

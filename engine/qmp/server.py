@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from engine.errors import HostError
 from engine.eventloop import EventLoop
 from engine.qmp.commands import Dispatcher
 from engine.qmp.control import VmControl
@@ -46,7 +47,6 @@ from engine.qmp.protocol import (
     encode,
 )
 from engine.qmp.ratelimit import THROTTLED_DESC, LeakyBucket
-from launcher.errors import HostError
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ import os
 import struct
 import time
 
+from engine.errors import HostError
 from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
 from engine.virtio.hostiov import host_iovec
 from engine.virtio.iov import (
@@ -36,7 +37,6 @@ from engine.virtio.iov import (
 )
 from engine.virtio.queue import DescriptorChain
 from engine.virtio.throttle import RateTimer, TokenBucket
-from launcher.errors import HostError
 
 VIRTIO_BLK_F_SIZE_MAX = 1
 VIRTIO_BLK_F_SEG_MAX = 2

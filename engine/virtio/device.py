@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from engine.errors import GuestMemoryError
 from engine.machine.memory import GuestMemory
 from engine.virtio.queue import ChainError, Queue, QueueError
-from launcher.errors import GuestMemoryError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Build a virtio device model from a plan's device spec (``launcher.compile.plan``).
+"""Build a virtio device model from a plan's device spec (``engine.plan``).
 
 The machine's device manager calls ``create_device(spec, loop=..., mem=...)`` for every
 ``DevicePlan`` and puts the result behind an ``MmioTransport``. This is the only module that
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from engine.errors import HostError
 from engine.machine.memory import GuestMemory
 from engine.virtio.device import Loop, VirtioDevice
-from launcher.errors import HostError
 
 
 class Placeholder(VirtioDevice):

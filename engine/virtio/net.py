@@ -20,6 +20,7 @@ import random
 import struct
 import threading
 
+from engine.errors import HostError
 from engine.virtio.device import (
     VIRTIO_F_RING_EVENT_IDX,
     VIRTIO_F_RING_INDIRECT_DESC,
@@ -32,7 +33,6 @@ from engine.virtio.device import (
 from engine.virtio.queue import DescriptorChain
 from engine.virtio.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN, Tap
 from engine.virtio.vhost import VhostBackend, open_vhost
-from launcher.errors import HostError
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import struct
 
+from engine.errors import GuestMemoryError
 from engine.machine.memory import GuestMemory
 from engine.virtio.bulk import TableMemo
 from engine.virtio.chain import (
@@ -40,7 +41,6 @@ from engine.virtio.chain import (
     DescriptorChain,
     linear_table,
 )
-from launcher.errors import GuestMemoryError
 
 log = logging.getLogger(__name__)
 

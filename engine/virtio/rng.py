@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import time
 
+from engine.errors import HostError
 from engine.virtio.device import VIRTIO_ID_RNG, Loop, VirtioDevice
 from engine.virtio.throttle import RateTimer, TokenBucket
-from launcher.errors import HostError
 
 
 class Rng(VirtioDevice):

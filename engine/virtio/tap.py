@@ -14,7 +14,7 @@ import fcntl
 import os
 import struct
 
-from launcher.errors import HostError
+from engine.errors import HostError
 
 TUNSETIFF = 0x400454CA
 TUNGETIFF = 0x800454D2

@@ -16,9 +16,9 @@ import fcntl
 import os
 import struct
 
+from engine.errors import HostError
 from engine.machine.memory import GuestMemory
 from engine.virtio.queue import Queue
-from launcher.errors import HostError
 
 VHOST_GET_FEATURES = 0x8008AF00
 VHOST_SET_FEATURES = 0x4008AF00

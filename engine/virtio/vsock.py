@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import struct
 
+from engine.errors import HostError
 from engine.virtio.device import VIRTIO_ID_VSOCK, Loop, VirtioDevice, bit
 from engine.virtio.vhost import VhostBackend, open_vhost
-from launcher.errors import HostError
 
 CID_MIN = 3
 CID_MAX = (1 << 32) - 2

@@ -48,7 +48,7 @@ def prepare_plan(plan: Any, vm: Any, *, detach: bool, paused: bool, name: str | 
     svlaunch detaches the engine itself (new session, output to the runtime log), so the plan's
     ``daemonize`` is cleared; the engine still writes and removes the manifest's pidfile.
     """
-    from launcher.compile.plan import ChardevPlan
+    from engine.plan import ChardevPlan
 
     changes: dict[str, Any] = {"daemonize": False}
     if name:

@@ -7,12 +7,12 @@ order is written once (``_slot_fillers``); placing the devices and counting the 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from functools import partial
 
-from launcher.compile import layout
-from launcher.compile.plan import (
+from engine.device_rules import default_aio, default_mac
+from engine.machine import layout
+from engine.plan import (
     BalloonPlan,
     BlkPlan,
     ChardevPlan,
@@ -35,12 +35,6 @@ Filler = Callable[[int, int], DevicePlan]
 
 def chardev_plan(c: Chardev) -> ChardevPlan:
     return ChardevPlan(c.id, str(c.backend), c.path, c.server, c.nowait)
-
-
-def default_mac(vm_name: str, net_id: str) -> str:
-    """A stable locally administered MAC (52:54:00 prefix, as QEMU) derived from the VM and net ids."""
-    digest = hashlib.sha256(f"{vm_name}/{net_id}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def device_plans(m: Manifest) -> list[DevicePlan]:
@@ -87,7 +81,7 @@ def blk_plan(d: Drive, base: int, irq: int) -> BlkPlan:
         file=d.file,
         readonly=d.readonly,
         direct=d.direct,
-        aio=str(d.aio) if d.aio else ("native" if d.direct else "off"),
+        aio=str(d.aio) if d.aio else default_aio(d.direct),
         serial=d.serial,
         iops=d.iops,
         num_queues=d.num_queues or 1,

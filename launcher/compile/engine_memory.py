@@ -7,8 +7,8 @@ join node 0 when it exists, as StratoVirt; missing distances default to 10 (loca
 
 from __future__ import annotations
 
-from launcher.compile import layout
-from launcher.compile.plan import HostBinding, MemoryPlan, NumaNodePlan, NumaPlan, RamRange
+from engine.machine import layout
+from engine.plan import HostBinding, MemoryPlan, NumaNodePlan, NumaPlan, RamRange
 from launcher.model import Manifest
 
 DEFAULT_DISTANCE_LOCAL = 10

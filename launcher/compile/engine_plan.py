@@ -10,7 +10,16 @@ vCPUs and their APIC ids, and the virtio-mmio slot, window and IRQ of every devi
 
 from __future__ import annotations
 
-from launcher.compile import layout
+from engine.machine import layout
+from engine.plan import (
+    BootPlan,
+    HostFile,
+    Plan,
+    SandboxPlan,
+    SerialPlan,
+    TopologyPlan,
+    VcpuPlan,
+)
 from launcher.compile.engine_devices import (
     MICROVM_BLK_SLOTS,
     MICROVM_NET_SLOTS,
@@ -23,15 +32,6 @@ from launcher.compile.engine_memory import (
     DEFAULT_DISTANCE_LOCAL,
     DEFAULT_DISTANCE_REMOTE,
     memory_plan,
-)
-from launcher.compile.plan import (
-    BootPlan,
-    HostFile,
-    Plan,
-    SandboxPlan,
-    SerialPlan,
-    TopologyPlan,
-    VcpuPlan,
 )
 from launcher.compile.topology import TopologyError, cpu_positions, resolve_topology
 from launcher.errors import InvalidInput, Issue

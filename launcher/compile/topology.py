@@ -8,7 +8,7 @@ will do. ``apic_id`` packs (package, die, cluster, core, thread) into bit fields
 
 from __future__ import annotations
 
-from launcher.compile.apicid import (  # re-exported: the engine imports the leaf module
+from engine.machine.apicid import (  # re-exported: the engine imports the leaf module
     ApicIdWidths,
     CpuPosition,
     _width,

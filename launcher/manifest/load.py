@@ -9,10 +9,11 @@ one mistake is never reported three times in three wordings.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from launcher.errors import InvalidInput, Issue, Mark
 from launcher.manifest.sourcemap import SourceMap
-from launcher.model import Manifest, frozen
+from launcher.model import Manifest
 
 MAX_BYTES = 1 << 20
 FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
@@ -22,7 +23,7 @@ def format_of(path: str) -> str | None:
     return FORMATS.get(os.path.splitext(path)[1].lower())
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Loaded:
     """Everything one load produced: the model (None on error), issues, and the marks."""
 

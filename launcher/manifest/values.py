@@ -138,11 +138,3 @@ def parse_pci_addr(value: object) -> tuple[int, int]:
     if not 0 <= func <= 7:
         raise ValueError(f"PCI function {func} in addr {value!r} is out of range 0-7")
     return slot, func
-
-
-_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-
-
-def is_mac(value: str) -> bool:
-    """StratoVirt's check: exactly six two-digit hex groups separated by ``:``."""
-    return bool(_MAC_RE.match(value))

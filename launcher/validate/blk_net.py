@@ -1,18 +1,27 @@
-"""virtio-blk and virtio-net rules (stratovirt-spec §4.15, §4.17-§4.19)."""
+"""virtio-blk and virtio-net rules (stratovirt-spec §4.15, §4.17-§4.19).
+
+The per-device limits (queue sizes, queue counts, serial and tap-name lengths, MAC, aio/direct)
+are the engine's (``engine.device_rules``), which QMP hot-plug applies too; this module reports
+them at the manifest key and adds the rules that span devices (shared images, duplicate MACs,
+boot indexes) or concern only StratoVirt's argv.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from engine import device_rules as rules
 from launcher import model as m
-from launcher.manifest.values import is_mac
 from launcher.validate.base import Context
 
-MAX_IOPS = 1_000_000
-MAX_SERIAL = 20
-MAX_IFNAME = 15
 
-
-def _pow2(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
+def _report(
+    ctx: Context, where: tuple, problems: Sequence[rules.Problem | None], keys: dict
+) -> None:
+    """Each engine rule broken, at the manifest key that holds the plan field."""
+    for pr in problems:
+        if pr is not None:
+            ctx.add(pr.code, (*where, keys.get(pr.field, pr.field)), pr.message, pr.hint)
 
 
 def check(ctx: Context) -> None:
@@ -34,49 +43,26 @@ def _drives(ctx: Context) -> None:
                 f"format {d.format!r} is not supported by StratoVirt v2.2.0 (raw only)",
                 "convert the image: qemu-img convert -O raw",
             )
-        aio = d.aio or (m.Aio.NATIVE if d.direct else m.Aio.OFF)
-        if aio is m.Aio.NATIVE and not d.direct:
-            ctx.add(
-                "drive-aio",
-                (*p, "aio"),
-                'aio = "native" needs direct = true',
-                'set direct = true, or aio = "io_uring" / "off"',
-            )
-        if aio is m.Aio.OFF and d.direct:
-            ctx.add(
-                "drive-aio",
-                (*p, "aio"),
-                'direct = true with aio = "off" is rejected by StratoVirt (low performance)',
-                'use aio = "native" or "io_uring", or set direct = false',
-            )
-        if d.iops is not None and d.iops > MAX_IOPS:
-            ctx.add(
-                "drive-iops",
-                (*p, "iops"),
-                f"iops {d.iops} is above the limit {MAX_IOPS}",
-                "lower iops",
-            )
-        if d.serial is not None and len(d.serial.encode()) > MAX_SERIAL:
-            ctx.add(
-                "drive-serial",
-                (*p, "serial"),
-                f"serial is {len(d.serial.encode())} bytes; virtio-blk allows {MAX_SERIAL}",
-                "shorten the serial",
-            )
-        if d.num_queues is not None and not 1 <= d.num_queues <= 32:
-            ctx.add(
-                "drive-queues",
-                (*p, "queues"),
-                f"queues {d.num_queues} is outside 1-32",
-                "use 1 to 32 queues",
-            )
-        if not (4 <= d.queue_size <= 1024 and _pow2(d.queue_size)):
-            ctx.add(
-                "queue-size",
-                (*p, "queue-size"),
-                f"queue-size {d.queue_size} must be a power of two between 4 and 1024",
-                "256 is the default",
-            )
+        aio = str(d.aio) if d.aio else rules.default_aio(d.direct)
+        queues = rules.range_problem(
+            "num_queues",
+            "drive-queues",
+            "queues",
+            d.num_queues if d.num_queues is not None else 1,
+            rules.BLK_QUEUES,
+        )
+        _report(
+            ctx,
+            p,
+            [
+                rules.aio_problem(aio, d.direct),
+                rules.iops_problem(d.iops),
+                rules.serial_problem(d.serial),
+                queues if d.num_queues is not None else None,
+                rules.queue_size_problem(d.queue_size, rules.BLK_QUEUE_SIZE),
+            ],
+            {"num_queues": "queues", "queue_size": "queue-size"},
+        )
         if d.bootindex is not None:
             if d.bootindex > 255:
                 ctx.add(
@@ -187,21 +173,23 @@ def _nets(ctx: Context) -> None:
                     "vhost-user backends need shared hugepage memory",
                     "set machine.mem-share = true and memory.path to a hugetlbfs mount",
                 )
-        if n.ifname and len(n.ifname.encode()) > MAX_IFNAME:
-            ctx.add(
-                "net-ifname",
-                (*p, "ifname"),
-                f"tap name {n.ifname!r} is"
-                f" {len(n.ifname.encode())} bytes; Linux allows {MAX_IFNAME}",
-                "use a shorter name",
+        pairs = rules.range_problem(
+            "queue_pairs",
+            "net-queues",
+            "queues",
+            n.queues if n.queues is not None else 1,
+            rules.NET_QUEUE_PAIRS,
+        )
+        if pairs is not None:
+            pairs = rules.Problem(
+                pairs.field, pairs.code, pairs.message + " (queue pairs)", pairs.hint
             )
-        if n.queues is not None and not 1 <= n.queues <= 16:
-            ctx.add(
-                "net-queues",
-                (*p, "queues"),
-                f"queues {n.queues} is outside 1-16 (queue pairs)",
-                "use 1 to 16",
-            )
+        _report(
+            ctx,
+            p,
+            [rules.ifname_problem(n.ifname), pairs if n.queues is not None else None],
+            {"queue_pairs": "queues"},
+        )
         for key, fds in (("fds", n.fds), ("vhostfds", n.vhostfds)):
             if len(fds) > 16:
                 ctx.add(
@@ -217,14 +205,10 @@ def _nets(ctx: Context) -> None:
                 "vhostfds need vhost = true",
                 "set vhost = true or remove vhostfds",
             )
+        mac = rules.mac_problem(n.mac)
         if n.mac is not None:
-            if not is_mac(n.mac):
-                ctx.add(
-                    "net-mac",
-                    (*p, "mac"),
-                    f"mac {n.mac!r} is not six two-digit hex pairs separated by ':'",
-                    'write it like "52:54:00:12:34:56"',
-                )
+            if mac is not None:
+                _report(ctx, p, [mac], {})
             elif n.mac.lower() in macs:
                 ctx.warn(
                     "net-mac",
@@ -234,10 +218,9 @@ def _nets(ctx: Context) -> None:
                 )
             else:
                 macs[n.mac.lower()] = n.id
-        if not (256 <= n.queue_size <= 4096 and _pow2(n.queue_size)):
-            ctx.add(
-                "queue-size",
-                (*p, "queue-size"),
-                f"queue-size {n.queue_size} must be a power of two between 256 and 4096",
-                "256 is the default",
-            )
+        _report(
+            ctx,
+            p,
+            [rules.queue_size_problem(n.queue_size, rules.NET_QUEUE_SIZE)],
+            {"queue_size": "queue-size"},
+        )

@@ -6,11 +6,13 @@ kinds alike; this module gives them one list instead of eleven special cases.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from launcher import model as m
 from launcher.manifest.sourcemap import Path
 
 
-@m.frozen
+@dataclass(frozen=True, slots=True)
 class Device:
     """One device the manifest creates, whatever its kind."""
 

@@ -16,7 +16,10 @@ register and GSI (``engine.machine.ged``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from engine.errors import EngineError
 from engine.machine import layout
 from engine.machine.acpi.dsdt import MmioDevice, Uart, dsdt
 from engine.machine.acpi.ged import Ged
@@ -30,12 +33,9 @@ from engine.machine.acpi.tables import (
     srat,
     xsdt,
 )
-from launcher.compile.layout import GED_IRQ, GED_PORT, VIRTIO_MMIO_SIZE
-from launcher.compile.plan import Plan
-from launcher.errors import EngineError
-from launcher.frozen import frozen
+from engine.machine.layout import GED_IRQ, GED_PORT, VIRTIO_MMIO_SIZE
+from engine.plan import Plan
 
-TYPE_CHECKING = False  # not typing's: start-up cost
 if TYPE_CHECKING:
     from engine.machine.memory import GuestMemory
 
@@ -44,7 +44,7 @@ TABLE_ALIGN = 8
 UNREACHABLE = 0xFF
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TableRef:
     """Where one table landed: its signature, guest address and length."""
 
@@ -53,7 +53,7 @@ class TableRef:
     length: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class AcpiBlob:
     """The tables image and the RSDP, with the guest addresses they belong at."""
 

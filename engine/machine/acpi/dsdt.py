@@ -13,16 +13,16 @@ Everything sits under ``\\_SB``, as Firecracker does for COM1; iasl and Linux ac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from engine.machine.acpi import aml, pm
 from engine.machine.acpi.ged import Ged, ged_aml
 from engine.machine.acpi.sdt import sdt
-from launcher.frozen import frozen
 
 DSDT_REVISION = 2  # 64-bit AML integers
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MmioDevice:
     """A virtio-mmio window at ``[base, base+size)`` raising edge-triggered ``gsi``."""
 
@@ -31,7 +31,7 @@ class MmioDevice:
     gsi: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Uart:
     """A 16550 at I/O ``port`` (8 registers) raising edge-triggered ``gsi``."""
 

@@ -7,7 +7,7 @@ interrupt fires (Linux ``drivers/acpi/evged.c``). Ours, like Cloud Hypervisor's 
 (``devices/src/acpi.rs``), reads a small event-status register and, when the power-button bit
 is set, does ``Notify(\\_SB.PWRB, 0x80)``; the control-method power button ``PNP0C0C`` is what
 Linux's ``button`` driver binds, and a 0x80 notification becomes ``KEY_POWER`` on the input
-device "Power Button". The register is one byte at an I/O port (``launcher.compile.layout``),
+device "Power Button". The register is one byte at an I/O port (``engine.machine.layout``),
 read-to-clear: the engine's device model (``engine.machine.ged``) sets bits and raises the GSI.
 
 The ASL this encodes (``iasl -d`` prints the same; tests/test_ged_acpi.py checks it)::
@@ -32,8 +32,9 @@ If, And, Notify, Local0) are encoded here, the only place that needs them (ACPI 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from engine.machine.acpi import aml
-from launcher.frozen import frozen
 
 #: Event-status register bits (what ``_EVT`` tests). Bit 0: the power button was pressed.
 EVENT_POWER_BUTTON = 0x01
@@ -62,7 +63,7 @@ ACCESS_BYTE = 0x01  # FieldFlags AccessType; LockRule NoLock and UpdateRule Pres
 METHOD_SERIALIZED = 0x08
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Ged:
     """A GED whose event-status byte is at I/O ``port`` and whose event interrupt is ``gsi``."""
 

@@ -12,8 +12,7 @@ char oem_table_id[8]; u32 oem_revision; char creator_id[4]; u32 creator_revision
 from __future__ import annotations
 
 import struct
-
-from launcher.frozen import frozen
+from dataclasses import dataclass
 
 HEADER = struct.Struct("<4sIBB6s8sI4sI")
 HEADER_SIZE = HEADER.size  # 36
@@ -61,7 +60,7 @@ ACCESS_BYTE = 1
 GAS = struct.Struct("<BBBBQ")  # space, bit width, bit offset, access size, address
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Gas:
     """A register address as ACPI names it (I/O port or MMIO, width, access size)."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from engine.machine.acpi import pm
 from engine.machine.acpi.sdt import NULL_GAS, OEM_ID, SPACE_IO, Gas, checksum, sdt
-from launcher.frozen import frozen
 
 # -- RSDP / XSDT ----------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ MEM_ENABLED = 1
 LOCAL_DISTANCE = 10
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class CpuAffinity:
     """vCPU ``apic_id`` belongs to proximity domain ``node``."""
 
@@ -125,7 +125,7 @@ class CpuAffinity:
     node: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MemAffinity:
     """Guest-physical ``[base, base+size)`` belongs to proximity domain ``node``."""
 

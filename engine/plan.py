@@ -1,21 +1,23 @@
-"""The engine plan: everything the builtin engine needs to build one VM, as frozen values.
+"""The engine plan: everything the engine needs to build one VM, as frozen values.
 
-The plan is the contract between the pure compile side and the engine process. It is printed by
-``svlaunch plan`` and handed to ``python -m engine run --plan FILE`` as versioned JSON, so it
-holds only plain values: absolute paths, byte sizes, guest physical addresses, IRQ numbers.
-Addresses come from ``launcher.compile.layout``; topology and APIC ids from
-``launcher.compile.topology``. ``compile_plan`` lives in ``launcher.compile.engine_plan``.
+The plan is the engine's contract: the launcher compiles a manifest into one
+(``launcher.compile.engine_plan``, printed by ``svlaunch plan``) and hands it to
+``python -m engine run --plan FILE`` as versioned JSON, so it holds only plain values: absolute
+paths, byte sizes, guest physical addresses, IRQ numbers. Addresses come from
+``engine.machine.layout``, APIC ids from ``engine.machine.apicid``. The engine never sees a
+manifest; what it checks about a device (QMP hot-plug) it checks on these values
+(``engine.device_rules``), and the launcher's validation uses the same rules.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 import types
-
-from launcher.frozen import field, fields_of, frozen
-
-TYPE_CHECKING = False  # not typing's: the engine reads a plan at start-up, typing costs ~3 ms
-if TYPE_CHECKING:
-    from typing import Any, ClassVar
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 PLAN_VERSION = 1
 
@@ -23,7 +25,7 @@ PLAN_VERSION = 1
 # -- memory ----------------------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RamRange:
     """A guest-physical RAM range; ``node`` is the guest NUMA node that owns it (or None)."""
 
@@ -32,7 +34,7 @@ class RamRange:
     node: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class HostBinding:
     """How a range of guest RAM is bound to host NUMA nodes (``mbind``)."""
 
@@ -42,7 +44,7 @@ class HostBinding:
     policy: str  # default | preferred | bind | interleave
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class MemoryPlan:
     size: int
     ranges: tuple[RamRange, ...]
@@ -54,7 +56,7 @@ class MemoryPlan:
     bindings: tuple[HostBinding, ...] = ()
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class NumaNodePlan:
     id: int
     cpus: tuple[int, ...]
@@ -64,7 +66,7 @@ class NumaNodePlan:
     policy: str = "default"
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class NumaPlan:
     nodes: tuple[NumaNodePlan, ...]
     distances: tuple[tuple[int, ...], ...]  # full matrix [src][dst], defaults filled (10/20)
@@ -73,7 +75,7 @@ class NumaPlan:
 # -- cpus ---------------------------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TopologyPlan:
     sockets: int
     dies: int
@@ -84,7 +86,7 @@ class TopologyPlan:
     maxcpus: int
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class VcpuPlan:
     index: int
     apic_id: int
@@ -99,14 +101,14 @@ class VcpuPlan:
 # -- boot, chardevs, devices --------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class BootPlan:
     kernel: str
     initrd: str | None = None
     cmdline: str = ""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ChardevPlan:
     id: str
     backend: str  # stdio | pty | socket | file
@@ -115,7 +117,7 @@ class ChardevPlan:
     nowait: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class SerialPlan:
     """The 8250 UART on COM1."""
 
@@ -124,7 +126,7 @@ class SerialPlan:
     irq: int = 4
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class DevicePlan:
     """Base of every virtio-mmio device: where it sits and which loop serves it."""
 
@@ -135,7 +137,7 @@ class DevicePlan:
     iothread: str | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class BlkPlan(DevicePlan):
     kind: ClassVar[str] = "blk"
     file: str = ""
@@ -149,7 +151,7 @@ class BlkPlan(DevicePlan):
     drive_id: str = ""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class NetPlan(DevicePlan):
     kind: ClassVar[str] = "net"
     ifname: str | None = None
@@ -163,7 +165,7 @@ class NetPlan(DevicePlan):
     netdev_id: str = ""
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ConsolePlan(DevicePlan):
     """A virtconsole port (each is its own virtio-mmio device on microvm)."""
 
@@ -171,7 +173,7 @@ class ConsolePlan(DevicePlan):
     chardev: ChardevPlan | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RngPlan(DevicePlan):
     kind: ClassVar[str] = "rng"
     file: str = "/dev/urandom"
@@ -179,21 +181,21 @@ class RngPlan(DevicePlan):
     period_ms: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class BalloonPlan(DevicePlan):
     kind: ClassVar[str] = "balloon"
     deflate_on_oom: bool = False
     free_page_reporting: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class VsockPlan(DevicePlan):
     kind: ClassVar[str] = "vsock"
     guest_cid: int = 3
     vhostfd: int | None = None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class SlotPlan(DevicePlan):
     """An empty replaceable virtio-mmio transport (device id 0) that QMP hot-replace fills.
 
@@ -213,7 +215,7 @@ DEVICE_KINDS: dict[str, type[DevicePlan]] = {
 # -- control and sandbox ------------------------------------------------------------------------
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class SandboxPlan:
     """The manifest's ozone section, resolved (jail path, uid/gid, caps, cgroups...)."""
 
@@ -230,7 +232,7 @@ class SandboxPlan:
     clean_resource: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class HostFile:
     """A host file the VM uses (for the sandbox, `svlaunch check` and the rig)."""
 
@@ -239,7 +241,7 @@ class HostFile:
     writable: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     arch: str
@@ -272,8 +274,6 @@ class Plan:
         return _to_json(self)
 
     def dumps(self) -> str:
-        import json
-
         return json.dumps(self.to_json(), indent=2, sort_keys=False)
 
     @classmethod
@@ -285,15 +285,15 @@ class Plan:
 
     @classmethod
     def loads(cls, text: str) -> Plan:
-        return cls.from_json(_json_loads(text))
+        return cls.from_json(json.loads(text))
 
 
 def _to_json(value: Any) -> Any:
-    if hasattr(type(value), "__record_fields__"):
+    if dataclasses.is_dataclass(value):
         out: dict[str, Any] = {}
         if isinstance(value, DevicePlan):
             out["kind"] = type(value).kind
-        for f in fields_of(value):
+        for f in dataclasses.fields(value):
             out[f.name] = _to_json(getattr(value, f.name))
         return out
     if isinstance(value, tuple | list):
@@ -301,41 +301,11 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-class _JsonOptions:
-    """What ``_json.make_scanner`` reads off ``json.JSONDecoder``: the defaults."""
-
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int, parse_constant = float, int, float  # float("NaN"), as json does
-
-
-def _json_loads(text: str) -> Any:
-    """``json.loads`` through the C scanner it uses: the engine reads its plan at start-up, and
-    the ``json`` package costs ~5 ms there (it imports ``re`` and ``enum``). Errors, rare, get
-    ``json``'s own message."""
-    try:
-        import _json
-
-        value, end = _json.make_scanner(_JsonOptions)(text, 0)
-        if text[end:].strip():
-            raise ValueError("extra data")
-        return value
-    except (ImportError, StopIteration, ValueError):
-        import json
-
-        return json.loads(text)
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
+@functools.cache
 def _hints(tp: type) -> dict[str, Any]:
-    """Each field's type, from its annotation (``typing.get_type_hints`` without ``typing``:
-    the annotations are this module's own strings, evaluated once among its names)."""
-    hints = _HINTS.get(tp)
-    if hints is None:
-        hints = _HINTS[tp] = {f.name: eval(f.type, globals()) for f in fields_of(tp)}
-    return hints
+    """Each init field's type, from its annotation (evaluated once per class)."""
+    hints = typing.get_type_hints(tp)
+    return {f.name: hints[f.name] for f in dataclasses.fields(tp) if f.init}
 
 
 def _from_json(tp: Any, data: Any) -> Any:
@@ -353,7 +323,7 @@ def _from_json(tp: Any, data: Any) -> Any:
     if tp is DevicePlan:
         cls = DEVICE_KINDS[data["kind"]]
         return _from_json(cls, data)
-    if hasattr(tp, "__record_fields__"):
+    if dataclasses.is_dataclass(tp):
         hints = _hints(tp)
         kwargs = {name: _from_json(t, data[name]) for name, t in hints.items() if name in data}
         return tp(**kwargs)

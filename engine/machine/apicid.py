@@ -1,24 +1,18 @@
 """x86 APIC-id layout: bit widths per topology level and where each vCPU sits. A leaf module.
 
 ``apic_id`` packs (package, die, cluster, core, thread) into bit fields the way QEMU's
-``apicid_from_topo_ids`` does; CPUID leaves, the MADT and the SRAT all use these ids. It imports
-only the leaf ``launcher.frozen``, so the engine can use it without loading ``launcher.model``;
-``launcher.compile.topology`` re-exports every name here.
+``apicid_from_topo_ids`` does; CPUID leaves, the MADT and the SRAT all use these ids, and the
+compiler writes them into the plan. Part of the engine's contract: it imports nothing.
 """
 
 from __future__ import annotations
 
-from launcher.frozen import frozen
-
-TYPE_CHECKING = False  # importing it from typing would load typing, the cost avoided here
-if TYPE_CHECKING:
-    from typing import Protocol
-else:  # typing pulls in re and friends: ~4 ms of every engine start
-    Protocol = object
+from dataclasses import dataclass
+from typing import Protocol
 
 
 class TopologyShape(Protocol):
-    """Anything with the topology counts (``launcher.model.Topology``, the plan's ``TopologyPlan``)."""
+    """Anything with the topology counts (the plan's ``TopologyPlan``, the manifest's resolved topology)."""
 
     cpus: int
     dies: int
@@ -32,7 +26,7 @@ def _width(count: int) -> int:
     return (count - 1).bit_length()
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class ApicIdWidths:
     """Bit widths and shifts of each level in an x86 APIC id."""
 
@@ -67,7 +61,7 @@ def apic_id_widths(topology: TopologyShape) -> ApicIdWidths:
     )
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class CpuPosition:
     index: int
     package: int
