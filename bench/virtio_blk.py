@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path[:0] = [
     str(Path(__file__).resolve().parent.parent),
-    str(Path(__file__).resolve().parent.parent / "tests"),
+    str(Path(__file__).resolve().parent.parent / "tests" / "support"),
 ]
 
 from virtio_driver import Allocator, Driver  # noqa: E402

@@ -5,7 +5,7 @@ contract at start-up (the modules below: pure values and rules, no cffi, no I/O)
 else of the engine loads in the engine's own process or when a command runs a VM.
 """
 
-#: what ``svlaunch validate``/``cmdline`` may load of the engine (``tests/test_startup.py``)
+#: what ``svlaunch validate``/``cmdline`` may load of the engine (``tests/unit/test_startup.py``)
 CONTRACT_MODULES = (
     "engine",
     "engine.errors",

@@ -13,7 +13,7 @@ a schema), ``propertyNames``, ``anyOf``, ``items`` (a schema), ``minimum``, ``ma
 ``minLength``, ``pattern``; annotations are ignored. Subschemas compile on first use; any other
 keyword raises ``ValueError`` when compiled (``eager=True`` compiles everything at once), so the
 schema cannot grow a keyword that is silently not checked.
-``tests/test_schema_shape.py`` runs both checkers over every corpus and generated documents and
+``tests/unit/test_schema_shape.py`` runs both checkers over every corpus and generated documents and
 asserts they agree error for error.
 """
 

@@ -9,7 +9,7 @@ function returns the encoded bytes of one term; compose them by nesting calls::
 
 The encoding follows ACPI 6.5 §20 (AML grammar) and §6.4 (resource descriptors), as do
 Firecracker ``src/acpi-tables/src/aml.rs`` and rust-vmm ``acpi_tables``; ``iasl -d`` decodes
-the result (tests/test_acpi_aml.py).
+the result (tests/unit/test_acpi_aml.py).
 """
 
 from __future__ import annotations

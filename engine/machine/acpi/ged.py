@@ -10,7 +10,7 @@ Linux's ``button`` driver binds, and a 0x80 notification becomes ``KEY_POWER`` o
 device "Power Button". The register is one byte at an I/O port (``engine.machine.layout``),
 read-to-clear: the engine's device model (``engine.machine.ged``) sets bits and raises the GSI.
 
-The ASL this encodes (``iasl -d`` prints the same; tests/test_ged_acpi.py checks it)::
+The ASL this encodes (``iasl -d`` prints the same; tests/unit/test_ged_acpi.py checks it)::
 
     Device (PWRB) { Name (_HID, EisaId ("PNP0C0C")) Name (_UID, Zero) }
     Device (GED0) {

@@ -3,7 +3,7 @@
 Each builder takes only the facts its table states (APIC ids, node ranges, addresses), so it can
 be tested without a plan or guest memory; ``builder.build_acpi`` maps a plan onto them and
 places the results. Layouts are ACPI 6.5 §5.2 and engine-notes §2.2; the table sizes match what
-``iasl -d`` expects (tests/test_acpi_tables.py disassembles every table).
+``iasl -d`` expects (tests/unit/test_acpi_tables.py disassembles every table).
 """
 
 from __future__ import annotations

@@ -1,0 +1,171 @@
+"""Run the nested rig (scripts/rig) from tests and parse what the L2 test guest reported.
+
+    from rigutil import run_rig
+    res = run_rig("examples/quickstart.toml", timeout=300)
+    assert res.returncode == 0 and res.done
+    assert res.first("cpus").fields["online"] == "2"
+
+The guest (scripts/guest/init) prints lines `SVREPORT <kind> <args...> <key=value...>`; each
+becomes a Report. Why a subprocess: the rig is a CLI others use by hand too, and its stdout is
+exactly the inner VMM's output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RIG = REPO / "scripts" / "rig"
+GUEST = REPO / "build" / "guest"
+REPORT = re.compile(r"SVREPORT (\S+) ?(.*?)\r?$")
+
+
+@dataclass(frozen=True)
+class Report:
+    """One SVREPORT line: `kind`, positional `args`, `key=value` `fields`, and the raw `text`."""
+
+    kind: str
+    text: str
+    args: tuple[str, ...] = ()
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def parse_reports(output: str) -> list[Report]:
+    """SVREPORT lines anywhere in the guest output (kernel messages may precede them)."""
+    out = []
+    for line in output.splitlines():
+        at = line.find("SVREPORT ")
+        if at < 0:
+            continue
+        m = REPORT.match(line[at:])
+        if not m:
+            continue
+        kind, text = m.group(1), m.group(2)
+        args: list[str] = []
+        fields: dict[str, str] = {}
+        if kind != "cmdline":
+            for word in text.split():
+                key, eq, value = word.partition("=")
+                if eq:
+                    fields[key] = value
+                else:
+                    args.append(word)
+        out.append(Report(kind, text, tuple(args), fields))
+    return out
+
+
+@dataclass(frozen=True)
+class RigResult:
+    """A finished rig run: exit status, the guest's output and reports, and timings."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    reports: list[Report]
+    inner_boot_s: float | None
+    total_s: float | None
+
+    @property
+    def done(self) -> bool:
+        return any(r.kind == "done" for r in self.reports)
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode == 124
+
+    def all(self, kind: str) -> list[Report]:
+        return [r for r in self.reports if r.kind == kind]
+
+    def first(self, kind: str) -> Report:
+        found = self.all(kind)
+        if not found:
+            raise AssertionError(f"no SVREPORT {kind} line in the guest output:\n{self.stdout}")
+        return found[0]
+
+    def explain(self) -> str:
+        """Both streams, for assertion messages."""
+        return (
+            f"exit {self.returncode}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+
+def _float(pattern: str, text: str) -> float | None:
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else None
+
+
+def _run(args: list[str], timeout: float) -> RigResult:
+    cmd = [sys.executable, str(RIG), *args, "--timeout", str(timeout)]
+    # The rig enforces `timeout` itself; the margin covers building the cached L1 layers.
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, errors="replace", timeout=timeout + 600, cwd=REPO
+    )
+    return RigResult(
+        returncode=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+        reports=parse_reports(proc.stdout),
+        inner_boot_s=_float(r"rig: inner boot took ([\d.]+) s", proc.stderr),
+        total_s=_float(r"rig: whole run took ([\d.]+) s", proc.stderr),
+    )
+
+
+def run_rig(
+    manifest_path: str | os.PathLike[str] | None = None,
+    timeout: float = 300,
+    vmm: str = "builtin",
+    l1_setup: str | None = None,
+    plan: str | os.PathLike[str] | None = None,
+) -> RigResult:
+    """Boot a manifest (or a plan JSON file, with vmm="qemu") inside the rig."""
+    args: list[str] = [] if manifest_path is None else [str(manifest_path)]
+    if plan is not None:
+        args += ["--plan", str(plan)]
+    args += ["--vmm", vmm]
+    if l1_setup:
+        args += ["--l1-setup", l1_setup]
+    return _run(args, timeout)
+
+
+def run_rig_raw(
+    cmd: str,
+    files: Sequence[str | os.PathLike[str]] = (),
+    writeback: Sequence[str | os.PathLike[str]] = (),
+    timeout: float = 300,
+    l1_setup: str | None = None,
+    qemu: bool = False,
+) -> RigResult:
+    """Run `cmd` (sh -c) in L1 with `files` at their host paths; `writeback` files come back."""
+    args = ["--l2-cmd", cmd]
+    for f in files:
+        args += ["--file", str(f)]
+    for f in writeback:
+        args += ["--writeback", str(f)]
+    if l1_setup:
+        args += ["--l1-setup", l1_setup]
+    if qemu:
+        args.append("--qemu")
+    return _run(args, timeout)
+
+
+def qemu_microvm_cmd(
+    kernel: str | os.PathLike[str],
+    initrd: str | os.PathLike[str],
+    cmdline: str,
+    cpus: int = 1,
+    mem_mib: int = 256,
+    extra: Sequence[str] = (),
+) -> str:
+    """A shell command that boots the test guest with QEMU microvm on L1's /dev/kvm."""
+    argv = ["qemu-system-x86_64", "-M", "microvm,acpi=on", "-enable-kvm", "-cpu", "host"]
+    argv += ["-smp", str(cpus), "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config"]
+    argv += ["-nographic", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel)]
+    argv += ["-initrd", str(initrd), "-append", cmdline, *extra]
+    return shlex.join(argv)
