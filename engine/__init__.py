@@ -11,6 +11,7 @@ CONTRACT_MODULES = (
     "engine.errors",
     "engine.plan",
     "engine.device_rules",
+    "engine.names",
     "engine.machine",
     "engine.machine.layout",
     "engine.machine.apicid",

@@ -20,17 +20,16 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.names import VM_NAME_HINT, is_vm_name
 from launcher.errors import HostError, UsageError
 
 RUNTIME_ENV = "SVLAUNCH_RUNTIME_DIR"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
 
 def runtime_root() -> Path:
@@ -46,11 +45,8 @@ def runtime_root() -> Path:
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise UsageError(
-            f"invalid VM name {name!r}",
-            hint="use 1-64 characters from A-Z a-z 0-9 _ . + -, starting with a letter or digit",
-        )
+    if not is_vm_name(name):
+        raise UsageError(f"invalid VM name {name!r}", hint=VM_NAME_HINT)
     return name
 
 
@@ -267,7 +263,7 @@ def all_vms(clean: bool = True) -> list[VmDir]:
         return []
     out = []
     for entry in sorted(root.iterdir()):
-        if not entry.is_dir() or not NAME_RE.match(entry.name):
+        if not entry.is_dir() or not is_vm_name(entry.name):
             continue
         vm = VmDir(entry.name, entry)
         if vm.alive():

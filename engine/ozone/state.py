@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-DEFAULT_STATE_DIR = "/run/svlaunch/.ozone"  # a dot: never a VM name (runtime.NAME_RE)
+DEFAULT_STATE_DIR = "/run/svlaunch/.ozone"  # a dot: never a VM name (engine.names)
 
 
 @dataclass
