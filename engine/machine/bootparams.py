@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.errors import EngineError
-from engine.machine import layout
+from engine.machine import kaslr, layout
 from engine.machine.loader import (  # setup-header fields: the same offsets in boot_params
     BOOT_FLAG,
     CMD_LINE_PTR,
@@ -125,6 +125,10 @@ def build_zero_page(
         struct.pack_into("<I", zp, KERNEL_ALIGNMENT, 0x0100_0000)
     zp[TYPE_OF_LOADER] = 0xFF
     zp[LOADFLAGS] |= LOADED_HIGH
+    if kernel.placement.randomized:  # the kernel then randomizes its memory regions too
+        zp[LOADFLAGS] |= kaslr.KASLR_FLAG
+    else:
+        zp[LOADFLAGS] &= ~kaslr.KASLR_FLAG
     struct.pack_into("<I", zp, CMD_LINE_PTR, cmdline_addr & 0xFFFF_FFFF)
     struct.pack_into("<I", zp, EXT_CMD_LINE_PTR, cmdline_addr >> 32)
     struct.pack_into("<I", zp, CMDLINE_SIZE, cmdline_len)
@@ -156,11 +160,14 @@ def write_cmdline(mem: GuestMemory, cmdline: str, *, max_len: int) -> int:
     return len(raw)
 
 
-def load_initrd(mem: GuestMemory, data: bytes, *, kernel: LoadResult) -> Initrd:
+def load_initrd(mem: GuestMemory, data: bytes, *, kernel_end: int, addr_max: int) -> Initrd:
+    """Place the initrd (``place_initrd``) and copy it there.
+
+    Placed before the kernel: ``kernel_end`` is the kernel's linked end, so its linked
+    placement never overlaps, and a randomized one avoids the initrd (``kaslr.choose``).
+    """
     ram = [(r.guest_addr, r.size) for r in mem.regions]
-    addr = place_initrd(
-        ram, len(data), kernel_end=kernel.kernel_end, addr_max=kernel.initrd_addr_max
-    )
+    addr = place_initrd(ram, len(data), kernel_end=kernel_end, addr_max=addr_max)
     mem.write(addr, data)
     return Initrd(addr, len(data))
 

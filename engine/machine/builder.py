@@ -32,7 +32,7 @@ from engine.machine.bus import Bus
 from engine.machine.cpuid_setup import is_pvm_host, vcpu_cpuid
 from engine.machine.devices import DeviceManager
 from engine.machine.kvm import Kvm, VmFd
-from engine.machine.loader import LoadResult, load_kernel
+from engine.machine.loader import LoadResult, open_kernel
 from engine.machine.memory import GuestMemory
 from engine.machine.ram import Progress, create_guest_memory
 from engine.machine.vcpu import (
@@ -120,20 +120,27 @@ def _write_acpi(mem: GuestMemory, plan: Plan) -> int:
 
 
 def _load_boot_data(m: Machine) -> LoadResult:
+    """Initrd first (high, as QEMU), then the kernel at a random place clear of it (KASLR)."""
     plan, mem = m.plan, m.mem
     try:
         with open(plan.boot.kernel, "rb") as f:
-            kernel = load_kernel(mem, f, name=plan.boot.kernel)
+            image = open_kernel(f, name=plan.boot.kernel)
+            initrd = None
+            if plan.boot.initrd:
+                try:
+                    with open(plan.boot.initrd, "rb") as fi:
+                        data = fi.read()
+                except OSError as e:
+                    raise HostError(f"initrd {plan.boot.initrd}: {e.strerror}") from None
+                initrd = bootparams.load_initrd(
+                    mem, data, kernel_end=image.linked_end, addr_max=image.initrd_addr_max
+                )
+            ram = [(r.guest_addr, r.size) for r in mem.regions]
+            avoid = [(initrd.addr, initrd.size)] if initrd else []
+            kernel = image.load(mem, image.placement(ram, avoid=avoid, cmdline=plan.boot.cmdline))
     except OSError as e:
         raise HostError(f"kernel {plan.boot.kernel}: {e.strerror}") from None
-    initrd = None
-    if plan.boot.initrd:
-        try:
-            with open(plan.boot.initrd, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise HostError(f"initrd {plan.boot.initrd}: {e.strerror}") from None
-        initrd = bootparams.load_initrd(mem, data, kernel=kernel)
+    log.debug("kernel at %#x (placement: %s)", kernel.kernel_start, kernel.placement.why)
     cmdline_len = bootparams.write_cmdline(mem, plan.boot.cmdline, max_len=kernel.cmdline_size)
     rsdp = _write_acpi(mem, plan)
     e820 = bootparams.e820_map([(r.guest_addr, r.size) for r in mem.regions])

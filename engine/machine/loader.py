@@ -1,10 +1,11 @@
 """Kernel loading: ELF vmlinux, and bzImage by host-side decompression of its payload.
 
-The loader copies the kernel into guest memory and reports facts (``LoadResult``); registers,
-the zero page and E820 belong to ``bootparams``/``regs`` (linux-loader's split). For a bzImage the
-guest never runs the decompressor: the payload is decompressed here, its ELF loaded at the
-ELF's physical addresses, and the bzImage's setup header is handed on for the zero page.
-Everything is tested with in-memory images (``io.BytesIO``).
+Two steps: ``open_kernel`` parses an image (``KernelImage``: segments, setup header, relocation
+table) and ``KernelImage.load`` copies it into guest memory at a ``kaslr.Placement`` and reports
+facts (``LoadResult``); registers, the zero page and E820 belong to ``bootparams``/``regs``
+(linux-loader's split). For a bzImage the guest never runs the decompressor: the payload is
+decompressed here, and ``kaslr`` does the decompressor's randomization (docs/boot.md). Everything
+is tested with in-memory images and with Debian's real bzImage.
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError, GuestMemoryError
-from engine.machine import layout
+from engine.errors import GuestMemoryError
+from engine.machine import kaslr, layout
+from engine.machine.elf import (
+    ELF_MAGIC,
+    LoaderError,
+    Segment,
+    elf_end,
+    elf_layout,
+    section_table,
+)
 from engine.machine.memory import GuestMemory
 
 if TYPE_CHECKING:
     from typing import BinaryIO
 
-ELF_MAGIC = b"\x7fELF"
-PT_LOAD = 1
 HDRS_MAGIC = 0x53726448  # "HdrS" at HEADER
 XLF_KERNEL_64 = 1
 LOADED_HIGH = 1
@@ -43,14 +50,13 @@ RAMDISK_SIZE = 0x21C
 CMD_LINE_PTR = 0x228
 INITRD_ADDR_MAX = 0x22C
 KERNEL_ALIGNMENT = 0x230
+RELOCATABLE_KERNEL = 0x234
 XLOADFLAGS = 0x236
 CMDLINE_SIZE = 0x238
 PAYLOAD_OFFSET = 0x248  # payload_offset, then payload_length
+PREF_ADDRESS = 0x258  # 2.10+, as init_size
+INIT_SIZE = 0x260
 SETUP_HEADER_MIN_LEN = 0x250  # the image holds the header through payload_length
-
-
-class LoaderError(EngineError):
-    """The kernel image is malformed or does not fit the guest."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,41 +67,60 @@ class LoadResult:
     image_format: str  # "elf" | "bzimage"
     compression: str = "none"
     setup_header: bytes | None = None  # bzImage bytes [SETUP_HEADER, end of header)
-
-    def _header_u32(self, offset: int) -> int | None:
-        """The 32-bit setup-header field at boot_params ``offset``, None if the header lacks it."""
-        at = offset - SETUP_HEADER
-        if self.setup_header is None or len(self.setup_header) < at + 4:
-            return None
-        return struct.unpack_from("<I", self.setup_header, at)[0]
+    placement: kaslr.Placement = kaslr.LINKED  # randomized: the zero page gets KASLR_FLAG
 
     @property
     def initrd_addr_max(self) -> int:
-        v = self._header_u32(INITRD_ADDR_MAX)
-        return 0x7FFF_FFFF if v is None else v
+        return _initrd_addr_max(self.setup_header)
 
     @property
     def cmdline_size(self) -> int:
-        v = self._header_u32(CMDLINE_SIZE)
+        v = _header_u32(self.setup_header, CMDLINE_SIZE)
         return layout.CMDLINE_MAX_SIZE - 1 if v is None else v or 255
 
 
-def load_kernel(
-    mem: GuestMemory, image: BinaryIO | bytes | memoryview, *, name: str = "kernel"
-) -> LoadResult:
-    """Load an ELF vmlinux or a bzImage (recognised by content, not name).
+def _header_u32(header: bytes | None, offset: int) -> int | None:
+    """The 32-bit setup-header field at boot_params ``offset``, None if the header lacks it."""
+    at = offset - SETUP_HEADER
+    if header is None or len(header) < at + 4:
+        return None
+    return struct.unpack_from("<I", header, at)[0]
 
-    An ELF in a real file is read straight into guest RAM segment by segment (``preadv``):
-    no 50 MB intermediate copy, which costs ~0.2 s under the nested rig's TCG.
+
+def _initrd_addr_max(header: bytes | None) -> int:
+    v = _header_u32(header, INITRD_ADDR_MAX)
+    return 0x7FFF_FFFF if v is None else v
+
+
+def load_kernel(
+    mem: GuestMemory,
+    image: BinaryIO | bytes | memoryview,
+    *,
+    name: str = "kernel",
+    cmdline: str = "",
+    avoid: Sequence[tuple[int, int]] = (),
+    rng: kaslr.RandomBelow = kaslr.SYSTEM_RANDOM,
+) -> LoadResult:
+    """Open, place (randomized unless ``nokaslr`` is in ``cmdline``) and load in one call."""
+    kernel = open_kernel(image, name=name)
+    ram = [(r.guest_addr, r.size) for r in mem.regions]
+    return kernel.load(mem, kernel.placement(ram, avoid=avoid, cmdline=cmdline, rng=rng))
+
+
+def open_kernel(image: BinaryIO | bytes | memoryview, *, name: str = "kernel") -> KernelImage:
+    """Parse an ELF vmlinux or a bzImage (recognised by content, not name); nothing is loaded.
+
+    An ELF in a real file is later read straight into guest RAM segment by segment
+    (``preadv``): no 50 MB intermediate copy, which costs ~0.2 s under the nested rig's TCG.
     """
     fd = _fileno(image)
     if fd is not None and os.pread(fd, 4, 0) == ELF_MAGIC:
-        return load_elf_fd(mem, fd, name=name)
+        return _open_elf_fd(fd, name=name)
     data = image if isinstance(image, bytes | memoryview) else image.read()
     if data[:4] == ELF_MAGIC:
-        return load_elf(mem, data, name=name)
+        return _open_elf(data, name=name)
     if len(data) > VERSION and struct.unpack_from("<I", data, HEADER)[0] == HDRS_MAGIC:
-        return load_bzimage(mem, data, name=name)
+        return _open_bzimage(data, name=name)
     raise LoaderError(
         f"{name}: neither an ELF vmlinux nor a bzImage (starts with {bytes(data[:4]).hex()})",
         hint="pass a vmlinux or a vmlinuz/bzImage file",
@@ -110,92 +135,27 @@ def _fileno(image: object) -> int | None:
     return fd if isinstance(fd, int) else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Segment:
-    index: int
-    offset: int
-    paddr: int
-    filesz: int
-    memsz: int
-
-
-def _elf_layout(
-    head: bytes | memoryview, file_size: int, *, name: str
-) -> tuple[int, list[_Segment]]:
-    """Entry point and PT_LOAD segments, every one checked against the file and 1 MiB.
-
-    ``head`` holds at least the ELF header and the program header table.
-    """
-    if len(head) < 64 or head[:4] != ELF_MAGIC:
-        raise LoaderError(f"{name}: not an ELF file")
-    if head[4] != 2 or head[5] != 1:
-        raise LoaderError(
-            f"{name}: not a 64-bit little-endian ELF (class {head[4]}, data {head[5]})"
-        )
-    (e_machine,) = struct.unpack_from("<H", head, 18)
-    if e_machine != 62:
-        raise LoaderError(f"{name}: ELF machine {e_machine} is not x86_64 (62)")
-    e_entry, e_phoff = struct.unpack_from("<QQ", head, 24)
-    e_phentsize, e_phnum = struct.unpack_from("<HH", head, 54)
-    if e_entry < layout.HIMEM_START:
-        raise LoaderError(f"{name}: entry point {e_entry:#x} is below 1 MiB")
-    if e_phentsize < 56 or e_phoff + e_phnum * e_phentsize > min(len(head), file_size):
-        raise LoaderError(f"{name}: program headers lie outside the file")
-    segments = []
-    for i in range(e_phnum):
-        p_type, _flags, p_offset, _vaddr, p_paddr, p_filesz, p_memsz, _align = struct.unpack_from(
-            "<IIQQQQQQ", head, e_phoff + i * e_phentsize
-        )
-        if p_type != PT_LOAD or p_memsz == 0:
-            continue
-        if p_filesz > p_memsz or p_offset + p_filesz > file_size:
-            raise LoaderError(f"{name}: segment {i} has bad sizes or lies outside the file")
-        if p_paddr < layout.HIMEM_START:
-            raise LoaderError(f"{name}: segment {i} loads at {p_paddr:#x}, below 1 MiB")
-        segments.append(_Segment(i, p_offset, p_paddr, p_filesz, p_memsz))
-    if not segments:
-        raise LoaderError(f"{name}: ELF has no loadable segment")
-    return e_entry, segments
-
-
-def _place(
-    mem: GuestMemory,
-    entry: int,
-    segments: list[_Segment],
-    copy: Callable[[_Segment], None],
+def _open_elf(
+    data: bytes | memoryview,
     *,
     name: str,
-) -> LoadResult:
-    """Copy each segment (``copy``) and zero its BSS tail; a segment outside RAM is an error."""
-    for seg in segments:
-        try:
-            copy(seg)
-            if seg.memsz > seg.filesz:
-                mem.fill(seg.paddr + seg.filesz, seg.memsz - seg.filesz)
-        except GuestMemoryError:
-            raise LoaderError(
-                f"{name}: segment {seg.index} [{seg.paddr:#x}, +{seg.memsz:#x}) does not fit "
-                f"guest RAM (RAM ends at {mem.last_addr:#x})",
-                hint="give the VM more memory",
-            ) from None
-    lo = min(seg.paddr for seg in segments)
-    hi = max(seg.paddr + seg.memsz for seg in segments)
-    return LoadResult(entry=entry, kernel_start=lo, kernel_end=hi, image_format="elf")
-
-
-def load_elf(mem: GuestMemory, data: bytes | memoryview, *, name: str = "kernel") -> LoadResult:
-    """Copy each PT_LOAD to its physical address; zero its BSS tail; entry = e_entry."""
-    entry, segments = _elf_layout(data, len(data), name=name)
+    header: SetupHeader | None = None,
+    compression: str = "none",
+) -> KernelImage:
+    entry, segments = elf_layout(data, len(data), name=name)
+    shoff, shlen = section_table(data, len(data), name=name)
     view = memoryview(data)
+    end = elf_end(data, segments, view[shoff : shoff + shlen])
 
-    def copy(seg: _Segment) -> None:
-        mem.write(seg.paddr, view[seg.offset : seg.offset + seg.filesz])
+    def copy(mem: GuestMemory, seg: Segment, addr: int) -> None:
+        mem.write(addr, view[seg.offset : seg.offset + seg.filesz])
 
-    return _place(mem, entry, segments, copy, name=name)
+    fmt = "elf" if header is None else "bzimage"
+    return KernelImage(name, fmt, compression, entry, tuple(segments), view[end:], header, copy)
 
 
-def load_elf_fd(mem: GuestMemory, fd: int, *, name: str = "kernel") -> LoadResult:
-    """``load_elf`` reading an open file: headers with ``pread``, segments into guest RAM."""
+def _open_elf_fd(fd: int, *, name: str) -> KernelImage:
+    """``_open_elf`` on an open file: headers and the relocation table read with ``pread``."""
     size = os.fstat(fd).st_size
     head = os.pread(fd, 4096, 0)
     if len(head) >= 64 and head[:4] == ELF_MAGIC:
@@ -204,10 +164,12 @@ def load_elf_fd(mem: GuestMemory, fd: int, *, name: str = "kernel") -> LoadResul
         need = e_phoff + e_phentsize * e_phnum
         if len(head) < need <= size:
             head = os.pread(fd, need, 0)
-    entry, segments = _elf_layout(head, size, name=name)
+    entry, segments = elf_layout(head, size, name=name)
+    shoff, shlen = section_table(head, size, name=name)
+    end = elf_end(head, segments, os.pread(fd, shlen, shoff) if shlen else b"")
 
-    def copy(seg: _Segment) -> None:
-        views = mem.slices(seg.paddr, seg.filesz)  # raises GuestMemoryError outside RAM
+    def copy(mem: GuestMemory, seg: Segment, addr: int) -> None:
+        views = mem.slices(addr, seg.filesz)  # raises GuestMemoryError outside RAM
         offset = seg.offset
         for v in views:
             while len(v):
@@ -217,7 +179,8 @@ def load_elf_fd(mem: GuestMemory, fd: int, *, name: str = "kernel") -> LoadResul
                 offset += n
                 v = v[n:]
 
-    return _place(mem, entry, segments, copy, name=name)
+    tail = os.pread(fd, size - end, end) if end < size else b""
+    return KernelImage(name, "elf", "none", entry, tuple(segments), tail, None, copy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +191,9 @@ class SetupHeader:
     xloadflags: int
     payload_offset: int
     payload_length: int
+    kernel_alignment: int
+    relocatable: bool
+    init_size: int  # 0 before protocol 2.10
     raw: bytes
 
 
@@ -248,6 +214,10 @@ def parse_setup_header(data: bytes | memoryview, *, name: str = "kernel") -> Set
     header_end = HEADER + data[JUMP_END]
     (xloadflags,) = struct.unpack_from("<H", data, XLOADFLAGS)
     payload_offset, payload_length = struct.unpack_from("<II", data, PAYLOAD_OFFSET)
+    (kernel_alignment,) = struct.unpack_from("<I", data, KERNEL_ALIGNMENT)
+    init_size = 0
+    if version >= 0x20A and header_end >= INIT_SIZE + 4:
+        (init_size,) = struct.unpack_from("<I", data, INIT_SIZE)
     return SetupHeader(
         setup_sects,
         version,
@@ -255,6 +225,9 @@ def parse_setup_header(data: bytes | memoryview, *, name: str = "kernel") -> Set
         xloadflags,
         payload_offset,
         payload_length,
+        kernel_alignment,
+        bool(data[RELOCATABLE_KERNEL]),
+        init_size,
         bytes(data[SETUP_HEADER:header_end]),
     )
 
@@ -262,7 +235,8 @@ def parse_setup_header(data: bytes | memoryview, *, name: str = "kernel") -> Set
 def extract_vmlinux(
     data: bytes | memoryview, *, name: str = "kernel"
 ) -> tuple[SetupHeader, str, bytes | memoryview]:
-    """The bzImage's setup header, payload compression and decompressed ELF."""
+    """The bzImage's setup header, payload compression and decompressed ELF (with whatever the
+    build appended to it: the relocation table)."""
     hdr = parse_setup_header(data, name=name)
     start = (hdr.setup_sects + 1) * 512 + hdr.payload_offset
     end = start + hdr.payload_length
@@ -278,14 +252,111 @@ def extract_vmlinux(
     return hdr, fmt, elf
 
 
-def load_bzimage(mem: GuestMemory, data: bytes | memoryview, *, name: str = "kernel") -> LoadResult:
+def _open_bzimage(data: bytes | memoryview, *, name: str) -> KernelImage:
     hdr, fmt, elf = extract_vmlinux(data, name=name)
-    res = load_elf(mem, elf, name=name)
-    return LoadResult(
-        entry=res.entry,
-        kernel_start=res.kernel_start,
-        kernel_end=res.kernel_end,
-        image_format="bzimage",
-        compression=fmt,
-        setup_header=hdr.raw,
-    )
+    return _open_elf(elf, name=name, header=hdr, compression=fmt)
+
+
+@dataclass(frozen=True, slots=True)
+class KernelImage:
+    """A parsed kernel: where its segments were linked, what the boot protocol allows, and the
+    bytes after its ELF (the relocation table; empty for a plain ELF or a kernel built without
+    KASLR), parsed only when the kernel is randomized: ``nokaslr`` boots whatever follows."""
+
+    name: str
+    image_format: str  # "elf" | "bzimage"
+    compression: str
+    entry: int
+    segments: tuple[Segment, ...]
+    reloc_tail: bytes | memoryview
+    header: SetupHeader | None
+    copy: Callable[[GuestMemory, Segment, int], None]  # a segment's file bytes to an address
+
+    @property
+    def linked_start(self) -> int:
+        return min(s.paddr for s in self.segments)
+
+    @property
+    def linked_end(self) -> int:
+        return max(s.paddr + s.memsz for s in self.segments)
+
+    @property
+    def initrd_addr_max(self) -> int:
+        return _initrd_addr_max(None if self.header is None else self.header.raw)
+
+    def relocs(self) -> kaslr.RelocTable | None:
+        return kaslr.parse_relocs(self.reloc_tail, name=self.name)
+
+    def placement(
+        self,
+        ram: Sequence[tuple[int, int]],
+        *,
+        avoid: Sequence[tuple[int, int]] = (),
+        cmdline: str = "",
+        rng: kaslr.RandomBelow = kaslr.SYSTEM_RANDOM,
+    ) -> kaslr.Placement:
+        """Where to load: the decompressor's random choice (``kaslr.choose``) within what the
+        setup header allows (``relocatable_kernel``, ``kernel_alignment``, ``init_size``); an
+        ELF has no header, so its segments' alignment and extent stand in."""
+        hdr = self.header
+        extent = self.linked_end - self.linked_start
+        return kaslr.choose(
+            linked_base=self.linked_start,
+            size=max(extent, hdr.init_size if hdr else 0),
+            align=hdr.kernel_alignment if hdr else max(s.align for s in self.segments),
+            ram=ram,
+            avoid=avoid,
+            relocatable=hdr.relocatable if hdr else True,
+            table=None if kaslr.nokaslr(cmdline) else self.relocs(),
+            cmdline=cmdline,
+            rng=rng,
+        )
+
+    def load(self, mem: GuestMemory, placement: kaslr.Placement = kaslr.LINKED) -> LoadResult:
+        """Copy each segment ``placement.phys_delta`` above its physical address, zero its BSS
+        tail, and relocate by ``placement.virt_delta``; a segment outside RAM is an error."""
+        delta = placement.phys_delta
+        for seg in self.segments:
+            addr = seg.paddr + delta
+            try:
+                self.copy(mem, seg, addr)
+                if seg.memsz > seg.filesz:
+                    mem.fill(addr + seg.filesz, seg.memsz - seg.filesz)
+            except GuestMemoryError:
+                raise LoaderError(
+                    f"{self.name}: segment {seg.index} [{addr:#x}, +{seg.memsz:#x}) does not fit "
+                    f"guest RAM (RAM ends at {mem.last_addr:#x})",
+                    hint="give the VM more memory",
+                ) from None
+        start = self.linked_start + delta
+        if placement.virt_delta:
+            self._relocate(mem, start, placement.virt_delta)
+        return LoadResult(
+            entry=self.entry + delta,
+            kernel_start=start,
+            kernel_end=self.linked_end + delta,
+            image_format=self.image_format,
+            compression=self.compression,
+            setup_header=None if self.header is None else self.header.raw,
+            placement=placement,
+        )
+
+    def _relocate(self, mem: GuestMemory, start: int, virt_delta: int) -> None:
+        """Apply the table in place (one view when the image sits in one region)."""
+        table = self.relocs()
+        if table is None:
+            raise LoaderError(f"{self.name}: no relocation table to move the kernel's text")
+        limit = max(s.paddr + s.filesz for s in self.segments) - self.linked_start
+
+        def apply(image: memoryview) -> None:
+            kaslr.apply_relocs(
+                image, table, linked_base=self.linked_start, limit=limit, delta=virt_delta,
+                name=self.name,
+            )  # fmt: skip
+
+        try:
+            apply(mem.view(start, limit))
+        except GuestMemoryError:  # the image straddles two regions (NUMA pieces): copy, patch
+            buf = bytearray(b"".join(mem.slices(start, limit)))
+            apply(memoryview(buf))
+            mem.write(start, buf)
