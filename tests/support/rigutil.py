@@ -63,9 +63,10 @@ def parse_reports(output: str) -> list[Report]:
 
 @dataclass(frozen=True)
 class RigResult:
-    """A finished rig run: exit status, the guest's output and reports, and timings."""
+    """A finished rig run: exit status (None: a boot of ``run_rig_boots`` that never ran), the
+    guest's output and reports, and timings."""
 
-    returncode: int
+    returncode: int | None
     stdout: str
     stderr: str
     reports: list[Report]
@@ -153,6 +154,45 @@ def run_rig_raw(
     if qemu:
         args.append("--qemu")
     return _run(args, timeout)
+
+
+BOOT_MARK = re.compile(r"SVBOOT-(start|rc) (\S+)(?: (\d+))?")
+
+
+def svlaunch_up_cmd(manifest: str | os.PathLike[str]) -> str:
+    """The shell command that boots a manifest with the builtin engine in L1 (the user's way)."""
+    return shlex.join(["python3", "-m", "launcher.cli", "up", str(manifest)])
+
+
+def run_rig_boots(
+    boots: Sequence[tuple[str, str]],
+    files: Sequence[str | os.PathLike[str]] = (),
+    writeback: Sequence[str | os.PathLike[str]] = (),
+    timeout: float = 300,
+    l1_setup: str | None = None,
+) -> tuple[RigResult, dict[str, RigResult]]:
+    """Several inner boots, one after the other, in one L1 run (one L1 boot, not one per VM).
+
+    ``boots`` are ``(label, shell command)``; each label's output, exit status and reports come
+    back as its own RigResult (stderr: the whole run's), with the whole run's result first. A
+    boot the run never reached (timeout) has returncode None.
+    """
+    script = "; ".join(
+        f"echo SVBOOT-start {label}; {cmd} </dev/null; echo SVBOOT-rc {label} $?"
+        for label, cmd in boots
+    )
+    whole = run_rig_raw(script, files, writeback, timeout=timeout, l1_setup=l1_setup)
+    marks = list(BOOT_MARK.finditer(whole.stdout))
+    out: dict[str, RigResult] = {}
+    for label, _cmd in boots:
+        start = next((m for m in marks if m.group(1) == "start" and m.group(2) == label), None)
+        end = next((m for m in marks if m.group(1) == "rc" and m.group(2) == label), None)
+        text = whole.stdout[start.end() if start else 0 : end.start() if end else None]
+        if start is None:
+            text = ""
+        rc = int(end.group(3)) if end is not None else None
+        out[label] = RigResult(rc, text, whole.stderr, parse_reports(text), None, None)
+    return whole, out
 
 
 def qemu_microvm_cmd(
