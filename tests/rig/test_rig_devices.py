@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from rigutil import GUEST, REPO, RigResult, run_rig
+from rigutil import GUEST, REPO, RigResult, job, l1_job, run_rig
 
 pytestmark = pytest.mark.rig
 
@@ -46,29 +45,6 @@ def guest() -> Path:
 
 def tap_setup(addr: str) -> str:
     return f"ip tuntap add tap0 mode tap && ip addr add {addr} dev tap0 && ip link set tap0 up"
-
-
-def l1_job(*args: str) -> str:
-    """A shell command (for --l1-setup) that starts l1_job.py in the background in L1."""
-    code = (CASES / "l1_job.py").read_text()
-    return f"{{ python3 -c {shlex.quote(code)} {shlex.join(args)} & }}"
-
-
-def jobs(res: RigResult) -> list[dict[str, str]]:
-    """The l1_job's ``RIGJOB key=value`` lines (L1 console, on the rig's stderr)."""
-    out = []
-    for line in res.stderr.splitlines():
-        at = line.find("RIGJOB ")
-        if at >= 0:
-            out.append(dict(w.partition("=")[::2] for w in line[at + 7 :].split()))
-    return out
-
-
-def job(res: RigResult, event: str, **match: str) -> dict[str, str]:
-    for j in jobs(res):
-        if j.get("event") == event and all(j.get(k) == v for k, v in match.items()):
-            return j
-    raise AssertionError(f"no RIGJOB event={event} {match} from L1:\n{res.explain()}")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RIG = REPO / "scripts" / "rig"
 GUEST = REPO / "build" / "guest"
+L1_JOB = REPO / "tests" / "rig" / "devices" / "l1_job.py"
 REPORT = re.compile(r"SVREPORT (\S+) ?(.*?)\r?$")
 
 
@@ -154,6 +155,30 @@ def run_rig_raw(
     if qemu:
         args.append("--qemu")
     return _run(args, timeout)
+
+
+def l1_job(*args: str) -> str:
+    """A shell command (for ``l1_setup``) that starts tests/rig/devices/l1_job.py in the
+    background in L1: it acts on the running guest when the guest's console text appears."""
+    return f"{{ python3 -c {shlex.quote(L1_JOB.read_text())} {shlex.join(args)} & }}"
+
+
+def jobs(res: RigResult) -> list[dict[str, str]]:
+    """The l1_job's ``RIGJOB key=value`` lines (L1 console, on the rig's stderr)."""
+    out = []
+    for line in res.stderr.splitlines():
+        at = line.find("RIGJOB ")
+        if at >= 0:
+            out.append(dict(w.partition("=")[::2] for w in line[at + 7 :].split()))
+    return out
+
+
+def job(res: RigResult, event: str, **match: str) -> dict[str, str]:
+    """The first l1_job line of ``event`` whose fields equal ``match``."""
+    for j in jobs(res):
+        if j.get("event") == event and all(j.get(k) == v for k, v in match.items()):
+            return j
+    raise AssertionError(f"no RIGJOB event={event} {match} from L1:\n{res.explain()}")
 
 
 BOOT_MARK = re.compile(r"SVBOOT-(start|rc) (\S+)(?: (\d+))?")

@@ -5,11 +5,12 @@ guest runs, at a moment the guest chooses. The guest signals by writing text to 
 console (``svreport.hvc=TEXT``); the console's file chardev is an L1 file, so the job polls it,
 then sends QMP ``balloon`` through ``svlaunch qmp NAME balloon value=BYTES`` (the user's way),
 talks to the guest's vsock echo (``svreport.vsock=PORT``, scripts/guest/svvsock.c) over
-AF_VSOCK, and reads ``query-balloon`` back. Results go to L1's console as ``RIGJOB key=value...``
-lines, which reach the rig's stderr (prefixed ``L1| ``).
+AF_VSOCK, and reads ``query-balloon`` back, or kills the engine with SIGKILL (``--kill-engine``:
+the data-safety test, right after the guest's fsync). Results go to L1's console as
+``RIGJOB key=value...`` lines, which reach the rig's stderr (prefixed ``L1| ``).
 
-    python3 l1_job.py [--vhost-thread] [--wait-file F --wait-text T --vm NAME
-                      [--balloon BYTES] [--vsock-cid CID --vsock-port PORT]]
+    python3 l1_job.py [--vhost-thread] [--wait-file F --wait-text T [--kill-engine] [--vm NAME
+                      [--balloon BYTES] [--vsock-cid CID --vsock-port PORT]]]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -145,6 +147,28 @@ def vsock_echo(cid: int, port: int, timeout: float) -> dict[str, object]:
     }
 
 
+def _is_engine(argv: list[bytes]) -> bool:
+    """The engine's argv (engine.__main__.engine_argv): python -I -S -c CODE run --plan FILE."""
+    return argv[1:4] == [b"-I", b"-S", b"-c"] and argv[5:7] == [b"run", b"--plan"]
+
+
+def kill_engines() -> list[int]:
+    """SIGKILL every engine process in L1 (the test runs one VM); their pids."""
+    killed = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not _is_engine(f.read().split(b"\0")):
+                    continue
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+        except OSError:
+            pass
+    return killed
+
+
 def _comm(pid: str) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -177,6 +201,7 @@ def main() -> int:
     p.add_argument("--vsock-cid", type=int)
     p.add_argument("--vsock-port", type=int, default=5000)
     p.add_argument("--vhost-thread", action="store_true")
+    p.add_argument("--kill-engine", action="store_true")
     p.add_argument("--timeout", type=float, default=300)
     a = p.parse_args()
     if a.vhost_thread:
@@ -187,6 +212,12 @@ def main() -> int:
     if not wait_for(a.wait_file, a.wait_text, a.timeout):
         say(event="timeout", file=a.wait_file)
         return 1
+    seen = time.monotonic()
+    if a.kill_engine:
+        pids = kill_engines()
+        ms = f"{(time.monotonic() - seen) * 1000:.0f}"
+        say(event="killed", pids=",".join(map(str, pids)) or "-", ms=ms)
+        return 0
     say(event="seen")
     if a.balloon is not None:
         t0 = time.monotonic()
