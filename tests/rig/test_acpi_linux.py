@@ -39,12 +39,20 @@ QEMU = shutil.which("qemu-system-x86_64")
 
 pytestmark = [
     pytest.mark.rig,
-    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed"),
+    # CI installs QEMU (scripts/host-deps): only a developer's machine may lack it.
     pytest.mark.skipif(
-        not (GUEST / "vmlinuz").exists() or not (GUEST / "initrd.img").exists(),
-        reason="no guest image: run scripts/build-guest",
+        QEMU is None and os.environ.get("CI") != "true",
+        reason="qemu-system-x86_64 is not installed",
     ),
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guest() -> Path:
+    """Build (or confirm) build/guest: a missing image is built, never a reason to skip."""
+    subprocess.run([str(REPO / "scripts" / "build-guest")], check=True)
+    return GUEST
+
 
 TABLES_AT = 0xD0000
 QEMU_VIRTIO_MMIO = 0xFEB0_0000  # microvm's first transport (512 bytes, GSI 5 with acpi=off)

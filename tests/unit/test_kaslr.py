@@ -10,11 +10,10 @@ The table is read here independently (arch/x86/boot/compressed/misc.c's format) 
 from __future__ import annotations
 
 import array
-import os
 import struct
-from pathlib import Path
 
 import pytest
+from rigutil import guest_file
 from tiny_guest import elf_image
 
 from engine.machine import bootparams as bp
@@ -23,21 +22,9 @@ from engine.machine.kaslr import RelocError
 from engine.machine.loader import LoaderError, load_kernel, open_kernel
 from engine.machine.memory import GuestMemory
 
-ROOT = Path(__file__).resolve().parents[2]
-GUEST = ROOT / "build" / "guest"
 MiB = 1 << 20
 RAM = 768 * MiB
 LINKED_TEXT = 0xFFFF_FFFF_8100_0000  # x86_64 __START_KERNEL_map + 16 MiB
-
-
-def guest_file(name: str) -> Path:
-    """A build/guest/ file; CI builds them first (``make test`` depends on ``make guest``)."""
-    path = GUEST / name
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing: CI runs `make guest` before the tests")
-        pytest.skip(f"{path} not built (make guest)")
-    return path
 
 
 class Fixed:

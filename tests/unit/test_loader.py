@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rigutil import guest_file
 from tiny_guest import elf_image
 
 from engine.machine.decompress import DecompressError, detect_format
@@ -142,9 +143,7 @@ def test_old_boot_protocol_is_refused() -> None:
 
 
 def test_debian_cloud_kernel_matches_its_vmlinux() -> None:
-    vmlinuz, vmlinux = ROOT / "build/guest/vmlinuz", ROOT / "build/guest/vmlinux"
-    if not vmlinuz.exists() or not vmlinux.exists():
-        pytest.skip("build/guest not built (scripts/build-guest)")
+    vmlinuz, vmlinux = guest_file("vmlinuz"), guest_file("vmlinux")
     hdr, fmt, elf = extract_vmlinux(vmlinuz.read_bytes())
     assert fmt == "lz4" and hdr.version >= 0x20C
     assert elf == vmlinux.read_bytes()
