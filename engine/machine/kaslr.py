@@ -14,15 +14,15 @@ does its two jobs on the host, with the host's randomness (docs/boot.md):
 
 Then ``KASLR_FLAG`` in the zero page's ``loadflags`` tells the kernel it was randomized, so it also
 randomizes its direct map, vmalloc and vmemmap bases (arch/x86/mm/kaslr.c). ``nokaslr`` on the
-command line keeps the linked addresses and the flag clear, as the decompressor does.
+command line keeps the linked addresses and the flag clear, as the decompressor does. The host is
+x86 (KVM), little-endian like the kernel: the table and the fields are read in native order.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import secrets
-import struct
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,9 +98,10 @@ def parse_relocs(tail: bytes | memoryview, *, name: str = "kernel") -> RelocTabl
         )
     words = array.array("I")
     words.frombytes(bytes(tail))
-    if sys.byteorder == "big":  # pragma: no cover - x86 hosts are little-endian
-        words.byteswap()
-    zeros = [i for i, w in enumerate(words) if w == 0]
+    zeros: list[int] = []
+    with contextlib.suppress(ValueError):  # array.index: the scan runs in C (200k words)
+        while len(zeros) < 4:
+            zeros.append(words.index(0, zeros[-1] + 1 if zeros else 0))
     if not zeros or zeros[0] != 0 or len(zeros) not in (2, 3):
         raise RelocError(
             f"{name}: the {len(tail)} bytes after the ELF are not a relocation table "
@@ -135,22 +136,41 @@ def apply_relocs(
         return
     # u32 w -> virtual w + 2**64 - 2**32 (sign-extended) -> physical - START_KERNEL_MAP -> offset
     to_offset = (1 << 64) - (1 << 32) - START_KERNEL_MAP - linked_base
-    groups = (
-        (table.r64, struct.Struct("<Q"), delta, (1 << 64) - 1),
-        (table.inv32, struct.Struct("<I"), -delta, 0xFFFF_FFFF),
-        (table.r32, struct.Struct("<I"), delta, 0xFFFF_FFFF),
-    )
-    for words, field, add, mask in groups:
-        unpack, pack, size = field.unpack_from, field.pack_into, field.size
-        for w in words:
-            at = w + to_offset
-            if not 0 <= at <= limit - size:
-                raise RelocError(
-                    f"{name}: relocation at kernel address {w | 0xFFFF_FFFF_0000_0000:#x} lies "
-                    f"outside the loaded image (offset {at:#x}, image {limit:#x} bytes)",
-                    hint="boot with nokaslr on the command line",
-                )
-            pack(image, at, (unpack(image, at)[0] + add) & mask)
+    _patch(image, table.r64, to_offset, delta, limit, name, wide=True)
+    _patch(image, table.inv32, to_offset, -delta, limit, name, wide=False)
+    _patch(image, table.r32, to_offset, delta, limit, name, wide=False)
+
+
+def _patch(
+    image: memoryview,
+    words: array.array[int],
+    to_offset: int,
+    add: int,
+    limit: int,
+    name: str,
+    *,
+    wide: bool,
+) -> None:
+    """``field += add`` (mod 2**64 or 2**32) at each ``word + to_offset``, checked in bounds.
+
+    Fields go through typed views of the image, one per byte phase (``views[at % size]``, index
+    ``at // size``): no ``struct`` call per field, which matters under the rig's TCG (~200,000
+    fields: ~0.5 s there, ~0.03 s on a host CPU).
+    """
+    size = 8 if wide else 4
+    mask = (1 << (8 * size)) - 1
+    code = "Q" if wide else "I"
+    views = [image[k : k + (len(image) - k) // size * size].cast(code) for k in range(size)]
+    for w in words:
+        at = w + to_offset
+        if not 0 <= at <= limit - size:
+            raise RelocError(
+                f"{name}: relocation at kernel address {w | 0xFFFF_FFFF_0000_0000:#x} lies "
+                f"outside the loaded image (offset {at:#x}, image {limit:#x} bytes)",
+                hint="boot with nokaslr on the command line",
+            )
+        view, i = views[at % size], at // size
+        view[i] = (view[i] + add) & mask
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import io
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.errors import GuestMemoryError
@@ -271,6 +271,7 @@ class KernelImage:
     reloc_tail: bytes | memoryview
     header: SetupHeader | None
     copy: Callable[[GuestMemory, Segment, int], None]  # a segment's file bytes to an address
+    _parsed: dict[str, kaslr.RelocTable | None] = field(default_factory=dict, compare=False)
 
     @property
     def linked_start(self) -> int:
@@ -285,7 +286,10 @@ class KernelImage:
         return _initrd_addr_max(None if self.header is None else self.header.raw)
 
     def relocs(self) -> kaslr.RelocTable | None:
-        return kaslr.parse_relocs(self.reloc_tail, name=self.name)
+        """The parsed table (once: placement and load both need it)."""
+        if "relocs" not in self._parsed:
+            self._parsed["relocs"] = kaslr.parse_relocs(self.reloc_tail, name=self.name)
+        return self._parsed["relocs"]
 
     def placement(
         self,
