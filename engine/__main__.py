@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from engine.errors import EXIT_INTERNAL
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 T0 = time.monotonic()
@@ -34,6 +35,13 @@ MARKS: list[tuple[str, float]] = [("interpreter up, engine/__main__ running", T0
 
 def mark(phase: str) -> None:
     MARKS.append((phase, time.monotonic()))
+
+
+def restart_clock(phase: str) -> None:
+    """A forked engine (``engine.pool``) starts its start-up clock and marks at the fork."""
+    global T0
+    T0 = time.monotonic()
+    MARKS[:] = [(phase, T0)]
 
 
 def _print_marks() -> None:
@@ -72,9 +80,14 @@ if not __package__:
 def boot(argv: list[str] | None = None) -> int:
     """The process entry point: ``main`` with the collector off during start-up (it allocates
     many long-lived objects) and any unexpected exception reported as an internal error (3)."""
+    return guarded(lambda: main(argv))
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """``body()`` as ``boot`` runs ``main`` (shared with the engines ``engine.pool`` forks)."""
     gc.disable()
     try:
-        return main(argv)
+        return body()
     except Exception:
         import traceback
 
@@ -91,15 +104,18 @@ def engine_argv(plan_file: str, *args: str, python: str | None = None) -> list[s
     Built in the launcher's process, whose ``sys.path`` knows where the project and its
     third-party packages (cffi, pyseccomp, pyroute2) live; the engine skips ``site``.
     """
+    return entry_argv("engine.__main__", "boot", "run", "--plan", plan_file, *args, python=python)
+
+
+def entry_argv(module: str, func: str, *args: str, python: str | None = None) -> list[str]:
+    """``python -I -S -c`` calling ``module.func()`` as the exit status (see ``engine_argv``)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = [root]
     for p in sys.path:
         if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p) and p not in paths:
             paths.append(p)
-    code = (
-        f"import sys; sys.path[:0] = {paths!r}; from engine.__main__ import boot; sys.exit(boot())"
-    )
-    return [python or sys.executable, "-I", "-S", "-c", code, "run", "--plan", plan_file, *args]
+    code = f"import sys; sys.path[:0] = {paths!r}; from {module} import {func}; sys.exit({func}())"
+    return [python or sys.executable, "-I", "-S", "-c", code, *args]
 
 
 def _progress(done: int, total: int) -> None:
@@ -111,20 +127,30 @@ def _progress(done: int, total: int) -> None:
         sys.stderr.flush()
 
 
-def run(plan_path: str, *, paused: bool, verbose: bool) -> int:
-    from engine.errors import SvlaunchError
+def read_plan(plan_path: str) -> Any:
+    """The plan in ``plan_path``; ``ValueError`` with a one-line reason when it cannot be read."""
     from engine.plan import Plan
 
     try:
         with open(plan_path) as f:
-            plan = Plan.loads(f.read())
-        mark("plan read")
+            return Plan.loads(f.read())
     except OSError as e:
-        print(f"engine: cannot read plan {plan_path}: {e.strerror}", file=sys.stderr)
-        return 1
+        raise ValueError(f"cannot read plan {plan_path}: {e.strerror}") from None
     except (ValueError, KeyError, TypeError) as e:
-        print(f"engine: {plan_path}: not a valid engine plan: {e}", file=sys.stderr)
-        return 1
+        raise ValueError(f"{plan_path}: not a valid engine plan: {e}") from None
+
+
+def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int:
+    """Run the VM of ``plan_path`` (or of ``plan``, already read: a pool-forked engine)."""
+    from engine.errors import SvlaunchError
+
+    if plan is None:
+        try:
+            plan = read_plan(plan_path)
+        except ValueError as e:
+            print(f"engine: {e}", file=sys.stderr)
+            return 1
+        mark("plan read")
     from engine.logsetup import apply_logging, configure_logging
 
     configure_logging(plan.log, plan.log_file, verbose, lazy=True)  # applied at the first log

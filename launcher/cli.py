@@ -50,6 +50,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "qmp": CommandInfo("launcher.commands.qmp", "send one QMP command to a VM"),
     "events": CommandInfo("launcher.commands.events", "stream a VM's QMP events"),
     "top": CommandInfo("launcher.commands.top", "live terminal UI for a VM or any QMP endpoint"),
+    "pool": CommandInfo("launcher.commands.pool", "start, inspect or stop the engine pool"),
 }
 
 TOP_EPILOG = """\

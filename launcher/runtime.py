@@ -32,6 +32,10 @@ from launcher.errors import HostError, UsageError
 RUNTIME_ENV = "SVLAUNCH_RUNTIME_DIR"
 
 
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 def runtime_root() -> Path:
     env = os.environ.get(RUNTIME_ENV)
     if env:
@@ -125,6 +129,21 @@ class VmDir:
     @property
     def log_file(self) -> Path:
         return self.path / "engine.log"
+
+    @property
+    def exit_file(self) -> Path:
+        """How a pool-forked engine ended (``engine.pool.protocol.exit_record``): nobody waits
+        for it, so it writes this itself (its sandbox supervisor does, for a sandboxed VM)."""
+        return self.path / "exit.json"
+
+    def exit_record(self) -> dict[str, Any] | None:
+        """``exit.json`` once written (None while the engine runs, or if it died unrecorded)."""
+        try:
+            with open(self.exit_file, "rb", opener=_nofollow) as f:
+                data = json.loads(f.read(1 << 16) or b"null")
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def meta(self) -> Meta | None:
         try:

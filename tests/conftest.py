@@ -22,6 +22,11 @@ TIERS = {"kvm": ("kvm",), "root": ("root", "kvm"), "rig": ("rig",)}
 
 LONG = os.environ.get("SVLAUNCH_LONG") == "1"
 
+# `svlaunch up` starts an engine pool on first use (docs/pool.md), which would outlive the test
+# that caused it: tests exercise the exec path unless they ask for a pool (tests/kvm/test_pool.py
+# sets SVLAUNCH_POOL=on and stops the pools it starts).
+os.environ.setdefault("SVLAUNCH_POOL", "off")
+
 
 def kvm_usable() -> bool:
     try:

@@ -18,31 +18,52 @@ import argparse
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from engine.errors import SvlaunchError
 from engine.ozone.state import DEFAULT_STATE_DIR
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from engine.ozone.exits import Exit
+    from engine.ozone.sandbox import Sandbox
+
 
 def _run(args: argparse.Namespace) -> int:
+    return supervise(args.plan, state_dir=args.state_dir, keep=args.keep, argv=args.argv or None)
+
+
+def supervise(
+    plan_path: str,
+    *,
+    state_dir: str = DEFAULT_STATE_DIR,
+    keep: bool = False,
+    argv: list[str] | None = None,
+    sandbox_class: type[Sandbox] | None = None,
+    ended: Callable[[Exit], None] | None = None,
+) -> int:
+    """The supervisor's whole life (``run``; also what a VM forked by ``engine.pool`` runs,
+    with its own ``sandbox_class`` and ``ended`` to record how the engine ended)."""
     from engine.ozone.sandbox import Sandbox, clean_stale
     from engine.plan import Plan
 
     try:
-        with open(args.plan) as f:
+        with open(plan_path) as f:
             plan = Plan.loads(f.read())
     except (OSError, ValueError) as e:
-        raise SvlaunchError(f"cannot read plan {args.plan}: {e}") from None
+        raise SvlaunchError(f"cannot read plan {plan_path}: {e}") from None
     if plan.sandbox is not None:  # from_plan names a missing section
         exec_name = os.path.basename(plan.sandbox.exec_file.rstrip("/")) or "engine"
-        if clean_stale(plan.sandbox.name, exec_name, args.state_dir):
+        if clean_stale(plan.sandbox.name, exec_name, state_dir):
             print(
                 f"svlaunch: cleaned up after a crashed sandbox {plan.sandbox.name!r}",
                 file=sys.stderr,
             )
-    sandbox = Sandbox.from_plan(plan, state_dir=args.state_dir)
+    sandbox = (sandbox_class or Sandbox).from_plan(plan, state_dir=state_dir)
     for w in sandbox.spec.warnings:
         print(f"svlaunch: warning: {w}", file=sys.stderr)
-    jailed = sandbox.realize(args.argv or None)
+    jailed = sandbox.realize(argv)
 
     def forward(sig: int, _frame: object) -> None:
         try:
@@ -55,11 +76,13 @@ def _run(args: argparse.Namespace) -> int:
     end = jailed.wait()
     if end.code != 0:
         print(f"svlaunch: engine (pid {end.pid}) {end.reason}", file=sys.stderr)
-    if not args.keep:
+    if not keep:
         try:
             sandbox.teardown()
         except SvlaunchError as e:  # the engine's status still matters more
             print(f"svlaunch: {e}", file=sys.stderr)
+    if ended is not None:
+        ended(end)
     return end.shell_status
 
 

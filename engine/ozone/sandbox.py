@@ -272,7 +272,7 @@ class Sandbox:
             for fd in spec.keep_fds:
                 os.set_inheritable(fd, True)
             child.enter(spec, netns_fd, mode)
-            os.execve(argv[0], argv, self._env(env))
+            self._exec(argv, self._env(env), err_w)
         except child.StepFailed as e:
             err = from_oserror(e.step, e.err, e.path, e.hint)
             os.write(err_w, json.dumps(err.to_json()).encode())
@@ -282,6 +282,12 @@ class Sandbox:
             os.write(err_w, json.dumps({"step": "child", "message": repr(e)}).encode())
         finally:
             os._exit(code)
+
+    def _exec(self, argv: list[str], env: dict[str, str], report_fd: int) -> None:
+        """The child's last step: exec the payload. ``report_fd`` closes on exec, which tells
+        the supervisor the jail is complete (``engine.pool`` overrides this to run the engine
+        it has already imported, in this process)."""
+        os.execve(argv[0], argv, env)
 
     def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
         env = {"PATH": "/usr/bin:/bin", "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUTF8": "1",

@@ -172,15 +172,7 @@ def run(args: argparse.Namespace) -> int:
         log = str(vm.log_file)
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
-            # A new session: Ctrl-C on this terminal reaches svlaunch only, which stops the VM.
-            proc = subprocess.Popen(
-                argv,
-                pass_fds=(claim.lock_fd,),
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-            )
+            proc = _spawn_engine(argv, vm, claim.lock_fd, out, paused=plan.paused)
         finally:
             os.close(out)
         meta = runtime.Meta(
@@ -215,6 +207,25 @@ def run(args: argparse.Namespace) -> int:
         claim.release()  # the engine holds its own copy of the lock for as long as it lives
         if proc is None or proc.poll() is not None:
             vm.remove()
+
+
+def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: bool) -> Any:
+    """The engine process: forked by the engine pool when one serves (docs/pool.md), else
+    exec'd here. Either way in a new session (Ctrl-C on this terminal reaches svlaunch only,
+    which stops the VM), holding the runtime lock, with its output in the runtime log."""
+    from launcher.commands.pool import start_through_pool
+
+    proc = start_through_pool(vm, lock_fd, out, paused=paused)
+    if proc is not None:
+        return proc
+    return subprocess.Popen(
+        argv,
+        pass_fds=(lock_fd,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+    )
 
 
 def _print_log_tail(log: str, lines: int = 15) -> None:

@@ -1,0 +1,68 @@
+"""``python -m engine.pool serve``: run the engine pool (docs/pool.md).
+
+    python -m engine.pool serve --socket PATH --lock PATH [--idle-exit S]
+    python -m engine.pool serve --lock PATH [--idle-exit S]      # systemd socket activation
+    python -m engine.pool serve --socket PATH --lock-fd N ...    # spawned by svlaunch
+
+The lock (a file, flocked for the pool's life) makes sure one pool serves a socket: a second
+pool exits at once. ``svlaunch`` passes the lock it already holds (``--lock-fd``), so spawning
+a pool on first use is race-free. Exit status: 0 after ``stop``, a signal or an idle exit; 1 when
+another pool holds the lock or the socket cannot be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+
+
+def _take_lock(args: argparse.Namespace) -> int:
+    if args.lock_fd is not None:
+        os.set_inheritable(args.lock_fd, False)
+        return int(args.lock_fd)
+    fd = os.open(args.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"svlaunch-pool: another pool holds {args.lock}") from None
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.pool", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve engine requests until stopped")
+    s.add_argument("--socket", help="unix socket to listen on (not with socket activation)")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--lock", help="lock file held while the pool lives")
+    where.add_argument("--lock-fd", type=int, help="an inherited descriptor of the held lock")
+    s.add_argument("--idle-exit", type=float, default=0.0,
+                   help="exit after this many seconds without a request (0: never)")  # fmt: skip
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    lock_fd = _take_lock(args)
+    from engine.pool import preload, server
+
+    # Loaded before the socket exists: a client never waits on a pool that is not ready, and
+    # one that finds no socket while the lock is held knows that a pool is on its way.
+    preload.preload()
+    pool = server.make_pool(args.socket, lock_fd, args.idle_exit)
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    print(
+        f"svlaunch-pool: pid {os.getpid()} serving {args.socket or 'the socket from systemd'} "
+        f"({len(preload.PRELOADED)} modules loaded)",
+        file=sys.stderr,
+        flush=True,
+    )
+    for name, why in preload.FAILED.items():
+        print(f"svlaunch-pool: not preloaded: {name}: {why}", file=sys.stderr, flush=True)
+    pool.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

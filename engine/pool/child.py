@@ -1,0 +1,186 @@
+"""A forked engine's first steps: shed the pool, become the VM's process, run, record the end.
+
+The pool forks twice (``server._fork_engine``): the first child starts a new session and forks
+the engine, sends the pool the engine's pidfd and exits, so the engine is not the pool's child
+(it survives the pool, and init reaps it). The engine then, before it touches the plan:
+
+1. clears the signal mask and puts back every handler the pool changed;
+2. makes the VM's descriptors its own: ``log`` on stdout and stderr, ``/dev/null`` on stdin,
+   ``lock`` and ``exit`` kept, every other descriptor closed (the pool's listening socket, other
+   requests' descriptors, the pool's lock). Python objects that still name the pool's sockets
+   are detached first, so nothing later closes a number the engine has reused;
+3. takes the client's ``SVLAUNCH_*`` environment, working folder and umask (what an exec'd
+   engine would inherit), reseeds ``random`` (MAC addresses), names itself for ``ps``;
+4. runs the plan: in this process (no sandbox), or as the sandbox supervisor of
+   ``engine.ozone`` whose jailed child runs the engine in-process instead of exec'ing a new
+   interpreter (``PoolSandbox``);
+5. writes how it ended into the ``exit`` file (``protocol.exit_record``), since no parent waits
+   for it. An engine killed by a signal it cannot handle (SIGKILL, the OOM killer) leaves the
+   file empty; a sandboxed one is reported by its supervisor, signal included.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from engine.errors import EXIT_INTERNAL, SvlaunchError
+from engine.ozone import sys as osys
+from engine.ozone.sandbox import Sandbox
+from engine.pool import preload, protocol
+
+if TYPE_CHECKING:
+    from engine.ozone.exits import Exit
+
+#: handlers as the interpreter set them, before the pool changed any (``server.serve`` fills it)
+ORIGINAL_HANDLERS: dict[int, Any] = {}
+
+
+class PoolSandbox(Sandbox):
+    """The ozone sandbox, with the engine run in the jailed child itself: it was forked from the
+    pool, so the engine is already imported (``preload``) and no interpreter starts in the jail."""
+
+    paused = False
+    verbose = False
+
+    @classmethod
+    def from_plan(cls, plan: Any, **kw: Any) -> Sandbox:
+        kw.setdefault("runtime", preload.RUNTIME)  # found once by the pool, not per VM
+        return super().from_plan(plan, **kw)
+
+    def _exec(self, argv: list[str], env: dict[str, str], report_fd: int) -> None:
+        from engine.ozone.sandbox import JAIL_PLAN
+
+        os.close(report_fd)  # as exec would: the supervisor now knows the jail is complete
+        os.environ.clear()
+        os.environ.update(env)
+        code = _run_here(JAIL_PLAN, None, paused=self.paused, verbose=self.verbose)
+        _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def _run_here(plan_path: str, plan: Any, *, paused: bool, verbose: bool) -> int:
+    from engine import __main__ as entry
+
+    return entry.guarded(lambda: entry.run(plan_path, paused=paused, verbose=verbose, plan=plan))
+
+
+def _reset_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    for sig, handler in ORIGINAL_HANDLERS.items():
+        signal.signal(sig, handler)
+
+
+def _own_fds(fds: dict[str, int], detach: list[Any]) -> dict[str, int]:
+    """stdio from ``log``; ``lock``/``exit`` kept (moved above 2); everything else closed."""
+    for obj in detach:  # sockets of the pool: forget their numbers, close_range closes them
+        try:
+            obj.detach()
+        except (OSError, AttributeError):
+            pass
+    null = os.open(os.devnull, os.O_RDWR)
+    log = fds.get("log", null)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    kept = {}
+    for name in ("lock", "exit"):
+        if name in fds:
+            fd = fds[name]
+            kept[name] = fd if fd > 2 else os.dup(fd)
+    keep = sorted(kept.values())
+    lo = 3
+    for fd in [*keep, 1 << 20]:
+        if fd - 1 >= lo:
+            osys.close_range(lo, min(fd - 1, (1 << 31) - 2))
+        lo = fd + 1
+    for fd in keep:
+        os.set_inheritable(fd, fd == kept.get("lock"))  # the sandbox passes the lock on
+    return kept
+
+
+def _take_environment(options: dict[str, Any]) -> None:
+    for key in [k for k in os.environ if k.startswith(protocol.ENV_PREFIX)]:
+        del os.environ[key]
+    os.environ.update(options.get("env", {}))
+    os.umask(options.get("umask", 0o022))
+    try:
+        os.chdir(options.get("cwd", "/"))
+    except OSError:
+        os.chdir("/")
+    random.seed()  # the random module also reseeds at fork; said here so nobody has to know
+    name = options.get("name")
+    if name:
+        try:
+            with open("/proc/self/comm", "w") as f:
+                f.write(f"sv-{name}"[:15])
+        except OSError:
+            pass
+
+
+def _record(fds: dict[str, int], data: bytes) -> None:
+    fd = fds.get("exit")
+    if fd is None:
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+    except OSError as e:
+        print(f"svlaunch: cannot record how the engine ended: {e.strerror}", file=sys.stderr)
+
+
+def become_engine(
+    plan_path: str, plan: Any, options: dict[str, Any], fds: dict[str, int], detach: list[Any]
+) -> NoReturn:
+    """The engine's process, forked from the pool: never returns."""
+    code = EXIT_INTERNAL
+    kept: dict[str, int] = {}
+    try:
+        from engine import __main__ as entry
+
+        entry.restart_clock("forked by the pool")
+        _reset_signals()
+        kept = _own_fds(fds, detach)
+        _take_environment(options)
+        paused, verbose = options.get("paused", False), options.get("verbose", False)
+        if plan.sandbox is None:
+            code = _run_here(plan_path, plan, paused=paused, verbose=verbose)
+            reason = "exited normally" if code == 0 else f"exited with status {code}"
+            _record(kept, protocol.exit_record(code, reason, late_imports=preload.late_imports()))
+        else:
+            code = _supervise(plan_path, kept, paused=paused, verbose=verbose)
+    except BaseException:
+        try:
+            traceback.print_exc()
+            print("svlaunch: the pool's engine failed (a bug): see the traceback", file=sys.stderr)
+            _record(kept, protocol.exit_record(code, "internal error in the forked engine"))
+        except BaseException:
+            pass
+    _exit(code)
+
+
+def _supervise(plan_path: str, kept: dict[str, int], *, paused: bool, verbose: bool) -> int:
+    from engine.ozone.__main__ import supervise
+
+    def ended(end: Exit) -> None:
+        _record(kept, protocol.exit_record(end.shell_status, end.reason, end.signal))
+
+    PoolSandbox.paused, PoolSandbox.verbose = paused, verbose
+    try:
+        return supervise(plan_path, sandbox_class=PoolSandbox, ended=ended)
+    except SvlaunchError as e:
+        print(f"svlaunch: {e}", file=sys.stderr)
+        _record(kept, protocol.exit_record(e.exit_code, f"sandbox: {e}"))
+        return e.exit_code

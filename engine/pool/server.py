@@ -1,0 +1,392 @@
+"""The pool's server: one thread, one ``poll`` loop, one fork pair per VM.
+
+Single-threaded by design: ``fork`` copies only the calling thread, so a pool with a second
+thread could hand a child a lock held forever. Requests are short (read one packet, check it,
+fork, reply); a client that connects and sends nothing is dropped after ``CLIENT_TIMEOUT``,
+and several can be connected at once, so no client stalls the others.
+
+The pool keeps nothing of a VM once it has replied (no plan, no descriptor, no pid list): a
+later fork cannot carry one VM's data into another. It counts requests, that is all.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.pool import child, preload, protocol
+from engine.pool.protocol import RequestError
+
+CLIENT_TIMEOUT = 2.0
+TICK = 2.0  # seconds between idle checks (code changed, socket gone, idle exit)
+SD_LISTEN_FDS_START = 3
+
+
+@dataclass
+class Conn:
+    sock: socket.socket
+    deadline: float
+
+
+@dataclass
+class Pool:
+    listener: socket.socket
+    socket_path: str | None  # None under socket activation: systemd owns the path
+    lock_fd: int | None
+    idle_exit: float  # seconds without a request before the pool exits; 0: never
+    started: float = field(default_factory=time.time)
+    served: int = 0
+    refused: int = 0
+    last_request: float = field(default_factory=time.monotonic)
+    fingerprint: float = 0.0
+    socket_id: tuple[int, int] | None = None
+    stopping: bool = False
+    conns: dict[int, Conn] = field(default_factory=dict)
+    current: socket.socket | None = None  # the connection being answered
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            child.ORIGINAL_HANDLERS[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+        self.listener.setblocking(False)
+        poller = select.poll()  # no descriptor of its own (epoll's would reach the children)
+        poller.register(self.listener.fileno(), select.POLLIN)
+        while not self.stopping:
+            timeout = min([TICK, *(c.deadline - time.monotonic() for c in self.conns.values())])
+            try:
+                events = poller.poll(max(0.0, timeout) * 1000)
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self.listener.fileno():
+                    self._accept(poller)
+                elif fd in self.conns:
+                    conn = self.conns.pop(fd)
+                    poller.unregister(fd)
+                    self._handle(conn)
+            now = time.monotonic()
+            for fd, conn in list(self.conns.items()):
+                if conn.deadline <= now:
+                    poller.unregister(fd)
+                    del self.conns[fd]
+                    conn.sock.close()
+            if not events:
+                self._idle_checks()
+        self.close()
+
+    def _on_signal(self, _sig: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _accept(self, poller: Any) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        sock.setblocking(False)
+        self.conns[sock.fileno()] = Conn(sock, time.monotonic() + CLIENT_TIMEOUT)
+        poller.register(sock.fileno(), select.POLLIN)
+
+    def _idle_checks(self) -> None:
+        """Exit when idle too long, when our socket file was removed or replaced (nobody can
+        reach us), or when the engine's code changed on disk (a new pool would run the new
+        code; the next request starts it, or systemd does)."""
+        why = ""
+        if self.idle_exit and time.monotonic() - self.last_request > self.idle_exit:
+            why = f"idle for {self.idle_exit:g} s"
+        elif self.socket_path and _ident(self.socket_path) != self.socket_id:
+            why = f"{self.socket_path} was removed or replaced"
+        elif _fingerprint() != self.fingerprint:
+            why = "the engine's code changed on disk"
+        if why:
+            print(f"svlaunch-pool: exiting: {why}", file=sys.stderr, flush=True)
+            self.stopping = True
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def _handle(self, conn: Conn) -> None:
+        fds: list[int] = []
+        sock = self.current = conn.sock
+        try:
+            try:
+                data, fds, flags = protocol.receive(sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                raise RequestError(
+                    "bad-request", f"cannot read the request: {e.strerror}"
+                ) from None
+            pid, uid, _ = struct.unpack("3i", sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))  # fmt: skip
+            if uid not in (0, os.geteuid()):
+                raise RequestError(
+                    "refused",
+                    f"uid {uid} (pid {pid}) may not use this pool (only root and uid "
+                    f"{os.geteuid()} may)",
+                    "run svlaunch as the pool's user, or start a pool of your own",
+                )
+            if not data:
+                raise RequestError("bad-request", "empty request")
+            req = protocol.parse(data, flags, len(fds))
+            reply, out_fds = self._dispatch(req, fds)
+            self.served += 1
+        except RequestError as e:
+            self.refused += 1
+            reply, out_fds = e.reply(), []
+        except Exception as e:  # a bug: answer, log, keep serving
+            import traceback
+
+            traceback.print_exc()
+            self.refused += 1
+            reply, out_fds = RequestError("internal", f"pool error: {e!r}").reply(), []
+        finally:
+            for fd in fds:
+                _close(fd)
+        try:
+            sock.setblocking(True)
+            sock.settimeout(CLIENT_TIMEOUT)
+            protocol.send(sock, reply, out_fds)
+        except OSError:
+            pass
+        finally:
+            for fd in out_fds:
+                _close(fd)
+            sock.close()
+            self.current = None
+            self.last_request = time.monotonic()
+
+    def _dispatch(self, req: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        op = req["op"]
+        if op == "status":
+            return self.status(), []
+        if op == "stop":
+            self.stopping = True
+            return {"ok": True, "pid": os.getpid()}, []
+        return self._start(req, dict(zip(req.get("fds", []), fds, strict=True)))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "uid": os.geteuid(),
+            "started": self.started,
+            "served": self.served,
+            "refused": self.refused,
+            "engine": preload.ENGINE_DIR,
+            "python": sys.version.split()[0],
+            "socket": self.socket_path,
+            "activated": self.socket_path is None,
+            "idle_exit": self.idle_exit,
+            "modules": len(preload.PRELOADED),
+            "not_preloaded": dict(preload.FAILED),
+        }
+
+    def _start(self, req: dict[str, Any], fds: dict[str, int]) -> tuple[dict[str, Any], list[int]]:
+        from engine.__main__ import read_plan
+
+        engine = req.get("engine")
+        if engine is not None and os.path.realpath(str(engine)) != preload.ENGINE_DIR:
+            raise RequestError(
+                "wrong-engine",
+                f"this pool runs the engine of {preload.ENGINE_DIR}, not {str(engine)[:200]}",
+                "each svlaunch installation needs its own runtime folder (SVLAUNCH_RUNTIME_DIR)",
+            )
+        _check_fds(fds)
+        try:
+            plan = read_plan(req["plan"])
+        except ValueError as e:
+            raise RequestError(
+                "bad-plan", str(e)[:500], "make the plan with 'svlaunch plan'"
+            ) from None
+        return self._fork_engine(req["plan"], plan, req.get("options", {}), fds)
+
+    def _fork_engine(
+        self, plan_path: str, plan: Any, options: dict[str, Any], fds: dict[str, int]
+    ) -> tuple[dict[str, Any], list[int]]:
+        """Fork twice: the engine is the grandchild, in its own session, re-parented to init
+        (or the nearest subreaper) as soon as the middle process exits."""
+        report, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        conns = [c.sock for c in self.conns.values()]
+        detach = [self.listener, report, report_w, self.current, *conns]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        gc.freeze()  # everything so far is read-only for the children: shared pages stay shared
+        try:
+            middle = os.fork()
+            if middle == 0:
+                _middle(plan_path, plan, options, fds, detach, report_w)
+            report_w.close()
+            os.waitpid(middle, 0)
+            report.settimeout(CLIENT_TIMEOUT)
+            try:
+                data, got, _ = protocol.receive(report)
+            except OSError:
+                data, got = b"", []
+        finally:
+            report.close()
+            report_w.close()
+        if not data or len(got) != 1:
+            for fd in got:
+                _close(fd)
+            raise RequestError("fork-failed", "the pool could not fork the engine (see its log)")
+        pid = int(data)
+        return {"ok": True, "pid": pid, "pid_start": _start_time(pid)}, got
+
+    def close(self) -> None:
+        """Stop serving. VMs are not ours to stop: they keep running."""
+        for conn in self.conns.values():
+            conn.sock.close()
+        self.conns.clear()
+        if self.socket_path and _ident(self.socket_path) == self.socket_id:
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
+        self.listener.close()
+        if self.lock_fd is not None:
+            _close(self.lock_fd)
+
+
+def _middle(
+    plan_path: str,
+    plan: Any,
+    options: dict[str, Any],
+    fds: dict[str, int],
+    detach: list[Any],
+    report_w: socket.socket,
+) -> None:
+    """The middle process: a new session, the engine forked from it, its pidfd to the pool."""
+    code = 1
+    try:
+        os.setsid()
+        pid = os.fork()
+        if pid == 0:
+            child.become_engine(plan_path, plan, options, fds, detach)
+        pidfd = os.pidfd_open(pid)  # our child: valid even if it exits right away
+        report_w.sendmsg(
+            [str(pid).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))]
+        )
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _check_fds(fds: dict[str, int]) -> None:
+    """The descriptors are what their names say: a lock file, a log and an exit file to write."""
+    for name, fd in fds.items():
+        try:
+            st = os.fstat(fd)
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError as e:
+            raise RequestError("bad-fds", f"descriptor {name!r}: {e.strerror}") from None
+        if name in ("lock", "exit") and not stat.S_ISREG(st.st_mode):
+            raise RequestError("bad-fds", f"descriptor {name!r} is not a regular file")
+        if name == "log" and stat.S_ISDIR(st.st_mode):
+            raise RequestError("bad-fds", "descriptor 'log' is a folder")
+        if name in ("log", "exit") and mode == os.O_RDONLY:
+            raise RequestError("bad-fds", f"descriptor {name!r} is not open for writing")
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+
+
+def _fingerprint() -> float:
+    """The newest modification time among the engine's sources."""
+    newest = 0.0
+    for path in preload.engine_sources():
+        try:
+            newest = max(newest, os.stat(path).st_mtime)
+        except OSError:
+            pass
+    return newest
+
+
+# -- the listening socket ---------------------------------------------------------------------------
+
+
+def activated_socket() -> socket.socket | None:
+    """The socket systemd passed (``LISTEN_FDS``/``LISTEN_PID``), checked; None if none was."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        count = 0
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)  # never passed on to an engine
+    if count != 1:
+        raise SystemExit(f"svlaunch-pool: expected one socket from systemd, got {count}")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if (
+        sock.family != socket.AF_UNIX
+        or sock.type != socket.SOCK_SEQPACKET
+        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    ):
+        raise SystemExit(
+            "svlaunch-pool: the socket from systemd must be a listening unix SOCK_SEQPACKET "
+            "socket (ListenSequentialPacket=)"
+        )
+    os.set_inheritable(sock.fileno(), False)
+    return sock
+
+
+def bind_socket(path: str) -> socket.socket:
+    """A fresh listening socket at ``path`` (mode 0600). The caller holds the pool lock, so a
+    socket file already there is a dead pool's."""
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise SystemExit(f"svlaunch-pool: {path} exists and is not a socket; not touching it")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(64)
+    return sock
+
+
+def make_pool(socket_path: str | None, lock_fd: int | None, idle_exit: float) -> Pool:
+    listener = activated_socket()
+    if listener is None:
+        if not socket_path:
+            raise SystemExit("svlaunch-pool: --socket PATH is required without socket activation")
+        listener = bind_socket(socket_path)
+    else:
+        socket_path = None
+    pool = Pool(listener, socket_path, lock_fd, idle_exit)
+    pool.fingerprint = _fingerprint()
+    pool.socket_id = _ident(socket_path) if socket_path else None
+    return pool
