@@ -135,8 +135,7 @@ def _record(fds: dict[str, int], data: bytes) -> None:
     if fd is None:
         return
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        os.write(fd, data)  # the file is new and empty; write(2) is on every seccomp allow-list
     except OSError as e:
         print(f"svlaunch: cannot record how the engine ended: {e.strerror}", file=sys.stderr)
 

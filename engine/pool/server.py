@@ -347,7 +347,10 @@ def activated_socket() -> socket.socket | None:
         os.environ.pop(key, None)  # never passed on to an engine
     if count != 1:
         raise SystemExit(f"svlaunch-pool: expected one socket from systemd, got {count}")
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as e:
+        raise SystemExit(f"svlaunch-pool: descriptor 3 from systemd: {e.strerror}") from None
     if (
         sock.family != socket.AF_UNIX
         or sock.type != socket.SOCK_SEQPACKET
