@@ -119,6 +119,21 @@ def report(s: Samples) -> None:
     print(f"{s.name:<34} {fmt(s.first)} {fmt(s.exit)} {min(s.cpu):6.1f}  {max(s.rss):5d}   {s.rc}")
 
 
+def qemu_microvm(tmp: Path, memory: str = "128M", char: bytes = b"!") -> list[str] | None:
+    """QEMU microvm with a 16-byte "BIOS" that writes ``char`` to COM1 and exits (None: no QEMU)."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        return None
+    bios = bytearray(64 * 1024)
+    # mov al,CHAR ; mov dx,0x3f8 ; out dx,al ; mov al,0 ; out 0xf4,al ; hlt
+    code = b"\xb0" + char + b"\xba\xf8\x03\xee\xb0\x00\xe6\xf4\xf4"
+    bios[-16 : -16 + len(code)] = code
+    (tmp / "bios.bin").write_bytes(bytes(bios))
+    return [qemu, "-M", "microvm,x-option-roms=off,rtc=off", "-enable-kvm", "-m", memory,
+            "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+            "-bios", str(tmp / "bios.bin"), "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]  # fmt: skip
+
+
 def main() -> int:
     args = sys.argv[1:]
     before = None
@@ -155,16 +170,8 @@ def main() -> int:
         Samples("floor: python -c pass", [py, "-c", "pass"]),
         Samples("floor: python -I -S -c pass", [py, "-I", "-S", "-c", "pass"]),
     ]
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu:
-        bios = bytearray(64 * 1024)
-        # mov al,'!' ; mov dx,0x3f8 ; out dx,al ; mov al,0 ; out 0xf4,al ; hlt
-        code = b"\xb0!\xba\xf8\x03\xee\xb0\x00\xe6\xf4\xf4"
-        bios[-16 : -16 + len(code)] = code
-        (tmp / "bios.bin").write_bytes(bytes(bios))
-        argv = [qemu, "-M", "microvm,x-option-roms=off,rtc=off", "-enable-kvm", "-m", "128M",
-                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-                "-bios", str(tmp / "bios.bin"), "-device", "isa-debug-exit,iobase=0xf4,iosize=4"]  # fmt: skip
+    argv = qemu_microvm(tmp)
+    if argv:
         engines.append(Samples("qemu microvm (trivial bios)", argv))
     with open(os.devnull, "w") as null:
         saved = os.dup(2)

@@ -1,8 +1,11 @@
 """A forked engine's first steps: shed the pool, become the VM's process, run, record the end.
 
-The pool forks twice (``server._fork_engine``): the first child starts a new session and forks
-the engine, sends the pool the engine's pidfd and exits, so the engine is not the pool's child
-(it survives the pool, and init reaps it). The engine then, before it touches the plan:
+The pool forks twice (``server._make_spare``), ahead of any request: the first child starts a
+new session and forks the engine, sends the pool the engine's pidfd and exits, so the engine is
+not the pool's child (it survives the pool, and init reaps it). This *spare* closes every
+descriptor of the pool and waits on its channel; the next ``start`` request is handed to it
+(plan path, options, descriptors), so no fork is on a request's path. The engine then, before
+it touches the plan:
 
 1. clears the signal mask and puts back every handler the pool changed;
 2. makes the VM's descriptors its own: ``log`` on stdout and stderr, ``/dev/null`` on stdin,
@@ -21,6 +24,7 @@ the engine, sends the pool the engine's pidfd and exits, so the engine is not th
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -83,24 +87,26 @@ def _reset_signals() -> None:
         signal.signal(sig, handler)
 
 
-def _own_fds(fds: dict[str, int], detach: list[Any]) -> dict[str, int]:
-    """stdio from ``log``; ``lock``/``exit`` kept (moved above 2); everything else closed."""
+def _own_fds(fds: dict[str, int], detach: list[Any], keep: tuple[int, ...] = ()) -> dict[str, int]:
+    """stdio from ``log`` (if given); ``lock``/``exit`` and ``keep`` kept; every other
+    descriptor above 2 closed."""
     for obj in detach:  # sockets of the pool: forget their numbers, close_range closes them
         try:
             obj.detach()
         except (OSError, AttributeError):
             pass
-    null = os.open(os.devnull, os.O_RDWR)
-    log = fds.get("log", null)
-    os.dup2(null, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    if fds:
+        null = os.open(os.devnull, os.O_RDWR)
+        log = fds.get("log", null)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
     kept = {}
     for name in ("lock", "exit"):
         if name in fds:
             fd = fds[name]
             kept[name] = fd if fd > 2 else os.dup(fd)
-    keep = sorted(kept.values())
+    keep = tuple(sorted({*kept.values(), *keep}))
     lo = 3
     for fd in [*keep, 1 << 20]:
         if fd - 1 >= lo:
@@ -140,20 +146,40 @@ def _record(fds: dict[str, int], data: bytes) -> None:
         print(f"svlaunch: cannot record how the engine ended: {e.strerror}", file=sys.stderr)
 
 
-def become_engine(
-    plan_path: str, plan: Any, options: dict[str, Any], fds: dict[str, int], detach: list[Any]
-) -> NoReturn:
-    """The engine's process, forked from the pool: never returns."""
+def spare(chan: Any, detach: list[Any]) -> NoReturn:
+    """A spare engine: forked before any request, it drops the pool's descriptors and waits on
+    ``chan`` for its request (plan, options, descriptors); EOF means the pool is gone."""
+    try:
+        _reset_signals()
+        _own_fds({}, detach, keep=(chan.fileno(),))
+        data, fds, _ = protocol.receive(chan)
+        if not data:
+            _exit(0)
+        request = json.loads(data)
+        named = dict(zip(request["fds"], fds, strict=True))
+    except BaseException:
+        _exit(EXIT_INTERNAL)
+    chan.close()
+    become_engine(request["plan"], request["options"], named)
+
+
+def become_engine(plan_path: str, options: dict[str, Any], fds: dict[str, int]) -> NoReturn:
+    """The engine's process, forked from the pool, given its request: never returns."""
     code = EXIT_INTERNAL
     kept: dict[str, int] = {}
     try:
         from engine import __main__ as entry
 
-        entry.restart_clock("forked by the pool")
-        _reset_signals()
-        kept = _own_fds(fds, detach)
+        entry.restart_clock("request received by the forked engine")
+        kept = _own_fds(fds, [])
         _take_environment(options)
         paused, verbose = options.get("paused", False), options.get("verbose", False)
+        try:
+            plan = entry.read_plan(plan_path)
+        except ValueError as e:
+            print(f"engine: {e}", file=sys.stderr)
+            _record(kept, protocol.exit_record(1, f"bad plan: {e}"))
+            _exit(1)
         if plan.sandbox is None:
             code = _run_here(plan_path, plan, paused=paused, verbose=verbose)
             reason = "exited normally" if code == 0 else f"exited with status {code}"

@@ -33,6 +33,15 @@ SD_LISTEN_FDS_START = 3
 
 
 @dataclass
+class Spare:
+    """An engine forked ahead of its request, waiting on ``chan``."""
+
+    pid: int
+    pidfd: int
+    chan: socket.socket
+
+
+@dataclass
 class Conn:
     sock: socket.socket
     deadline: float
@@ -53,6 +62,7 @@ class Pool:
     stopping: bool = False
     conns: dict[int, Conn] = field(default_factory=dict)
     current: socket.socket | None = None  # the connection being answered
+    spare: Spare | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -63,6 +73,7 @@ class Pool:
         self.listener.setblocking(False)
         poller = select.poll()  # no descriptor of its own (epoll's would reach the children)
         poller.register(self.listener.fileno(), select.POLLIN)
+        self._ensure_spare()
         while not self.stopping:
             timeout = min([TICK, *(c.deadline - time.monotonic() for c in self.conns.values())])
             try:
@@ -165,6 +176,14 @@ class Pool:
             sock.close()
             self.current = None
             self.last_request = time.monotonic()
+        self._ensure_spare()
+
+    def _ensure_spare(self) -> None:
+        if self.spare is None and not self.stopping:
+            try:
+                self.spare = self._make_spare()
+            except RequestError as e:  # the next request tries again and says so
+                print(f"svlaunch-pool: {e.message}", file=sys.stderr, flush=True)
 
     def _dispatch(self, req: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
         op = req["op"]
@@ -209,23 +228,42 @@ class Pool:
             raise RequestError(
                 "bad-plan", str(e)[:500], "make the plan with 'svlaunch plan'"
             ) from None
-        return self._fork_engine(req["plan"], plan, req.get("options", {}), fds)
+        del plan  # checked here for a clear reply; the engine reads its own copy
+        return self._hand_to_spare(req["plan"], req.get("options", {}), fds)
 
-    def _fork_engine(
-        self, plan_path: str, plan: Any, options: dict[str, Any], fds: dict[str, int]
+    def _hand_to_spare(
+        self, plan_path: str, options: dict[str, Any], fds: dict[str, int]
     ) -> tuple[dict[str, Any], list[int]]:
-        """Fork twice: the engine is the grandchild, in its own session, re-parented to init
-        (or the nearest subreaper) as soon as the middle process exits."""
+        """Give the request to the spare engine (forked earlier, waiting): no fork on this path."""
+        spare = self.spare or self._make_spare()
+        self.spare = None
+        try:
+            message = {"plan": plan_path, "options": options, "fds": list(fds)}
+            protocol.send(spare.chan, message, tuple(fds.values()))
+        except OSError as e:
+            _close(spare.pidfd)
+            raise RequestError("fork-failed", f"the spare engine is gone: {e.strerror}") from None
+        finally:
+            spare.chan.close()
+        pid = spare.pid
+        return {"ok": True, "pid": pid, "pid_start": _start_time(pid)}, [spare.pidfd]
+
+    def _make_spare(self) -> Spare:
+        """Fork the next engine now, off any request's path: twice, so that it is in its own
+        session and re-parented to init (or the nearest subreaper) once the middle process
+        exits. It waits on ``chan`` for its request, or for EOF when the pool goes away."""
+        chan, chan_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         report, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         conns = [c.sock for c in self.conns.values()]
-        detach = [self.listener, report, report_w, self.current, *conns]
+        detach = [self.listener, chan, report, report_w, *conns]
         sys.stdout.flush()
         sys.stderr.flush()
         gc.freeze()  # everything so far is read-only for the children: shared pages stay shared
         try:
             middle = os.fork()
             if middle == 0:
-                _middle(plan_path, plan, options, fds, detach, report_w)
+                _middle(chan_child, detach, report_w)
+            chan_child.close()
             report_w.close()
             os.waitpid(middle, 0)
             report.settimeout(CLIENT_TIMEOUT)
@@ -236,18 +274,23 @@ class Pool:
         finally:
             report.close()
             report_w.close()
+            chan_child.close()
         if not data or len(got) != 1:
             for fd in got:
                 _close(fd)
-            raise RequestError("fork-failed", "the pool could not fork the engine (see its log)")
-        pid = int(data)
-        return {"ok": True, "pid": pid, "pid_start": _start_time(pid)}, got
+            chan.close()
+            raise RequestError("fork-failed", "the pool could not fork an engine (see its log)")
+        return Spare(int(data), got[0], chan)
 
     def close(self) -> None:
         """Stop serving. VMs are not ours to stop: they keep running."""
         for conn in self.conns.values():
             conn.sock.close()
         self.conns.clear()
+        if self.spare is not None:  # EOF on its channel: the spare exits
+            self.spare.chan.close()
+            _close(self.spare.pidfd)
+            self.spare = None
         if self.socket_path and _ident(self.socket_path) == self.socket_id:
             try:
                 os.unlink(self.socket_path)
@@ -258,22 +301,16 @@ class Pool:
             _close(self.lock_fd)
 
 
-def _middle(
-    plan_path: str,
-    plan: Any,
-    options: dict[str, Any],
-    fds: dict[str, int],
-    detach: list[Any],
-    report_w: socket.socket,
-) -> None:
-    """The middle process: a new session, the engine forked from it, its pidfd to the pool."""
+def _middle(chan: socket.socket, detach: list[Any], report_w: socket.socket) -> None:
+    """The middle process: a new session, the spare engine forked from it, its pidfd sent to
+    the pool (taken while the spare is our child: it names that process even if it dies)."""
     code = 1
     try:
         os.setsid()
         pid = os.fork()
         if pid == 0:
-            child.become_engine(plan_path, plan, options, fds, detach)
-        pidfd = os.pidfd_open(pid)  # our child: valid even if it exits right away
+            child.spare(chan, detach)
+        pidfd = os.pidfd_open(pid)
         report_w.sendmsg(
             [str(pid).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))]
         )
