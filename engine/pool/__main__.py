@@ -42,14 +42,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="exit after this many seconds without a request (0: never)")  # fmt: skip
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     lock_fd = _take_lock(args)
+    import gc
+
+    gc.disable()  # no collection while loading: freed slots would be filled (copied) per VM
     from engine.pool import preload, server
 
     # Loaded before the socket exists: a client never waits on a pool that is not ready, and
     # one that finds no socket while the lock is held knows that a pool is on its way.
     preload.preload()
     pool = server.make_pool(args.socket, lock_fd, args.idle_exit)
-    import gc
-
     gc.collect()
     gc.freeze()
     print(
