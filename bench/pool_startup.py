@@ -85,8 +85,9 @@ def run_pool_once(s: PoolSamples, sock: str) -> None:
     os.waitpid(started.pid, 0)  # ours: we are the subreaper of the pool's orphans
     os.close(started.pidfd)
     for line in out.decode(errors="replace").splitlines():
-        if line.startswith("startup-trace "):
-            ms, _, phase = line[len("startup-trace ") :].strip().partition(" ms  ")
+        at = line.find("startup-trace ")  # the guest's byte has no newline after it
+        if at >= 0:
+            ms, _, phase = line[at + len("startup-trace ") :].strip().partition(" ms  ")
             s.phases.setdefault(phase, []).append(float(ms))
 
 
