@@ -72,7 +72,9 @@ def raw_request(path: str, data: bytes, fds: tuple[int, ...] = ()) -> dict:
     sock.settimeout(10)
     sock.connect(path)
     try:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))]
+        anc = [
+            (socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))
+        ]
         sock.sendmsg([data], anc if fds else [])
         reply, anc_in, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(16))
         for _, _, payload in anc_in:
