@@ -30,6 +30,24 @@ def _take_lock(args: argparse.Namespace) -> int:
     return fd
 
 
+#: bytes of command line a forked engine may need to show its own (``proctitle``)
+TITLE_ROOM = 1024
+
+
+def _make_title_room() -> None:
+    """Re-exec with a padding argument when this command line is short: a forked engine
+    rewrites its command line in place (``proctitle``), and that area cannot grow. Same pid
+    (socket activation's ``LISTEN_PID`` still holds), one exec at start-up."""
+    from engine.pool import proctitle
+
+    try:
+        room = proctitle.area()[1]
+    except (OSError, IndexError, ValueError):
+        return
+    if room < TITLE_ROOM and "--title-room" not in sys.orig_argv:
+        os.execv(sys.executable, [*sys.orig_argv, "--title-room", "." * TITLE_ROOM])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engine.pool", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -40,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--lock-fd", type=int, help="an inherited descriptor of the held lock")
     s.add_argument("--idle-exit", type=float, default=0.0,
                    help="exit after this many seconds without a request (0: never)")  # fmt: skip
+    s.add_argument("--title-room", help=argparse.SUPPRESS)
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        _make_title_room()
     lock_fd = _take_lock(args)
     import gc
 

@@ -13,7 +13,8 @@ it touches the plan:
    requests' descriptors, the pool's lock). Python objects that still name the pool's sockets
    are detached first, so nothing later closes a number the engine has reused;
 3. takes the client's ``SVLAUNCH_*`` environment, working folder and umask (what an exec'd
-   engine would inherit), reseeds ``random`` (MAC addresses), names itself for ``ps``;
+   engine would inherit), reseeds ``random`` (MAC addresses), names itself for ``ps``
+   (``comm`` = ``sv-NAME``, and the command line the exec path would have: ``proctitle``);
 4. runs the plan: in this process (no sandbox), or as the sandbox supervisor of
    ``engine.ozone`` whose jailed child runs the engine in-process instead of exec'ing a new
    interpreter (``PoolSandbox``);
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from engine.errors import EXIT_INTERNAL, SvlaunchError
 from engine.ozone import sys as osys
 from engine.ozone.sandbox import Sandbox
-from engine.pool import preload, protocol
+from engine.pool import preload, proctitle, protocol
 
 if TYPE_CHECKING:
     from engine.ozone.exits import Exit
@@ -60,6 +61,7 @@ class PoolSandbox(Sandbox):
         from engine.ozone.sandbox import JAIL_PLAN
 
         os.close(report_fd)  # as exec would: the supervisor now knows the jail is complete
+        proctitle.set_cmdline(argv)
         os.environ.clear()
         os.environ.update(env)
         code = _run_here(JAIL_PLAN, None, paused=self.paused, verbose=self.verbose)
@@ -180,6 +182,8 @@ def become_engine(plan_path: str, options: dict[str, Any], fds: dict[str, int]) 
             print(f"engine: {e}", file=sys.stderr)
             _record(kept, protocol.exit_record(1, f"bad plan: {e}"))
             _exit(1)
+        module = "engine" if plan.sandbox is None else "engine.ozone"
+        proctitle.set_cmdline([sys.executable, "-m", module, "run", "--plan", plan_path])
         if plan.sandbox is None:
             code = _run_here(plan_path, plan, paused=paused, verbose=verbose)
             reason = "exited normally" if code == 0 else f"exited with status {code}"

@@ -63,6 +63,10 @@ def test_a_vm_started_through_the_pool_runs_answers_qmp_and_goes_down(tmp_path, 
     # forked by the pool, yet not its child: own session, parent is not the pool
     assert stat_field(pid, 4) != pool and stat_field(pid, 6) not in (pool, os.getsid(pool))
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "sv-tiny"
+    # and the command line the exec path would show (ps, identity checks look for --plan)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    plan = str(tmp_path / "rt" / "tiny" / "plan.json").encode()
+    assert argv[1:6] == [b"-m", b"engine", b"run", b"--plan", plan]
     served = json.loads(svl(env, "pool", "status", "--json").stdout)["served"]
     assert served >= 2  # the status call of start_pool, and this VM
 
@@ -159,7 +163,9 @@ def test_up_without_a_pool_execs_the_engine_and_starts_a_pool_for_next_time(tmp_
         assert time.monotonic() < deadline, (tmp_path / "rt" / ".pool.log").read_text()
         time.sleep(0.2)
     _up(env, manifest(tmp_path, "second", HANG))
-    assert b"--plan" not in Path(f"/proc/{_ps(env)['second']['pid']}/cmdline").read_bytes()
+    second = _ps(env)["second"]["pid"]
+    assert Path(f"/proc/{second}/comm").read_text().strip() == "sv-second"  # forked, not exec'd
+    assert Path(f"/proc/{pid}/comm").read_text().strip() != "sv-first"
 
 
 def test_svlaunch_pool_off_neither_uses_nor_starts_a_pool(tmp_path) -> None:

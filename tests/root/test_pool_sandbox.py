@@ -127,8 +127,14 @@ def test_sandboxed_vms_from_the_pool_are_isolated_like_exec_ones(tmp_path, pool)
             assert st["SigBlk"] == "0000000000000000"
             cgroups = Path(f"/proc/{pid}/cgroup").read_text()
             assert f"/stratovirt/{vm.name}" in cgroups
-            # the engine runs in the forked process itself: no interpreter was exec'd in the jail
-            assert b"/plan.json" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            # the engine runs in the forked process itself: no interpreter was exec'd in the
+            # jail (exec would have renamed it), yet it shows the exec path's command line
+            assert Path(f"/proc/{pid}/comm").read_text().strip() == f"sv-{vm.name}"
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert argv[1:7] == [b"-B", b"-m", b"engine", b"run", b"--plan", b"/plan.json"]
+        for vm in vms:
+            argv = Path(f"/proc/{vm.supervisor}/cmdline").read_bytes().split(b"\0")
+            assert argv[1:5] == [b"-m", b"engine.ozone", b"run", b"--plan"]
         assert shared_descriptions(a, b) == []
         for pid in (a, b, vms[0].supervisor, vms[1].supervisor):
             assert shared_descriptions(pid, proc.pid) == []
