@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-#: the JSON Schema spelling of the rule (ECMA-262 regex, anchored)
-VM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+#: the JSON Schema spelling of the rule (ECMA-262 regex, anchored). ``(?!\n)``: Python's ``$``
+#: (jsonschema, svlaunch's shape check) also matches before a final newline; ECMA's does not.
+VM_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$(?!\n)"
 VM_NAME_HINT = "use 1-64 characters from A-Z a-z 0-9 _ . + -, starting with a letter or digit"
 
 _VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")

@@ -1,20 +1,41 @@
-"""The validated manifest: typed, frozen values with StratoVirt's defaults filled in.
+"""The validated manifest: typed, frozen values, each manifest key declared once on its field.
 
-One structure serves TOML and YAML. Collections the user keys by id (``[drives.root]``) become
-tuples of entries carrying their ``id`` in declaration order: order matters to StratoVirt (argv
-order, memory-zone layout) and to readable diffs. Fields are ``None`` only where StratoVirt's
-default depends on other fields (``aio``, ``num_queues``, ``transport``, ``mac``...); everything
-else holds the effective value. Paths are absolute (resolved against the manifest's folder).
+One structure serves TOML and YAML. A field's name is its manifest key with ``-`` → ``_``; its
+``key(...)`` declaration (``launcher.keys``) carries the key's default, limits, documentation,
+StratoVirt spelling, plan field and apply mode, and the schema, docs, loader, dumper, argv
+compiler and plan builder all read it from there. Collections the user keys by id
+(``[drives.root]``) become tuples of entries carrying their ``id`` in declaration order: order
+matters to StratoVirt (argv order, memory-zone layout) and to readable diffs. Fields are ``None``
+only where StratoVirt's default depends on other fields (``aio``, ``queues``, ``transport``,
+``mac``...); everything else holds the effective value. Paths are absolute (resolved against the
+manifest's folder). Nothing here does I/O.
 
-Nothing here does I/O. ``launcher.manifest`` builds these from a file; ``launcher.compile``
-turns them into a StratoVirt argv or an engine plan; ``launcher.compile.importer`` builds them
-back from an argv. Keep field names equal to the manifest keys with ``-`` → ``_``.
+This module holds what every VM has (the machine-level sections come from ``model_machine``);
+the device, NUMA, standard-VM and sandbox classes live in ``model_devices``, ``model_numa``,
+``model_pci`` and ``model_control`` and load on first use (``launcher.model.Drive`` works all the
+same): a ``svlaunch cmdline`` of a VM without them does not pay for creating their classes.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from launcher.keys import (
+    HOT_REPLACE_DISK,
+    HOT_REPLACE_NIC,
+    LIST,
+    LOG,
+    PATH,
+    REQUIRED,
+    SERIAL,
+    SOCKETS,
+    TABLE,
+    URI,
+    VM_NAME,
+    key,
+)
 from launcher.model_enums import (  # re-exported: the model's value sets are imported from here
     Aio,
     Arch,
@@ -24,361 +45,313 @@ from launcher.model_enums import (  # re-exported: the model's value sets are im
     NumaPolicy,
     Transport,
 )
+from launcher.model_machine import Boot, Cpu, Machine, Memory, Numa, Topology
+
+if TYPE_CHECKING:
+    from launcher.model_control import Monitor, Ozone
+    from launcher.model_devices import (
+        Balloon,
+        Console,
+        Drive,
+        Net,
+        Rng,
+        VirtioSerial,
+        Vsock,
+    )
+    from launcher.model_pci import Pflash, RootPort, UsbController, UsbKeyboard, UsbTablet, Vfio
+
+#: model classes defined in the modules that load on first use
+_LAZY = {
+    **dict.fromkeys(
+        ("PciAddress", "Drive", "Net", "VirtioSerial", "Console", "Vsock", "Balloon", "Rng"),
+        "launcher.model_devices",
+    ),
+    **dict.fromkeys(("MemoryZone", "NumaNode", "NumaDistance"), "launcher.model_numa"),
+    **dict.fromkeys(
+        ("RootPort", "Pflash", "Vfio", "UsbController", "UsbKeyboard", "UsbTablet"),
+        "launcher.model_pci",
+    ),
+    **dict.fromkeys(("Monitor", "Ozone"), "launcher.model_control"),
+}
 
 __all__ = [
     "Aio",
     "Arch",
+    "Boot",
+    "Chardev",
     "ChardevBackend",
+    "Cpu",
+    "Log",
+    "Machine",
     "MachineType",
+    "Manifest",
+    "Memory",
     "NetType",
+    "Numa",
     "NumaPolicy",
+    "Topology",
     "Transport",
+    "Usb",
+    *_LAZY,
 ]
 
-
-# -- machine, cpu, memory ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Machine:
-    """``-machine``: type and global switches."""
-
-    type: MachineType = MachineType.MICROVM
-    dump_guest_core: bool = True
-    mem_share: bool = False
-    accel: str | None = None  # "kvm" | "kvm:tcg" | "tcg" (accepted, KVM is always used)
-    usb: bool | None = None  # StratoVirt only accepts off
-    gic_version: int | None = None  # aarch64 only: 3
+#: docs of the tables that only group keys (``[global.pcie-root-port]``): (description, StratoVirt)
+GROUP_TABLES: dict[tuple[str, ...], tuple[str, str]] = {
+    ("global",): ("Global device properties.", "-global"),
+    ("global", "pcie-root-port"): ("Root port defaults (standard VMs).", ""),
+}
 
 
-@dataclass(frozen=True, slots=True)
-class Cpu:
-    """``-smp`` and ``-cpu``. Unset topology factors (``None``) are derived as StratoVirt does."""
-
-    cpus: int = 1
-    maxcpus: int | None = None
-    sockets: int | None = None
-    dies: int | None = None
-    clusters: int | None = None
-    cores: int | None = None
-    threads: int | None = None
-    model: str | None = None  # -cpu <model>; StratoVirt documents "host"
-    pmu: bool | None = None  # -cpu ...,pmu=on|off (aarch64 only effective)
+def __getattr__(name: str) -> Any:
+    home = _LAZY.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
 
 
-@dataclass(frozen=True, slots=True)
-class Topology:
-    """The resolved topology (StratoVirt's ``adjust_topology``); derived, never written by users."""
-
-    cpus: int
-    maxcpus: int
-    sockets: int
-    dies: int
-    clusters: int
-    cores: int
-    threads: int
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryZone:
-    """``-object memory-backend-ram`` not tied to a NUMA node (laid out and bound all the same)."""
-
-    id: str
-    size: int
-    host_nodes: tuple[int, ...]
-    policy: NumaPolicy
-
-
-@dataclass(frozen=True, slots=True)
-class Memory:
-    """``-m``, ``-mem-path``, ``-mem-prealloc`` and node-less memory zones."""
-
-    size: int = 256 << 20
-    path: str | None = None
-    prealloc: bool = False
-    zones: tuple[MemoryZone, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NumaNode:
-    """``-numa node`` plus the ``memory-backend-ram`` object it uses (declared once, here)."""
-
-    id: int
-    cpus: tuple[int, ...]
-    size: int
-    host_nodes: tuple[int, ...]
-    policy: NumaPolicy
-    memdev: str | None = None  # object id; default "mem<id>"
-
-    @property
-    def memdev_id(self) -> str:
-        return self.memdev or f"mem{self.id}"
-
-
-@dataclass(frozen=True, slots=True)
-class NumaDistance:
-    src: int
-    dst: int
-    val: int
-
-
-@dataclass(frozen=True, slots=True)
-class Numa:
-    nodes: tuple[NumaNode, ...] = ()
-    distances: tuple[NumaDistance, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Boot:
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None  # -append, joined with single spaces
-
-
-# -- devices -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PciAddress:
-    """PCI placement of a ``*-pci`` device: ``bus`` and ``addr`` are required for PCI."""
-
-    bus: str
-    slot: int
-    function: int = 0
-    multifunction: bool | None = None
-
-    @property
-    def addr(self) -> str:
-        return f"{self.slot:#x}" if self.function == 0 else f"{self.slot:#x}.{self.function:#x}"
-
-
-@dataclass(frozen=True, slots=True)
-class Drive:
-    """A block drive: the ``-drive`` backend and, unless ``attached`` is false, its virtio-blk device."""
-
-    id: str
-    file: str
-    readonly: bool = False
-    direct: bool = True
-    aio: Aio | None = None  # default: native if direct else off
-    format: str = "raw"
-    iops: int | None = None  # throttling.iops-total
-    attached: bool = True
-    device_id: str | None = None  # default: the drive id
-    serial: str | None = None
-    iothread: str | None = None
-    num_queues: int | None = None  # default: 1 on MMIO, min(cpus, 32) on PCI
-    queue_size: int = 256
-    bootindex: int | None = None
-    transport: Transport | None = None  # default: by machine type
-    pci: PciAddress | None = None
-
-    @property
-    def device_name(self) -> str:
-        return self.device_id or self.id
-
-
-@dataclass(frozen=True, slots=True)
-class Net:
-    """A network backend (``-netdev``) and, unless ``attached`` is false, its virtio-net device."""
-
-    id: str
-    type: NetType = NetType.TAP
-    ifname: str | None = None
-    fds: tuple[int, ...] = ()
-    vhost: bool | None = None
-    vhostfds: tuple[int, ...] = ()
-    queues: int | None = None  # queue pairs
-    chardev: str | None = None  # vhost-user socket chardev
-    attached: bool = True
-    device_id: str | None = None
-    mac: str | None = None
-    mq: bool = False
-    iothread: str | None = None
-    queue_size: int = 256
-    transport: Transport | None = None
-    pci: PciAddress | None = None
-
-    @property
-    def device_name(self) -> str:
-        return self.device_id or self.id
+# -- what every VM may use: chardevs, the log, the USB container --------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Chardev:
     """``-chardev`` (and the inline ``-serial`` backend)."""
 
-    id: str
-    backend: ChardevBackend
-    path: str | None = None
-    server: bool = False
-    nowait: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class VirtioSerial:
-    """The virtio-serial transport that consoles hang off (one per VM)."""
-
-    id: str | None = None
-    transport: Transport | None = None
-    pci: PciAddress | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Console:
-    """A ``virtconsole`` on a chardev."""
-
-    id: str
-    chardev: str
-
-
-@dataclass(frozen=True, slots=True)
-class Vsock:
-    id: str
-    guest_cid: int
-    vhostfd: int | None = None
-    transport: Transport | None = None
-    pci: PciAddress | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Balloon:
-    id: str | None = None
-    deflate_on_oom: bool = False
-    free_page_reporting: bool = False
-    transport: Transport | None = None
-    pci: PciAddress | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rng:
-    """``-object rng-random`` (id, file) and its ``virtio-rng`` device."""
-
-    id: str
-    file: str = "/dev/urandom"
-    max_bytes: int | None = None
-    period: int | None = None  # milliseconds
-    device_id: str | None = None
-    transport: Transport | None = None
-    pci: PciAddress | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RootPort:
-    id: str
-    port: int
-    pci: PciAddress
-    chassis: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Pflash:
-    unit: int
-    file: str
-    readonly: bool = False
-    format: str = "raw"
-
-
-@dataclass(frozen=True, slots=True)
-class Vfio:
-    id: str
-    pci: PciAddress
-    host: str | None = None
-    sysfsdev: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UsbController:
-    id: str
-    pci: PciAddress
-    p2: int | None = None
-    p3: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UsbDevice:
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Usb:
-    xhci: UsbController | None = None
-    keyboard: UsbDevice | None = None
-    tablet: UsbDevice | None = None
-
-
-# -- control, logging, sandbox ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Monitor:
-    """``-mon chardev=<id>,id=<id>,mode=control``: QMP on a declared socket chardev."""
-
-    chardev: str
-    id: str | None = None
+    id: str = key(REQUIRED, "Chardev id.", sv=("-chardev", "id"), plan="ChardevPlan.id")
+    backend: ChardevBackend = key(
+        REQUIRED,
+        "Where the character device goes.",
+        sv="-chardev <backend>",
+        plan="ChardevPlan.backend",
+    )
+    path: str | None = key(
+        None,
+        "Socket or file path (required for socket and file).",
+        kind=PATH,
+        io="output",
+        sv=("-chardev", "path"),
+        plan="ChardevPlan.path",
+    )
+    server: bool = key(
+        False,
+        "Listen on the socket instead of connecting (socket only).",
+        sv=("-chardev", "server", "flag"),
+        plan="ChardevPlan.server",
+    )
+    nowait: bool = key(
+        False,
+        "Do not wait for a client before starting (socket only).",
+        sv=("-chardev", "nowait", "flag"),
+        plan="ChardevPlan.nowait",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Log:
     """``-D [file]``: no file means stdout (StratoVirt's behaviour; the guidebook says stderr)."""
 
-    file: str | None = None
+    file: str | None = key(
+        None, "Log file (appended).", kind=PATH, io="output", sv="-D <file>", plan="Plan.log_file"
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class Ozone:
-    """The ozone sandbox the VM runs in."""
+class Usb:
+    """USB controller and devices (standard VMs)."""
 
-    exec_file: str
-    uid: int
-    gid: int
-    name: str | None = None  # default: the VM name
-    capabilities: tuple[str, ...] | None = None  # None: drop all
-    netns: str | None = None
-    sources: tuple[str, ...] = ()  # extra files placed in the jail
-    numa: str | None = None  # host node(s) for cpuset.mems
-    cgroup: tuple[
-        tuple[str, str], ...
-    ] = ()  # (("cpuset.cpus", "0-3"), ("memory.limit_in_bytes", "1G"))
-    clean_resource: bool = False
-    root: str = "/srv/ozone"  # svlaunch extension: jail base folder
+    xhci: UsbController | None = key(
+        None, "The nec-usb-xhci controller.", sv="-device nec-usb-xhci"
+    )
+    keyboard: UsbKeyboard | None = key(None, "A USB keyboard.", sv="-device usb-kbd")
+    tablet: UsbTablet | None = key(None, "A USB tablet.", sv="-device usb-tablet")
+
+
+# -- the whole VM -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """A whole VM. ``source`` is the manifest file (for messages); ``base_dir`` resolves paths."""
 
-    name: str
-    arch: Arch = Arch.X86_64
-    machine: Machine = field(default_factory=Machine)
-    cpu: Cpu = field(default_factory=Cpu)
-    memory: Memory = field(default_factory=Memory)
-    numa: Numa = field(default_factory=Numa)
-    boot: Boot = field(default_factory=Boot)
-    fast_unplug: bool | None = None  # -global pcie-root-port.fast-unplug=0|1
-    log: Log | None = None
-    daemonize: bool = False
-    pidfile: str | None = None
-    iothreads: tuple[str, ...] = ()
-    drives: tuple[Drive, ...] = ()
-    nets: tuple[Net, ...] = ()
-    chardevs: tuple[Chardev, ...] = ()
-    serial: Chardev | None = None  # inline -serial backend (id "serial_chardev")
-    virtio_serial: VirtioSerial | None = None
-    consoles: tuple[Console, ...] = ()
-    vsock: Vsock | None = None
-    balloon: Balloon | None = None
-    rngs: tuple[Rng, ...] = ()
-    root_ports: tuple[RootPort, ...] = ()
-    pflash: tuple[Pflash, ...] = ()
-    vfio: tuple[Vfio, ...] = ()
-    usb: Usb = field(default_factory=Usb)
-    trace: str | None = None  # -trace events=<file>
-    seccomp: bool = True
-    paused: bool = False  # -S
-    incoming: str | None = None
-    qmp: tuple[str, ...] = ()  # -qmp unix:<path>,server,nowait
-    monitors: tuple[Monitor, ...] = ()
-    ozone: Ozone | None = None
+    name: str = key(
+        REQUIRED,
+        "VM name: 1-64 characters from A-Z a-z 0-9 _ . + -, starting with a letter or digit"
+        " (unique among VMs on a host).",
+        kind=VM_NAME,
+        sv="-name",
+        plan="Plan.name",
+    )
+    arch: Arch = key(Arch.X86_64, "Guest and host architecture.", plan="Plan.arch")
+    seccomp: bool = key(
+        True,
+        "Install StratoVirt's syscall filter.",
+        sv="-disable-seccomp when false",
+        plan="Plan.seccomp",
+    )
+    paused: bool = key(
+        False, "Create vCPUs paused (resume with QMP cont).", sv="-S", plan="Plan.paused"
+    )
+    incoming: str | None = key(
+        None,
+        'Restore from a snapshot or migration: "file:PATH", "unix:PATH" or "tcp:IP:PORT".',
+        kind=URI,
+        nonempty=True,
+        sv="-incoming",
+        plan="Plan.incoming",
+    )
+    daemonize: bool = key(
+        False,
+        "Run StratoVirt as a daemon (no stdio devices allowed).",
+        sv="-daemonize",
+        plan="Plan.daemonize",
+    )
+    pidfile: str | None = key(
+        None,
+        "Where the daemon writes its pid (requires daemonize).",
+        kind=PATH,
+        io="output",
+        sv="-pidfile",
+        plan="Plan.pidfile",
+    )
+    trace: str | None = key(
+        None,
+        "File listing trace events to enable.",
+        kind=PATH,
+        io="input",
+        sv="-trace events=",
+    )
+    iothreads: tuple[str, ...] = key(
+        (), "Iothread ids (at most 8).", sv="-object iothread,id=", plan="Plan.iothreads"
+    )
+    qmp: tuple[str, ...] = key(
+        (),
+        "QMP unix socket path(s). Absent: svlaunch up creates one in the runtime directory;"
+        " StratoVirt itself requires one.",
+        kind=SOCKETS,
+        sv="-qmp unix:<path>,server,nowait",
+        plan="Plan.qmp",
+    )
+    machine: Machine = key(Machine, "Machine type and global switches.", sv="-machine")
+    cpu: Cpu = key(
+        Cpu,
+        "vCPU count, topology and model; unset factors are derived as StratoVirt does.",
+        sv="-smp, -cpu",
+    )
+    memory: Memory = key(Memory, "Guest RAM.", sv="-m, -mem-path, -mem-prealloc")
+    numa: Numa = key(
+        Numa, "Guest NUMA topology (standard VMs; StratoVirt ignores -numa on microvm)."
+    )
+    boot: Boot = key(Boot, "Direct kernel boot.")
+    fast_unplug: bool | None = key(
+        None,
+        "Fast unplug (Kata).",
+        sv="-global pcie-root-port.fast-unplug=0|1",
+        at=("global", "pcie-root-port"),
+        name="fast-unplug",
+    )
+    log: Log | None = key(
+        None,
+        "StratoVirt's log: true logs to stdout, a table with file logs to that file.",
+        kind=LOG,
+        item="Log file.",
+        sv="-D [file]",
+        plan="Plan.log",
+    )
+    drives: tuple[Drive, ...] = key(
+        (),
+        "Block devices.",
+        kind=TABLE,
+        item="A virtio-blk disk: the -drive backend and its device.",
+        sv="-drive, -device virtio-blk-*",
+        plan="Plan.devices",
+        apply=HOT_REPLACE_DISK,
+    )
+    nets: tuple[Net, ...] = key(
+        (),
+        "Network devices.",
+        kind=TABLE,
+        item="A virtio-net NIC: the -netdev backend and its device.",
+        sv="-netdev, -device virtio-net-*",
+        plan="Plan.devices",
+        apply=HOT_REPLACE_NIC,
+    )
+    chardevs: tuple[Chardev, ...] = key(
+        (),
+        "Character devices for consoles, monitors and vhost-user.",
+        kind=TABLE,
+        item="A character device.",
+        sv="-chardev",
+        plan="Plan.chardevs",
+    )
+    serial: Chardev | None = key(
+        None,
+        'The legacy serial port (ttyS0): "stdio", "pty", or a table with backend/path.',
+        kind=SERIAL,
+        item="Serial backend.",
+        sv="-serial <backend>[,path=...]",
+        plan="Plan.serial",
+    )
+    virtio_serial: VirtioSerial | None = key(
+        None,
+        "The virtio-serial transport for consoles (implied by consoles).",
+        sv="-device virtio-serial-*",
+    )
+    consoles: tuple[Console, ...] = key(
+        (),
+        "virtio consoles (/dev/hvc*), keyed by device id.",
+        kind=TABLE,
+        item="A virtconsole.",
+        sv="-device virtconsole",
+        plan="Plan.devices",
+    )
+    vsock: Vsock | None = key(
+        None, "The vhost-vsock device (one per VM).", sv="-device vhost-vsock-*"
+    )
+    balloon: Balloon | None = key(
+        None, "The virtio-balloon device (one per VM).", sv="-device virtio-balloon-*"
+    )
+    rngs: tuple[Rng, ...] = key(
+        (),
+        "Entropy devices.",
+        kind=TABLE,
+        item="A virtio-rng device and its rng-random object.",
+        sv="-object rng-random, -device virtio-rng-*",
+        plan="Plan.devices",
+    )
+    root_ports: tuple[RootPort, ...] = key(
+        (),
+        "PCIe root ports (standard VMs); the id names the new bus. Quote ids with dots:"
+        ' [root-ports."pcie.1"].',
+        kind=TABLE,
+        item="A pcie-root-port.",
+        sv="-device pcie-root-port",
+    )
+    pflash: tuple[Pflash, ...] = key(
+        (),
+        "Firmware flash devices (standard VMs): unit 0 code, unit 1 variables.",
+        kind=LIST,
+        item="A pflash drive.",
+        sv="-drive if=pflash",
+    )
+    vfio: tuple[Vfio, ...] = key(
+        (),
+        "Host PCI devices passed through (standard VMs).",
+        kind=TABLE,
+        item="A vfio-pci device.",
+        sv="-device vfio-pci",
+    )
+    usb: Usb = key(Usb, "USB controller and devices (standard VMs).")
+    monitors: tuple[Monitor, ...] = key(
+        (),
+        "QMP monitors on declared socket chardevs (server and nowait).",
+        kind=LIST,
+        item="A monitor.",
+        sv="-mon chardev=<id>,id=<id>,mode=control",
+        plan="Plan.qmp",
+    )
+    ozone: Ozone | None = key(
+        None, "Run inside the ozone sandbox.", sv="ozone", plan="Plan.sandbox"
+    )
     source: str = field(default="<memory>", compare=False)
     base_dir: str = field(default=".", compare=False)

@@ -8,7 +8,9 @@ order is written once (``_slot_fillers``); placing the devices and counting the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import Enum
 from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.device_rules import default_aio, default_mac
 from engine.machine import layout
@@ -23,18 +25,35 @@ from engine.plan import (
     SlotPlan,
     VsockPlan,
 )
-from launcher.model import Balloon, Chardev, Console, Drive, Manifest, Net, Rng, Vsock
+from launcher import keys as k
+
+if TYPE_CHECKING:
+    from launcher.model import Balloon, Chardev, Console, Drive, Manifest, Net, Rng, Vsock
 
 #: StratoVirt microvm pre-creates 4 block and 2 net transports ("replaceable slots") for hot-replace.
 MICROVM_BLK_SLOTS = 4
 MICROVM_NET_SLOTS = 2
 
+P = TypeVar("P")
 #: (mmio base, irq) -> the plan of the device in that slot
 Filler = Callable[[int, int], DevicePlan]
 
 
+def planned(obj: Any, plan: type[P], **derived: Any) -> P:
+    """A ``plan`` value from the fields ``obj``'s keys feed as they are (their ``plan=``
+    declaration, enums as their words) and the ``derived`` ones (defaults that depend on other
+    keys, placement), which win."""
+    prefix = plan.__name__ + "."
+    fields = {}
+    for s in k.specs(type(obj)):
+        if s.decl.plan and s.decl.plan.startswith(prefix):
+            value = getattr(obj, s.attr)
+            fields[s.decl.plan[len(prefix) :]] = value.value if isinstance(value, Enum) else value
+    return plan(**{**fields, **derived})
+
+
 def chardev_plan(c: Chardev) -> ChardevPlan:
-    return ChardevPlan(c.id, str(c.backend), c.path, c.server, c.nowait)
+    return planned(c, ChardevPlan)
 
 
 def device_plans(m: Manifest) -> list[DevicePlan]:
@@ -73,69 +92,44 @@ def _empty(i: int, kind: str) -> Filler:
 
 def blk_plan(d: Drive, base: int, irq: int) -> BlkPlan:
     """A drive's device plan; cold-plug and QMP hot-plug both build theirs here."""
-    return BlkPlan(
+    return planned(
+        d,
+        BlkPlan,
         id=d.device_name,
         mmio_base=base,
         irq=irq,
-        iothread=d.iothread,
-        file=d.file,
-        readonly=d.readonly,
-        direct=d.direct,
         aio=str(d.aio) if d.aio else default_aio(d.direct),
-        serial=d.serial,
-        iops=d.iops,
-        num_queues=d.num_queues or 1,
-        queue_size=d.queue_size,
-        drive_id=d.id,
+        num_queues=d.queues or 1,  # virtio-mmio: one queue unless asked
     )
 
 
 def net_plan(vm_name: str, n: Net, base: int, irq: int) -> NetPlan:
     """A NIC's device plan; cold-plug and QMP hot-plug both build theirs here."""
-    pairs = max(n.queues or 1, len(n.fds), len(n.vhostfds))
-    return NetPlan(
+    return planned(
+        n,
+        NetPlan,
         id=n.device_name,
         mmio_base=base,
         irq=irq,
-        iothread=n.iothread,
-        ifname=n.ifname,
-        fds=n.fds,
         mac=n.mac or default_mac(vm_name, n.id),
-        queue_pairs=pairs,
-        mq=n.mq,
+        queue_pairs=max(n.queues or 1, len(n.fds), len(n.vhostfds)),  # one pair per fd
         vhost=bool(n.vhost),
-        vhostfds=n.vhostfds,
-        queue_size=n.queue_size,
-        netdev_id=n.id,
     )
 
 
 def _console_plan(c: Console, chardev: Chardev | None, base: int, irq: int) -> ConsolePlan:
     return ConsolePlan(
         id=c.id, mmio_base=base, irq=irq, chardev=chardev_plan(chardev) if chardev else None
-    )
+    )  # the console's chardev key names the chardev whose plan it carries
 
 
 def _rng_plan(r: Rng, base: int, irq: int) -> RngPlan:
-    return RngPlan(
-        id=r.device_id or r.id,
-        mmio_base=base,
-        irq=irq,
-        file=r.file,
-        max_bytes=r.max_bytes,
-        period_ms=r.period,
-    )
+    return planned(r, RngPlan, id=r.device_id or r.id, mmio_base=base, irq=irq)
 
 
 def _balloon_plan(b: Balloon, base: int, irq: int) -> BalloonPlan:
-    return BalloonPlan(
-        id=b.id or "balloon0",
-        mmio_base=base,
-        irq=irq,
-        deflate_on_oom=b.deflate_on_oom,
-        free_page_reporting=b.free_page_reporting,
-    )
+    return planned(b, BalloonPlan, id=b.id or "balloon0", mmio_base=base, irq=irq)
 
 
 def _vsock_plan(v: Vsock, base: int, irq: int) -> VsockPlan:
-    return VsockPlan(id=v.id, mmio_base=base, irq=irq, guest_cid=v.guest_cid, vhostfd=v.vhostfd)
+    return planned(v, VsockPlan, mmio_base=base, irq=irq)

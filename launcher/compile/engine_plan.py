@@ -27,6 +27,7 @@ from launcher.compile.engine_devices import (
     default_mac,
     device_plans,
     mmio_slot_count,
+    planned,
 )
 from launcher.compile.engine_memory import (
     DEFAULT_DISTANCE_LOCAL,
@@ -177,20 +178,7 @@ def compile_plan(m: Manifest) -> Plan:
             qmp.append(c.path)
     sandbox = None
     if m.ozone:
-        o = m.ozone
-        sandbox = SandboxPlan(
-            name=o.name or m.name,
-            exec_file=o.exec_file,
-            uid=o.uid,
-            gid=o.gid,
-            root=o.root,
-            capabilities=o.capabilities,
-            netns=o.netns,
-            sources=o.sources,
-            numa=o.numa,
-            cgroup=o.cgroup,
-            clean_resource=o.clean_resource,
-        )
+        sandbox = planned(m.ozone, SandboxPlan, name=m.ozone.name or m.name)
     return Plan(
         name=m.name,
         arch=str(m.arch),

@@ -1,7 +1,10 @@
 """The JSON Schema layer: shape errors (unknown keys, wrong types, bad enums) as ``Issue``s.
 
-The schema is checked by ``launcher.manifest.shape``, a checker compiled once per process from
-the same schema data (``jsonschema`` costs 50-110 ms to import; the CLI must start in 60 ms).
+The schema is ``svlaunch.schema.json`` next to this module, generated from the model's key
+declarations (``launcher.manifest.schemagen``; a test keeps the file current): reading it costs
+~1 ms, where generating it would create every model class on every run. It is checked by
+``launcher.manifest.shape``, a checker compiled once per process from that data
+(``jsonschema`` costs 50-110 ms to import; the CLI must start in 60 ms).
 Its error records have the fields of ``jsonschema``'s, and ``issues_from_errors`` words either
 kind alike, which is how the tests hold the two checkers to the same verdicts. Messages are
 rewritten into svlaunch's style: the key path, the value, what is expected, and for unknown
@@ -10,10 +13,12 @@ keys and enum values a difflib "did you mean" (difflib is imported only when one
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
+from engine.names import VM_NAME_HINT, VM_NAME_PATTERN
 from launcher.errors import Issue
 from launcher.manifest.schema_vocab import ADDR_PATTERN, INTLIST_PATTERN, SIZE_PATTERN
 from launcher.manifest.sourcemap import format_path
@@ -35,11 +40,17 @@ _TYPE_NAMES = {
 }
 
 
+#: patterns whose mismatch breaks a rule of its own: pattern -> (code, message, hint)
+_PATTERN_RULES = {VM_NAME_PATTERN: ("vm-name", "{} is not a valid VM name", VM_NAME_HINT)}
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "svlaunch.schema.json")
+
+
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
-    from launcher.manifest.schemagen import build_schema
+    import json
 
-    return build_schema()
+    with open(SCHEMA_FILE, encoding="utf-8") as f:
+        return json.load(f)
 
 
 @lru_cache(maxsize=1)
@@ -204,6 +215,10 @@ def _convert(err: Any) -> list[Issue]:
     if v == "minLength":
         return [Issue("must not be empty", where, code="empty-value")]
     if v == "pattern":
+        rule = _PATTERN_RULES.get(err.validator_value)
+        if rule is not None:
+            code, message, hint = rule
+            return [Issue(message.format(_show(value)), where, hint, code=code)]
         return [Issue(f"invalid syntax {_show(value)}", where, _hint_for(s), code="bad-syntax")]
     if v == "propertyNames":
         return [Issue("keys (ids) must not be empty", where, code="empty-value")]

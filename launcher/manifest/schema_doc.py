@@ -28,7 +28,10 @@ def _type_text(s: J) -> str:
 
 def markdown_table(schema: J) -> str:
     """The field reference of ``docs/manifest.md``: one row per key, every key of the schema."""
-    rows = ["| key | type | default | StratoVirt | description |", "|---|---|---|---|---|"]
+    rows = [
+        "| key | type | default | StratoVirt | engine plan | on a running VM | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def walk(s: J, prefix: str) -> None:
         props = s.get("properties", {})
@@ -48,11 +51,12 @@ def markdown_table(schema: J) -> str:
             default = sub.get("default")
             dtext = "" if default is None else f"`{json.dumps(default)}`"
             sv = sub.get("x-stratovirt", "").replace("|", "\\|")
+            plan = sub.get("x-plan", "")
             desc = sub.get("description", "").replace("|", "\\|")
             req = " **required**" if key in s.get("required", ()) else ""
             rows.append(
                 f"| `{path}` | {_type_text(sub)} | {dtext} | {sv and '`' + sv + '`'} "
-                f"| {desc}{req} |"
+                f"| {plan and '`' + plan + '`'} | {sub.get('x-apply', '')} | {desc}{req} |"
             )
             walk(sub, path)
 

@@ -1,8 +1,8 @@
 """The vocabulary the manifest schema is written in: JSON Schema fragments with a description,
 a default and the StratoVirt option each key compiles to (``x-stratovirt``).
 
-Shared by ``schemagen`` (the top-level keys) and ``schema_devices`` (the device tables), and by
-``schema`` (the syntax patterns), which must not need the whole schema to check a value.
+Used by ``schemagen``, which writes the schema from the model's declarations, and by ``schema``
+(the syntax patterns), which must not need the whole schema to check a value.
 """
 
 from __future__ import annotations
@@ -119,13 +119,9 @@ def array_of(desc: str, item: J, sv: str | None = None) -> J:
     return prop({"type": "array", "items": item}, desc, None, sv)
 
 
-def pci_props(default_hint: str = "mmio on microvm, pci on q35/virt") -> dict[str, J]:
+def pci_props() -> dict[str, J]:
+    """The PCI placement keys a device table holds (``bus``, ``addr``, ``multifunction``)."""
     return {
-        "transport": enum(
-            f"virtio transport: mmio (``*-device``) or pci (``*-pci``); default: {default_hint}.",
-            ["mmio", "pci"],
-            sv="-device <name>-device | <name>-pci",
-        ),
         "bus": string(
             'PCI bus: "pcie.0" or a root port id (pci transport only).',
             "pcie.0",

@@ -27,7 +27,8 @@ Path = tuple[str | int, ...]
 Check = Callable[[Any, Path, list["ShapeError"]], None]
 
 ANNOTATIONS = frozenset(
-    {"$schema", "$id", "$comment", "title", "description", "default", "examples", "x-stratovirt"}
+    {"$schema", "$id", "$comment", "title", "description", "default", "examples"}
+    | {"x-stratovirt", "x-plan", "x-apply"}
 )
 
 

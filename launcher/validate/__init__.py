@@ -10,12 +10,23 @@ from __future__ import annotations
 
 from launcher import model as m
 from launcher.errors import Issue
-from launcher.validate import blk_net, chardev, cpu, devices, general, machine, memory, ozone, pci
+from launcher.validate import (
+    blk_net,
+    chardev,
+    cpu,
+    devices,
+    general,
+    limits,
+    machine,
+    memory,
+    ozone,
+    pci,
+)
 from launcher.validate.base import RULES, Context
 
 __all__ = ["RULES", "check_model"]
 
-_AREAS = (general, machine, cpu, memory, blk_net, chardev, pci, devices, ozone)
+_AREAS = (general, machine, cpu, memory, limits, blk_net, chardev, pci, devices, ozone)
 
 
 def check_model(manifest: m.Manifest, target: str = "engine") -> list[Issue]:

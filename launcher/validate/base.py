@@ -1,14 +1,20 @@
 """The rule catalogue and the context every rule module writes its issues into.
 
-``RULES`` is the one list of rule codes: each check cites a code from it, ``docs/validation.md``
-is generated from it, and a test fails if a code is used but not listed (or the reverse).
+``RULES`` is the one list of rule codes: each check cites a code from it, the table in
+``docs/validation.md`` is generated from it (``rules_markdown``), and a test fails if a code is
+used but not listed (or the reverse).
 """
 
 from __future__ import annotations
 
+from engine.device_rules import MAX_IFNAME, MAX_SERIAL
+from engine.machine.layout import CMDLINE_MAX_SIZE
 from launcher import model as m
 from launcher.errors import Issue
 from launcher.manifest.sourcemap import Path, format_path
+
+#: a range rule's text: the range itself is the key's declared limits (docs/manifest.md)
+LIMITS = "{} is outside the limits the key declares (docs/manifest.md)."
 
 # code -> (area, what the rule says). Severity is per issue (a few rules warn).
 RULES: dict[str, tuple[str, str]] = {
@@ -34,6 +40,10 @@ RULES: dict[str, tuple[str, str]] = {
     "pci-addr-required": ("pci", "A PCI device (or bus/multifunction) without an addr."),
     "vm-name-duplicate": ("run", "Two manifests in one validate run use the same VM name."),
     # general
+    "vm-name": (
+        "limits",
+        "A VM name is 1-64 characters from A-Z a-z 0-9 _ . + -, starting with a letter or digit.",
+    ),
     "string-too-long": ("limits", "Names and ids at most 255 bytes, paths at most 4096."),
     "comma-in-value": ("limits", "A value that lands in a StratoVirt property list contains ','."),
     "leading-dash": ("limits", "A value that is its own argv element starts with '-'."),
@@ -57,6 +67,11 @@ RULES: dict[str, tuple[str, str]] = {
     "rootfs-required": (
         "boot",
         "A VM needs an initrd, a drive or a chardev as its root file system.",
+    ),
+    "kernel-cmdline-too-long": (
+        "boot",
+        f"The kernel command line is longer than {CMDLINE_MAX_SIZE - 1} bytes"
+        f" ({CMDLINE_MAX_SIZE} with its NUL).",
     ),
     "kernel-param-too-long": ("boot", "A kernel parameter value is longer than 255 bytes."),
     "kernel-param-truncated": (
@@ -105,26 +120,29 @@ RULES: dict[str, tuple[str, str]] = {
     "pci-multifunction": ("pci", "Other functions in a slot need multifunction on function 0."),
     "pci-bus-unknown": ("pci", "bus must be pcie.0 or a root port declared earlier."),
     "pci-root-port-slot": ("pci", "Devices behind a root port must use slot 0."),
-    "root-port-range": ("pci", "Root port port and chassis are 0-255."),
+    "root-port-range": ("pci", LIMITS.format("Root port port and chassis")),
     "microvm-blk-limit": ("limits", "microvm has 4 block slots."),
     "microvm-net-limit": ("limits", "microvm has 2 net slots (non-vhost)."),
     "microvm-irq-limit": ("limits", "microvm's IRQ pool: 5 extra virtio-mmio devices on x86_64."),
     "drive-format": ("blk", "Only raw images in StratoVirt v2.2.0."),
     "drive-aio": ("blk", "aio=native needs direct; direct with aio=off is rejected."),
-    "drive-iops": ("blk", "iops at most 1000000."),
-    "drive-serial": ("blk", "serial at most 20 bytes."),
-    "drive-queues": ("blk", "queues 1-32."),
-    "queue-size": ("virtio", "blk queue-size 4-1024, net 256-4096, powers of two."),
-    "bootindex": ("blk", "bootindex 0-255, unique."),
+    "drive-iops": ("blk", LIMITS.format("A drive's iops")),
+    "drive-serial": ("blk", f"serial at most {MAX_SERIAL} bytes."),
+    "drive-queues": ("blk", LIMITS.format("A drive's queues")),
+    "queue-size": ("virtio", LIMITS.format("A drive's or NIC's queue-size")),
+    "bootindex": ("blk", LIMITS.format("bootindex") + " Unique among attached drives."),
     "drive-shared": ("blk", "One image file backs several drives only if all are read-only."),
     "drive-detached": (
         "blk",
         "Device keys on a drive with attached = false are ignored (warning).",
     ),
     "net-backend": ("net", "tap needs ifname or fds; vhost-user needs a chardev and no vhost."),
-    "net-queues": ("net", "queues 1-16 pairs; at most 16 fds; vhostfds need vhost."),
+    "net-queues": (
+        "net",
+        LIMITS.format("A NIC's queues (pairs)") + " At most 16 fds; vhostfds need vhost.",
+    ),
     "net-mac": ("net", "mac is six hex pairs separated by ':'; unique (warning)."),
-    "net-ifname": ("net", "A tap name is at most 15 bytes (Linux IFNAMSIZ)."),
+    "net-ifname": ("net", f"A tap name is at most {MAX_IFNAME} bytes (Linux IFNAMSIZ)."),
     "net-vhost-user-mmio": ("net", "vhost-user works only with virtio-net-pci."),
     "vhost-user-shared-memory": (
         "net",
@@ -138,11 +156,11 @@ RULES: dict[str, tuple[str, str]] = {
         "A vhost-user chardev is a client socket (no server/nowait).",
     ),
     "console-limit": ("devices", "Standard VMs fit one virtconsole."),
-    "vsock-cid": ("devices", "guest-cid is 3-4294967294."),
+    "vsock-cid": ("devices", LIMITS.format("vsock's guest-cid")),
     "rng-rate": ("devices", "max-bytes and period together; 64 <= max-bytes*1000/period <= 1e9."),
     "balloon-vfio": ("devices", "Avoid a balloon together with VFIO (warning)."),
     "vfio-host": ("devices", "Exactly one of host (DDDD:BB:DD.F) or sysfsdev."),
-    "usb-ports": ("devices", "xhci p2/p3 are 1-15."),
+    "usb-ports": ("devices", LIMITS.format("xhci p2/p3")),
     "usb-needs-xhci": ("devices", "A USB keyboard or tablet needs usb.xhci."),
     # ozone
     "ozone-id-range": ("ozone", "uid and gid at most 65535."),
@@ -160,6 +178,13 @@ RULES: dict[str, tuple[str, str]] = {
     "host-vhost": ("host", "A vhost device (/dev/vhost-net, /dev/vhost-vsock) is missing."),
     "host-socket": ("host", "A socket path's folder is missing or the path is taken."),
 }
+
+
+def rules_markdown() -> str:
+    """The rule table of ``docs/validation.md``."""
+    rows = ["| code | area | rule |", "|---|---|---|"]
+    rows += [f"| `{code}` | {area} | {text} |" for code, (area, text) in RULES.items()]
+    return "\n".join(rows) + "\n"
 
 
 class Context:

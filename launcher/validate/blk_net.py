@@ -1,9 +1,11 @@
 """virtio-blk and virtio-net rules (stratovirt-spec §4.15, §4.17-§4.19).
 
-The per-device limits (queue sizes, queue counts, serial and tap-name lengths, MAC, aio/direct)
-are the engine's (``engine.device_rules``), which QMP hot-plug applies too; this module reports
-them at the manifest key and adds the rules that span devices (shared images, duplicate MACs,
-boot indexes) or concern only StratoVirt's argv.
+The per-device rules (serial and tap-name lengths, MAC, aio/direct) are the engine's
+(``engine.device_rules``), which QMP hot-plug applies too; this module reports them at the
+manifest key that feeds the plan field (the key's ``plan=`` declaration), and adds the rules
+that span devices (shared images, duplicate MACs, boot indexes) or concern only StratoVirt's
+argv. Ranges (queue sizes and counts, iops, bootindex) are declared limits
+(``launcher.validate.limits``).
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine import device_rules as rules
+from launcher import keys as k
 from launcher import model as m
 from launcher.validate.base import Context
 
 
 def _report(
-    ctx: Context, where: tuple, problems: Sequence[rules.Problem | None], keys: dict
+    ctx: Context, where: tuple, problems: Sequence[rules.Problem | None], cls: type, plan: str
 ) -> None:
-    """Each engine rule broken, at the manifest key that holds the plan field."""
+    """Each engine rule broken, at the manifest key declared to feed ``plan.<field>``."""
+    keys = {s.decl.plan: s.name for s in k.specs(cls) if s.decl.plan}
     for pr in problems:
         if pr is not None:
-            ctx.add(pr.code, (*where, keys.get(pr.field, pr.field)), pr.message, pr.hint)
+            ctx.add(pr.code, (*where, keys[f"{plan}.{pr.field}"]), pr.message, pr.hint)
 
 
 def check(ctx: Context) -> None:
@@ -44,34 +48,15 @@ def _drives(ctx: Context) -> None:
                 "convert the image: qemu-img convert -O raw",
             )
         aio = str(d.aio) if d.aio else rules.default_aio(d.direct)
-        queues = rules.range_problem(
-            "num_queues",
-            "drive-queues",
-            "queues",
-            d.num_queues if d.num_queues is not None else 1,
-            rules.BLK_QUEUES,
-        )
         _report(
             ctx,
             p,
-            [
-                rules.aio_problem(aio, d.direct),
-                rules.iops_problem(d.iops),
-                rules.serial_problem(d.serial),
-                queues if d.num_queues is not None else None,
-                rules.queue_size_problem(d.queue_size, rules.BLK_QUEUE_SIZE),
-            ],
-            {"num_queues": "queues", "queue_size": "queue-size"},
+            [rules.aio_problem(aio, d.direct), rules.serial_problem(d.serial)],
+            m.Drive,
+            "BlkPlan",
         )
         if d.bootindex is not None:
-            if d.bootindex > 255:
-                ctx.add(
-                    "bootindex",
-                    (*p, "bootindex"),
-                    f"bootindex {d.bootindex} is outside 0-255",
-                    "use 0-255",
-                )
-            elif d.bootindex in boot and d.attached:
+            if d.bootindex in boot and d.attached:
                 ctx.add(
                     "bootindex",
                     (*p, "bootindex"),
@@ -86,7 +71,7 @@ def _drives(ctx: Context) -> None:
                 for k, v in (
                     ("serial", d.serial),
                     ("iothread", d.iothread),
-                    ("queues", d.num_queues),
+                    ("queues", d.queues),
                     ("bootindex", d.bootindex),
                     ("device-id", d.device_id),
                     ("addr", d.pci),
@@ -173,23 +158,7 @@ def _nets(ctx: Context) -> None:
                     "vhost-user backends need shared hugepage memory",
                     "set machine.mem-share = true and memory.path to a hugetlbfs mount",
                 )
-        pairs = rules.range_problem(
-            "queue_pairs",
-            "net-queues",
-            "queues",
-            n.queues if n.queues is not None else 1,
-            rules.NET_QUEUE_PAIRS,
-        )
-        if pairs is not None:
-            pairs = rules.Problem(
-                pairs.field, pairs.code, pairs.message + " (queue pairs)", pairs.hint
-            )
-        _report(
-            ctx,
-            p,
-            [rules.ifname_problem(n.ifname), pairs if n.queues is not None else None],
-            {"queue_pairs": "queues"},
-        )
+        _report(ctx, p, [rules.ifname_problem(n.ifname)], m.Net, "NetPlan")
         for key, fds in (("fds", n.fds), ("vhostfds", n.vhostfds)):
             if len(fds) > 16:
                 ctx.add(
@@ -208,7 +177,7 @@ def _nets(ctx: Context) -> None:
         mac = rules.mac_problem(n.mac)
         if n.mac is not None:
             if mac is not None:
-                _report(ctx, p, [mac], {})
+                _report(ctx, p, [mac], m.Net, "NetPlan")
             elif n.mac.lower() in macs:
                 ctx.warn(
                     "net-mac",
@@ -218,9 +187,3 @@ def _nets(ctx: Context) -> None:
                 )
             else:
                 macs[n.mac.lower()] = n.id
-        _report(
-            ctx,
-            p,
-            [rules.queue_size_problem(n.queue_size, rules.NET_QUEUE_SIZE)],
-            {"queue_size": "queue-size"},
-        )

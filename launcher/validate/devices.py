@@ -1,4 +1,7 @@
-"""vsock, balloon, rng, VFIO and USB rules (stratovirt-spec §4.23-§4.28)."""
+"""vsock, balloon, rng, VFIO and USB rules (stratovirt-spec §4.23-§4.28).
+
+Ranges (guest-cid, root port numbers, xhci ports) are declared limits
+(``launcher.validate.limits``)."""
 
 from __future__ import annotations
 
@@ -6,20 +9,12 @@ import re
 
 from launcher.validate.base import Context
 
-CID_MIN, CID_MAX = 3, 2**32 - 2
 RATE_MIN, RATE_MAX = 64, 1_000_000_000
 _HOST_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-1][0-9a-fA-F]\.[0-7]$")
 
 
 def check(ctx: Context) -> None:
     man = ctx.manifest
-    if man.vsock is not None and not CID_MIN <= man.vsock.guest_cid <= CID_MAX:
-        ctx.add(
-            "vsock-cid",
-            ("vsock", "guest-cid"),
-            f"guest-cid {man.vsock.guest_cid} is outside {CID_MIN}-{CID_MAX} (0-2 are reserved)",
-            "use 3 or above, unique per host",
-        )
     for r in man.rngs:
         p = ("rngs", r.id)
         if (r.max_bytes is None) != (r.period is None):
@@ -65,26 +60,7 @@ def check(ctx: Context) -> None:
                 f"host {v.host!r} is not a PCI address DDDD:BB:DD.F",
                 'write it like "0000:1a:00.3" (see lspci -D)',
             )
-    for rp in man.root_ports:
-        for key, val in (("port", rp.port), ("chassis", rp.chassis)):
-            if val is not None and val > 255:
-                ctx.add(
-                    "root-port-range",
-                    ("root-ports", rp.id, key),
-                    f"{key} {val} does not"
-                    " fit in 8 bits (0-255); StratoVirt would silently wrap it",
-                    f"use a {key} of at most 255",
-                )
     x = man.usb.xhci
-    if x is not None:
-        for key, val in (("p2", x.p2), ("p3", x.p3)):
-            if val is not None and not 1 <= val <= 15:
-                ctx.add(
-                    "usb-ports",
-                    ("usb", "xhci", key),
-                    f"{key} = {val} is outside 1-15",
-                    "4 is the default",
-                )
     for key, dev in (("keyboard", man.usb.keyboard), ("tablet", man.usb.tablet)):
         if dev is not None and x is None:
             ctx.add(

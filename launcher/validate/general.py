@@ -7,6 +7,7 @@ values look free-form, so they are checked for every value that ends up on the c
 
 from __future__ import annotations
 
+from engine.names import VM_NAME_HINT, is_vm_name
 from launcher import model as m
 from launcher.manifest.sourcemap import Path
 from launcher.validate.base import Context
@@ -146,8 +147,8 @@ def prop_values(man: m.Manifest) -> list[tuple[Path, str, str]]:
 
 def check(ctx: Context) -> None:
     man = ctx.manifest
-    _len(ctx, ("name",), man.name, MAX_ID, "name")
-    _no_dash(ctx, ("name",), man.name, "name")
+    if not is_vm_name(man.name):  # a manifest's shape check catches it first; import does not
+        ctx.add("vm-name", ("name",), f"{man.name!r} is not a valid VM name", VM_NAME_HINT)
     for path, value, what in ids(man):
         _len(ctx, path, value, MAX_ID, what)
         _no_comma(ctx, path, value, what)

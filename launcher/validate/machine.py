@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from engine.machine.layout import CMDLINE_MAX_SIZE
 from launcher import model as m
 from launcher.validate.base import Context
 
 MAX_PARAM = 255
 MAX_INITRD = 255
+#: the engine writes boot.cmdline as it is, NUL-terminated, into a CMDLINE_MAX_SIZE buffer
+#: (engine.machine.bootparams.write_cmdline); Linux's COMMAND_LINE_SIZE is the same 2048
+MAX_CMDLINE = CMDLINE_MAX_SIZE - 1
 
 
 def check(ctx: Context) -> None:
@@ -85,6 +89,14 @@ def _boot(ctx: Context) -> None:
             ("boot", "initrd"),
             f"the initrd path is {len(boot.initrd.encode())} bytes; StratoVirt allows {MAX_INITRD}",
             "move the initrd to a shorter path",
+        )
+    if boot.cmdline and len(boot.cmdline.encode()) > MAX_CMDLINE:
+        ctx.add(
+            "kernel-cmdline-too-long",
+            ("boot", "cmdline"),
+            f"the kernel command line is {len(boot.cmdline.encode())} bytes; the guest kernel"
+            f" takes at most {MAX_CMDLINE} ({CMDLINE_MAX_SIZE} with its terminating NUL)",
+            "shorten boot.cmdline; put long configuration in the initrd or on a disk",
         )
     if boot.cmdline:
         for word in boot.cmdline.split():

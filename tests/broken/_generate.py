@@ -206,7 +206,7 @@ CASES: list[tuple[str, str, str, str]] = [
         "bad-syntax",
         "drives.root.addr",
     ),
-    ("shape-empty-name.toml", mv().replace('name = "vm"', 'name = @@""'), "empty-value", "name"),
+    ("shape-empty-name.toml", mv().replace('name = "vm"', 'name = @@""'), "vm-name", "name"),
     ("shape-empty-ifname.toml", mv('[nets.n0]\nifname = @@""\n'), "empty-value", "nets.n0.ifname"),
     ("shape-iothreads-string.toml", mv(top='iothreads = @@"io0"\n'), "wrong-type", "iothreads"),
     ("shape-machine-string.toml", mv(top='machine = @@"q35"\n'), "wrong-type", "machine"),
@@ -291,15 +291,27 @@ CASES: list[tuple[str, str, str, str]] = [
     # -- general -----------------------------------------------------------------------------
     (
         "name-too-long.toml",
-        mv().replace('name = "vm"', 'name = @@"' + "v" * 256 + '"'),
-        "string-too-long",
+        mv().replace('name = "vm"', 'name = @@"' + "v" * 65 + '"'),
+        "vm-name",
         "name",
     ),
     (
         "name-leading-dash.toml",
         mv().replace('name = "vm"', 'name = @@"-vm"'),
-        "leading-dash",
+        "vm-name",
         "name",
+    ),
+    # one VM-name rule (engine.names): a name is one path component, printable, no newline
+    ("name-newline.toml", mv().replace('name = "vm"', 'name = @@"vm\\n"'), "vm-name", "name"),
+    ("name-slash.toml", mv().replace('name = "vm"', 'name = @@"a/b"'), "vm-name", "name"),
+    ("name-dotdot.toml", mv().replace('name = "vm"', 'name = @@"../x"'), "vm-name", "name"),
+    ("name-escape.toml", mv().replace('name = "vm"', 'name = @@"\\u001b[2J"'), "vm-name", "name"),
+    ("name-newline.yaml", ymv().replace("name: vm", 'name: @@"vm\\n"'), "vm-name", "name"),
+    (
+        "cmdline-too-long.toml",
+        mv().replace('cmdline = "console=ttyS0"', 'cmdline = @@"console=ttyS0 ' + "x" * 2048 + '"'),
+        "kernel-cmdline-too-long",
+        "boot.cmdline",
     ),
     (
         "id-comma.toml",

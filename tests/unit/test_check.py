@@ -90,13 +90,13 @@ def test_hugetlbfs_and_numa(tmp_path) -> None:
 
 def test_vhost_devices(tmp_path) -> None:
     man = replace(
-        base(tmp_path), vsock=m.Vsock("v", 3), nets=(m.Net("n", ifname="tap-up", vhost=True),)
+        base(tmp_path), vsock=m.Vsock(3, "v"), nets=(m.Net("n", ifname="tap-up", vhost=True),)
     )
     got = codes(check_host(man, make_host(tmp_path)))
     assert ("host-vhost", "vsock") in got and ("host-vhost", "nets.n.vhost") in got
     man = replace(
         man,
-        vsock=m.Vsock("v", 3, vhostfd=5),
+        vsock=m.Vsock(3, "v", vhostfd=5),
         nets=(m.Net("n", ifname="tap-up", vhost=True, vhostfds=(6,)),),
     )
     assert check_host(man, make_host(tmp_path)) == []

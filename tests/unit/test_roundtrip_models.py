@@ -42,7 +42,8 @@ from launcher.model import (
     RootPort,
     Usb,
     UsbController,
-    UsbDevice,
+    UsbKeyboard,
+    UsbTablet,
     Vfio,
     VirtioSerial,
     Vsock,
@@ -122,7 +123,7 @@ def models(draw, machine: MachineType | None = None) -> Manifest:
                 device_id=draw(st.sampled_from([None, f"blk-{did}"])) if attached else None,
                 serial=draw(st.sampled_from([None, "s-" + did[:10]])) if attached else None,
                 iothread=draw(io) if attached else None,
-                num_queues=draw(st.sampled_from([None, 1])) if attached else None,
+                queues=draw(st.sampled_from([None, 1])) if attached else None,
                 queue_size=draw(st.sampled_from([4, 128, 256, 1024])) if attached else 256,
                 bootindex=draw(st.sampled_from([None, next(bootindexes)]))
                 if attached and q35
@@ -189,14 +190,14 @@ def models(draw, machine: MachineType | None = None) -> Manifest:
             root_ports=tuple(ports),
             pflash=(Pflash(0, "/fw/OVMF_CODE.fd", True), Pflash(1, "/fw/OVMF_VARS.fd")),
             vfio=tuple(Vfio(f"vf{i}", PciAddress(ports[i].id, 0), host=f"0000:1a:00.{i}") for i in range(len(ports))),
-            usb=Usb(UsbController("xhci", PciAddress("pcie.0", next(slots)), draw(st.sampled_from([None, 4])), None),
-                    UsbDevice("kbd"), draw(st.sampled_from([None, UsbDevice("tablet")])))
+            usb=Usb(UsbController(PciAddress("pcie.0", next(slots)), "xhci", draw(st.sampled_from([None, 4])), None),
+                    UsbKeyboard("kbd"), draw(st.sampled_from([None, UsbTablet("tablet")])))
             if draw(st.booleans()) else Usb(),
             fast_unplug=draw(st.sampled_from([None, True, False])),
         )  # fmt: skip
     daemonize = serial != "stdio" and draw(st.booleans())
     vsock = (
-        Vsock("vsock0", draw(st.integers(3, 2**32 - 2)), None, None, place())
+        Vsock(draw(st.integers(3, 2**32 - 2)), "vsock0", None, None, place())
         if draw(st.booleans())
         else None
     )

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.names import VM_NAME_PATTERN
 from launcher.manifest.schema import check_shape, issues_from_errors, schema
 from launcher.manifest.schemagen import ADDR_PATTERN, INTLIST_PATTERN, SIZE_PATTERN
 from launcher.manifest.shape import ShapeError, compile_schema, iter_errors
@@ -149,6 +150,7 @@ EXAMPLES = {
     SIZE_PATTERN: ["512M", "1G", "4096", "1536MiB", "2 KiB", "7B", "12X"],
     INTLIST_PATTERN: ["0-3", "[0,1]", "0:2", " 1 - 2 ", "a-b", "0-"],
     ADDR_PATTERN: ["0x3", "0x3.0x1", "10", "0x1e.7", "3.", "x3"],
+    VM_NAME_PATTERN: ["vm", "web-1.a_b+c", "vm\n", "-vm", "a/b", "../x", "\x1b[2J", "v" * 65],
 }
 
 

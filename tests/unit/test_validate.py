@@ -10,6 +10,7 @@ import pytest
 
 from launcher import model as m
 from launcher.validate import RULES, check_model
+from launcher.validate.base import rules_markdown
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 MIB = 1 << 20
@@ -165,7 +166,7 @@ def test_blk_queue_size(size: int, ok: bool) -> None:
     ("cid", "ok"), [(2, False), (3, True), (2**32 - 2, True), (2**32 - 1, False)]
 )
 def test_vsock_cid(cid: int, ok: bool) -> None:
-    assert ("vsock-cid" not in codes(replace(BASE, vsock=m.Vsock("v", cid)))) is ok
+    assert ("vsock-cid" not in codes(replace(BASE, vsock=m.Vsock(cid, "v")))) is ok
 
 
 def test_microvm_irq_pool_counts_consoles_and_vhost_nets() -> None:
@@ -275,3 +276,4 @@ def test_docs_list_every_rule() -> None:
         text = f.read()
     missing = [c for c in RULES if f"`{c}`" not in text]
     assert missing == []
+    assert rules_markdown() in text, "regenerate the table: launcher.validate.base.rules_markdown"

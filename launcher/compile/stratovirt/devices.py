@@ -9,8 +9,14 @@ USB keyboard and tablet.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from launcher.compile.stratovirt.common import PathFn, PathKind, cannot, opt_bool, props
-from launcher.model import Manifest, PciAddress, RootPort, Transport
+from launcher.compile.stratovirt.declared import emit_props
+from launcher.model import Transport
+
+if TYPE_CHECKING:
+    from launcher.model import Manifest, PciAddress, RootPort
 
 
 def transport(m: Manifest, t: Transport | None) -> Transport:
@@ -42,12 +48,6 @@ def placement(t: Transport, pci: PciAddress | None, key: str) -> list[tuple[str,
     return [("bus", pci.bus), ("addr", pci.addr), ("multifunction", opt_bool(pci.multifunction))]
 
 
-def fd_pair(single: str, many: str, fds: tuple[int, ...]) -> tuple[str, object]:
-    if len(fds) == 1:
-        return (single, fds[0])
-    return (many, ":".join(str(f) for f in fds) if fds else None)
-
-
 # -- backends ----------------------------------------------------------------------------------
 
 
@@ -62,8 +62,7 @@ def emit_pflash(m: Manifest, px: PathFn) -> list[str]:
                 ("file", px(p.file, PathKind.INPUT, f"{key}.file")),
                 ("if", "pflash"),
                 ("unit", p.unit),
-                ("readonly", "on" if p.readonly else None),
-                ("format", None if p.format == "raw" else p.format),
+                *emit_props(p, "-drive if=pflash"),
             ),
         ]
     return out
@@ -79,11 +78,7 @@ def emit_drives(m: Manifest, px: PathFn) -> list[str]:
                 None,
                 ("id", d.id),
                 ("file", px(d.file, PathKind.INPUT, f"{key}.file")),
-                ("readonly", "on" if d.readonly else None),
-                ("direct", None if d.direct else "off"),
-                ("aio", None if d.aio is None else str(d.aio)),
-                ("format", None if d.format == "raw" else d.format),
-                ("throttling.iops-total", d.iops),
+                *emit_props(d, "-drive", px, key),
             ),
         ]
     return out
@@ -94,16 +89,7 @@ def emit_netdevs(m: Manifest, px: PathFn) -> list[str]:
     for n in m.nets:
         out += [
             "-netdev",
-            props(
-                str(n.type),
-                ("id", n.id),
-                ("ifname", n.ifname),
-                fd_pair("fd", "fds", n.fds),
-                ("vhost", opt_bool(n.vhost)),
-                fd_pair("vhostfd", "vhostfds", n.vhostfds),
-                ("queues", n.queues),
-                ("chardev", n.chardev),
-            ),
+            props(str(n.type), ("id", n.id), *emit_props(n, "-netdev", px, f"nets.{n.id}")),
         ]
     return out
 
@@ -147,7 +133,7 @@ def emit_root_ports(m: Manifest) -> list[str]:
                 ("id", rp.id),
                 ("port", f"{rp.port:#x}"),
                 *placement(Transport.PCI, rp.pci, f"root-ports.{rp.id}"),
-                ("chassis", rp.chassis),
+                *emit_props(rp, "pcie-root-port"),
             ),
         ]
     return out
@@ -166,11 +152,7 @@ def emit_blk_devices(m: Manifest) -> list[str]:
                 ("id", d.device_name),
                 ("drive", d.id),
                 *placement(t, d.pci, f"drives.{d.id}"),
-                ("bootindex", d.bootindex),
-                ("serial", d.serial),
-                ("iothread", d.iothread),
-                ("num-queues", d.num_queues),
-                ("queue-size", None if d.queue_size == 256 else d.queue_size),
+                *emit_props(d, "virtio-blk"),
             ),
         ]
     return out
@@ -189,10 +171,7 @@ def emit_net_devices(m: Manifest) -> list[str]:
                 ("id", n.device_name),
                 ("netdev", n.id),
                 *placement(t, n.pci, f"nets.{n.id}"),
-                ("mac", n.mac),
-                ("mq", "on" if n.mq else None),
-                ("iothread", n.iothread),
-                ("queue-size", None if n.queue_size == 256 else n.queue_size),
+                *emit_props(n, "virtio-net"),
             ),
         ]
     return out
@@ -212,7 +191,10 @@ def emit_serial_devices(m: Manifest) -> list[str]:
         ),
     ]
     for c in m.consoles:
-        out += ["-device", props("virtconsole", ("id", c.id), ("chardev", c.chardev))]
+        out += [
+            "-device",
+            props("virtconsole", ("id", c.id), ("chardev", c.chardev)),
+        ]  # both required
     return out
 
 
@@ -228,7 +210,7 @@ def emit_misc_virtio(m: Manifest) -> list[str]:
                 ("id", v.id),
                 ("guest-cid", v.guest_cid),
                 *placement(t, v.pci, "vsock"),
-                ("vhostfd", v.vhostfd),
+                *emit_props(v, "vhost-vsock"),
             ),
         ]
     if (b := m.balloon) is not None:
@@ -239,8 +221,7 @@ def emit_misc_virtio(m: Manifest) -> list[str]:
                 dev_name("virtio-balloon", t),
                 ("id", b.id),
                 *placement(t, b.pci, "balloon"),
-                ("deflate-on-oom", "on" if b.deflate_on_oom else None),
-                ("free-page-reporting", "on" if b.free_page_reporting else None),
+                *emit_props(b, "virtio-balloon"),
             ),
         ]
     for r in m.rngs:
@@ -252,14 +233,13 @@ def emit_misc_virtio(m: Manifest) -> list[str]:
                 ("id", r.device_id or r.id),
                 ("rng", r.id),
                 *placement(t, r.pci, f"rngs.{r.id}"),
-                ("max-bytes", r.max_bytes),
-                ("period", r.period),
+                *emit_props(r, "virtio-rng"),
             ),
         ]
     return out
 
 
-def emit_passthrough(m: Manifest) -> list[str]:
+def emit_passthrough(m: Manifest, px: PathFn) -> list[str]:
     """VFIO functions and the USB controller with its keyboard and tablet."""
     out: list[str] = []
     for v in m.vfio:
@@ -268,8 +248,7 @@ def emit_passthrough(m: Manifest) -> list[str]:
             props(
                 "vfio-pci",
                 ("id", v.id),
-                ("host", v.host),
-                ("sysfsdev", v.sysfsdev),
+                *emit_props(v, "vfio-pci", px, f"vfio.{v.id}"),
                 *placement(Transport.PCI, v.pci, f"vfio.{v.id}"),
             ),
         ]
@@ -283,8 +262,7 @@ def emit_passthrough(m: Manifest) -> list[str]:
                 ("id", x.id),
                 ("bus", x.pci.bus),
                 ("addr", x.pci.addr),
-                ("p2", x.p2),
-                ("p3", x.p3),
+                *emit_props(x, "nec-usb-xhci"),
             ),
         ]
     if m.usb.keyboard is not None:
@@ -301,5 +279,5 @@ def emit_devices(m: Manifest, px: PathFn) -> list[str]:
         + emit_net_devices(m)
         + emit_serial_devices(m)
         + emit_misc_virtio(m)
-        + emit_passthrough(m)
+        + emit_passthrough(m, px)
     )

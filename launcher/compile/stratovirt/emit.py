@@ -13,17 +13,18 @@ its jail (``launcher.compile.stratovirt.ozone``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from launcher.compile.stratovirt import devices
 from launcher.compile.stratovirt.common import (
     PathFn,
     PathKind,
     cannot,
-    opt_bool,
     plain_path,
     props,
     size_text,
 )
+from launcher.compile.stratovirt.declared import emit_props
 from launcher.compile.stratovirt.props import write_intlist
 from launcher.compile.stratovirt.tokens import STRATOVIRT_OPTIONS, check_emitted
 from launcher.errors import InvalidInput
@@ -40,32 +41,23 @@ def emit_machine(m: Manifest, px: PathFn) -> list[str]:
     mc = m.machine
     if mc.usb:
         raise cannot("StratoVirt v2.2 only accepts machine usb=off", "machine.usb")
-    return [
-        "-machine",
-        props(
-            str(mc.type),
-            ("dump-guest-core", None if mc.dump_guest_core else "off"),
-            ("mem-share", "on" if mc.mem_share else None),
-            ("accel", mc.accel),
-            ("usb", opt_bool(mc.usb)),
-            ("gic-version", mc.gic_version if m.arch is Arch.AARCH64 else None),
-        ),
-    ]
+    if m.arch is not Arch.AARCH64:
+        mc = replace(mc, gic_version=None)  # an aarch64 key (validation warns)
+    return ["-machine", props(str(mc.type), *emit_props(mc, "-machine"))]
 
 
 def emit_smp(m: Manifest, px: PathFn) -> list[str]:
-    c = m.cpu
-    keys = ("maxcpus", "sockets", "dies", "clusters", "cores", "threads")
-    if c.cpus == 1 and all(getattr(c, k) is None for k in keys):
+    factors = emit_props(m.cpu, "-smp")
+    if m.cpu.cpus == 1 and not factors:
         return []
-    return ["-smp", props(str(c.cpus), *((k, getattr(c, k)) for k in keys))]
+    return ["-smp", props(str(m.cpu.cpus), *factors)]
 
 
 def emit_cpu(m: Manifest, px: PathFn) -> list[str]:
     c = m.cpu
     if c.model is None and c.pmu is None:
         return []
-    return ["-cpu", props(c.model, ("pmu", opt_bool(c.pmu)))]
+    return ["-cpu", props(c.model, *emit_props(c, "-cpu"))]
 
 
 def emit_memory(m: Manifest, px: PathFn) -> list[str]:
@@ -115,7 +107,7 @@ def emit_numa(m: Manifest, px: PathFn) -> list[str]:
         cpus = write_intlist(n.cpus)
         out += ["-numa", props("node", ("nodeid", n.id), ("cpus", cpus), ("memdev", n.memdev_id))]
     for d in m.numa.distances:
-        out += ["-numa", props("dist", ("src", d.src), ("dst", d.dst), ("val", d.val))]
+        out += ["-numa", props("dist", ("src", d.src), ("dst", d.dst), ("val", d.val))]  # required
     return out
 
 
@@ -139,15 +131,8 @@ def emit_iothreads(m: Manifest, px: PathFn) -> list[str]:
 
 
 def chardev_spec(c: Chardev, px: PathFn, key: str, with_id: bool = True) -> str:
-    path = None
-    if c.path is not None:
-        path = px(c.path, PathKind.OUTPUT, f"{key}.path")
     return props(
-        str(c.backend),
-        ("id", c.id if with_id else None),
-        ("path", path),
-        ("server", c.server),
-        ("nowait", c.nowait),
+        str(c.backend), ("id", c.id if with_id else None), *emit_props(c, "-chardev", px, key)
     )
 
 
@@ -193,7 +178,10 @@ def emit_mon(m: Manifest, px: PathFn) -> list[str]:
     if len(m.monitors) > 1:
         raise cannot("StratoVirt v2.2 takes one -mon", "monitors", "keep one monitor")
     mon = m.monitors[0]
-    return ["-mon", props(None, ("chardev", mon.chardev), ("id", mon.id), ("mode", "control"))]
+    return [
+        "-mon",
+        props(None, ("chardev", mon.chardev), *emit_props(mon, "-mon"), ("mode", "control")),
+    ]
 
 
 def emit_control(m: Manifest, px: PathFn) -> list[str]:

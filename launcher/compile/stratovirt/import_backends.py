@@ -7,7 +7,10 @@ the importer's pools. Cross-option rules are left to ``launcher.validate.check_m
 
 from __future__ import annotations
 
+from engine.device_rules import aio_problem
+from launcher import model as m
 from launcher.compile.stratovirt.common import PathKind
+from launcher.compile.stratovirt.declared import prop_names, read_props
 from launcher.compile.stratovirt.import_state import Pooled, State
 from launcher.compile.stratovirt.props import (
     Props,
@@ -15,14 +18,12 @@ from launcher.compile.stratovirt.props import (
     lenient_first,
     lenient_get,
     parse_props,
-    read_int,
     read_intlist,
     read_size,
 )
 from launcher.compile.stratovirt.tokens import Value
-from launcher.model import Aio, Chardev, ChardevBackend, NetType, NumaPolicy
+from launcher.model import Chardev, ChardevBackend, NetType, NumaPolicy
 
-MAX_IOPS = 1_000_000
 MAX_NODES = 128
 
 
@@ -30,20 +31,10 @@ def _dup(p: Props, what: str, ident: str) -> None:
     raise p.error(f"{what} {ident} has been added", "id", f"give each {what.lower()} its own id")
 
 
-def _fd_list(p: Props, key: str) -> tuple[int, ...]:
-    text = p.raw(key)
-    if text is None:
-        return ()
-    try:
-        return tuple(read_int(x) for x in text.split(":"))
-    except ValueError as exc:
-        raise p.error(f"invalid value for '{key}' in {p.what}: {exc}", key) from None
-
-
 # -- -drive ------------------------------------------------------------------------------------
 
-DRIVE_KEYS = {"id", "file", "readonly", "direct", "format", "if", "throttling.iops-total", "aio"}
-PFLASH_KEYS = {"if", "file", "format", "readonly", "unit"}
+DRIVE_KEYS = {"id", "file", "if"}  # and the optional keys declared on m.Drive
+PFLASH_KEYS = {"if", "file", "unit"}  # and those declared on m.Pflash
 
 
 def parse_drive(v: Value, st: State) -> None:
@@ -54,7 +45,9 @@ def parse_drive(v: Value, st: State) -> None:
         raise fail(
             f"Unknow 'if' argument: {kind}", v.index, hint="use if=none (block) or if=pflash"
         )
-    p = parse_props(v.text, v.index, "-drive", DRIVE_KEYS, positional=False)
+    p = parse_props(
+        v.text, v.index, "-drive", DRIVE_KEYS | prop_names(m.Drive, "-drive"), positional=False
+    )
     ident = p.require("id")
     if ident in st.drives:
         _dup(p, "Drive", ident)
@@ -62,39 +55,23 @@ def parse_drive(v: Value, st: State) -> None:
     fmt = p.raw("format") or "raw"
     if fmt != "raw":
         raise p.error(f"Only 'raw' format is supported for -drive, got '{fmt}'", "format")
-    direct = p.bool("direct")
-    aio_text = p.raw("aio")
-    aio = None
-    if aio_text is not None:
-        if aio_text not in {a.value for a in Aio}:
-            raise p.error(f"Invalid aio '{aio_text}'", "aio", "use aio=native, io_uring or off")
-        aio = Aio(aio_text)
-    if aio is Aio.NATIVE and direct is False:
-        raise p.error("aio=native requires direct=on", "aio", "drop aio or use aio=io_uring")
-    if aio is Aio.OFF and direct is not False:
+    fields = read_props(p, m.Drive, "-drive")
+    aio = fields["aio"]
+    if aio is not None and aio_problem(str(aio), fields["direct"]) is not None:
+        if aio is m.Aio.NATIVE:
+            raise p.error("aio=native requires direct=on", "aio", "drop aio or use aio=io_uring")
         raise p.error(
             "Low performance expected when use sync io with info direct on",
             "aio",
             "with direct=on use aio=native or io_uring, or set direct=off",
         )
-    iops = p.uint("throttling.iops-total", 64, 0, MAX_IOPS)
-    st.drives[ident] = Pooled(
-        dict(
-            id=ident,
-            file=file,
-            readonly=bool(p.bool("readonly")),
-            direct=direct is not False,
-            aio=aio,
-            format=fmt,
-            iops=iops,
-        ),
-        v.index,
-    )
+    st.drives[ident] = Pooled(dict(id=ident, file=file, **fields), v.index)
     st.at(f"drives.{ident}", v.index)
 
 
 def parse_pflash(v: Value, st: State) -> None:
-    p = parse_props(v.text, v.index, "-drive if=pflash", PFLASH_KEYS, positional=False)
+    keys = PFLASH_KEYS | prop_names(m.Pflash, "-drive if=pflash")
+    p = parse_props(v.text, v.index, "-drive if=pflash", keys, positional=False)
     file = st.path(p.require("file"), PathKind.INPUT, v.index)
     unit_text = p.require("unit", "add unit=0 (firmware code) or unit=1 (variables)")
     unit = p.uint("unit", 64, 0, 1)
@@ -106,17 +83,17 @@ def parse_pflash(v: Value, st: State) -> None:
     fmt = p.raw("format") or "raw"
     if fmt != "raw":
         raise p.error(f"Only 'raw' format is supported for pflash, got '{fmt}'", "format")
-    st.pflash[unit] = dict(unit=unit, file=file, readonly=bool(p.bool("readonly")), format=fmt)
+    st.pflash[unit] = dict(unit=unit, file=file, **read_props(p, m.Pflash, "-drive if=pflash"))
     st.at(f"pflash.{unit}", v.index)
 
 
 # -- -netdev -----------------------------------------------------------------------------------
 
-NETDEV_KEYS = {"id", "ifname", "fd", "fds", "vhost", "vhostfd", "vhostfds", "queues", "chardev"}
+NETDEV_KEYS = {"id"}  # and the optional keys declared on m.Net
 
 
 def parse_netdev(v: Value, st: State) -> None:
-    p = parse_props(v.text, v.index, "-netdev", NETDEV_KEYS)
+    p = parse_props(v.text, v.index, "-netdev", NETDEV_KEYS | prop_names(m.Net, "-netdev"))
     kind = p.positional
     if kind not in ("tap", "vhost-user"):
         raise p.error(
@@ -127,12 +104,11 @@ def parse_netdev(v: Value, st: State) -> None:
     ident = p.require("id")
     if ident in st.netdevs:
         _dup(p, "Netdev", ident)
-    fds = _fd_list(p, "fd") or _fd_list(p, "fds")
+    fields = read_props(p, m.Net, "-netdev")
+    fds, vhostfds = fields["fds"], fields["vhostfds"]
     if p.has("fd") and p.has("fds"):
         st.warn("both fd and fds given: StratoVirt uses fd", v.index, "give only one of them")
-    vhost = p.bool("vhost")
-    vhostfds = _fd_list(p, "vhostfd") or _fd_list(p, "vhostfds")
-    if vhostfds and not (vhost or kind == "vhost-user"):
+    if vhostfds and not (fields["vhost"] or kind == "vhost-user"):
         key = "vhostfd" if p.has("vhostfd") else "vhostfds"
         raise p.error(f"Argument '{key}' is not needed for virtio-net device", key, "add vhost=on")
     if kind == "tap" and not (p.has("ifname") or fds):
@@ -141,29 +117,16 @@ def parse_netdev(v: Value, st: State) -> None:
             "",
             "add ifname=tap0",
         )
-    queues = p.uint("queues", 16, 1, 16)
     for key, count in (("fds", len(fds)), ("vhostfds", len(vhostfds))):
         if count > 16:
             raise p.error(f"at most 16 {key} (32 queues) are supported, got {count}", key)
-    st.netdevs[ident] = Pooled(
-        dict(
-            id=ident,
-            type=NetType(kind),
-            ifname=p.raw("ifname"),
-            fds=fds,
-            vhost=vhost,
-            vhostfds=vhostfds,
-            queues=queues,
-            chardev=p.raw("chardev"),
-        ),
-        v.index,
-    )
+    st.netdevs[ident] = Pooled(dict(id=ident, type=NetType(kind), **fields), v.index)
     st.at(f"nets.{ident}", v.index)
 
 
 # -- -chardev and -serial ----------------------------------------------------------------------
 
-CHARDEV_KEYS = {"id", "path", "server", "nowait"}
+CHARDEV_KEYS = {"id"} | prop_names(Chardev, "-chardev")  # -serial's too (its id is fixed)
 
 
 def chardev_from(p: Props, st: State, what: str) -> Chardev:
@@ -178,15 +141,13 @@ def chardev_from(p: Props, st: State, what: str) -> Chardev:
         )
     ident = p.require("id")
     kind = ChardevBackend(backend)
-    path = p.raw("path")
-    if kind in (ChardevBackend.SOCKET, ChardevBackend.FILE) and path is None:
+    if kind in (ChardevBackend.SOCKET, ChardevBackend.FILE) and not p.has("path"):
         raise p.error(f"'path' is missing for {backend} {what}", "", "add path=/run/vm.sock")
-    server, nowait = p.flag("server"), p.flag("nowait")
-    if (server or nowait) and kind is not ChardevBackend.SOCKET:
-        key = "server" if server else "nowait"
+    fields = read_props(p, Chardev, "-chardev", lambda text, k: st.path(text, k, p.index))
+    if (fields["server"] or fields["nowait"]) and kind is not ChardevBackend.SOCKET:
+        key = "server" if fields["server"] else "nowait"
         raise p.error(f"'{key}' is only allowed for a socket {what}", key, f"drop '{key}'")
-    host = None if path is None else st.path(path, PathKind.OUTPUT, p.index)
-    return Chardev(ident, kind, host, server, nowait)
+    return Chardev(ident, kind, **fields)
 
 
 def parse_chardev(v: Value, st: State) -> None:

@@ -9,9 +9,11 @@ machine decides which family is allowed, so imported models never need an explic
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
+from engine.device_rules import is_mac, serial_problem
+from launcher import model as m
+from launcher.compile.stratovirt.declared import prop_names, read_props
 from launcher.compile.stratovirt.import_state import State
 from launcher.compile.stratovirt.props import (
     Props,
@@ -19,20 +21,18 @@ from launcher.compile.stratovirt.props import (
     lenient_first,
     parse_props,
     read_hexdec,
-    read_int,
     read_pci_addr,
     suggest,
 )
 from launcher.compile.stratovirt.tokens import Value
-from launcher.model import PciAddress
+from launcher.model_devices import GUEST_CID
 
 PCI_KEYS = {"bus", "addr", "multifunction"}
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 UNSUPPORTED = ("virtio-scsi-pci", "scsi-hd", "scsi-cd", "vhost-user-blk-pci", "vhost-user-fs-device",
                "vhost-user-fs-pci", "virtio-gpu-pci")  # fmt: skip
 
 
-def pci_of(p: Props, st: State, pci: bool) -> PciAddress | None:
+def pci_of(p: Props, st: State, pci: bool) -> m.PciAddress | None:
     """``bus``/``addr``/``multifunction``: required on PCI devices, rejected on virtio-mmio ones."""
     if not pci:
         for key in PCI_KEYS:
@@ -53,7 +53,7 @@ def pci_of(p: Props, st: State, pci: bool) -> PciAddress | None:
             "bus",
             "use pcie.0 or the id of a pcie-root-port declared earlier in argv",
         )
-    return PciAddress(bus, slot, func, p.bool("multifunction"))
+    return m.PciAddress(bus, slot, func, p.bool("multifunction"))
 
 
 def _take(p: Props, pool: dict, key: str, message: str, hint: str) -> str:
@@ -65,32 +65,18 @@ def _take(p: Props, pool: dict, key: str, message: str, hint: str) -> str:
     return ident
 
 
-def _pow2(p: Props, key: str, lo: int, hi: int) -> int | None:
-    q = p.uint(key, 16)
-    if q is not None and not (lo <= q <= hi and q & (q - 1) == 0):
-        raise p.error(
-            f"The value of '{key}' in {p.what} should be a power of 2 between {lo} and {hi}, got {q}",
-            key,
-        )
-    return q
-
-
 def parse_blk(p: Props, st: State, pci: bool) -> None:
     dev_id = p.require("id")
     drive = _take(p, st.drives, "drive", "No drive configured matched for blk device {}",
                   "declare -drive id=...,file=... once for each disk")  # fmt: skip
-    serial = p.raw("serial")
-    if serial is not None and len(serial.encode()) > 20:
-        raise p.error(f"serial '{serial}' is longer than 20 bytes", "serial")
+    fields = read_props(p, m.Drive, "virtio-blk")
+    if (problem := serial_problem(fields["serial"])) is not None:
+        raise p.error(problem.message, "serial", problem.hint)
     st.drives[drive].fields.update(
         attached=True,
         device_id=None if dev_id == drive else dev_id,
-        serial=serial,
-        iothread=p.raw("iothread"),
-        num_queues=p.uint("num-queues", 16, 1, 32),
-        queue_size=_pow2(p, "queue-size", 4, 1024) or 256,
-        bootindex=p.uint("bootindex", 8),
         pci=pci_of(p, st, pci),
+        **fields,
     )
     st.at(f"drives.{drive}.device", p.index)
 
@@ -99,7 +85,7 @@ def parse_net(p: Props, st: State, pci: bool) -> None:
     netdev = _take(p, st.netdevs, "netdev", "Netdev {} not found or is in use",
                    "declare -netdev tap,id=... once for each NIC")  # fmt: skip
     mac = p.raw("mac")
-    if mac is not None and not MAC_RE.match(mac):
+    if mac is not None and not is_mac(mac):
         raise p.error("Mac address is illegal", "mac", "write six hex pairs: 52:54:00:12:34:56")
     if p.has("vectors"):
         st.warn("virtio-net 'vectors' is accepted and ignored by StratoVirt: dropped", p.index)
@@ -107,11 +93,8 @@ def parse_net(p: Props, st: State, pci: bool) -> None:
     st.netdevs[netdev].fields.update(
         attached=True,
         device_id=None if dev_id in (None, netdev) else dev_id,
-        mac=mac,
-        mq=bool(p.bool("mq")),
-        iothread=p.raw("iothread"),
-        queue_size=_pow2(p, "queue-size", 256, 4096) or 256,
         pci=pci_of(p, st, pci),
+        **read_props(p, m.Net, "virtio-net"),
     )
     st.at(f"nets.{netdev}.device", p.index)
 
@@ -140,11 +123,10 @@ def parse_virtconsole(p: Props, st: State, pci: bool) -> None:
 def parse_vsock(p: Props, st: State, pci: bool) -> None:
     if st.vsock is not None:
         raise p.error("only one vsock device per VM is supported", "", "drop the second one")
-    cid = (
-        p.uint("guest-cid", 64, 3, (1 << 32) - 2) if p.has("guest-cid") else p.require("guest-cid")
-    )
-    vhostfd = p.typed("vhostfd", read_int)
-    st.vsock = dict(id=p.require("id"), guest_cid=cid, vhostfd=vhostfd, pci=pci_of(p, st, pci))
+    p.require("guest-cid")
+    cid = p.uint("guest-cid", 64, GUEST_CID.low, GUEST_CID.high)
+    fields = read_props(p, m.Vsock, "vhost-vsock")
+    st.vsock = dict(id=p.require("id"), guest_cid=cid, pci=pci_of(p, st, pci), **fields)
     st.at("vsock", p.index)
 
 
@@ -153,19 +135,16 @@ def parse_balloon(p: Props, st: State, pci: bool) -> None:
         raise p.error(
             "Only one balloon device is supported for each vm.", "", "drop the second one"
         )
-    st.balloon = dict(
-        id=p.raw("id"),
-        deflate_on_oom=bool(p.bool("deflate-on-oom")),
-        free_page_reporting=bool(p.bool("free-page-reporting")),
-        pci=pci_of(p, st, pci),
-    )
+    fields = read_props(p, m.Balloon, "virtio-balloon")
+    st.balloon = dict(id=p.raw("id"), pci=pci_of(p, st, pci), **fields)
     st.at("balloon", p.index)
 
 
 def parse_rng(p: Props, st: State, pci: bool) -> None:
     rng = _take(p, st.rng_objects, "rng", "Object for rng-random device not found: {}",
                 "declare -object rng-random,id=...,filename=/dev/urandom")  # fmt: skip
-    max_bytes, period = p.uint("max-bytes"), p.uint("period")
+    fields = read_props(p, m.Rng, "virtio-rng")
+    max_bytes, period = fields["max_bytes"], fields["period"]
     if (max_bytes is None) != (period is None):
         missing = "period" if period is None else "max-bytes"
         raise p.error(f"Argument '{missing}' is missing", "", "give max-bytes and period together")
@@ -179,10 +158,10 @@ def parse_rng(p: Props, st: State, pci: bool) -> None:
                 "max-bytes",
             )
     dev_id = p.raw("id")
-    fields = st.rng_objects[rng].fields
-    fields.update(max_bytes=max_bytes, period=period, pci=pci_of(p, st, pci),
-                  device_id=None if dev_id in (None, rng) else dev_id)  # fmt: skip
-    st.rngs.append(fields)
+    rng_fields = st.rng_objects[rng].fields
+    rng_fields.update(fields, pci=pci_of(p, st, pci),
+                      device_id=None if dev_id in (None, rng) else dev_id)  # fmt: skip
+    st.rngs.append(rng_fields)
     st.at(f"rngs.{rng}.device", p.index)
 
 
@@ -194,17 +173,18 @@ def parse_root_port(p: Props, st: State, pci: bool) -> None:
     place = pci_of(p, st, True)
     if ident in st.buses:
         raise p.error(f"Device id {ident} existed", "id", "give each root port its own id")
-    st.root_ports.append(dict(id=ident, port=port & 0xFF, pci=place, chassis=p.uint("chassis", 8)))
+    fields = read_props(p, m.RootPort, "pcie-root-port")
+    st.root_ports.append(dict(id=ident, port=port & 0xFF, pci=place, **fields))
     st.buses.add(ident)
     st.at(f"root-ports.{ident}", p.index)
 
 
 def parse_vfio(p: Props, st: State, pci: bool) -> None:
-    host, sysfsdev = p.raw("host"), p.raw("sysfsdev")
-    if (host is None) == (sysfsdev is None):
+    fields = read_props(p, m.Vfio, "vfio-pci", lambda text, kind: st.path(text, kind, p.index))
+    if (fields["host"] is None) == (fields["sysfsdev"] is None):
         raise p.error("vfio-pci needs exactly one of host or sysfsdev", "", "add host=0000:1a:00.3")
     ident = p.require("id")
-    st.vfio.append(dict(id=ident, host=host, sysfsdev=sysfsdev, pci=pci_of(p, st, True)))
+    st.vfio.append(dict(id=ident, pci=pci_of(p, st, True), **fields))
     st.at(f"vfio.{ident}", p.index)
 
 
@@ -213,7 +193,7 @@ def parse_xhci(p: Props, st: State, pci: bool) -> None:
         raise p.error(
             "svlaunch manifests hold one USB controller", "", "drop the second nec-usb-xhci"
         )
-    ports = {k: p.uint(k, 8, 1) for k in ("p2", "p3")}
+    ports = {k: p.uint(k, 8, 1) for k in ("p2", "p3")}  # read here: StratoVirt clamps, not refuses
     for key, n in ports.items():
         if n is not None and n > 15:
             st.warn(f"{key}={n} is clamped to 15 by StratoVirt", p.index)
@@ -239,8 +219,11 @@ def parse_usb_input(p: Props, st: State, pci: bool) -> None:
     st.at(f"usb.{key}", p.index)
 
 
-_BLK = {"id", "drive", "bootindex", "serial", "iothread", "num-queues", "queue-size"}
-_NET = {"id", "netdev", "mq", "vectors", "mac", "iothread", "queue-size"}
+_BLK = {"id", "drive"} | prop_names(m.Drive, "virtio-blk")
+_NET = {"id", "netdev", "vectors"} | prop_names(m.Net, "virtio-net")
+_VSOCK = {"id", "guest-cid"} | prop_names(m.Vsock, "vhost-vsock")
+_BALLOON = {"id"} | prop_names(m.Balloon, "virtio-balloon")
+_RNG = {"id", "rng"} | prop_names(m.Rng, "virtio-rng")
 Parser = Callable[[Props, State, bool], None]
 # type -> (parser, keys besides bus/addr/multifunction, pci?)
 DEVICES: dict[str, tuple[Parser, set[str], bool]] = {
@@ -251,18 +234,18 @@ DEVICES: dict[str, tuple[Parser, set[str], bool]] = {
     "virtio-serial-device": (parse_virtio_serial, {"id"}, False),
     "virtio-serial-pci": (parse_virtio_serial, {"id"}, True),
     "virtconsole": (parse_virtconsole, {"id", "chardev"}, False),
-    "vhost-vsock-device": (parse_vsock, {"id", "guest-cid", "vhostfd"}, False),
-    "vhost-vsock-pci": (parse_vsock, {"id", "guest-cid", "vhostfd"}, True),
-    "virtio-balloon-device": (
-        parse_balloon,
-        {"id", "deflate-on-oom", "free-page-reporting"},
-        False,
+    "vhost-vsock-device": (parse_vsock, _VSOCK, False),
+    "vhost-vsock-pci": (parse_vsock, _VSOCK, True),
+    "virtio-balloon-device": (parse_balloon, _BALLOON, False),
+    "virtio-balloon-pci": (parse_balloon, _BALLOON, True),
+    "virtio-rng-device": (parse_rng, _RNG, False),
+    "virtio-rng-pci": (parse_rng, _RNG, True),
+    "pcie-root-port": (
+        parse_root_port,
+        {"id", "port"} | prop_names(m.RootPort, "pcie-root-port"),
+        True,
     ),
-    "virtio-balloon-pci": (parse_balloon, {"id", "deflate-on-oom", "free-page-reporting"}, True),
-    "virtio-rng-device": (parse_rng, {"id", "rng", "max-bytes", "period"}, False),
-    "virtio-rng-pci": (parse_rng, {"id", "rng", "max-bytes", "period"}, True),
-    "pcie-root-port": (parse_root_port, {"id", "port", "chassis"}, True),
-    "vfio-pci": (parse_vfio, {"id", "host", "sysfsdev"}, True),
+    "vfio-pci": (parse_vfio, {"id"} | prop_names(m.Vfio, "vfio-pci"), True),
     "nec-usb-xhci": (parse_xhci, {"id", "p2", "p3", "bus", "addr"}, True),
     "usb-kbd": (parse_usb_input, {"id", "bus", "port"}, False),
     "usb-tablet": (parse_usb_input, {"id", "bus", "port"}, False),
