@@ -22,6 +22,31 @@ INTLIST_HINT = 'write a list like [0, 1, 4] or a string like "0-1,4"'
 ADDR_HINT = 'write "SLOT" or "SLOT.FUNCTION", e.g. "0x3" or "0x3.0x1"'
 
 
+_AS_IS = frozenset((k.BOOL, k.INT, k.STR, k.VM_NAME))
+
+
+class _Layout:
+    """How a class's keys sit in its table: by name, in nested tables, and its PCI keys."""
+
+    __slots__ = ("keys", "nested", "pci")
+
+    def __init__(self, cls: type) -> None:
+        specs = k.specs(cls)
+        self.keys = {s.name: s for s in specs if not s.decl.at and s.kind != k.PCI}
+        self.nested = tuple(s for s in specs if s.decl.at)
+        self.pci = next((s for s in specs if s.kind == k.PCI), None)
+
+
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(cls: type) -> _Layout:
+    found = _LAYOUTS.get(cls)
+    if found is None:
+        found = _LAYOUTS[cls] = _Layout(cls)
+    return found
+
+
 def resolve_path(value: str, base_dir: str) -> str:
     """Absolute, normalised path; relative ones resolve against ``base_dir``."""
     return os.path.normpath(os.path.join(base_dir, value))
@@ -44,27 +69,33 @@ class Builder:
         self, cls: type, d: dict[str, Any], path: Path, ident: Any = None, **extra: Any
     ) -> Any:
         """A model value of ``cls`` from its table ``d`` (``ident``: the table key, if any;
-        ``extra``: fields that are not manifest keys)."""
+        ``extra``: fields that are not manifest keys). Absent keys take the field's default,
+        which is the declared one (``launcher.keys.key``)."""
+        layout = _layout(cls)
         values: dict[str, Any] = extra
-        for s in k.specs(cls):
-            if ident is not None and s.attr == "id":
-                values["id"] = ident
-                continue
-            if s.kind == k.PCI:
-                values[s.attr] = self.pci(d, path, s.required)
-                continue
+        if ident is not None:
+            values["id"] = ident
+        for name, v in d.items():
+            s = layout.keys.get(name)
+            if s is not None:
+                values[s.attr] = self.value(s, v, (*path, name))
+        for s in layout.nested:  # keys in tables of their own: [global.pcie-root-port]
             table = d
-            for name in s.decl.at:  # keys in tables of their own: [global.pcie-root-port]
+            for name in s.decl.at:
                 table = table.get(name, {})
             if s.name in table:
-                values[s.attr] = self.value(s, table[s.name], (*path, s.name))
-            elif not s.required:
-                values[s.attr] = s.default_value()
+                values[s.attr] = self.value(s, table[s.name], (*path, *s.decl.at, s.name))
+        if layout.pci is not None:
+            pci = self.pci(d, path, layout.pci.required)
+            if pci is not None:
+                values[layout.pci.attr] = pci
         return cls(**values)
 
     def value(self, s: k.Spec, v: Any, path: Path) -> Any:
         """One key's model value from its manifest value."""
         kind = s.kind
+        if kind in _AS_IS:
+            return v  # the schema checked it
         if kind == k.ENUM:
             return s.type(v)
         if kind == k.PATH:
@@ -102,7 +133,7 @@ class Builder:
             return tuple(self.table(s.type, item, (*path, i), i) for i, item in v.items())
         if kind == k.LIST:
             return tuple(self.table(s.type, item, (*path, i)) for i, item in enumerate(v))
-        return v  # bool, int, str, vm-name: the schema checked them
+        raise ValueError(f"no loader for kind {kind!r} of {s.name}")
 
     # -- value syntaxes --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ argv. Ranges (queue sizes and counts, iops, bootindex) are declared limits
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 from engine import device_rules as rules
 from launcher import keys as k
@@ -22,10 +23,15 @@ def _report(
     ctx: Context, where: tuple, problems: Sequence[rules.Problem | None], cls: type, plan: str
 ) -> None:
     """Each engine rule broken, at the manifest key declared to feed ``plan.<field>``."""
-    keys = {s.decl.plan: s.name for s in k.specs(cls) if s.decl.plan}
     for pr in problems:
         if pr is not None:
-            ctx.add(pr.code, (*where, keys[f"{plan}.{pr.field}"]), pr.message, pr.hint)
+            ctx.add(pr.code, (*where, _keys(cls)[f"{plan}.{pr.field}"]), pr.message, pr.hint)
+
+
+@cache
+def _keys(cls: type) -> dict[str, str]:
+    """plan field -> the manifest key that feeds it."""
+    return {s.decl.plan: s.name for s in k.specs(cls) if s.decl.plan}
 
 
 def check(ctx: Context) -> None:

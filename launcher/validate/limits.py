@@ -11,6 +11,8 @@ from launcher.manifest.sourcemap import Path
 from launcher.validate.base import Context
 
 _NESTED = (k.SECTION, k.TABLE, k.LIST)
+#: per class: (keys with limits, keys holding model values to walk into)
+_WALK: dict[type, tuple[tuple[k.Spec, ...], tuple[k.Spec, ...]]] = {}
 
 
 def check(ctx: Context) -> None:
@@ -18,24 +20,36 @@ def check(ctx: Context) -> None:
 
 
 def _walk(ctx: Context, obj: Any, path: Path) -> None:
-    for s in k.specs(type(obj)):
+    cls = type(obj)
+    plan = _WALK.get(cls)
+    if plan is None:
+        specs = k.specs(cls)
+        plan = _WALK[cls] = (
+            tuple(s for s in specs if s.decl.limits is not None),
+            tuple(s for s in specs if s.kind in _NESTED),
+        )
+    limited, nested = plan
+    for s in limited:
         value = getattr(obj, s.attr)
-        if value is None:
-            continue
-        limits = s.decl.limits
-        if limits is not None and not limits.allows(value):
+        if value is not None and not s.decl.limits.allows(value):
             default = s.default_value()
             ctx.add(
                 s.decl.rule,
                 (*path, s.name),
-                f"{s.name} {value} must be {limits.describe()}",
-                f"{default} is the default" if default is not None else f"use {limits.describe()}",
+                f"{s.name} {value} must be {s.decl.limits.describe()}",
+                f"{default} is the default"
+                if default is not None
+                else f"use {s.decl.limits.describe()}",
             )
-        elif s.kind == k.SECTION:
+    for s in nested:
+        value = getattr(obj, s.attr)
+        if not value:
+            continue
+        if s.kind == k.SECTION:
             _walk(ctx, value, (*path, s.name))
         elif s.kind == k.TABLE:
             for item in value:
                 _walk(ctx, item, (*path, s.name, item.id))
-        elif s.kind == k.LIST:
+        else:
             for i, item in enumerate(value):
                 _walk(ctx, item, (*path, s.name, i))

@@ -9,7 +9,6 @@ character where the offending item starts (see the package docstring for the mar
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -35,6 +34,8 @@ def fail(message: str, index: int, col: int = 0, hint: str = "", text: str = "")
 
 
 def suggest(word: str, choices: Collection[str]) -> str:
+    import difflib  # only for a wrong word: not worth ~0.7 ms of every svlaunch cmdline
+
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f"did you mean '{close[0]}'? " if close else ""
 
