@@ -144,6 +144,7 @@ class BlkPlan(DevicePlan):
     readonly: bool = False
     direct: bool = True
     aio: str = "native"
+    discard: str = "ignore"  # ignore | unmap
     serial: str | None = None
     iops: int | None = None
     num_queues: int = 1

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine import device_rules as rules
 from launcher.keys import FDS, HOT_REPLACE_DISK, HOT_REPLACE_NIC, PATH, PCI, REQUIRED, key
-from launcher.model_enums import Aio, NetType, Transport
+from launcher.model_enums import Aio, Discard, NetType, Transport
 
 BOOTINDEX = rules.IntRange(0, 255)
 GUEST_CID = rules.IntRange(3, 2**32 - 2)  # 0-2 are the hypervisor, local and host
@@ -99,6 +99,13 @@ class Drive:
         sv=("-drive", "throttling.iops-total"),
         plan="BlkPlan.iops",
         apply=HOT_REPLACE_DISK,
+    )
+    discard: Discard = key(
+        Discard.IGNORE,
+        "Guest discard (TRIM) requests: unmap punches holes in the image (offers virtio-blk"
+        " discard and write-zeroes), ignore offers neither (StratoVirt v2.2's device).",
+        sv=("-drive", "discard"),
+        plan="BlkPlan.discard",
     )
     bootindex: int | None = key(
         None,

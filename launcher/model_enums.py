@@ -1,5 +1,5 @@
 """The manifest's value sets (arch, machine type, transport, NUMA policy, chardev backend, net
-type, aio), as ``StrEnum`` so a value prints as the manifest spells it.
+type, aio, discard), as ``StrEnum`` so a value prints as the manifest spells it.
 
 A leaf module split from ``launcher.model``, which re-exports every name here.
 """
@@ -53,3 +53,10 @@ class Aio(StrEnum):
     NATIVE = "native"
     IO_URING = "io_uring"
     OFF = "off"
+
+
+class Discard(StrEnum):
+    """What a drive does with the guest's discard (TRIM) requests; StratoVirt >= 2.3's words."""
+
+    IGNORE = "ignore"  # not offered to the guest: the image keeps its blocks
+    UNMAP = "unmap"  # offered: discarded ranges become holes in the image

@@ -6,7 +6,8 @@ views when it spans regions), on the device's event loop (the main loop or its i
 never on a vCPU thread. With ``direct`` the file is opened O_DIRECT; guest buffers that are
 not aligned for it go through a page-aligned bounce buffer (read-modify-write at unaligned
 edges). ``readonly`` opens the file O_RDONLY, offers VIRTIO_BLK_F_RO and fails writes with
-IOERR. ``iops_total`` is a token bucket: when it is empty the device stops popping and a timer
+IOERR. ``discard`` offers DISCARD and WRITE_ZEROES, served by punching holes (fallocate), when the
+file system can punch them; without it the guest sees neither, as on StratoVirt v2.2. ``iops_total`` is a token bucket: when it is empty the device stops popping and a timer
 resumes it, so requests wait in the ring and are never dropped.
 """
 
@@ -81,6 +82,7 @@ class Blk(VirtioDevice):
         *,
         readonly: bool = False,
         direct: bool = False,
+        discard: bool = False,
         serial: str = "",
         iops_total: int | None = None,
         num_queues: int = 1,
@@ -117,7 +119,7 @@ class Blk(VirtioDevice):
         self.capacity = self.size // SECTOR
         self.align = SECTOR
         self._bounce: mmap.mmap | None = None
-        self.can_punch = not readonly and self._probe_punch_hole()
+        self.can_punch = discard and not readonly and self._probe_punch_hole()
         features = (
             bit(VIRTIO_BLK_F_SEG_MAX)
             | bit(VIRTIO_BLK_F_SIZE_MAX)

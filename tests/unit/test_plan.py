@@ -14,6 +14,7 @@ from launcher.model import (
     ChardevBackend,
     Console,
     Cpu,
+    Discard,
     Drive,
     Machine,
     MachineType,
@@ -117,9 +118,19 @@ def test_microvm_precreates_four_block_and_two_net_slots() -> None:
     blk = plan.devices[0]
     assert isinstance(blk, BlkPlan) and blk.readonly and blk.serial == "s1"
     assert blk.aio == "native"  # StratoVirt: direct=on implies aio=native
+    assert blk.discard == "ignore"  # StratoVirt's default: the guest gets no discard
     assert isinstance(plan.devices[5], SlotPlan) and plan.devices[5].accepts == "net"
     bases = [d.mmio_base for d in plan.devices]
     assert bases == [layout.VIRTIO_MMIO_BASE + i * layout.VIRTIO_MMIO_STRIDE for i in range(6)]
+
+
+def test_drive_keys_reach_the_plan_by_their_declaration() -> None:
+    """``plan=`` on a key is all it takes: queues, discard and the rest land in BlkPlan."""
+    d = Drive("d", "/d.img", queues=2, queue_size=64, discard=Discard.UNMAP, iops=10)
+    blk = compile_plan(vm(drives=(d,))).devices[0]
+    assert isinstance(blk, BlkPlan)
+    assert (blk.num_queues, blk.queue_size, blk.discard, blk.iops) == (2, 64, "unmap", 10)
+    assert (blk.drive_id, blk.id, blk.file) == ("d", "d", "/d.img")
 
 
 def test_net_gets_a_stable_default_mac() -> None:

@@ -213,9 +213,23 @@ def test_direct_io_with_aligned_and_unaligned_guest_buffers(disk) -> None:
         r.close()
 
 
+def test_without_discard_the_guest_sees_neither_discard_nor_write_zeroes(disk) -> None:
+    path, data = disk
+    blocks = path.stat().st_blocks
+    r = Rig(path)
+    try:
+        assert not r.features & (1 << B.VIRTIO_BLK_F_DISCARD | 1 << B.VIRTIO_BLK_F_WRITE_ZEROES)
+        seg = struct.pack("<QII", 0, 2048, 0)
+        assert r.request(B.VIRTIO_BLK_T_DISCARD, 0, out=seg)[0] == B.VIRTIO_BLK_S_UNSUPP
+        assert r.request(B.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] == B.VIRTIO_BLK_S_UNSUPP
+    finally:
+        r.close()
+    assert path.read_bytes() == data and path.stat().st_blocks == blocks
+
+
 def test_discard_punches_a_hole_and_write_zeroes_zeroes(disk) -> None:
     path, data = disk
-    r = Rig(path)
+    r = Rig(path, discard=True)
     try:
         if not r.features & 1 << B.VIRTIO_BLK_F_DISCARD:
             pytest.skip("file system without punch-hole")

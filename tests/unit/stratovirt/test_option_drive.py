@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from svargv import at, imported, manifest, rejected, round_trip, values
 
-from launcher.model import Aio
+from launcher.model import Aio, Discard
 
 
 def test_defaults_write_only_id_and_file() -> None:
@@ -36,6 +36,17 @@ def test_import_reads_each_property() -> None:
         "d", "/img/d", True, False, Aio.IO_URING, 7,
     )  # fmt: skip
     assert not d.attached  # no -device: a backend for hot plug
+
+
+def test_discard() -> None:
+    """StratoVirt >= 2.3's -drive discard=unmap|ignore (v2.2 has no discard: ignore)."""
+    man = manifest('[drives.d]\nfile = "/img/d.img"\ndiscard = "unmap"\n')
+    assert values(man, "-drive") == ["id=d,file=/img/d.img,discard=unmap"]
+    round_trip(man)
+    assert imported("-drive", "id=d,file=/d,discard=unmap").drives[0].discard is Discard.UNMAP
+    assert imported("-drive", "id=d,file=/d").drives[0].discard is Discard.IGNORE
+    got, mark = rejected("-drive", "id=d,file=/d,discard=on")
+    assert "Invalid discard 'on'" in got and mark == at(2, 14)
 
 
 @pytest.mark.parametrize(
