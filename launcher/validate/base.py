@@ -127,6 +127,10 @@ RULES: dict[str, tuple[str, str]] = {
     "drive-format": ("blk", "Only raw images in StratoVirt v2.2.0."),
     "drive-aio": ("blk", "aio=native needs direct; direct with aio=off is rejected."),
     "drive-iops": ("blk", LIMITS.format("A drive's iops")),
+    "drive-discard": (
+        "blk",
+        "discard = unmap needs StratoVirt >= 2.3 (warning, --target stratovirt).",
+    ),
     "drive-serial": ("blk", f"serial at most {MAX_SERIAL} bytes."),
     "drive-queues": ("blk", LIMITS.format("A drive's queues")),
     "queue-size": ("virtio", LIMITS.format("A drive's or NIC's queue-size")),

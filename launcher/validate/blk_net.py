@@ -53,6 +53,13 @@ def _drives(ctx: Context) -> None:
                 f"format {d.format!r} is not supported by StratoVirt v2.2.0 (raw only)",
                 "convert the image: qemu-img convert -O raw",
             )
+        if d.discard is m.Discard.UNMAP and ctx.target == "stratovirt":
+            ctx.warn(
+                "drive-discard",
+                (*p, "discard"),
+                "StratoVirt reads -drive discard= from v2.3 on; v2.2 refuses the key",
+                'run it with StratoVirt >= 2.3 or the builtin engine, or drop discard = "unmap"',
+            )
         aio = str(d.aio) if d.aio else rules.default_aio(d.direct)
         _report(
             ctx,

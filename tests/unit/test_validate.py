@@ -119,12 +119,18 @@ CASES = [
     ),
     ("daemonize-stdio", "warning", replace(BASE, daemonize=True, log=m.Log())),
     ("qmp-missing", "error", replace(BASE, qmp=())),  # with target stratovirt, below
+    (  # with target stratovirt, below
+        "drive-discard",
+        "warning",
+        replace(BASE, drives=(m.Drive("d", "/d", discard=m.Discard.UNMAP),)),
+    ),
 ]
+STRATOVIRT_ONLY = {("qmp-missing", "error"), ("drive-discard", "warning")}
 
 
 @pytest.mark.parametrize(("code", "severity", "man"), CASES, ids=[c[0] + "-" + c[1] for c in CASES])
 def test_rule_fires(code: str, severity: str, man: m.Manifest) -> None:
-    target = "stratovirt" if (code, severity) == ("qmp-missing", "error") else "engine"
+    target = "stratovirt" if (code, severity) in STRATOVIRT_ONLY else "engine"
     issues = [i for i in check_model(man, target) if i.code == code]
     assert issues, check_model(man, target)
     assert all(i.severity == severity for i in issues)
@@ -218,6 +224,8 @@ def test_stratovirt_target_only_changes_qmp() -> None:
     engine = {i.code: i.severity for i in check_model(man)}
     sv = {i.code: i.severity for i in check_model(man, "stratovirt")}
     assert engine == {"qmp-missing": "warning"} and sv == {"qmp-missing": "error"}
+    unmap = replace(BASE, drives=(m.Drive("d", "/d", discard=m.Discard.UNMAP),))
+    assert check_model(unmap) == []  # the engine discards; StratoVirt v2.2 has no discard key
 
 
 def test_monitor_satisfies_qmp() -> None:

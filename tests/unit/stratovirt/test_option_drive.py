@@ -8,8 +8,9 @@ span properties are ``emit_drives``/``parse_drive``'s.
 from __future__ import annotations
 
 import pytest
-from svargv import at, imported, manifest, rejected, round_trip, values
+from svargv import at, base, imported, manifest, rejected, round_trip, values
 
+from launcher.compile.stratovirt.importer import import_argv
 from launcher.model import Aio, Discard
 
 
@@ -45,6 +46,10 @@ def test_discard() -> None:
     round_trip(man)
     assert imported("-drive", "id=d,file=/d,discard=unmap").drives[0].discard is Discard.UNMAP
     assert imported("-drive", "id=d,file=/d").drives[0].discard is Discard.IGNORE
+    (warning,) = [
+        i for i in import_argv([*base(), "-drive", "id=d,file=/d,discard=unmap"]).warnings
+    ]
+    assert warning.code == "drive-discard" and str(warning.mark) == at(2)
     got, mark = rejected("-drive", "id=d,file=/d,discard=on")
     assert "Invalid discard 'on'" in got and mark == at(2, 14)
 
