@@ -2,10 +2,14 @@
 
 Every key's type, default, documentation, StratoVirt spelling (``x-stratovirt``), plan field
 (``x-plan``) and apply mode (``x-apply``) come from its declaration on the model field
-(``launcher.keys``); this module only spells them in JSON Schema. ``schema/svlaunch.schema.json``
-is its output (``python -m launcher.manifest.schemagen > schema/svlaunch.schema.json``), which
-the loader's shape check reads at run time (``launcher.manifest.schema``); a test keeps the file
-equal to this output, and ``svlaunch schema`` prints this output directly.
+(``launcher.keys``); this module only spells them in JSON Schema. Its output is
+``launcher/manifest/svlaunch.schema.json`` (``schema/svlaunch.schema.json`` links to it), which
+the loader's shape check reads at run time (``launcher.manifest.schema``):
+
+    python -m launcher.manifest.schemagen > launcher/manifest/svlaunch.schema.json
+    python -m launcher.manifest.schemagen --markdown   # the field table of docs/manifest.md
+
+A test keeps the file and the docs equal to this output; ``svlaunch schema`` prints it.
 
 The schema checks shape only (keys, types, enums, syntax patterns). Ranges and cross-field
 rules live in ``launcher.validate`` where messages can name values, limits and fixes.
@@ -192,7 +196,7 @@ def _table(cls: type, doc: str, table_item: bool = False, sv: str = "") -> J:
 
 
 def schema_json() -> str:
-    """The schema as the text of ``schema/svlaunch.schema.json``."""
+    """The schema as the text of ``launcher/manifest/svlaunch.schema.json``."""
     import json  # not at the top: loading a manifest needs build_schema() only
 
     return json.dumps(build_schema(), indent=2, ensure_ascii=False) + "\n"
