@@ -19,6 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from engine.device_rules import DEFAULT_QUEUE_SIZE
+
 PLAN_VERSION = 1
 
 
@@ -148,7 +150,7 @@ class BlkPlan(DevicePlan):
     serial: str | None = None
     iops: int | None = None
     num_queues: int = 1
-    queue_size: int = 256
+    queue_size: int = DEFAULT_QUEUE_SIZE
     drive_id: str = ""
 
 
@@ -162,7 +164,7 @@ class NetPlan(DevicePlan):
     mq: bool = False
     vhost: bool = False
     vhostfds: tuple[int, ...] = ()
-    queue_size: int = 256
+    queue_size: int = DEFAULT_QUEUE_SIZE
     netdev_id: str = ""
 
 
