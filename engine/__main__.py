@@ -171,6 +171,7 @@ def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int
 
     vm = Vm(plan, progress=_progress, thread_init=thread_init if seccomp else None)
     server = None
+    pidfile: tuple[int, int] | None = None  # (dev, ino) of the pidfile this engine created
     try:
         vm.start(paused=True)
         mark("VM built (vCPUs parked)")
@@ -186,14 +187,17 @@ def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int
         if plan.log or verbose or "logging" in sys.modules:  # -D on, or a module logs for real
             apply_logging()
         if plan.pidfile:
-            with open(plan.pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            from engine.ownfiles import PIDFILE_MODE, create_exclusive
+
+            data = f"{os.getpid()}\n".encode()
+            pidfile = create_exclusive(plan.pidfile, data, PIDFILE_MODE, "pidfile")
         if plan.qmp:
             from engine.qmp.server import QmpServer
 
-            server = QmpServer(vm, plan.qmp, loop=vm.machine.loop)
-            vm.sink = server
-            server.start()
+            qmp = QmpServer(vm, plan.qmp, loop=vm.machine.loop)
+            vm.sink = qmp
+            qmp.start()
+            server = qmp  # closed (its sockets unlinked) only once it has bound them all
             mark("QMP listening")
         if seccomp is not None:
             for io in vm.machine.iothreads.values():
@@ -221,11 +225,10 @@ def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int
                 MARKS.append(("vCPUs first resumed (guest runs)", vm.first_run_at))
                 MARKS.sort(key=lambda m: m[1])
             _print_marks()
-        if plan.pidfile:
-            try:
-                os.unlink(plan.pidfile)
-            except OSError:
-                pass
+        if pidfile is not None:
+            from engine.ownfiles import unlink_if_same
+
+            unlink_if_same(plan.pidfile, pidfile)  # ours only: never another VM's pidfile
 
 
 def _print_exit_profiles(vm: Any) -> None:

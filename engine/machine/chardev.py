@@ -191,20 +191,11 @@ class SocketChardev(Chardev):
         self.path = plan.path
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
+        self._made: tuple[int, int] | None = None  # the socket file this chardev bound
         if plan.server:
-            with contextlib.suppress(FileNotFoundError):
-                if not os.path.isdir(plan.path):
-                    os.unlink(plan.path)
-            lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                lst.bind(plan.path)
-            except OSError as e:
-                lst.close()
-                raise HostError(
-                    f"chardev {plan.id}: cannot listen on {plan.path}: {e.strerror}",
-                    hint="check that the folder exists and is writable",
-                ) from None
-            lst.listen(1)
+            from engine.ownfiles import listen_unix
+
+            lst, self._made = listen_unix(plan.path, f"chardev {plan.id}")
             self._listener = lst
             if not plan.nowait:
                 log.info("chardev %s: waiting for a connection on %s", plan.id, plan.path)
@@ -279,9 +270,9 @@ class SocketChardev(Chardev):
                 self._loop.remove_reader(self._listener.fileno())
             self._listener.close()
             self._listener = None
-            if self.plan.server:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.path)
+            from engine.ownfiles import unlink_if_same
+
+            unlink_if_same(self.path, self._made)  # only the socket file this chardev bound
 
 
 class FileChardev(Chardev):

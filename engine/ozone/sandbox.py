@@ -120,6 +120,7 @@ class Sandbox:
                 "netns", lambda: os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC), spec.netns
             )
         try:
+            self._make_pidfile()
             self._make_jail()
             self._place_files()
             self.cgroups.create()
@@ -248,9 +249,32 @@ class Sandbox:
             os.waitpid(pid, 0)
             raise SandboxError.from_json(json.loads(report))
         if spec.pidfile:
-            with open(spec.pidfile, "w") as f:
-                f.write(f"{pid}\n")
+            self._write_pid(pid)
         return pid
+
+    def _make_pidfile(self) -> None:
+        """Before the fork: a pidfile in the way (another VM's) stops the start, not an engine
+        already running; it is recorded so that teardown removes this one only."""
+        from engine.ownfiles import PIDFILE_MODE, create_exclusive
+
+        if self.spec.pidfile:
+            made = create_exclusive(self.spec.pidfile, b"", PIDFILE_MODE, "pidfile")
+            self.state.pidfile_id = list(made)
+            self._save()
+
+    def _write_pid(self, pid: int) -> None:
+        from engine.ownfiles import file_id
+
+        path = self.spec.pidfile
+        assert path and self.state.pidfile_id
+        fd = self._try(
+            "pidfile", lambda: os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), path
+        )
+        try:
+            if list(file_id(os.fstat(fd))) == self.state.pidfile_id:  # still the one we made
+                os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
 
     def _child(
         self,

@@ -25,6 +25,7 @@ class State:
     sockets: list[str] = field(default_factory=list)  # dirs where the engine may leave sockets
     links: list[list[str]] = field(default_factory=list)  # [host path, target] symlinks made
     pidfile: str | None = None
+    pidfile_id: list[int] | None = None  # [dev, ino] of the pidfile the supervisor created
     supervisor_pid: int = 0
     supervisor_start: str = ""
     engine_pid: int = 0

@@ -55,8 +55,10 @@ def teardown_state(state: State, cgroups: CgroupSet, check_alive: bool = True) -
         except OSError:
             pass  # not empty: holds files the user wants (logs)
     cgroups.remove(state.cgroups)
-    if state.pidfile and os.path.exists(state.pidfile):
-        os.unlink(state.pidfile)
+    if state.pidfile and state.pidfile_id:
+        from engine.ownfiles import unlink_if_same
+
+        unlink_if_same(state.pidfile, (state.pidfile_id[0], state.pidfile_id[1]))
 
 
 def teardown_named(

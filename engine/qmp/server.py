@@ -140,14 +140,18 @@ class QmpServer:
         self._thread: threading.Thread | None = None
         self._listeners: dict[int, socket.socket] = {}
         self._clients: dict[int, _Client] = {}
+        self._made: dict[str, tuple[int, int]] = {}  # socket path -> (dev, ino) it bound
         self.closed = False
 
     # -- life ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Bind every socket now (errors surface here), then serve."""
+        from engine.ownfiles import file_id
+
         for path in self.paths:
             sock = bind_unix(path)
+            self._made[path] = file_id(os.lstat(path))  # close() removes this socket file only
             self._listeners[sock.fileno()] = sock
             self.loop.call_soon_threadsafe(lambda s=sock: self._listen(s))
         if self._own_loop:
@@ -177,9 +181,10 @@ class QmpServer:
         else:
             self.loop.call_soon_threadsafe(shutdown)
             done.wait(2.0)
-        for path in self.paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        from engine.ownfiles import unlink_if_same
+
+        for path, made in self._made.items():
+            unlink_if_same(path, made)  # never a path it did not bind, or one taken over since
         if self._own_loop and self._thread is not None:
             self.loop.stop()
             self._thread.join(2.0)

@@ -82,11 +82,18 @@ def run(args: argparse.Namespace) -> int:
             "that ran 'svlaunch up', or it has none)",
             hint="start it with 'svlaunch up -d' to get a console socket",
         )
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    from launcher.identity import check_socket_peer
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         sock.connect(meta.serial)
+        check_socket_peer(sock, meta.serial, meta)  # the VM's engine, not whoever listens there
     except OSError as exc:
+        sock.close()
         raise HostError(f"cannot connect to the serial console {meta.serial}: {exc}") from None
+    except HostError:
+        sock.close()
+        raise
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     saved = None
     if os.isatty(fd_in):

@@ -2,7 +2,9 @@
 
 Asks the guest to power off (QMP system_powerdown) and waits; if it does not stop in time, asks
 the engine to quit (QMP quit), then sends SIGTERM and finally SIGKILL, each with its own wait.
---force skips the guest: quit, then the signals.
+--force skips the guest: quit, then the signals. QMP goes only to the VM's own engine (the
+socket's listener pid and its name are checked) and signals only to the process svlaunch
+started for it (pid, start time and command line, through a pidfd).
 
 examples:
   svlaunch down web1
@@ -13,7 +15,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -52,10 +53,11 @@ def _pid_waiter(meta: Any) -> Callable[[float], bool]:
 def _qmp(meta: Any, command: str) -> str:
     """Send one QMP command; "" when accepted, else why not (unreachable, refused)."""
     from launcher.errors import SvlaunchError
-    from launcher.qmpclient import QmpClient, QmpCommandError
+    from launcher.identity import connect
+    from launcher.qmpclient import QmpCommandError
 
     try:
-        with QmpClient.connect(meta.qmp, timeout=3.0) as c:
+        with connect(meta, timeout=3.0) as c:  # the VM's own engine, never whoever answers
             c.execute(command)
         return ""
     except QmpCommandError as exc:
@@ -85,11 +87,16 @@ def stop_vm(
         return "quit"
     if why:
         say(f"{meta.name}: {why}")
+    from launcher.errors import HostError
+    from launcher.identity import send_signal
+
     for sig in (signal.SIGTERM, signal.SIGKILL):
         say(f"{meta.name}: sending {sig.name} to pid {meta.pid}")
         try:
-            os.kill(meta.pid, sig)
-        except ProcessLookupError:
+            if not send_signal(meta, sig):  # only the VM's engine, checked through a pidfd
+                return "exited"
+        except HostError as exc:
+            say(f"{meta.name}: {exc.message}")
             return "exited"
         if wait(SIGNAL_TIMEOUT):
             return f"killed ({sig.name})"
@@ -110,11 +117,6 @@ def run(args: argparse.Namespace) -> int:
             f"VM '{args.name}' (pid {meta.pid}) survived SIGKILL",
             hint="the process may be stuck in the kernel (D state); check 'ps -o stat,wchan'",
         )
-    if meta.pidfile:
-        try:
-            os.unlink(meta.pidfile)
-        except OSError:
-            pass
-    vm.remove()
+    vm.remove()  # what svlaunch and the engine made for it, as recorded (the pidfile too)
     print(f"{args.name}: {how}")
     return 0

@@ -25,13 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.commands.qmp import address_of
+    from launcher.commands.qmp import session
     from launcher.errors import HostError
-    from launcher.qmpclient import QmpClient
 
     seen = 0
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    with QmpClient.connect(address_of(args.name)) as c:
+    with session(args.name) as c:
         while not args.count or seen < args.count:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:

@@ -1,7 +1,9 @@
 """list VMs on this host
 
-Each row: name, state (asked over QMP; "unresponsive" when QMP does not answer), pid, vCPUs,
-memory and uptime. State left behind by crashed engines is cleaned up on the way.
+Each row: name, state (asked over QMP of the VM's own engine; "unresponsive" when QMP does not
+answer, "impostor" when another process serves its socket), the engine's pid, the sandbox
+supervisor's pid (sandboxed VMs: the unconfined process svlaunch started), vCPUs, memory and
+uptime. State left behind by crashed engines is cleaned up on the way.
 
 examples:
   svlaunch ps
@@ -19,13 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON array")
 
 
-def vm_state(qmp: str) -> str:
+def vm_state(meta: Any) -> str:
+    """The VM's run state, asked of its own engine; "unresponsive" when it does not answer,
+    "not its engine" when something else serves its QMP socket."""
     from launcher.errors import SvlaunchError
-    from launcher.qmpclient import QmpClient
+    from launcher.identity import NotTheVm, connect
 
     try:
-        with QmpClient.connect(qmp, timeout=1.0) as c:
+        with connect(meta, timeout=1.0) as c:
             return str(c.execute("query-status").get("status", "unknown"))
+    except NotTheVm:
+        return "impostor"
     except SvlaunchError:
         return "unresponsive"
 
@@ -42,8 +48,9 @@ def rows() -> list[dict[str, Any]]:
         out.append(
             {
                 "name": meta.name,
-                "state": vm_state(meta.qmp),
-                "pid": meta.pid,
+                "state": vm_state(meta),
+                "pid": meta.engine_pid or meta.pid,
+                "supervisor_pid": meta.supervisor_pid,
                 "vcpus": meta.vcpus,
                 "memory": meta.memory,
                 "started": meta.started,
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    header = ("NAME", "STATE", "PID", "VCPUS", "MEMORY", "UPTIME")
+    header = ("NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME")
     lines = [header]
     for r in table:
         mem = f"{r.get('memory', 0) >> 20}M" if r.get("memory") else "-"
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 r["name"],
                 r["state"],
                 str(r.get("pid") or "-"),
+                str(r.get("supervisor_pid") or "-"),
                 str(r.get("vcpus") or "-"),
                 mem,
                 r.get("uptime", "-"),

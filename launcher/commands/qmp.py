@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from launcher.qmpclient import QmpClient
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,22 +54,25 @@ def parse_pairs(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def address_of(name: str) -> str:
-    """A VM name's QMP socket, or ``name`` itself when it is a QMP address."""
+def session(name: str, timeout: float = 5.0) -> QmpClient:
+    """A QMP session with VM ``name`` (its own engine: listener pid and name checked), or with
+    the endpoint ``name`` when it is a QMP address."""
+    from launcher.qmpclient import QmpClient
+
     if name.startswith("unix:") or "/" in name:
-        return name
+        return QmpClient.connect(name, timeout=timeout)
     from launcher import runtime
     from launcher.errors import EngineError
+    from launcher.identity import connect
 
     meta = runtime.find(name).meta()
     if meta is None:
-        raise EngineError(f"VM '{name}' is still starting; try again in a moment")
-    return meta.qmp
+        raise EngineError(f"VM {name!r} is still starting; try again in a moment")
+    return connect(meta, timeout=timeout)
 
 
 def run(args: argparse.Namespace) -> int:
     from launcher.errors import UsageError
-    from launcher.qmpclient import QmpClient
 
     if args.args is not None:
         if args.pairs:
@@ -79,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--args must be a JSON object")
     else:
         arguments = parse_pairs(args.pairs)
-    with QmpClient.connect(address_of(args.name)) as c:
+    with session(args.name) as c:
         result = c.execute(args.command, arguments)
     print(json.dumps(result, indent=2))
     return 0

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect(name: str) -> dict[str, Any]:
     from launcher import runtime
-    from launcher.qmpclient import QmpClient
+    from launcher.identity import connect
 
     vm = runtime.find(name)
     meta = vm.meta()
@@ -31,7 +31,8 @@ def collect(name: str) -> dict[str, Any]:
         info["state"] = "starting"
         return info
     info.update(
-        pid=meta.pid,
+        pid=meta.engine_pid or meta.pid,
+        supervisor_pid=meta.supervisor_pid,
         uptime=runtime.uptime_text(meta.started),
         qmp=meta.qmp,
         serial=meta.serial,
@@ -39,7 +40,7 @@ def collect(name: str) -> dict[str, Any]:
         memory=meta.memory,
         log=str(vm.log_file) if vm.log_file.exists() else None,
     )
-    with QmpClient.connect(meta.qmp, timeout=3.0) as c:
+    with connect(meta, timeout=3.0) as c:
         info["state"] = c.execute("query-status").get("status")
         cpus = c.try_execute("query-cpus") or c.try_execute("query-cpus-fast") or []
         info["vcpus"] = [

@@ -95,17 +95,21 @@ def _serial_path(plan: Any) -> str | None:
 
 
 def _wait_for_qmp(
-    proc: subprocess.Popen[bytes], qmp: str, log: str | None, timeout: float, *, detach: bool
-) -> bool:
-    """True once QMP answers; False if a foreground guest already ran to a clean poweroff."""
+    proc: subprocess.Popen[bytes], meta: Any, log: str | None, timeout: float, *, detach: bool
+) -> int | None:
+    """The engine's pid once *it* answers on its QMP socket (not whoever else may listen at that
+    path: the listener must be our engine, or the sandbox supervisor's child, and say the VM's
+    name); None if a foreground guest already ran to a clean poweroff."""
     from launcher.errors import EngineError, HostError
+    from launcher.identity import check_peer, parent_pid
     from launcher.qmpclient import QmpClient
 
     deadline = time.monotonic() + timeout
+    why = ""
     while True:
         code = proc.poll()
         if code == 0 and not detach:
-            return False
+            return None
         if code is not None:
             tail = ""
             if log and os.path.exists(log):
@@ -116,17 +120,46 @@ def _wait_for_qmp(
                 + (f"; last log lines:\n{tail}" if tail else ""),
                 hint="run 'svlaunch check MANIFEST' to see what this host lacks",
             )
-        if os.path.exists(qmp):
+        if os.path.exists(meta.qmp):
             try:
-                with QmpClient.connect(qmp, timeout=2.0) as c:
+                with QmpClient.connect(meta.qmp, timeout=2.0) as c:
+                    from engine.ownfiles import peer_pid
+
+                    pid = peer_pid(c.sock)
+                    ours = {proc.pid} | ({pid} if parent_pid(pid) == proc.pid else set())
+                    check_peer(c, meta.name, ours)
                     c.execute("query-status")
-                return True
-            except HostError:
-                pass
+                if proc.poll() is None:
+                    return pid
+            except HostError as exc:
+                why = exc.message
         if time.monotonic() > deadline:
             proc.terminate()
-            raise EngineError(f"the engine's QMP socket {qmp} did not answer within {timeout:g}s")
+            raise EngineError(
+                f"the engine's QMP socket {meta.qmp} did not answer within {timeout:g}s"
+                + (f" ({why})" if why else "")
+            )
         time.sleep(0.05)
+
+
+def _note_engine_files(vm: Any, plan: Any) -> None:
+    """Record the sockets and pidfile the engine made (their inodes): a clean-up after a crash
+    removes exactly those, never a file that took their path since."""
+    from engine.ownfiles import plan_made_paths
+    from launcher.runtime import Made, kind_of
+
+    made = []
+    for path, role in plan_made_paths(plan):
+        if role != "socket" and path != plan.pidfile:
+            continue  # file chardevs and disks may be the user's own files
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        rel = os.path.relpath(path, vm.path)
+        name = rel if os.sep not in rel and not rel.startswith(".") else path
+        made.append(Made(name, kind_of(st), "engine", (st.st_dev, st.st_ino)))
+    vm.note(*made)
 
 
 def _load_for_this_host(path: str) -> Any:
@@ -146,6 +179,7 @@ def _load_for_this_host(path: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.ownfiles import plan_made_paths
     from launcher import runtime
     from launcher.compile.engine_plan import compile_plan
 
@@ -154,23 +188,26 @@ def run(args: argparse.Namespace) -> int:
         from launcher.tui_live import require_terminal
 
         require_terminal("up --tui")  # before an engine starts paused for nobody
-    claim = runtime.claim(args.name or plan.name)
-    vm = claim.vm
+    vm = runtime.vm_dir(args.name or plan.name)
+    # The engine never owns this terminal: its output goes to the runtime log and a stdio
+    # serial becomes a socket that svlaunch relays (foreground), the TUI tails, or
+    # 'svlaunch console' attaches to (detached). Interactive modes start the engine paused
+    # and resume it once attached, so no early console output is lost.
+    stdio_serial = plan.serial is not None and plan.serial.chardev.backend == "stdio"
+    relay = not args.detach and not args.tui and stdio_serial
+    attach = relay or args.tui
+    plan = prepare_plan(plan, vm, detach=True, paused=args.paused or attach, name=args.name)
+    # Refused here, before any engine starts, if a VM of this name runs or another VM holds
+    # (or something serves) one of the sockets, pidfile, chardev files or disks of this one.
+    claim = runtime.claim(vm.name, plan_made_paths(plan))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        # The engine never owns this terminal: its output goes to the runtime log and a stdio
-        # serial becomes a socket that svlaunch relays (foreground), the TUI tails, or
-        # 'svlaunch console' attaches to (detached). Interactive modes start the engine paused
-        # and resume it once attached, so no early console output is lost.
-        stdio_serial = plan.serial is not None and plan.serial.chardev.backend == "stdio"
-        relay = not args.detach and not args.tui and stdio_serial
-        attach = relay or args.tui
-        plan = prepare_plan(plan, vm, detach=True, paused=args.paused or attach, name=args.name)
-        vm.plan_file.write_text(plan.dumps())
+        os.close(vm.create("plan.json", plan.dumps().encode()))
+        vm.note(*_planned_sockets(vm, plan))
         argv = engine_command(plan, str(vm.plan_file))
         os.set_inheritable(claim.lock_fd, True)
         log = str(vm.log_file)
-        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        out = vm.create("engine.log", mode=runtime.LOG_MODE)
         try:
             proc = _spawn_engine(argv, vm, claim.lock_fd, out, paused=plan.paused)
         finally:
@@ -183,16 +220,25 @@ def run(args: argparse.Namespace) -> int:
             qmp=plan.qmp[0],
             serial=_serial_path(plan),
             manifest=os.path.abspath(args.manifest),
+            pidfile=plan.pidfile,
             detached=args.detach,
             vcpus=plan.topology.cpus,
             memory=plan.memory.size,
             extra=_sandbox_meta(plan),
+            plan=str(vm.plan_file),
         )
         vm.write_meta(meta)
-        if not _wait_for_qmp(proc, meta.qmp, log, args.timeout, detach=args.detach):
+        engine_pid = _wait_for_qmp(proc, meta, log, args.timeout, detach=args.detach)
+        if engine_pid is None:
             return 0
+        meta = dataclasses.replace(
+            meta, engine_pid=engine_pid, engine_start=runtime.process_start_time(engine_pid)
+        )
+        vm.write_meta(meta)
+        _note_engine_files(vm, plan)
         if args.detach:
-            print(f"{vm.name}: started (pid {proc.pid}); QMP at {meta.qmp}")
+            sandboxed = f", sandbox supervisor {proc.pid}" if engine_pid != proc.pid else ""
+            print(f"{vm.name}: started (pid {engine_pid}{sandboxed}); QMP at {meta.qmp}")
             if meta.serial:
                 print(f"{vm.name}: serial console: svlaunch console {vm.name}")
             return 0
@@ -217,6 +263,10 @@ def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: b
 
     proc = start_through_pool(vm, lock_fd, out, paused=paused)
     if proc is not None:
+        from launcher.runtime import Made
+
+        st = os.lstat(vm.exit_file)  # made by svlaunch for the engine to say how it ended
+        vm.note(Made("exit.json", "file", "svlaunch", (st.st_dev, st.st_ino)))
         return proc
     return subprocess.Popen(
         argv,
@@ -226,6 +276,19 @@ def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: b
         stdout=out,
         stderr=out,
     )
+
+
+def _planned_sockets(vm: Any, plan: Any) -> list[Any]:
+    """The engine's sockets in the VM's folder, recorded before it makes them (a crash before
+    they answer still leaves nothing behind)."""
+    from engine.ownfiles import plan_made_paths
+    from launcher.runtime import Made
+
+    return [
+        Made(os.path.basename(path), "socket", "engine")
+        for path, role in plan_made_paths(plan)
+        if role == "socket" and os.path.dirname(path) == str(vm.path)
+    ]
 
 
 def _print_log_tail(log: str, lines: int = 15) -> None:
@@ -239,9 +302,9 @@ def _print_log_tail(log: str, lines: int = 15) -> None:
 
 
 def _resume(meta: Any) -> None:
-    from launcher.qmpclient import QmpClient
+    from launcher.identity import connect
 
-    with QmpClient.connect(meta.qmp) as c:
+    with connect(meta) as c:
         # One round trip first: the engine's loop then has seen (and accepted) the serial
         # connection made before it, so the guest's first bytes are not written to nobody.
         c.execute("query-status")
@@ -286,8 +349,11 @@ def _foreground(
             if outcome.how == GONE:
                 print(f"{vm.name}: the VM is gone: {outcome.detail}", file=sys.stderr)
         elif relay and meta.serial:
+            from launcher.identity import check_socket_peer
+
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(meta.serial)
+            check_socket_peer(sock, meta.serial, meta)
             if resume:
                 _resume(meta)
             saved = _console_terminal(fd_in)

@@ -68,6 +68,8 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def start_fake(name: str, mode: str = "normal") -> tuple[subprocess.Popen[bytes], runtime.Meta]:
     claim = runtime.claim(name)
     vm = claim.vm
+    # as 'svlaunch up' does: the engine's sockets in the VM folder are recorded before it runs
+    vm.note(*(runtime.Made(s, "socket", "engine") for s in ("qmp.sock", "serial.sock")))
     os.set_inheritable(claim.lock_fd, True)
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, name, str(vm.qmp_socket), str(vm.serial_socket), mode],
@@ -152,9 +154,9 @@ def test_ps_text_and_json(fake_vm, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "ps")
     assert code == 0
     header, row = out.splitlines()
-    assert header.split() == ["NAME", "STATE", "PID", "VCPUS", "MEMORY", "UPTIME"]
-    assert row.split()[:5] == ["web1", "running", str(proc.pid), "2", "256M"]
-    assert row.split()[5].startswith("0:01:0")
+    assert header.split() == ["NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME"]
+    assert row.split()[:6] == ["web1", "running", str(proc.pid), "-", "2", "256M"]
+    assert row.split()[6].startswith("0:01:0")
     code, out, _ = cli(capsys, "ps", "--json")
     [entry] = json.loads(out)
     assert entry["name"] == "web1" and entry["state"] == "running" and entry["pid"] == proc.pid

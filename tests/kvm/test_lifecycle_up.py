@@ -11,48 +11,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-TESTS = ROOT / "tests" / "support"
-sys.path.insert(0, str(TESTS))
-
-from tiny_guest import HANG, hello_poweroff, say, write_guest  # noqa: E402
+from lifecycle import manifest, svl, wait_gone
+from tiny_guest import HANG, hello_poweroff, say
 
 pytestmark = pytest.mark.kvm
-
-# The engine's syscall filter is on, as in real use; SVLAUNCH_TEST_SECCOMP=false isolates a
-# filter problem from a lifecycle problem when diagnosing.
-SECCOMP = os.environ.get("SVLAUNCH_TEST_SECCOMP", "true")
-
-
-def manifest(tmp: Path, name: str, code: bytes) -> Path:
-    kernel = write_guest(tmp, code, f"{name}.elf")
-    initrd = tmp / "initrd.img"
-    initrd.write_bytes(b"\0" * 4096)
-    path = tmp / f"{name}.toml"
-    path.write_text(
-        f'name = "{name}"\nserial = "stdio"\nseccomp = {SECCOMP}\n[machine]\ntype = "microvm"\n[cpu]\ncpus = 1\n'
-        f'[memory]\nsize = "128M"\n[boot]\nkernel = "{kernel}"\ninitrd = "{initrd}"\n'
-        'cmdline = "console=ttyS0"\n'
-    )
-    return path
-
-
-def svl(env: dict[str, str], *argv: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher.cli", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
 
 
 @pytest.fixture
@@ -87,22 +52,9 @@ def test_detached_paused_then_cont_console_and_down(tmp_path: Path, env) -> None
 
     down = svl(env, "down", "tiny", "--timeout", "1")
     assert down.returncode == 0, down.stderr
-    assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+    assert not os.path.exists(f"/proc/{pid}") or wait_gone(pid)
     assert not (tmp_path / "rt" / "tiny").exists()
     assert json.loads(svl(env, "ps", "--json").stdout) == []
-
-
-def _zombie_or_gone(pid: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_foreground_serial_on_the_terminal_and_clean_exit(tmp_path: Path, env) -> None:
