@@ -12,6 +12,8 @@ CONTRACT_MODULES = (
     "engine.plan",
     "engine.device_rules",
     "engine.names",
+    "engine.ozone",
+    "engine.ozone.rules",
     "engine.machine",
     "engine.machine.layout",
     "engine.machine.apicid",

@@ -171,7 +171,7 @@ def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int
 
     vm = Vm(plan, progress=_progress, thread_init=thread_init if seccomp else None)
     server = None
-    pidfile: tuple[int, int] | None = None  # (dev, ino) of the pidfile this engine created
+    pidfile: tuple[int, int, int] | None = None  # the pidfile this engine created (ownfiles)
     try:
         vm.start(paused=True)
         mark("VM built (vCPUs parked)")

@@ -8,8 +8,8 @@ from breaking the other (docs/lifecycle.md):
 - a file (a pidfile) is created exclusively (``O_EXCL``, never through a symlink);
 - both are made with an explicit mode whatever the umask (``fchmod`` on the socket before
   ``bind``: Linux gives the socket file the socket inode's mode);
-- what was made is remembered as (device, inode), and removed at exit only if the path still
-  names that inode: a path reused by someone else since is left alone.
+- what was made is remembered as (device, inode, change time), and removed at exit only if the
+  path still names that file: a path reused by someone else since is left alone.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from engine.errors import HostError
 if TYPE_CHECKING:
     import socket
 
-#: (st_dev, st_ino): one file, whatever its name is now
-FileId = tuple[int, int]
+#: (st_dev, st_ino, st_ctime_ns): one file, whatever its name is now. The change time tells a
+#: file made at the same path later apart even when it gets the freed inode number again (ext4
+#: and tmpfs reuse them at once); nothing here writes to a file after taking its identity.
+FileId = tuple[int, int, int]
 
 SOCKET_MODE = 0o600
 PIDFILE_MODE = 0o644
@@ -36,7 +38,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def file_id(st: os.stat_result) -> FileId:
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def peer_pid(sock: socket.socket) -> int:
@@ -117,9 +119,9 @@ def listen_unix(path: str, what: str, *, backlog: int = 1) -> tuple[socket.socke
     try:
         os.fchmod(sock.fileno(), SOCKET_MODE)  # the socket file takes this mode (& ~umask)
         sock.bind(path)
-        st = os.lstat(path)
-        if stat.S_IMODE(st.st_mode) != SOCKET_MODE:  # a umask stricter than 0600 removed bits
+        if stat.S_IMODE(os.lstat(path).st_mode) != SOCKET_MODE:  # a stricter umask took bits
             os.chmod(path, SOCKET_MODE)
+        st = os.lstat(path)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()

@@ -89,7 +89,9 @@ def export_all(directory: str, how: str | None = None, cache_dir: str | None = N
         if not prog:
             prog = compile_bpf(role, how)
             if cached:
-                os.makedirs(os.path.dirname(cached), mode=0o700, exist_ok=True)
+                from engine.ozone.state import private_dirs
+
+                private_dirs(os.path.dirname(cached))
                 tmp = f"{cached}.{os.getpid()}"
                 with open(tmp, "wb") as f:
                     f.write(prog)

@@ -235,12 +235,19 @@ class Meta:
 @dataclass(frozen=True)
 class Made:
     """One thing made for a VM. ``path`` is a name in the VM folder or an absolute host path;
-    ``ident`` is its (device, inode), or None while not yet seen (an engine socket)."""
+    ``ident`` is its (device, inode) in the folder (only svlaunch and its engine write there),
+    (device, inode, change time) elsewhere (``engine.ownfiles.file_id``), or None while not yet
+    seen (an engine socket, before the engine answered)."""
 
     path: str
     kind: str  # file | socket | link
     by: str  # svlaunch | engine
-    ident: tuple[int, int] | None = None
+    ident: tuple[int, ...] | None = None
+
+    def matches(self, st: os.stat_result) -> bool:
+        """The path still names the file recorded."""
+        now = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        return self.ident is not None and self.ident == now[: len(self.ident)]
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "by": self.by,
@@ -250,7 +257,7 @@ class Made:
     def from_json(cls, d: dict[str, Any]) -> Made:
         ident = d.get("id")
         return cls(str(d["path"]), str(d["kind"]), str(d["by"]),
-                   (int(ident[0]), int(ident[1])) if ident else None)  # fmt: skip
+                   tuple(int(x) for x in ident) if ident else None)  # fmt: skip
 
 
 @dataclass

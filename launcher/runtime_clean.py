@@ -43,7 +43,7 @@ def _clean_sandbox(vm: VmDir) -> None:
 
 def _still_ours(item: Made, st: os.stat_result, in_dir: bool) -> bool:
     if item.ident is not None:
-        return (st.st_dev, st.st_ino) == item.ident
+        return item.matches(st)
     # not seen yet: an engine socket (or the sandbox's link to it) in our own 0700 folder
     return (
         in_dir

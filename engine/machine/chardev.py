@@ -191,7 +191,7 @@ class SocketChardev(Chardev):
         self.path = plan.path
         self._listener: socket.socket | None = None
         self._conn: socket.socket | None = None
-        self._made: tuple[int, int] | None = None  # the socket file this chardev bound
+        self._made: tuple[int, int, int] | None = None  # the socket file this chardev bound
         if plan.server:
             from engine.ownfiles import listen_unix
 

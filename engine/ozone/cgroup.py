@@ -13,99 +13,16 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from dataclasses import dataclass, field
 
 from engine.ozone.errors import SandboxError
-
-OZONE_KEYS = ("cpuset.cpus", "memory.limit_in_bytes")
-_CPULIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_SIZE = re.compile(r"^(\d+)([kKmMgGtT]?)$")
-_CONTROLLER_OF = {"cpuset.cpus": "cpuset", "cpuset.mems": "cpuset", "memory": "memory"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What the VM's cgroups must hold. ``memory`` is bytes, or -1 for "no limit"."""
-
-    cpus: str | None = None
-    mems: str | None = None
-    memory: int | None = None
-
-    @property
-    def controllers(self) -> tuple[str, ...]:
-        out = []
-        if self.cpus is not None or self.mems is not None:
-            out.append("cpuset")
-        if self.memory is not None:
-            out.append("memory")
-        return tuple(out)
-
-
-def parse_cpulist(text: str) -> set[int]:
-    """``"0-2,5"`` → {0, 1, 2, 5}; raises ValueError on bad syntax or a reversed range."""
-    text = text.strip()
-    if not text:
-        return set()
-    if not _CPULIST.match(text):
-        raise ValueError(f"{text!r} is not a cpu list like '0-3,5'")
-    out: set[int] = set()
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        a, b = int(lo), int(hi or lo)
-        if b < a:
-            raise ValueError(f"range {part!r} is reversed")
-        out.update(range(a, b + 1))
-    return out
-
-
-def parse_size(text: str) -> int:
-    """``memory.limit_in_bytes`` values: bytes with an optional K/M/G/T suffix, or -1/max."""
-    text = text.strip()
-    if text in ("-1", "max"):
-        return -1
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a size like 1073741824, 512M or 2G")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(m.group(1)) * mult
-
-
-def parse_limits(
-    entries: tuple[tuple[str, str], ...], numa: str | None, bound_nodes: tuple[int, ...] = ()
-) -> tuple[Limits, list[str]]:
-    """Manifest cgroup entries + numa → (Limits, errors). Pure."""
-    errors: list[str] = []
-    cpus: str | None = None
-    memory: int | None = None
-    seen: set[str] = set()
-    for key, value in entries:
-        if key in seen:
-            errors.append(f"cgroup key {key!r} is given twice")
-        seen.add(key)
-        if key == "cpuset.cpus":
-            try:
-                parse_cpulist(value)
-                cpus = value.strip()
-            except ValueError as e:
-                errors.append(f"cgroup cpuset.cpus: {e}")
-        elif key == "memory.limit_in_bytes":
-            try:
-                memory = parse_size(value)
-            except ValueError as e:
-                errors.append(f"cgroup memory.limit_in_bytes: {e}")
-        else:
-            errors.append(f"unsupported cgroup key {key!r} (supported: {', '.join(OZONE_KEYS)})")
-    mems: str | None = None
-    if numa is not None:
-        try:
-            parse_cpulist(numa)
-            mems = numa.strip()
-        except ValueError as e:
-            errors.append(f"numa (cpuset.mems): {e}")
-    elif bound_nodes:
-        mems = ",".join(str(n) for n in sorted(set(bound_nodes)))
-    return Limits(cpus, mems, memory), errors
+from engine.ozone.rules import (  # noqa: F401  (re-exported: the parsing is a shared rule)
+    OZONE_KEYS,
+    Limits,
+    parse_cpulist,
+    parse_limits,
+    parse_size,
+)
 
 
 @dataclass(frozen=True)

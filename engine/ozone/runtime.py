@@ -148,7 +148,9 @@ def discover(cache_dir: str | None = None) -> Runtime:
     if libs is None:
         libs = _ldd([interp, *exts])
         if cache:
-            os.makedirs(cache_dir, exist_ok=True)  # type: ignore[arg-type]
+            from engine.ozone.state import private_dirs
+
+            private_dirs(cache_dir)  # type: ignore[arg-type]
             tmp = f"{cache}.{os.getpid()}"
             with open(tmp, "w") as f:
                 json.dump(libs, f)

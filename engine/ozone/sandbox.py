@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.ozone import enter as child
-from engine.ozone import exits, rootfs
+from engine.ozone import exits, rootfs, rules
 from engine.ozone import sys as osys
 from engine.ozone.cgroup import CgroupSet
 from engine.ozone.errors import SandboxError, from_oserror
@@ -202,6 +202,9 @@ class Sandbox:
                 self.state.made_dirs.append(d)
         self._save()
         for host, private in spec.redirects:
+            folder = os.path.dirname(host)
+            if rules.in_jail(host, spec.jail) and not os.path.isdir(folder):  # ./sub/name.sock
+                self._try("place files", lambda f=folder: os.makedirs(f, 0o755), folder)
             if os.path.lexists(host):
                 st = os.lstat(host)
                 if not (stat.S_ISLNK(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
@@ -273,6 +276,8 @@ class Sandbox:
         try:
             if list(file_id(os.fstat(fd))) == self.state.pidfile_id:  # still the one we made
                 os.write(fd, f"{pid}\n".encode())
+                self.state.pidfile_id = list(file_id(os.fstat(fd)))  # its new change time
+                self._save()
         finally:
             os.close(fd)
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import InvalidInput, Issue
-from engine.ozone import caps
+from engine.ownfiles import plan_chardevs
+from engine.ozone import caps, rules
 from engine.ozone import sys as osys
 from engine.ozone.cgroup import Limits, parse_limits
 from engine.ozone.layout import Bind, Device, can_access, device_spec
 from engine.ozone.runtime import Runtime
 
-MAX_ID = 65535  # ozone: uid/gid are u32 but at most 65535
 FILE_ROLES = ("kernel", "initrd", "drive", "mem-path", "rng", "trace")
 CREATABLE_ROLES = ("chardev", "log")  # files the engine writes: created for it when missing
 DEFAULT_RLIMITS = (("RLIMIT_CORE", 0, 0), ("RLIMIT_NOFILE", 4096, 4096))
@@ -64,38 +65,41 @@ class SandboxSpec:
         return self.name[:64]
 
 
-def _chardevs(plan: Any) -> list[Any]:
-    chardevs = list(plan.chardevs)
-    if plan.serial is not None:
-        chardevs.append(plan.serial.chardev)
-    chardevs += [d.chardev for d in plan.devices if getattr(d, "chardev", None) is not None]
-    return chardevs
-
-
 def _chardev_backends(plan: Any) -> dict[str, str]:
-    return {os.path.abspath(c.path): c.backend for c in _chardevs(plan) if c.path}
+    return {os.path.abspath(c.path): c.backend for c in plan_chardevs(plan) if c.path}
 
 
-def _is_shared_dir(st: os.stat_result) -> bool:
-    return bool(st.st_mode & stat.S_IWOTH)
+def build_spec(
+    plan: Any,
+    runtime: Runtime,
+    *,
+    dev_root: str = "/dev",
+    locate: Callable[[str], str | None] | None = None,
+) -> SandboxSpec:
+    """Validate ``plan.sandbox`` and the plan's host files against the host; see module doc.
 
-
-def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> SandboxSpec:
-    """Validate ``plan.sandbox`` and the plan's host files against the host; see module doc."""
+    ``locate`` maps a host path the plan names to the manifest key that names it (the launcher
+    passes one, so that ``svlaunch check`` places each problem at its key); without it, or for
+    a path it does not know, an issue is placed at the ozone key it concerns.
+    """
     sb = plan.sandbox
     issues: list[Issue] = []
 
-    def bad(message: str, key: str, hint: str = "", code: str = "") -> None:
-        issues.append(Issue(message, path=f"ozone.{key}", hint=hint, code=code or "ozone"))
+    def bad(message: str, key: str, hint: str = "", code: str = "", subject: str = "") -> None:
+        where = (locate(subject) if locate and subject else None) or f"ozone.{key}"
+        issues.append(Issue(message, path=where, hint=hint, code=code or "ozone"))
 
     raw_name = sb.name
-    if not raw_name or len(raw_name.encode()) > 255 or "/" in raw_name or raw_name in (".", ".."):
-        bad(f"sandbox name {raw_name!r} must be 1..255 bytes, without '/'", "name")
-    exec_name = os.path.basename(sb.exec_file.rstrip("/")) or "engine"
+    problem = rules.name_problem(raw_name)
+    if problem:
+        bad(problem, "name", rules.NAME_HINT)
+    exec_name = rules.exec_name(sb.exec_file)
     for key, value in (("uid", sb.uid), ("gid", sb.gid)):
-        if not isinstance(value, int) or not 0 <= value <= MAX_ID:
-            bad(f"{key} {value!r} is not a number in 0..{MAX_ID}", key)
+        problem = rules.id_problem(key, value)
+        if problem:
+            bad(problem, key)
     uid, gid = sb.uid, sb.gid
+    jail = rules.jail_of(sb.root, sb.exec_file, raw_name)
     if not os.path.isabs(sb.root):
         bad(f"jail base {sb.root!r} must be an absolute path", "root")
     cap_mask, cap_errors = caps.parse(sb.capabilities)
@@ -110,10 +114,12 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
         kind = osys.ns_type(sb.netns)
         if kind is None:
             bad(f"network namespace {sb.netns!r} does not exist or is not a namespace file", "netns",
-                "create it with `ip netns add NAME` and use /run/netns/NAME (or /proc/PID/ns/net)")  # fmt: skip
+                "create it with `ip netns add NAME` and use /run/netns/NAME (or /proc/PID/ns/net)",
+                subject=sb.netns)  # fmt: skip
         elif kind != osys.CLONE_NEWNET:
             bad(f"{sb.netns!r} is a namespace, but not a network namespace", "netns",
-                "use /run/netns/NAME (from `ip netns add NAME`) or /proc/PID/ns/net")  # fmt: skip
+                "use /run/netns/NAME (from `ip netns add NAME`) or /proc/PID/ns/net",
+                subject=sb.netns)  # fmt: skip
     bound = tuple(n for b in plan.memory.bindings if b.policy == "bind" for n in b.host_nodes)
     limits, cg_errors = parse_limits(sb.cgroup, sb.numa, bound)
     for e in cg_errors:
@@ -126,11 +132,11 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
     sockets = _chardev_backends(plan)
     sock_base = os.path.join(sb.root, exec_name, f"{raw_name}.sock")
 
-    def need(path: str, role: str, writable: bool, key: str) -> None:
+    def need(path: str, role: str, writable: bool, key: str, subject: str = "") -> None:
         try:
             st = os.stat(path)
         except OSError as e:
-            bad(f"{role} {path!r}: {e.strerror}", key, "fix the path in the manifest")
+            bad(f"{role} {path!r}: {e.strerror}", key, "fix the path in the manifest", subject=path)
             return
         want = 4 | (2 if writable else 0) | (1 if stat.S_ISDIR(st.st_mode) else 0)
         if not can_access(st, uid, gid, want):
@@ -138,7 +144,7 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
             bad(f"uid {uid} (gid {gid}) cannot {verb} {role} {path!r} "
                 f"(owner {st.st_uid}:{st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o})", key,
                 f"chown {uid}:{gid} {path}, or chmod it so that uid {uid} can {verb} it",
-                code="ozone-access")  # fmt: skip
+                code="ozone-access", subject=subject or path)  # fmt: skip
             return
         real = os.path.realpath(path)
         binds.append(Bind(real, real, stat.S_ISDIR(st.st_mode), writable, role, alias=path))
@@ -150,31 +156,40 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
     listening = {os.path.abspath(q) for q in plan.qmp}
     listening |= {
         os.path.abspath(c.path)
-        for c in _chardevs(plan)
+        for c in plan_chardevs(plan)
         if c.path and c.backend == "socket" and c.server
     }
 
+    def redirect(path: str, d: str, role: str) -> None:
+        """The engine gets a private dir at ``d`` in the jail; the host path becomes a symlink to
+        the socket it makes there."""
+        if d not in private_dirs:
+            private_dirs[d] = os.path.join(sock_base, str(len(private_dirs)))
+            binds.append(Bind(private_dirs[d], d, True, True, f"{role}-dir"))
+        redirects.append((path, os.path.join(private_dirs[d], os.path.basename(path))))
+
     def socket(path: str, role: str) -> None:
         d = os.path.dirname(path)
+        if rules.in_jail(path, jail):
+            # ozone's ./name: a socket in the jail folder, which realize() creates (it must not
+            # exist before); reached from the host through the same redirect
+            redirect(path, d, role)
+            return
         if not os.path.isdir(d):
             if d not in own_dirs:
                 own_dirs.append(d)
                 binds.append(Bind(d, d, True, True, f"{role}-dir"))
             return
         st = os.stat(d)
-        if d == "/" or _is_shared_dir(st):
-            bad(f"{role} socket {path!r} sits in a shared directory {d!r}", "sources",
-                "put VM sockets in a directory of their own, e.g. /run/svlaunch/<vm>/")  # fmt: skip
+        problem = rules.shared_dir_problem(path, role)
+        if problem:
+            bad(problem, "sources", rules.SHARED_HINT, subject=path)
         elif can_access(st, uid, gid, 7) or path not in listening:
             if not any(b.target == d for b in binds):
-                need(d, f"{role} socket directory", True, "uid")
+                need(d, f"{role} socket directory", True, "uid", subject=path)
         else:
-            # svlaunch's own runtime dir (root, 0700) and the like: the engine gets a private
-            # dir at that path in the jail, and the host path becomes a symlink to its socket
-            if d not in private_dirs:
-                private_dirs[d] = os.path.join(sock_base, str(len(private_dirs)))
-                binds.append(Bind(private_dirs[d], d, True, True, f"{role}-dir"))
-            redirects.append((path, os.path.join(private_dirs[d], os.path.basename(path))))
+            # svlaunch's own runtime dir (root, 0700) and the like
+            redirect(path, d, role)
 
     seen_sockets: set[str] = set()
     wanted_sockets = [(os.path.abspath(q), "qmp") for q in plan.qmp]
@@ -193,15 +208,15 @@ def build_spec(plan: Any, runtime: Runtime, *, dev_root: str = "/dev") -> Sandbo
             continue  # the supervisor writes it (the engine's pid is 1 inside the jail)
         if hf.role == "qmp" or (hf.role == "chardev" and sockets.get(path) == "socket"):
             continue  # above
-        if hf.role == "chardev" and sockets.get(path) == "pty":
-            bad(f"chardev {path!r} is a pty: a pty cannot be reached from outside the jail", "sources",
-                "use a socket chardev (svlaunch console connects to it)")  # fmt: skip
-            continue
         if hf.role in CREATABLE_ROLES and not os.path.exists(path):
             own_files.append(path)
             binds.append(Bind(path, path, False, True, hf.role))
             continue
         need(path, hf.role, hf.writable, "uid" if hf.role in FILE_ROLES else hf.role)
+    for c in plan_chardevs(plan):
+        if c.backend == "pty":
+            bad(f"chardev {c.id!r} is a pty: {rules.PTY_PROBLEM}", "sources", rules.PTY_HINT,
+                subject=f"chardev:{c.id}")  # fmt: skip
     for src in sb.sources:
         need(os.path.abspath(src), "source", False, "sources")
     for path in runtime.paths:

@@ -25,7 +25,7 @@ class State:
     sockets: list[str] = field(default_factory=list)  # dirs where the engine may leave sockets
     links: list[list[str]] = field(default_factory=list)  # [host path, target] symlinks made
     pidfile: str | None = None
-    pidfile_id: list[int] | None = None  # [dev, ino] of the pidfile the supervisor created
+    pidfile_id: list[int] | None = None  # ownfiles.file_id of the pidfile the supervisor made
     supervisor_pid: int = 0
     supervisor_start: str = ""
     engine_pid: int = 0
@@ -36,7 +36,7 @@ class State:
         return os.path.join(state_dir, f"{exec_name}-{name}.json")
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        private_dirs(os.path.dirname(path))
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(asdict(self), f, indent=1)
@@ -46,6 +46,21 @@ class State:
     def load(cls, path: str) -> State:
         with open(path) as f:
             return cls(**json.load(f))
+
+
+def private_dirs(path: str) -> None:
+    """``mkdir -p`` where every folder made is 0700: the state dir sits in svlaunch's runtime
+    root (``/run/svlaunch``), which svlaunch trusts only while no one else can enter it."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)  # exact, whatever the umask
 
 
 def alive(pid: int, start: str, proc: str = "/proc") -> bool:

@@ -140,7 +140,7 @@ class QmpServer:
         self._thread: threading.Thread | None = None
         self._listeners: dict[int, socket.socket] = {}
         self._clients: dict[int, _Client] = {}
-        self._made: dict[str, tuple[int, int]] = {}  # socket path -> (dev, ino) it bound
+        self._made: dict[str, tuple[int, int, int]] = {}  # socket path -> the file it bound
         self.closed = False
 
     # -- life ---------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def _wait_for_qmp(
 def _note_engine_files(vm: Any, plan: Any) -> None:
     """Record the sockets and pidfile the engine made (their inodes): a clean-up after a crash
     removes exactly those, never a file that took their path since."""
-    from engine.ownfiles import plan_made_paths
+    from engine.ownfiles import file_id, plan_made_paths
     from launcher.runtime import Made, kind_of
 
     made = []
@@ -158,7 +158,8 @@ def _note_engine_files(vm: Any, plan: Any) -> None:
             continue
         rel = os.path.relpath(path, vm.path)
         name = rel if os.sep not in rel and not rel.startswith(".") else path
-        made.append(Made(name, kind_of(st), "engine", (st.st_dev, st.st_ino)))
+        ident = (st.st_dev, st.st_ino) if name != path else file_id(st)  # (see Made)
+        made.append(Made(name, kind_of(st), "engine", ident))
     vm.note(*made)
 
 

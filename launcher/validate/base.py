@@ -180,7 +180,15 @@ RULES: dict[str, tuple[str, str]] = {
     "host-hugetlbfs": ("host", "memory.path is not on a hugetlbfs mount (warning)."),
     "host-numa": ("host", "A host NUMA node named by the manifest does not exist."),
     "host-vhost": ("host", "A vhost device (/dev/vhost-net, /dev/vhost-vsock) is missing."),
-    "host-socket": ("host", "A socket path's folder is missing or the path is taken."),
+    "host-socket": (
+        "host",
+        "A socket path's folder is missing, or something live or not a socket is there.",
+    ),
+    "host-sandbox": (
+        "host",
+        "The sandbox would refuse it at start: a file its uid cannot use, a socket in a shared "
+        "folder, a pty, the jail or a cgroup already there, not root.",
+    ),
 }
 
 

@@ -111,6 +111,7 @@ class _Checks:
                 "remove the stale pidfile",
             )
         self.sockets()
+        self.sandbox()
         self.taps()
         self.hugetlbfs()
         self.numa()
@@ -143,29 +144,68 @@ class _Checks:
             os.close(fd)
 
     def sockets(self) -> None:
+        """Listening sockets the engine will make: a live one is another process's (the engine
+        would refuse it), anything but a socket is in the way. A sandboxed VM's socket folders
+        are made by the sandbox (the jail among them): ``sandbox()`` checks where they are."""
+        from engine.ownfiles import listener_pid
+
+        sandboxed = self.man.ozone is not None and self.target == "engine"
         paths: list[tuple[Path, str]] = [(("qmp",), q) for q in self.man.qmp]
         paths += [
             (("chardevs", c.id, "path"), c.path)
             for c in self.man.chardevs
             if c.backend is m.ChardevBackend.SOCKET and c.server and c.path
         ]
+        serial = self.man.serial
+        if serial and serial.backend is m.ChardevBackend.SOCKET and serial.server and serial.path:
+            paths.append((("serial", "path"), serial.path))
         for path, sock in paths:
             folder = os.path.dirname(sock) or "."
             if not os.path.isdir(folder):
+                if not sandboxed:
+                    self.add(
+                        "host-socket",
+                        path,
+                        f"folder {folder} of socket {sock} does not exist",
+                        f"mkdir -p {folder}",
+                    )
+                continue
+            try:
+                st = os.lstat(sock)
+            except OSError:
+                continue
+            if not stat.S_ISSOCK(st.st_mode) and not (sandboxed and stat.S_ISLNK(st.st_mode)):
                 self.add(
                     "host-socket",
                     path,
-                    f"folder {folder} of socket {sock} does not exist",
-                    f"mkdir -p {folder}",
+                    f"{sock} exists and is not a socket; the engine will not replace it",
+                    "remove it, or choose another path",
                 )
-            elif os.path.exists(sock):
+                continue
+            try:
+                pid = listener_pid(sock)
+            except OSError:
+                continue
+            if pid is not None:
+                who = f"process {pid}" if pid else "another process"
                 self.add(
                     "host-socket",
                     path,
-                    f"{sock} already exists; binding it will fail",
-                    "remove the stale socket",
-                    "warning",
+                    f"socket {sock} is in use by {who}",
+                    "stop that VM ('svlaunch ps' lists VMs), or choose another path",
                 )
+
+    def sandbox(self) -> None:
+        """The sandbox's own checks (``engine.ozone.spec.build_spec``, the rules the supervisor
+        applies at start) on the compiled plan, each placed at the manifest key of the path it
+        is about: the VM's uid/gid can read (and write) its files, no socket in a shared
+        folder, no pty, the netns, the sources, the runtime; then the jail and cgroups."""
+        if self.man.ozone is None or self.target != "engine":
+            return
+        from launcher.validate.ozone import host_issues
+
+        taken = {i.path for i in self.issues if i.is_error}  # one error per key is enough
+        self.issues += [i for i in host_issues(self.man, self.host.is_root) if i.path not in taken]
 
     def taps(self) -> None:
         tun = os.path.join(self.host.dev, "net", "tun")

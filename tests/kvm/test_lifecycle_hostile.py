@@ -63,13 +63,32 @@ def test_a_second_vm_on_a_live_qmp_path_is_refused_before_its_engine_starts(
     assert up(env, a).returncode == 0
     res = up(env, b)
     assert res.returncode == 1 and "started" not in res.stdout
-    assert qmp in res.stderr and "'a'" in res.stderr, res.stderr
+    engine = ps(env)["a"]["pid"]
+    assert f"error[host-socket]: socket {qmp} is in use by process {engine}" in res.stderr
     assert not (tmp_path / "rt" / "b").exists()  # a refused claim leaves nothing
     assert_answers(qmp, "a")  # the first VM's socket is intact and still its own
     gone = svl(env, "down", "--force", "b")
     assert gone.returncode == 1 and "no VM named 'b'" in gone.stderr
     assert ps(env)["a"]["state"] == "running"
     assert_answers(qmp, "a")
+
+
+def test_a_second_vm_on_a_disk_or_file_another_vm_holds_is_refused(
+    tmp_path: Path, env, down_all
+) -> None:
+    """Paths that are not sockets (a writable disk, a chardev file the engine truncates) are
+    checked against the record of every running VM."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    drive = f'[drives.d0]\nfile = "{disk}"\n'
+    assert up(env, manifest(tmp_path, "a", GUEST, extra=drive)).returncode == 0
+    res = up(env, manifest(tmp_path, "b", GUEST, extra=drive))
+    assert res.returncode == 1 and f"{disk} (drive) belongs to the running VM 'a'" in res.stderr
+    ro = drive + "readonly = true\n"  # read-only users of the same image are fine
+    assert svl(env, "down", "a", "--force").returncode == 0
+    assert up(env, manifest(tmp_path, "a", GUEST, extra=ro)).returncode == 0
+    assert up(env, manifest(tmp_path, "b", GUEST, extra=ro)).returncode == 0
+    assert sorted(ps(env)) == ["a", "b"]
 
 
 def test_a_second_vm_on_a_live_serial_socket_is_refused(tmp_path: Path, env, down_all) -> None:
