@@ -171,7 +171,7 @@ class Sandbox:
                     f,
                 )
                 os.chown(f, spec.uid, spec.gid)
-        self.state.sockets = [b.source for b in spec.binds if b.role.endswith("-dir")]
+        self.state.sockets = list(spec.sockets)
         self._save()
         self._redirect_sockets()
         dev_dirs = (

@@ -54,6 +54,9 @@ class SandboxSpec:
     runtime: Runtime
     plan_json: str  # the plan the jailed engine reads at /plan.json
     pidfile: str | None = None  # written by the supervisor with the engine's host pid
+    #: host paths of the sockets the engine listens on (redirected ones: in the private dir);
+    #: after a crash teardown removes these, and only these, if nobody serves them
+    sockets: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
     @property
@@ -160,6 +163,8 @@ def build_spec(
         if c.path and c.backend == "socket" and c.server
     }
 
+    engine_sockets = {p: p for p in listening}
+
     def redirect(path: str, d: str, role: str) -> None:
         """The engine gets a private dir at ``d`` in the jail; the host path becomes a symlink to
         the socket it makes there."""
@@ -167,6 +172,7 @@ def build_spec(
             private_dirs[d] = os.path.join(sock_base, str(len(private_dirs)))
             binds.append(Bind(private_dirs[d], d, True, True, f"{role}-dir"))
         redirects.append((path, os.path.join(private_dirs[d], os.path.basename(path))))
+        engine_sockets[path] = redirects[-1][1]
 
     def socket(path: str, role: str) -> None:
         d = os.path.dirname(path)
@@ -256,4 +262,5 @@ def build_spec(
         own_files=tuple(own_files), redirects=tuple(redirects), limits=limits, keep_fds=tuple(keep), rlimits=DEFAULT_RLIMITS,
         clean_resource=sb.clean_resource, seccomp=plan.seccomp, runtime=runtime,
         plan_json=jailed.dumps(), pidfile=plan.pidfile, warnings=tuple(warnings),
+        sockets=tuple(sorted(engine_sockets.values())),
     )  # fmt: skip

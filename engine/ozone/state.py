@@ -22,7 +22,7 @@ class State:
     cgroup_limits: dict[str, object] = field(default_factory=dict)
     cgroups: list[str] = field(default_factory=list)  # dirs created, in creation order
     made_dirs: list[str] = field(default_factory=list)  # host dirs created outside the jail
-    sockets: list[str] = field(default_factory=list)  # dirs where the engine may leave sockets
+    sockets: list[str] = field(default_factory=list)  # the sockets the engine listens on
     links: list[list[str]] = field(default_factory=list)  # [host path, target] symlinks made
     pidfile: str | None = None
     pidfile_id: list[int] | None = None  # ownfiles.file_id of the pidfile the supervisor made

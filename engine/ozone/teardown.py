@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from typing import Any
 
 from engine.ozone import sys as osys
@@ -40,15 +41,14 @@ def teardown_state(state: State, cgroups: CgroupSet, check_alive: bool = True) -
     for host, target in state.links:
         if os.path.islink(host) and os.readlink(host) == target:
             os.unlink(host)  # only the link we made: the path may have been reused since
-    for sock in state.sockets:
-        for name in os.listdir(sock) if os.path.isdir(sock) else ():
-            p = os.path.join(sock, name)
-            if (
-                os.path.exists(p)
-                and not os.path.isdir(p)
-                and os.stat(p).st_mode & 0o170000 == 0o140000
-            ):
-                os.unlink(p)  # a socket the engine left (crash)
+    from engine.ownfiles import listener_pid
+
+    for sock in state.sockets:  # the engine's own socket paths, never a sweep of their folders
+        try:
+            if stat.S_ISSOCK(os.lstat(sock).st_mode) and listener_pid(sock) is None:
+                os.unlink(sock)  # a socket the engine left (crash) that nobody serves
+        except OSError:
+            continue
     for d in reversed(state.made_dirs):
         try:
             os.rmdir(d)

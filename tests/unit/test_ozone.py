@@ -234,3 +234,25 @@ def test_validate_uses_the_sandboxs_own_rules(tmp_path):
     from engine.ozone import cgroup, rules
 
     assert caps.parse is rules.parse_caps and cgroup.parse_limits is rules.parse_limits
+
+
+def test_teardown_removes_the_engines_stale_sockets_not_its_neighbours(tmp_path):
+    """A socket folder the VM's uid can write is bound as it is, and may hold other VMs'
+    sockets: teardown removes the engine's own stale socket, never sweeps the folder."""
+    import socket
+
+    shared = tmp_path / "vms"
+    shared.mkdir()
+    ours, theirs, stale = (str(shared / n) for n in ("vm1.sock", "vm2.sock", "old.sock"))
+    listeners = []
+    for path in (ours, theirs, stale):
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.listen(1)
+        listeners.append(s)
+    listeners[0].close()  # the crashed engine's: nobody serves it now
+    listeners[2].close()  # someone else's stale socket: not ours to remove either
+    state = State("vm1", "stratovirt", str(tmp_path / "jail"), sockets=[ours, str(shared)])
+    teardown_state(state, CgroupSet(Limits(), "stratovirt", "vm1"), check_alive=False)
+    assert sorted(os.listdir(shared)) == ["old.sock", "vm2.sock"]
+    listeners[1].close()
