@@ -48,11 +48,12 @@ def fallback(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _plant(root: Path, pid: int, mode: int = 0o700) -> None:
+def _plant(root: Path, pid: int) -> None:
+    """What another user can leave there: a readable VM folder whose meta names ``pid``."""
     vm = root / "vm"
     vm.mkdir(parents=True)
-    os.chmod(root, mode)
-    os.chmod(vm, 0o700)
+    os.chmod(root, 0o755)
+    os.chmod(vm, 0o755)
     (vm / "lock").write_text("")
     start = runtime.process_start_time(pid)
     (vm / "meta.json").write_text(
