@@ -14,16 +14,9 @@ import os
 import stat
 
 from launcher.errors import HostError
-from launcher.runtime import (
-    ROOT_LOCK,
-    SCRATCH,
-    Made,
-    VmDir,
-    _open_dir,
-    _open_root,
-    _trust,
-    runtime_root,
-)
+from launcher.runtime import SCRATCH, VmDir
+from launcher.runtime_record import Made
+from launcher.runtime_root import ROOT_LOCK, open_dir, open_root, runtime_root, trust
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +85,12 @@ def _remove_made(vm: VmDir, d: int, root: int, keep: tuple[str, ...]) -> None:
 
 def remove_vm(vm: VmDir) -> None:
     """``VmDir.remove``: the recorded files, then the folder if it is empty."""
-    root = _open_root(create=False)
+    root = open_root(create=False)
     if root is None:
         return
     try:
         try:
-            d = _open_dir(vm.name, "runtime entry", dir_fd=root, shown=vm.path)
+            d = open_dir(vm.name, "runtime entry", dir_fd=root, shown=vm.path)
         except (OSError, HostError):
             return  # gone, or not a folder svlaunch made: nothing of ours to remove
         try:
@@ -116,10 +109,10 @@ def remove_vm(vm: VmDir) -> None:
 def clean_for_claim(vm: VmDir) -> None:
     """Before a new VM takes the name (its lock held): remove a dead engine's recorded state;
     refuse when anything else is in the folder."""
-    root = _open_root(create=False)
+    root = open_root(create=False)
     assert root is not None
     try:
-        d = _open_dir(vm.name, "runtime entry", dir_fd=root, shown=vm.path)
+        d = open_dir(vm.name, "runtime entry", dir_fd=root, shown=vm.path)
         try:
             _clean_sandbox(vm)
             _remove_made(vm, d, root, keep=("lock",))
@@ -152,7 +145,7 @@ def _running_holders(vm: VmDir, root: int) -> list[tuple[str, list[tuple[str, st
         if name == vm.name or name == ROOT_LOCK:
             continue
         try:
-            _trust(os.lstat(name, dir_fd=root), name, "runtime entry")
+            trust(os.lstat(name, dir_fd=root), name, "runtime entry")
         except (OSError, HostError):
             continue
         other = VmDir(name, runtime_root() / name)
