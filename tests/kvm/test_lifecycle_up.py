@@ -11,10 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from lifecycle import manifest, svl, wait_gone
+from lifecycle import ROOT, manifest, svl, wait_gone
 from tiny_guest import HANG, hello_poweroff, say
 
 pytestmark = pytest.mark.kvm
