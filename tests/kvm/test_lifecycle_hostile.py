@@ -31,7 +31,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "SVLAUNCH_RUNTIME_DIR": str(tmp_path / "rt")}
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def down_all(env):
     """Stop whatever VM a case left running (a failed assertion must not leak engines)."""
     yield
@@ -55,7 +55,7 @@ def ps(env: dict[str, str]) -> dict[str, dict]:
 
 
 def test_a_second_vm_on_a_live_qmp_path_is_refused_before_its_engine_starts(
-    tmp_path: Path, env, down_all
+    tmp_path: Path, env
 ) -> None:
     qmp = str(tmp_path / "shared.sock")
     a = manifest(tmp_path, "a", GUEST, top=f'qmp = "{qmp}"\n')
@@ -73,9 +73,7 @@ def test_a_second_vm_on_a_live_qmp_path_is_refused_before_its_engine_starts(
     assert_answers(qmp, "a")
 
 
-def test_a_second_vm_on_a_disk_or_file_another_vm_holds_is_refused(
-    tmp_path: Path, env, down_all
-) -> None:
+def test_a_second_vm_on_a_disk_or_file_another_vm_holds_is_refused(tmp_path: Path, env) -> None:
     """Paths that are not sockets (a writable disk, a chardev file the engine truncates) are
     checked against the record of every running VM."""
     disk = tmp_path / "disk.img"
@@ -91,7 +89,7 @@ def test_a_second_vm_on_a_disk_or_file_another_vm_holds_is_refused(
     assert sorted(ps(env)) == ["a", "b"]
 
 
-def test_a_second_vm_on_a_live_serial_socket_is_refused(tmp_path: Path, env, down_all) -> None:
+def test_a_second_vm_on_a_live_serial_socket_is_refused(tmp_path: Path, env) -> None:
     sock = str(tmp_path / "console.sock")
     serial = socket_serial(sock)
     a = manifest(tmp_path, "a", GUEST, extra=serial)
@@ -143,7 +141,7 @@ def test_up_waits_for_its_own_engine_not_whoever_answers(tmp_path: Path) -> None
             p.wait()
 
 
-def test_down_ps_qmp_never_talk_to_an_impostor(tmp_path: Path, env, down_all) -> None:
+def test_down_ps_qmp_never_talk_to_an_impostor(tmp_path: Path, env) -> None:
     qmp = str(tmp_path / "q.sock")
     assert up(env, manifest(tmp_path, "a", GUEST, top=f'qmp = "{qmp}"\n')).returncode == 0
     engine = ps(env)["a"]["pid"]
@@ -234,7 +232,7 @@ def test_the_engine_never_removes_a_pidfile_it_did_not_create(tmp_path: Path) ->
 
 
 def test_a_crashed_engines_pidfile_and_sockets_go_but_not_their_replacements(
-    tmp_path: Path, env, down_all
+    tmp_path: Path, env
 ) -> None:
     qmp, pidfile = tmp_path / "q.sock", tmp_path / "vm.pid"
     top = f'qmp = "{qmp}"\ndaemonize = true\npidfile = "{pidfile}"\n'
@@ -291,7 +289,7 @@ def test_a_runtime_root_that_is_not_a_folder_is_a_clear_error(tmp_path: Path, en
     assert res.returncode == 1 and "runtime folder" in res.stderr, res.stderr
 
 
-def test_clean_up_removes_only_what_svlaunch_recorded(tmp_path: Path, env, down_all) -> None:
+def test_clean_up_removes_only_what_svlaunch_recorded(tmp_path: Path, env) -> None:
     assert up(env, manifest(tmp_path, "a", GUEST)).returncode == 0
     folder = tmp_path / "rt" / "a"
     (folder / "notes.txt").write_text("a file svlaunch did not make")
@@ -306,9 +304,7 @@ def test_clean_up_removes_only_what_svlaunch_recorded(tmp_path: Path, env, down_
     assert (folder / "notes.txt").exists()
 
 
-def test_every_file_and_socket_gets_an_explicit_mode_under_umask_000(
-    tmp_path: Path, env, down_all
-) -> None:
+def test_every_file_and_socket_gets_an_explicit_mode_under_umask_000(tmp_path: Path, env) -> None:
     serial = tmp_path / "console.sock"
     top = f'daemonize = true\npidfile = "{tmp_path / "vm.pid"}"\n'
     vm = manifest(tmp_path, "a", GUEST, top=top, extra=socket_serial(serial))
