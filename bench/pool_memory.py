@@ -5,8 +5,10 @@ For each process: USS (Private_Clean + Private_Dirty) and PSS from ``/proc/PID/s
 and the same two numbers *beyond guest RAM*: the guest RAM mapping (the one mapping of exactly
 the guest's size, found in ``/proc/PID/smaps``) is subtracted, so what remains is what the
 VMM itself costs per VM. The VMs are paused before their first instruction (the engine's
-``paused`` plan, QEMU's ``-S``), so guest RAM holds only what the loader wrote. The pool's
-own USS/PSS is printed too: it is paid once per host, not per VM.
+``paused`` plan, QEMU's ``-S``), so guest RAM holds only what the loader wrote. Pool requests
+are ``QUIET`` seconds apart, as ``svlaunch up`` runs are, so each engine is a warmed spare
+(``engine/pool/warmup.py``). The pool's own USS/PSS is printed too: it is paid once per host,
+not per VM (its waiting spare, one more process, is not counted).
 
     python bench/pool_memory.py [COUNT]
 """
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
 from bench.engine_startup import qemu_microvm  # noqa: E402
-from bench.pool_startup import become_subreaper, machine, start_pool  # noqa: E402
+from bench.pool_startup import QUIET, become_subreaper, machine, start_pool  # noqa: E402
 
 GUEST = 256 << 20
 SETTLE = 2.0  # seconds after the last start before measuring
@@ -134,6 +136,7 @@ def main() -> int:
         # through the pool
         pooled = []
         for i in range(count):
+            time.sleep(QUIET)  # as between two `svlaunch up`s: each VM gets a warmed spare
             log = os.open(tmp / f"pool.vm.{i}", os.O_WRONLY | os.O_CREAT, 0o600)
             opts = client.client_options(paused=True)
             started = client.start(sock, str(tmp / "plan.json"), {"log": log}, opts)

@@ -2,12 +2,16 @@
 path and QEMU microvm, in one run (docs/pool.md).
 
 The tiny guest writes one marker byte to COM1 first thing, then powers off. Through the pool,
-the clock starts before the request is sent (connect, send, the pool's two forks, the reply)
-and stops when the marker arrives on the pipe the engine got as its ``log`` descriptor (its
-stdout and stderr; the PVM notice the engine logs before it runs the guest comes first and is
-skipped). The exec rows are ``bench/engine_startup.py``'s: the engine as ``svlaunch up`` execs
-it. Variants run interleaved, N times each; min and median are printed, and the pool's
-start-up phases (``$SVLAUNCH_STARTUP_TRACE``, measured from the request).
+the clock starts before the request is sent (connect, send, the hand-over to the pool's spare
+engine, the reply) and stops when the marker arrives on the pipe the engine got as its ``log``
+descriptor (its stdout and stderr; the PVM notice the engine logs before it runs the guest
+comes first and is skipped). The first two rows give the pool ``QUIET`` seconds before the
+request, as two ``svlaunch up`` runs do (each loads and checks its manifest first, which takes
+longer), so a warmed spare is ready; "back to back" is the second of two requests in a row: no warmed
+spare is ready, the pool forks one on the request's path. The exec rows are
+``bench/engine_startup.py``'s: the engine as ``svlaunch up`` execs it. Variants run
+interleaved, N times each; min and median are printed, and the phases of the first row
+(``$SVLAUNCH_STARTUP_TRACE``, measured from the request).
 
     python bench/pool_startup.py [N]
 """
@@ -32,6 +36,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 from bench.engine_startup import Samples, fmt, qemu_microvm, run_once  # noqa: E402
 
 MARK = b"\x06"  # the guest's first byte: no log line contains it
+QUIET = 0.25  # seconds without a request before a "ready pool" request
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -119,6 +124,7 @@ def main() -> int:
     pooled = [
         PoolSamples("pool: request -> engine", str(tmp / "plan.json")),
         PoolSamples("pool: request -> engine, seccomp", str(tmp / "plan-seccomp.json")),
+        PoolSamples("pool: back to back (no spare)", str(tmp / "plan.json")),
     ]
     execs = [
         Samples("exec: engine_argv (-I -S)", engine_argv(f"{tmp}/plan.json")),
@@ -133,10 +139,19 @@ def main() -> int:
             os.dup2(null.fileno(), 2)  # the exec'd engines' PVM notice, QEMU's CPUID warnings
             try:
                 for _ in range(n):
-                    for p in pooled:
-                        run_pool_once(p, sock)
-                    for s in execs:
+                    # a request finds a warmed spare when the pool had a quiet moment before
+                    # it (server.SPARE_DELAY, then the warm-up), as between two `svlaunch up`s
+                    # (each loads and checks its manifest first, longer than QUIET)
+                    time.sleep(QUIET)
+                    run_pool_once(pooled[0], sock)
+                    run_once(execs[0], serial=True)
+                    time.sleep(QUIET)
+                    run_pool_once(pooled[1], sock)
+                    for s in execs[1:]:
                         run_once(s, serial=True)
+                    # a burst: the second request comes before the pool forked a new spare
+                    run_pool_once(PoolSamples("", pooled[0].plan), sock)
+                    run_pool_once(pooled[2], sock)
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)

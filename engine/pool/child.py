@@ -148,12 +148,17 @@ def _record(fds: dict[str, int], data: bytes) -> None:
         print(f"svlaunch: cannot record how the engine ended: {e.strerror}", file=sys.stderr)
 
 
-def spare(chan: Any, detach: list[Any]) -> NoReturn:
-    """A spare engine: forked before any request, it drops the pool's descriptors and waits on
-    ``chan`` for its request (plan, options, descriptors); EOF means the pool is gone."""
+def spare(chan: Any, detach: list[Any], *, warm: bool) -> NoReturn:
+    """A spare engine: forked before any request, it drops the pool's descriptors, builds and
+    closes a throw-away VM (``warmup``, unless ``warm`` is false: a request is already waiting)
+    and waits on ``chan`` for its request (plan, options, descriptors); EOF: the pool is gone."""
     try:
         _reset_signals()
         _own_fds({}, detach, keep=(chan.fileno(),))
+        if warm and os.environ.get("SVLAUNCH_POOL_WARMUP", "on") != "off":
+            from engine.pool.warmup import warm_up
+
+            warm_up()
         data, fds, _ = protocol.receive(chan)
         if not data:
             _exit(0)

@@ -29,6 +29,7 @@ from engine.pool.protocol import RequestError
 
 CLIENT_TIMEOUT = 2.0
 TICK = 2.0  # seconds between idle checks (code changed, socket gone, idle exit)
+SPARE_DELAY = 0.05  # quiet seconds after a start before the next spare is forked and warmed
 SD_LISTEN_FDS_START = 3
 
 
@@ -63,6 +64,7 @@ class Pool:
     conns: dict[int, Conn] = field(default_factory=dict)
     current: socket.socket | None = None  # the connection being answered
     spare: Spare | None = None
+    spare_due: float | None = None  # when to fork the next spare (time.monotonic())
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -73,9 +75,13 @@ class Pool:
         self.listener.setblocking(False)
         poller = select.poll()  # no descriptor of its own (epoll's would reach the children)
         poller.register(self.listener.fileno(), select.POLLIN)
-        self._ensure_spare()
+        self._ensure_spare(warm=True)
+        checked = time.monotonic()
         while not self.stopping:
-            timeout = min([TICK, *(c.deadline - time.monotonic() for c in self.conns.values())])
+            waits = [TICK, *(c.deadline - time.monotonic() for c in self.conns.values())]
+            if self.spare_due is not None:
+                waits.append(self.spare_due - time.monotonic())
+            timeout = min(waits)
             try:
                 events = poller.poll(max(0.0, timeout) * 1000)
             except InterruptedError:
@@ -93,7 +99,10 @@ class Pool:
                     poller.unregister(fd)
                     del self.conns[fd]
                     conn.sock.close()
-            if not events:
+            if not events and self.spare_due is not None and now >= self.spare_due:
+                self._ensure_spare(warm=True)
+            if not events and now - checked >= TICK:
+                checked = now
                 self._idle_checks()
         self.close()
 
@@ -106,8 +115,10 @@ class Pool:
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         sock.setblocking(False)
-        self.conns[sock.fileno()] = Conn(sock, time.monotonic() + CLIENT_TIMEOUT)
-        poller.register(sock.fileno(), select.POLLIN)
+        conn = Conn(sock, time.monotonic() + CLIENT_TIMEOUT)
+        if not self._handle(conn):  # a client sends right after connecting: mostly it is there
+            self.conns[sock.fileno()] = conn
+            poller.register(sock.fileno(), select.POLLIN)
 
     def _idle_checks(self) -> None:
         """Exit when idle too long, when our socket file was removed or replaced (nobody can
@@ -126,14 +137,17 @@ class Pool:
 
     # -- one request ------------------------------------------------------------------------------
 
-    def _handle(self, conn: Conn) -> None:
+    def _handle(self, conn: Conn) -> bool:
+        """Read, answer and close one connection; False (and nothing done) if it has not sent
+        its request yet."""
         fds: list[int] = []
         sock = self.current = conn.sock
         try:
             try:
                 data, fds, flags = protocol.receive(sock)
             except (BlockingIOError, InterruptedError):
-                return
+                self.current = None
+                return False
             except OSError as e:
                 raise RequestError(
                     "bad-request", f"cannot read the request: {e.strerror}"
@@ -176,12 +190,17 @@ class Pool:
             sock.close()
             self.current = None
             self.last_request = time.monotonic()
-        self._ensure_spare()
+        if self.spare is None and self.spare_due is None:
+            # Not now: the engine just handed over is building its VM, and the next spare's
+            # fork and warm-up would take CPU from it. Once the pool has been quiet a moment.
+            self.spare_due = time.monotonic() + SPARE_DELAY
+        return True
 
-    def _ensure_spare(self) -> None:
+    def _ensure_spare(self, *, warm: bool) -> None:
+        self.spare_due = None
         if self.spare is None and not self.stopping:
             try:
-                self.spare = self._make_spare()
+                self.spare = self._make_spare(warm=warm)
             except RequestError as e:  # the next request tries again and says so
                 print(f"svlaunch-pool: {e.message}", file=sys.stderr, flush=True)
 
@@ -235,20 +254,26 @@ class Pool:
         self, plan_path: str, options: dict[str, Any], fds: dict[str, int]
     ) -> tuple[dict[str, Any], list[int]]:
         """Give the request to the spare engine (forked earlier, waiting): no fork on this path."""
-        spare = self.spare or self._make_spare()
-        self.spare = None
-        try:
-            message = {"plan": plan_path, "options": options, "fds": list(fds)}
-            protocol.send(spare.chan, message, tuple(fds.values()))
-        except OSError as e:
-            _close(spare.pidfd)
-            raise RequestError("fork-failed", f"the spare engine is gone: {e.strerror}") from None
-        finally:
-            spare.chan.close()
+        message = {"plan": plan_path, "options": options, "fds": list(fds)}
+        for attempt in (1, 2):  # a spare that died while it waited: fork a fresh one, once
+            # no spare yet (a burst of requests): fork one now, cold: the request is waiting
+            spare = self.spare or self._make_spare(warm=False)
+            self.spare = None
+            try:
+                protocol.send(spare.chan, message, tuple(fds.values()))
+                break
+            except OSError as e:
+                _close(spare.pidfd)
+                if attempt == 2:
+                    raise RequestError(
+                        "fork-failed", f"the spare engine is gone: {e.strerror}"
+                    ) from None
+            finally:
+                spare.chan.close()
         pid = spare.pid
         return {"ok": True, "pid": pid, "pid_start": _start_time(pid)}, [spare.pidfd]
 
-    def _make_spare(self) -> Spare:
+    def _make_spare(self, *, warm: bool) -> Spare:
         """Fork the next engine now, off any request's path: twice, so that it is in its own
         session and re-parented to init (or the nearest subreaper) once the middle process
         exits. It waits on ``chan`` for its request, or for EOF when the pool goes away."""
@@ -262,7 +287,7 @@ class Pool:
         try:
             middle = os.fork()
             if middle == 0:
-                _middle(chan_child, detach, report_w)
+                _middle(chan_child, detach, report_w, warm)
             chan_child.close()
             report_w.close()
             os.waitpid(middle, 0)
@@ -301,7 +326,7 @@ class Pool:
             _close(self.lock_fd)
 
 
-def _middle(chan: socket.socket, detach: list[Any], report_w: socket.socket) -> None:
+def _middle(chan: socket.socket, detach: list[Any], report_w: socket.socket, warm: bool) -> None:
     """The middle process: a new session, the spare engine forked from it, its pidfd sent to
     the pool (taken while the spare is our child: it names that process even if it dies)."""
     code = 1
@@ -309,7 +334,7 @@ def _middle(chan: socket.socket, detach: list[Any], report_w: socket.socket) -> 
         os.setsid()
         pid = os.fork()
         if pid == 0:
-            child.spare(chan, detach)
+            child.spare(chan, detach, warm=warm)
         pidfd = os.pidfd_open(pid)
         report_w.sendmsg(
             [str(pid).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))]
