@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from launcher.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, SvlaunchError
 
@@ -31,6 +32,15 @@ class CommandInfo:
 
 class Formatter(argparse.RawDescriptionHelpFormatter):
     """Help text laid out as written: the examples stay as they are."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with the user's words in its error messages escaped (they quote argv)."""
+
+    def error(self, message: str) -> NoReturn:
+        from launcher.report import shown
+
+        super().error(shown(message))
 
 
 COMMANDS: dict[str, CommandInfo] = {
@@ -76,7 +86,7 @@ def _version() -> str:
 def _top_parser() -> argparse.ArgumentParser:
     width = max(len(n) for n in COMMANDS)
     listing = "\n".join(f"  {n.ljust(width)}  {c.summary}" for n, c in COMMANDS.items())
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="svlaunch",
         description="Declarative launcher for StratoVirt-style microVMs.\n\ncommands:\n" + listing,
         epilog=TOP_EPILOG,
@@ -101,7 +111,7 @@ def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     module = importlib.import_module(info.module)
     doc = (module.__doc__ or info.summary).strip()
     summary, _, rest = doc.partition("\n")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=f"svlaunch {name}",
         description=summary,
         epilog=rest.strip() or None,
@@ -156,7 +166,9 @@ def _main(argv: list[str]) -> int:
         top.print_help(sys.stderr)
         return EXIT_USAGE
     if name not in COMMANDS:
-        print(f"svlaunch: unknown command '{name}': {_suggest(name)}", file=sys.stderr)
+        from launcher.report import print_message
+
+        print_message(f"svlaunch: unknown command '{name}': {_suggest(name)}")
         return EXIT_USAGE
     try:
         parser, module = build_parser(name)
@@ -164,9 +176,7 @@ def _main(argv: list[str]) -> int:
         return int(module.run(args) or 0)
     except SvlaunchError as exc:
         if debug:
-            import traceback
-
-            traceback.print_exc()
+            _print_traceback()
         from launcher.report import print_error
 
         print_error(exc)
@@ -181,15 +191,51 @@ def _main(argv: list[str]) -> int:
     except SystemExit:
         raise
     except Exception:
-        import traceback
-
-        traceback.print_exc()
+        report_internal_error(argv)
         print(
             "svlaunch: internal error (a bug in svlaunch, not in your input); "
             "please report it with the traceback above",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+
+
+def report_internal_error(argv: list[str]) -> None:
+    """The exception being handled is a bug: print its traceback (escaped) and record it."""
+    _print_traceback()
+    _record_crash(argv)
+
+
+def _print_traceback() -> None:
+    """The exception being handled, escaped: its message may quote user text."""
+    import traceback
+
+    from launcher.report import escape
+
+    print(escape(traceback.format_exc(), lines=True), end="", file=sys.stderr)
+
+
+CRASH_DIR = "SVLAUNCH_CRASH_DIR"
+
+
+def _record_crash(argv: list[str]) -> None:
+    """With ``$SVLAUNCH_CRASH_DIR`` set, also keep the traceback in a file there.
+
+    For test suites and CI: a crash is noticed even when the process's stderr is captured,
+    discarded or shown in a terminal nobody reads (the suite fails any test that leaves one).
+    """
+    folder = os.environ.get(CRASH_DIR)
+    if not folder:
+        return
+    import tempfile
+    import traceback
+
+    try:
+        fd, _ = tempfile.mkstemp(prefix=f"crash-{os.getpid()}-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"svlaunch {argv!r}\n{traceback.format_exc()}")
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

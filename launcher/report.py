@@ -4,6 +4,11 @@ Text follows ruamel.yaml's marks and rustc's layout: ``file:line:col: error[code
 the key path, the source line with a caret under the column, then the hint. Snippets are read
 from the files named by the marks (or from ``sources`` when the text is in memory). Nothing
 below the command modules prints except through these functions.
+
+Everything shown comes from users (keys, values, paths, source lines, argv), so every string
+goes through ``escape`` here, at the one place issues become text or JSON: a crafted manifest
+cannot move the cursor, clear the screen or colour a fake "valid" line. Output is bounded too:
+at most ``MAX_ISSUES`` issues per file and ``MAX_FIELD`` characters per field.
 """
 
 from __future__ import annotations
@@ -13,6 +18,47 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from launcher.errors import InvalidInput, Issue, Mark, SvlaunchError
+
+MAX_ISSUES = 50  # per file, by default: a broken file must not flood the terminal
+MAX_FIELD = 1000  # characters of one message, hint, path or file name
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str, *, lines: bool = False) -> str:
+    """``text`` with every character a terminal would act on or hide written out as an escape.
+
+    Not printable per ``str.isprintable`` (C0/C1 controls, DEL, format characters such as the
+    bidi overrides, separators, surrogates, private use, unassigned) becomes ``\\n``, ``\\xNN``,
+    ``\\uNNNN``; a byte that was not UTF-8 (a surrogate escape from a file name or argv) becomes
+    ``\\xNN``, the byte itself. ``lines=True`` keeps line breaks of a multi-line message.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or (lines and ch == "\n"):
+            out.append(ch)
+            continue
+        code = ord(ch)
+        if ch in _SHORT:
+            out.append(_SHORT[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for the byte code - 0xDC00
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def shown(text: str, *, lines: bool = False, limit: int = MAX_FIELD) -> str:
+    """``escape``d and cut to ``limit`` characters, saying how many were left out."""
+    text = escape(text, lines=lines)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class Snippets:
@@ -40,63 +86,100 @@ class Snippets:
 
 def format_issue(issue: Issue, snippets: Snippets | None = None) -> str:
     """One issue as text: location, severity[code], message, path, snippet with caret, hint."""
-    where = f"{issue.mark}: " if issue.mark else ""
-    code = f"[{issue.code}]" if issue.code else ""
-    out = [f"{where}{issue.severity}{code}: {issue.message}"]
+    where = f"{shown(str(issue.mark))}: " if issue.mark else ""
+    code = f"[{escape(issue.code)}]" if issue.code else ""
+    out = [f"{where}{issue.severity}{code}: {shown(issue.message, lines=True)}"]
     if issue.path:
-        out.append(f"  at {issue.path}")
+        out.append(f"  at {shown(issue.path)}")
     text = snippets.line(issue.mark) if snippets and issue.mark else None
     if text is not None and issue.mark is not None:
-        num = str(issue.mark.line)
-        pad = " " * len(num)
-        shown = text.expandtabs(1)
-        if len(shown) > 120:
-            start = max(0, issue.mark.col - 60)
-            shown = ("..." if start else "") + shown[start : start + 117]
-            col = issue.mark.col - start + (3 if start else 0)
-        else:
-            col = issue.mark.col
-        out.append(f"  {pad} |")
-        out.append(f"  {num} | {shown}")
-        if col > 0:
-            out.append(f"  {pad} | {' ' * (col - 1)}^")
+        out += _snippet(text, issue.mark)
     if issue.hint:
-        out.append(f"  hint: {issue.hint}")
+        out.append(f"  hint: {shown(issue.hint, lines=True)}")
     return "\n".join(out)
 
 
+def _snippet(text: str, mark: Mark) -> list[str]:
+    """The source line (escaped, at most 120 columns around the mark) with a caret under it."""
+    num = str(mark.line)
+    pad = " " * len(num)
+    raw = text.expandtabs(1)
+    before = escape(raw[: max(mark.col - 1, 0)])
+    line = before + escape(raw[max(mark.col - 1, 0) :])
+    col = len(before) + 1 if mark.col > 0 else 0
+    if len(line) > 120:
+        start = max(0, col - 60)
+        line = ("..." if start else "") + line[start : start + 117]
+        col = col - start + (3 if start else 0)
+    out = [f"  {pad} |", f"  {num} | {line}"]
+    if col > 0:
+        out.append(f"  {pad} | {' ' * (col - 1)}^")
+    return out
+
+
 def issue_to_json(issue: Issue) -> dict[str, Any]:
+    """The issue's fields, escaped like the text (a ``jq -r`` of them is safe on a terminal)."""
     m = issue.mark
     return {
-        "file": m.file if m else None,
+        "file": shown(m.file) if m else None,
         "line": m.line if m else 0,
         "col": m.col if m else 0,
-        "path": issue.path,
+        "path": shown(issue.path),
         "severity": issue.severity,
-        "code": issue.code,
-        "message": issue.message,
-        "hint": issue.hint,
+        "code": escape(issue.code),
+        "message": shown(issue.message, lines=True),
+        "hint": shown(issue.hint, lines=True),
     }
 
 
+def capped(issues: Iterable[Issue], limit: int = MAX_ISSUES) -> tuple[list[Issue], int]:
+    """At most ``limit`` issues (0: all), errors chosen before warnings, in their order; and
+    how many are left out."""
+    every = list(issues)
+    if limit <= 0 or len(every) <= limit:
+        return every, 0
+    ranked = sorted(range(len(every)), key=lambda n: not every[n].is_error)[:limit]
+    return [every[n] for n in sorted(ranked)], len(every) - limit
+
+
 def print_issues(
-    issues: Iterable[Issue], file: TextIO | None = None, snippets: Snippets | None = None
+    issues: Iterable[Issue],
+    file: TextIO | None = None,
+    snippets: Snippets | None = None,
+    limit: int = MAX_ISSUES,
+    more_hint: str = "",
 ) -> None:
+    """Each issue as text, at most ``limit`` of them, then a line counting the rest."""
     out = file or sys.stderr
     snippets = snippets or Snippets()
-    for issue in issues:
+    first, rest = capped(issues, limit)
+    for issue in first:
         print(format_issue(issue, snippets), file=out)
+    if rest:
+        where = f" in {shown(str(first[-1].mark.file))}" if first[-1].mark else ""
+        hint = f" ({more_hint})" if more_hint else ""
+        print(f"svlaunch: {rest} more issue(s){where} not shown{hint}", file=out)
+
+
+def print_message(text: str, file: TextIO | None = None) -> None:
+    """One line of a command's own output that quotes user text (paths, names), escaped."""
+    print(shown(text, lines=True), file=file or sys.stderr)
 
 
 def print_error(exc: SvlaunchError, file: TextIO | None = None) -> None:
     """One clear message on stderr: every issue for invalid input, else the message and hint."""
     out = file or sys.stderr
     if isinstance(exc, InvalidInput):
-        print_issues(exc.issues, out)
+        files = {i.mark.file for i in exc.issues if i.mark} - {"argv"}
+        more = "svlaunch validate --max-issues 0 FILE shows them all" if files else ""
+        print_issues(exc.issues, out, more_hint=more)
         errors = sum(1 for i in exc.issues if i.is_error)
         print(f"svlaunch: {errors} error(s) found", file=out)
         return
-    print(f"svlaunch: {exc}", file=out)
+    where = f"{shown(str(exc.mark))}: " if exc.mark else ""
+    print(f"svlaunch: {where}{shown(exc.message, lines=True)}", file=out)
+    if exc.hint:
+        print(f"  hint: {shown(exc.hint, lines=True)}", file=out)
 
 
 def summary_line(files: int, invalid: int, errors: int, warnings: int) -> str:
@@ -108,9 +191,10 @@ def summary_line(files: int, invalid: int, errors: int, warnings: int) -> str:
 
 
 def print_rich_summary(results: list[tuple[str, list[Issue]]], file: TextIO) -> None:
-    """A per-file table for terminals (rich imported only here)."""
+    """A per-file table for terminals (rich imported only here; paths escaped, markup off)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=file, highlight=False)
     table = Table(title="svlaunch validate", show_lines=False)
@@ -121,20 +205,24 @@ def print_rich_summary(results: list[tuple[str, list[Issue]]], file: TextIO) -> 
     for path, issues in results:
         e = sum(1 for i in issues if i.is_error)
         w = len(issues) - e
-        status = "[red]invalid[/red]" if e else "[green]valid[/green]"
-        table.add_row(path, status, str(e), str(w))
+        status = Text("invalid", "red") if e else Text("valid", "green")
+        table.add_row(Text(shown(path)), status, str(e), str(w))
     console.print(table)
 
 
-def json_report(results: list[tuple[str, list[Issue]]]) -> str:
-    files = [
-        {
-            "file": path,
-            "valid": not any(i.is_error for i in issues),
-            "issues": [issue_to_json(i) for i in issues],
-        }
-        for path, issues in results
-    ]
+def json_report(results: list[tuple[str, list[Issue]]], limit: int = MAX_ISSUES) -> str:
+    """Every file's verdict and its first ``limit`` issues (``issues_not_shown`` counts the rest)."""
+    files = []
+    for path, issues in results:
+        first, rest = capped(issues, limit)
+        files.append(
+            {
+                "file": shown(path),
+                "valid": not any(i.is_error for i in issues),
+                "issues": [issue_to_json(i) for i in first],
+                "issues_not_shown": rest,
+            }
+        )
     errors = sum(1 for _, iss in results for i in iss if i.is_error)
     import json  # only --format json needs it
 

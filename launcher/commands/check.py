@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
 
         print(json_report([(args.manifest, issues)]))
     else:
-        from launcher.report import print_issues
+        from launcher.report import print_issues, shown
 
-        print_issues(issues, sys.stderr)
-        print(f"{args.manifest}: " + ("host cannot run it" if bad else "ready to run"))
+        more = "svlaunch validate --max-issues 0 FILE shows them all"
+        print_issues(issues, sys.stderr, more_hint=more)
+        print(f"{shown(args.manifest)}: " + ("host cannot run it" if bad else "ready to run"))
     return EXIT_INVALID if bad else 0

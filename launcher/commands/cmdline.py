@@ -50,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     warnings: list = []
     manifest = load_manifest(args.file, target="stratovirt", warnings=warnings)
-    for issue in warnings:
-        print(str(issue), file=sys.stderr)
+    if warnings:
+        from launcher.report import print_issues
+
+        print_issues(warnings, sys.stderr)
     if args.ozone:
         from launcher.compile.stratovirt.ozone import emit_ozone
 
