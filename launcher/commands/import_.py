@@ -44,6 +44,44 @@ def _format(args: argparse.Namespace) -> str:
     return "toml"
 
 
+def _check_text(argv: list[str], base_dir: str) -> None:
+    """Refuse what no manifest can hold: bytes that are not UTF-8 (the shell passes them as they
+    are; Python stands each in for a lone surrogate) and control characters."""
+    from launcher.compile.stratovirt.props import argv_issue
+    from launcher.errors import InvalidInput
+    from launcher.manifest.plain import control_in
+
+    issues = []
+    for index, arg in enumerate(argv, start=1):
+        bad = next((n for n, c in enumerate(arg) if 0xD800 <= ord(c) <= 0xDFFF), None)
+        if bad is not None:
+            byte = ord(arg[bad]) - 0xDC00
+            issues.append(
+                argv_issue(
+                    f"the argument is not UTF-8 text (byte {byte:#04x})",
+                    index,
+                    bad + 1,
+                    "a manifest is UTF-8: rename the file or fix the argument",
+                )
+            )
+        elif found := control_in(arg):
+            issues.append(
+                argv_issue(
+                    f"the argument holds {found[1]}",
+                    index,
+                    found[0],
+                    "remove it: a manifest holds no control characters",
+                )
+            )
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in base_dir):
+        raise UsageError(
+            f"--base-dir {base_dir} is not UTF-8 text",
+            hint="relative paths resolve against it: rename the folder or use another one",
+        )
+    if issues:
+        raise InvalidInput(issues)
+
+
 def run(args: argparse.Namespace) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
@@ -53,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             "nothing to import",
             hint="give the arguments after '--': svlaunch import -- -m 512M ...",
         )
+    _check_text(argv, args.base_dir)
     if args.ozone:
         from launcher.compile.stratovirt.ozone import import_ozone
 
@@ -61,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
         from launcher.compile.stratovirt.importer import import_argv
 
         result = import_argv(argv, base_dir=args.base_dir)
-    for issue in result.warnings:
-        print(str(issue), file=sys.stderr)
+    if result.warnings:
+        from launcher.report import print_issues
+
+        print_issues(result.warnings, sys.stderr)
     from launcher.manifest import dump_manifest
 
     # A file gets paths relative to its folder (as manifests resolve them); stdout absolute ones.

@@ -18,7 +18,8 @@ import argparse
 import os
 import sys
 
-from launcher.errors import EXIT_INVALID, Issue
+from launcher.errors import EXIT_INTERNAL, EXIT_INVALID, Issue, Mark
+from launcher.report import MAX_ISSUES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,35 +39,94 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="rich summary table on terminals (auto)",
     )
+    p.add_argument(
+        "--max-issues",
+        type=int,
+        default=MAX_ISSUES,
+        metavar="N",
+        help=f"show at most N issues per file, 0 for all (default {MAX_ISSUES})",
+    )
 
 
-def collect(paths: list[str]) -> list[str]:
-    """Files named, plus every manifest below each folder (sorted, hidden folders skipped)."""
+MANIFEST_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+def collect(paths: list[str]) -> tuple[list[str], list[Issue]]:
+    """Files named, plus every manifest below each folder (sorted, hidden folders skipped);
+    and an issue for each folder that cannot be listed.
+
+    The walk is iterative (no recursion limit for a deep tree), never follows a symlink to a
+    folder (no loops), and keeps every entry named like a manifest whatever its type: reading
+    it refuses a FIFO, socket or device with the reason instead of skipping it in silence.
+    """
     out: list[str] = []
+    problems: list[Issue] = []
     for path in paths:
-        if os.path.isdir(path):
-            found = []
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [
-                    os.path.join(root, f) for f in files if f.endswith((".toml", ".yaml", ".yml"))
-                ]
-            out += sorted(found)
-        else:
+        if not os.path.isdir(path):
             out.append(path)
-    return out
+            continue
+        found: list[str] = []
+        stack = [path]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                problems.append(
+                    Issue(
+                        f"cannot list the folder: {exc.strerror}",
+                        mark=Mark(folder),
+                        code="file-unreadable",
+                        hint="check its permissions",
+                    )
+                )
+                continue
+            for entry in reversed(entries):
+                if entry.name.startswith("."):
+                    continue
+                if _is_dir(entry):
+                    stack.append(entry.path)
+                elif entry.name.endswith(MANIFEST_SUFFIXES):
+                    found.append(entry.path)
+        out += sorted(found)
+    return out, problems
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
 
 
 def validate_files(
     files: list[str], target: str = "engine", strict: bool = False
 ) -> list[tuple[str, list[Issue]]]:
     """(file, issues) for each file, with VM names checked across the whole run."""
+    return _validate(files, target, strict)[0]
+
+
+def _validate(
+    files: list[str], target: str, strict: bool
+) -> tuple[list[tuple[str, list[Issue]]], int]:
+    """``validate_files`` and how many files crashed svlaunch: one file's bug never stops the
+    rest (it is reported with its traceback and makes the exit code 3)."""
     from launcher.manifest.load import load_file_full
 
     results: list[tuple[str, list[Issue]]] = []
     names: dict[str, str] = {}
+    crashed = 0
     for f in files:
-        r = load_file_full(f, target=target)
+        try:
+            r = load_file_full(f, target=target)
+        except Exception:
+            from launcher.cli import report_internal_error
+
+            report_internal_error(["validate", f])
+            crashed += 1
+            results.append((f, [_crash_issue(f)]))
+            continue
         issues = r.issues
         if strict:
             issues = [Issue(i.message, i.path, i.hint, i.mark, "error", i.code) for i in issues]
@@ -83,30 +143,44 @@ def validate_files(
             else:
                 names[name] = f
         results.append((f, issues))
-    return results
+    return results, crashed
+
+
+def _crash_issue(file: str) -> Issue:
+    return Issue(
+        "svlaunch failed on this file (a bug in svlaunch, not in the file)",
+        mark=Mark(file),
+        code="internal-error",
+        hint="please report it with the traceback printed above",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    files = collect(args.paths)
+    from launcher.report import print_issues, print_message
+
+    files, problems = collect(args.paths)
+    if problems:
+        print_issues(problems, sys.stderr)
     if not files:
-        print(
-            "svlaunch: no manifests (*.toml, *.yaml, *.yml) found in " + ", ".join(args.paths),
-            file=sys.stderr,
+        print_message(
+            "svlaunch: no manifests (*.toml, *.yaml, *.yml) found in " + ", ".join(args.paths)
         )
         return EXIT_INVALID
-    results = validate_files(files, args.target, args.strict)
+    results, crashed = _validate(files, args.target, args.strict)
     invalid = sum(1 for _, iss in results if any(i.is_error for i in iss))
+    status = EXIT_INTERNAL if crashed else EXIT_INVALID if invalid or problems else 0
     if args.format == "json":
         from launcher.report import json_report
 
-        print(json_report(results))
-        return EXIT_INVALID if invalid else 0
-    from launcher.report import Snippets, print_issues, summary_line
+        print(json_report(results, args.max_issues))
+        return status
+    from launcher.report import Snippets, summary_line
 
     snippets = Snippets()
+    more = "--max-issues 0 shows them all"
     for _, issues in results:
-        shown = [i for i in issues if i.is_error] if args.quiet else issues
-        print_issues(shown, sys.stderr, snippets)
+        listed = [i for i in issues if i.is_error] if args.quiet else issues
+        print_issues(listed, sys.stderr, snippets, args.max_issues, more)
     if not args.quiet:
         errors = sum(1 for _, iss in results for i in iss if i.is_error)
         warnings = sum(1 for _, iss in results for i in iss if not i.is_error)
@@ -116,4 +190,4 @@ def run(args: argparse.Namespace) -> int:
 
             print_rich_summary(results, sys.stdout)
         print(summary_line(len(results), invalid, errors, warnings))
-    return EXIT_INVALID if invalid else 0
+    return status

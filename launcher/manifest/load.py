@@ -8,11 +8,13 @@ one mistake is never reported three times in three wordings.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 from launcher.errors import InvalidInput, Issue, Mark
-from launcher.manifest.sourcemap import SourceMap
+from launcher.manifest.sourcemap import SourceMap, format_path
 from launcher.model import Manifest
 
 MAX_BYTES = 1 << 20
@@ -65,6 +67,11 @@ def load_text_full(
     data, smap, issues = parse(text, source)
     if issues:
         return Loaded(None, smap.locate(issues), smap)
+    from launcher.manifest.plain import check_plain
+
+    issues = check_plain(data, smap)
+    if issues:
+        return Loaded(None, issues, smap)
     if not isinstance(data, dict):
         issue = Issue(
             "a manifest is a table of keys (name = ..., [machine] ...)",
@@ -82,6 +89,7 @@ def load_text_full(
 
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(source))
     manifest, issues = build_manifest(data, source, base)
+    issues += _undecodable_paths(manifest, data, base)
     if any(i.is_error for i in issues):
         return Loaded(None, smap.locate(issues), smap)
     from launcher.validate import check_model
@@ -90,21 +98,110 @@ def load_text_full(
     return Loaded(None if any(i.is_error for i in issues) else manifest, issues, smap)
 
 
-def read_source(path: str) -> tuple[str | None, list[Issue]]:
-    """The file's text, or an issue saying why it cannot be read."""
+def _undecodable_paths(manifest: Manifest, data: dict, base: str) -> list[Issue]:
+    """Relative paths that resolve under a folder whose name is not UTF-8.
+
+    Paths travel as UTF-8 text (StratoVirt's argv as printed, the JSON plan, QMP replies), so a
+    byte that is not UTF-8 cannot; file names themselves are UTF-8 (the file was decoded), so
+    only the manifest's folder can bring one in.
+    """
+    if _utf8(base):
+        return []
+    from launcher.manifest.build import resolve_path
+
+    bad = {s for s in _strings(manifest) if s != manifest.source and s != manifest.base_dir}
+    bad = {s for s in bad if not _utf8(s)}
+    if not bad:
+        return []
+    issues, stack = [], [((), data)]
+    while stack:  # in document order
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += reversed([((*path, k), v) for k, v in value.items()])
+        elif isinstance(value, list):
+            stack += reversed([((*path, n), v) for n, v in enumerate(value)])
+        elif isinstance(value, str) and resolve_path(value, base) in bad:
+            issues.append(_undecodable(format_path(path), base))
+    return issues or [_undecodable("", base)]
+
+
+def _undecodable(path: str, base: str) -> Issue:
+    return Issue(
+        f"this relative path lies under {base}, whose name is not UTF-8",
+        path,
+        "rename the folder (or write an absolute path): svlaunch passes paths on as UTF-8",
+        code="path-not-utf8",
+    )
+
+
+def _utf8(text: str) -> bool:
     try:
-        with open(path, "rb") as f:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _strings(value: object) -> list[str]:
+    """Every string in a model value (dataclasses, tuples, enums' values skipped)."""
+    from dataclasses import fields, is_dataclass
+
+    out, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, tuple):
+            stack.extend(v)
+        elif is_dataclass(v) and not isinstance(v, type):
+            stack.extend(getattr(v, f.name) for f in fields(v))
+    return out
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _unreadable(path: str, reason: str, hint: str) -> tuple[None, list[Issue]]:
+    return None, [
+        Issue(
+            f"cannot read the manifest: {reason}",
+            mark=Mark(path),
+            code="file-unreadable",
+            hint=hint,
+        )
+    ]
+
+
+def read_source(path: str) -> tuple[str | None, list[Issue]]:
+    """The file's text, or an issue saying why it cannot be read.
+
+    Only a regular file is read: opened without blocking (a FIFO would wait for a writer
+    forever, a device or a socket never ends), then checked with ``fstat`` on the open file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # open(2) on a socket
+            return _unreadable(path, "it is a socket, not a file", "name a manifest file")
+        reason = exc.strerror or str(exc)
+        return _unreadable(path, reason, "check the path and permissions")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+            return _unreadable(path, f"it is {kind}, not a file", "name a manifest file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
             raw = f.read(MAX_BYTES + 1)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        return None, [
-            Issue(
-                f"cannot read the manifest: {reason}",
-                mark=Mark(path),
-                code="file-unreadable",
-                hint="check the path and permissions",
-            )
-        ]
+        return _unreadable(path, exc.strerror or str(exc), "check the file")
+    finally:
+        os.close(fd)
     if len(raw) > MAX_BYTES:
         return None, [
             Issue(

@@ -9,15 +9,19 @@ when an issue must be placed, so valid manifests pay nothing for it. Syntax erro
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from typing import Any
 
 from launcher.errors import Issue, Mark
+from launcher.manifest.plain import MAX_DEPTH
 from launcher.manifest.sourcemap import Path, SourceMap
 
 _POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _END_RE = re.compile(r"\s*\(at end of document\)\s*$")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r"}
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def load_toml(text: str, file: str) -> tuple[Any, SourceMap, list[Issue]]:
@@ -25,6 +29,8 @@ def load_toml(text: str, file: str) -> tuple[Any, SourceMap, list[Issue]]:
     smap = SourceMap(file, lazy=lambda: toml_marks(text, file))
     try:
         data = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        return None, SourceMap(file), [_too_deep(text, file)]
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         line, col = getattr(exc, "lineno", 0), getattr(exc, "colno", 0)
@@ -41,7 +47,59 @@ def load_toml(text: str, file: str) -> tuple[Any, SourceMap, list[Issue]]:
             f"TOML syntax error: {msg}", mark=Mark(file, line, col), code="toml-syntax", hint=hint
         )
         return None, SourceMap(file), [issue]
+    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+        return None, SourceMap(file), [_too_long_number(text, file)]
     return data, smap, []
+
+
+#: strings and comments (run to their end or the end of the text: linear, never backtracking),
+#: brackets, and decimal numbers
+_TOKENS = re.compile(
+    r'"""(?:[^"\\]|\\.|"(?!""))*+(?:"""|\Z)|\'\'\'(?:[^\']|\'(?!\'\'))*+(?:\'\'\'|\Z)'
+    r'|"(?:[^"\\\n]|\\.)*+"?|\'[^\'\n]*+\'?|#[^\n]*+|[\[\]{}]|[0-9][0-9_]*+',
+    re.S,
+)
+
+
+def _offset_mark(text: str, offset: int, file: str) -> Mark:
+    line = text.count("\n", 0, offset) + 1
+    return Mark(file, line, offset - (text.rfind("\n", 0, offset) + 1) + 1)
+
+
+def _too_deep(text: str, file: str) -> Issue:
+    """Arrays and inline tables nested past ``MAX_DEPTH``, at the first bracket too many."""
+    depth, at = 0, 0
+    for m in _TOKENS.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                at = m.start()
+                break
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+    return Issue(
+        f"arrays and inline tables are nested more than {MAX_DEPTH} levels deep",
+        mark=_offset_mark(text, at, file),
+        code="too-deep",
+        hint="a manifest needs a few levels: check the brackets",
+    )
+
+
+def _too_long_number(text: str, file: str) -> Issue:
+    """A number too long for ``int()``, at the first run of digits that long."""
+    digits = sys.get_int_max_str_digits()
+    found = next(
+        (m for m in _TOKENS.finditer(text) if m.group()[0].isdigit() and len(m.group()) > digits),
+        None,
+    )
+    size = f"{len(found.group())} characters" if found else f"more than {digits} digits"
+    return Issue(
+        f"the number is {size} long; no manifest value needs more than 20 digits",
+        mark=_offset_mark(text, found.start() if found else 0, file),
+        code="number-range",
+        hint="write a size with a unit (512M, 4G) or check the value",
+    )
 
 
 class _Scanner:
@@ -95,7 +153,15 @@ class _Scanner:
         out = []
         while j < len(self.s) and self.s[j] not in (q, "\n"):
             if q == '"' and self.s[j] == "\\" and j + 1 < len(self.s):
-                out.append(self.s[j + 1])
+                c = self.s[j + 1]
+                size = {"u": 4, "U": 8}.get(c, 0)
+                digits = self.s[j + 2 : j + 2 + size]
+                if size and len(digits) == size and all(d in _HEX for d in digits):
+                    code = int(digits, 16)
+                    out.append(chr(code) if code <= 0x10FFFF else "?")
+                    j += 2 + size
+                    continue
+                out.append(_ESCAPES.get(c, c))
                 j += 2
                 continue
             out.append(self.s[j])

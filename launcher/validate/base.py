@@ -25,6 +25,13 @@ RULES: dict[str, tuple[str, str]] = {
     "key-type": ("syntax", "A YAML key is not a string."),
     "file-unreadable": ("syntax", "The manifest cannot be read or is not UTF-8 text."),
     "unknown-format": ("syntax", "The file name does not end in .toml, .yaml or .yml."),
+    "too-deep": ("syntax", "Tables and arrays nested more than 64 levels."),
+    "number-range": ("syntax", "A number outside 64 bits (or longer than int() converts)."),
+    "control-character": (
+        "syntax",
+        "A key or string holds a NUL or control character (values may hold tab and newline).",
+    ),
+    "path-not-utf8": ("values", "A relative path lies under a folder whose name is not UTF-8."),
     "not-a-table": ("shape", "The document is not a table/mapping."),
     "unknown-key": ("shape", "A key the schema does not know (with a did-you-mean)."),
     "missing-key": ("shape", "A required key is absent."),
@@ -39,6 +46,7 @@ RULES: dict[str, tuple[str, str]] = {
     "pci-addr-syntax": ("values", "A PCI addr is not SLOT or SLOT.FUNC, slot 0-31, function 0-7."),
     "pci-addr-required": ("pci", "A PCI device (or bus/multifunction) without an addr."),
     "vm-name-duplicate": ("run", "Two manifests in one validate run use the same VM name."),
+    "internal-error": ("run", "svlaunch itself failed on the file (a bug: exit code 3)."),
     # general
     "vm-name": (
         "limits",

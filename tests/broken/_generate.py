@@ -98,6 +98,43 @@ CASES: list[tuple[str, str, str, str]] = [
         "cpu.cpus",
     ),
     ("syntax-yaml-duplicate-top.yaml", ymv("@@name: other\n"), "duplicate-key", "name"),
+    # what any value may be (launcher/manifest/plain.py)
+    (
+        "plain-deep-array.toml",
+        "name = 'vm'\nx = " + "[" * 64 + "@@" + "[" * 40 + "]" * 104 + "\n",
+        "too-deep",
+        "-",
+    ),
+    (
+        "plain-deep-recursion.toml",
+        "name = 'vm'\nx = " + "[" * 64 + "@@" + "[" * 600 + "]" * 664 + "\n",
+        "too-deep",
+        "-",
+    ),
+    (
+        "plain-deep-inline.toml",
+        "name = 'vm'\nx = " + "{a=" * 64 + "@@" + "{a=" * 40 + "1" + "}" * 104 + "\n",
+        "too-deep",
+        "-",
+    ),
+    (
+        "plain-deep.yaml",
+        "name: vm\nx: " + "[" * 64 + "@@" + "[" * 40 + "]" * 104 + "\n",
+        "too-deep",
+        "-",
+    ),
+    ("plain-long-number.toml", mv(top="memory-zones = @@" + "9" * 5000), "number-range", "-"),
+    ("plain-long-number.yaml", ymv("x: @@" + "9" * 5000 + "\n"), "number-range", "-"),
+    ("plain-huge-hex.toml", mv(top="x = @@0x" + "f" * 17), "number-range", "x"),
+    ("plain-huge-hex.yaml", ymv("x: @@0x" + "f" * 2000 + "\n"), "number-range", "x"),
+    (
+        "plain-nul-path.toml",
+        mv(top='qmp = @@"/run/vm\\u0000.qmp"').replace('qmp = "/run/vm.qmp"\n', ""),
+        "control-character",
+        "qmp",
+    ),
+    ("plain-escape-value.yaml", ymv('cpu_model: @@"\\e[2J"\n'), "control-character", "cpu_model"),
+    ("plain-escape-key.toml", mv(top='@@"\\u001b[31mkey" = 1'), "control-character", "-"),
     ("syntax-yaml-list.yaml", "@@- name: vm\n", "not-a-table", "-"),
     ("syntax-toml-empty.toml", "# only a comment\n@@[cpu]\ncpus = 2\n", "missing-key", ""),
     # -- shape -------------------------------------------------------------------------------
@@ -1291,9 +1328,9 @@ CASES: list[tuple[str, str, str, str]] = [
     ),
     (
         "yaml-alias-bomb.yaml",
-        "@@a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+        "a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n@@f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
         "yaml-syntax",
-        "-",
+        "f",
     ),
     (
         "yaml-inline-unknown.yaml",
