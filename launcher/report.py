@@ -13,6 +13,7 @@ at most ``MAX_ISSUES`` issues per file and ``MAX_FIELD`` characters per field.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -61,27 +62,54 @@ def shown(text: str, *, lines: bool = False, limit: int = MAX_FIELD) -> str:
     return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+_YAML_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def source_lines(text: str, file: str) -> list[str]:
+    """``text``'s lines as the parser numbered them: YAML breaks lines at CR, LF, NEL and the
+    Unicode separators; TOML (and argv) only at LF (a lone CR or form feed is not a new line)."""
+    if file.endswith((".yaml", ".yml")):
+        return _YAML_BREAKS.split(text)
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 class Snippets:
     """Source lines by file, read once; unreadable files give no snippet."""
 
     def __init__(self, sources: dict[str, str] | None = None) -> None:
         self._lines: dict[str, list[str] | None] = {
-            k: v.splitlines() for k, v in (sources or {}).items()
+            k: source_lines(v, k) for k, v in (sources or {}).items()
         }
 
     def line(self, mark: Mark) -> str | None:
         if mark.line <= 0:
             return None
         if mark.file not in self._lines:
-            try:
-                with open(mark.file, encoding="utf-8", errors="replace") as f:
-                    self._lines[mark.file] = f.read(1 << 20).splitlines()
-            except OSError:
-                self._lines[mark.file] = None
+            self._lines[mark.file] = _read_lines(mark.file)
         lines = self._lines[mark.file]
         if lines is None or mark.line > len(lines) + 1:
             return None
         return lines[mark.line - 1] if mark.line <= len(lines) else ""  # end of file
+
+
+def _read_lines(path: str) -> list[str] | None:
+    """The lines of a regular file (never blocking on a FIFO or reading a device); None if it
+    cannot be read."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text = f.read(1 << 20).decode("utf-8", errors="replace")
+            return source_lines(text.removeprefix("\ufeff"), path)  # as the loader parsed it
+        except OSError:
+            return None
 
 
 def format_issue(issue: Issue, snippets: Snippets | None = None) -> str:

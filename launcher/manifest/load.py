@@ -64,6 +64,16 @@ def load_text_full(
         raise ValueError(f"unknown manifest format {fmt!r}")
     if text.startswith("\ufeff"):
         text = text[1:]
+    if not _utf8(text):  # text from a caller that decoded bytes with surrogateescape
+        at = next(n for n, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+        line = text.count("\n", 0, at) + 1
+        issue = Issue(
+            "the manifest is not UTF-8 text",
+            mark=Mark(source, line, at - (text.rfind("\n", 0, at) + 1) + 1),
+            code="file-unreadable",
+            hint="save the file as UTF-8",
+        )
+        return Loaded(None, [issue], SourceMap(source))
     data, smap, issues = parse(text, source)
     if issues:
         return Loaded(None, smap.locate(issues), smap)

@@ -2,14 +2,17 @@
 
 A manifest becomes StratoVirt arguments, host paths, a JSON plan and terminal output. None of
 those can carry a NUL, and control characters in them only ever serve to confuse a terminal or a
-log, so keys and strings may not hold them (a tab, and a newline in values, are allowed). No
+log (bidirectional overrides, to make a reviewer read a path that is not there), so keys and
+strings may not hold them (a tab, and a newline in values, are allowed). No
 manifest number needs more than 64 bits, and no manifest is nested more than a few levels, so
 anything beyond ``MAX_DEPTH`` is refused here instead of exhausting the recursion of the stages
-after. The walk is iterative: it must not itself recurse on the input it guards against.
+after. Values only YAML or TOML know (null, dates, bytes) are refused too: no key takes one.
+The walk is iterative: it must not itself recurse on the input it guards against.
 """
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -18,9 +21,11 @@ from launcher.manifest.sourcemap import Path, SourceMap, format_path
 
 MAX_DEPTH = 64  # tables and arrays; real manifests use 4
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # i64 .. u64: every number StratoVirt reads
-#: C0 controls but tab (and newline in values), DEL and the C1 controls (0x9b is a CSI)
-_KEY_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: C0 controls but tab (and newline in values), DEL, the C1 controls (0x9b is a CSI) and the
+#: bidirectional embeddings, overrides and isolates (text that reads differently than it is)
+_BIDI = "\u202a-\u202e\u2066-\u2069"
+_KEY_CONTROL = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{_BIDI}]")
+_VALUE_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_BIDI}]")
 
 
 def control_in(text: str, *, key: bool = False) -> tuple[int, str] | None:
@@ -31,8 +36,26 @@ def control_in(text: str, *, key: bool = False) -> tuple[int, str] | None:
     if m is None:
         return None
     code = ord(m.group())
-    name = "a NUL" if code == 0 else f"the control character U+{code:04X}"
+    kind = "bidirectional control" if code > 0x9F else "control character"
+    name = "a NUL" if code == 0 else f"the {kind} U+{code:04X}"
     return m.start() + 1, f"{name} at character {m.start() + 1}"
+
+
+def _foreign(value: Any, path: Path) -> Issue:
+    """A value YAML or TOML can write but no manifest key takes: null, a date, bytes."""
+    if value is None:
+        what, hint = "the key has no value (null)", "write a value or remove the key"
+    elif isinstance(value, (datetime.date, datetime.time)):
+        what, hint = "the value reads as a date or time", "quote it to make it a string"
+    else:  # !!binary bytes, !!set, !!omap pairs...
+        what = "the value is a YAML " + ("binary" if isinstance(value, bytes) else "special type")
+        hint = "write plain text, a number, a boolean, a table or a list"
+    return Issue(
+        f"{what}; manifests hold text, numbers, booleans, tables and lists",
+        format_path(path),
+        hint,
+        code="wrong-type",
+    )
 
 
 def check_plain(data: Any, smap: SourceMap) -> list[Issue]:
@@ -80,6 +103,8 @@ def check_plain(data: Any, smap: SourceMap) -> list[Issue]:
                         code="control-character",
                     )
                 )
+        elif value is None or not isinstance(value, (bool, int, float, str)):
+            issues.append(_foreign(value, path))
         elif isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
             issues.append(
                 Issue(

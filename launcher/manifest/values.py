@@ -11,7 +11,9 @@ import re
 
 KIB, MIB, GIB, TIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 _UNITS = {"": 1, "K": KIB, "M": MIB, "G": GIB, "T": TIB}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([KMGTkmgt])(?:i?B)?|B)?\s*$")
+_SIZE_RE = re.compile(r"^\s*([0-9]{1,20})\s*(?:([KMGTkmgt])(?:i?B)?|B)?\s*$")
+_DECIMAL = re.compile(r"[0-9]{1,20}")  # ASCII digits, at most 64 bits' worth
+MAX_RANGE = 1 << 16  # values one A-B range may expand to (cpus and nodes are far fewer)
 
 SIZE_HINT = 'write an integer number of bytes or a string like "512M", "1G", "1536MiB"'
 
@@ -76,7 +78,7 @@ def parse_int_list(value: object, what: str = "cpu list") -> tuple[int, ...]:
     for part in re.split(r"[,:]", text):
         part = part.strip()
         lo, sep, hi = part.partition("-")
-        if not lo.isdigit() or (sep and not hi.isdigit()):
+        if not _DECIMAL.fullmatch(lo) or (sep and not _DECIMAL.fullmatch(hi)):
             raise ValueError(f"invalid {what} item {part!r} in {value!r}")
         if not sep:
             out.append(int(lo))
@@ -84,6 +86,8 @@ def parse_int_list(value: object, what: str = "cpu list") -> tuple[int, ...]:
         a, b = int(lo), int(hi)
         if a >= b:
             raise ValueError(f"range {part!r} in {value!r} must go from low to high (A < B)")
+        if b - a >= MAX_RANGE:
+            raise ValueError(f"range {part!r} in {value!r} spans more than {MAX_RANGE} values")
         out.extend(range(a, b + 1))
     return tuple(out)
 

@@ -168,8 +168,10 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap, list[Issue]]:
                 )
             try:
                 return loader.construct_object(n, deep=True)
-            except (ValueError, OverflowError) as exc:  # e.g. a timestamp like 2024-13-45
-                raise _Limit(_bad_scalar(n, exc, file)) from None
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:  # PyYAML's own constructor on one scalar: a timestamp
+                raise _Limit(_bad_scalar(n, exc, file)) from None  # 2024-13-45, `!!int ""`
 
         try:
             data = build(node, (), 0)

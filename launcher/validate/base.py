@@ -29,7 +29,7 @@ RULES: dict[str, tuple[str, str]] = {
     "number-range": ("syntax", "A number outside 64 bits (or longer than int() converts)."),
     "control-character": (
         "syntax",
-        "A key or string holds a NUL or control character (values may hold tab and newline).",
+        "A key or string holds a NUL, control character or bidi override (tab, newline allowed).",
     ),
     "path-not-utf8": ("values", "A relative path lies under a folder whose name is not UTF-8."),
     "not-a-table": ("shape", "The document is not a table/mapping."),

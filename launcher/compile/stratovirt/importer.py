@@ -199,6 +199,11 @@ def parse_global(o: Occurrence, st: State) -> None:
         st.at("fast-unplug", v.index)
 
 
+def _decimal(text: str, width: int) -> bool:
+    """ASCII digits, at most ``width`` of them (``isdigit`` alone lets '²' through to int())."""
+    return 0 < len(text) <= width and text.isascii() and text.isdigit()
+
+
 def parse_incoming(o: Occurrence, st: State) -> None:
     text, index = o.value.text, o.value.index
     parts = text.split(":")
@@ -206,8 +211,8 @@ def parse_incoming(o: Occurrence, st: State) -> None:
     ok = len(parts) == 2 and scheme in ("file", "unix") and parts[1]
     if scheme == "tcp" and len(parts) == 3:
         octets = parts[1].split(".")
-        ok = len(octets) == 4 and all(x.isdigit() and int(x) < 256 for x in octets)
-        ok = ok and parts[2].isdigit() and int(parts[2]) < 65536
+        ok = len(octets) == 4 and all(_decimal(x, 3) and int(x) < 256 for x in octets)
+        ok = ok and _decimal(parts[2], 5) and int(parts[2]) < 65536
     if not ok:
         raise fail(
             "Invalid incoming uri", index, 1, "write file:PATH, unix:PATH or tcp:IPV4:PORT", text

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from launcher.errors import InvalidInput, Issue, Mark
 
 MIB, GIB = 1 << 20, 1 << 30
+MAX_RANGE = 1 << 16  # values one A-B range may expand to (cpus and nodes are far fewer)
 BOOL_TRUE = ("on", "true", "yes")
 BOOL_FALSE = ("off", "false", "no")
 
@@ -57,6 +58,8 @@ def read_uint(text: str, bits: int = 64) -> int:
     digits = text[1:] if text.startswith("+") else text
     if not digits.isascii() or not digits.isdigit():
         raise ValueError(f"'{text}' is not an unsigned decimal integer")
+    if len(digits.lstrip("0")) > 20:  # (and int() refuses 4,300 digits)
+        raise ValueError(f"'{text}' does not fit in u{bits} (max {(1 << bits) - 1})")
     value = int(digits)
     if value >= 1 << bits:
         raise ValueError(f"'{text}' does not fit in u{bits} (max {(1 << bits) - 1})")
@@ -69,6 +72,8 @@ def read_int(text: str, bits: int = 32) -> int:
     digits = text[1:] if text[:1] in "+-" else text
     if not digits.isascii() or not digits.isdigit():
         raise ValueError(f"'{text}' is not a decimal integer")
+    if len(digits.lstrip("0")) > 20:
+        raise ValueError(f"'{text}' does not fit in i{bits}")
     value = sign * int(digits)
     if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
         raise ValueError(f"'{text}' does not fit in i{bits}")
@@ -98,7 +103,7 @@ def read_size(text: str) -> int:
             f"'{text}' is not a StratoVirt size: digits with an optional M or G suffix "
             "(a plain number is MiB; K, T, fractions and 'MiB' are not accepted)"
         )
-    value = int(body) * unit
+    value = int(body) * unit if len(body.lstrip("0")) <= 20 else 1 << 64
     if value >= 1 << 64:
         raise ValueError(f"Integer overflow occurred during parse of '{text}'")
     return value
@@ -119,6 +124,8 @@ def read_intlist(text: str) -> tuple[int, ...]:
             raise ValueError(f"'{item}' in '{text}' is not N or A-B") from None
         if sep and a >= b:
             raise ValueError(f"range '{item}' in '{text}' needs A < B")
+        if b - a >= MAX_RANGE:
+            raise ValueError(f"range '{item}' in '{text}' spans more than {MAX_RANGE} values")
         out.extend(range(a, b + 1))
     return tuple(out)
 
