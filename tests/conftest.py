@@ -4,12 +4,18 @@ The folders are the tiers (docs/testing.md): ``unit/`` runs anywhere, ``kvm/`` n
 ``root/`` needs root (taps, namespaces, cgroups) and /dev/kvm, ``rig/`` boots real Linux in the
 nested rig. Every test in a folder gets that folder's marker, so ``-m "not rig"`` and friends
 select tiers. Shared helpers live in ``support/`` (tiny guests, a virtio driver, the rig runner).
+
+No traceback for any input, anywhere in the suite: every ``svlaunch`` the suite runs (in-process,
+as a subprocess, in tmux) records an internal error in ``$SVLAUNCH_CRASH_DIR`` (set here for the
+whole session), and output that pytest captures is searched too. A test phase that leaves either
+fails, unless the test is marked ``traceback_ok`` (it provokes one on purpose).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +27,46 @@ sys.path.insert(0, str(SUPPORT))
 TIERS = {"kvm": ("kvm",), "root": ("root", "kvm"), "rig": ("rig",)}
 
 LONG = os.environ.get("SVLAUNCH_LONG") == "1"
+TRACEBACK = "Traceback (most recent call last)"
+CRASH_DIR = "SVLAUNCH_CRASH_DIR"  # launcher/cli.py writes one file per internal error here
+_seen: set[str] = set()  # crash records already reported
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "traceback_ok: the test provokes a traceback on purpose (exempt from the check)"
+    )
+    if not os.environ.get(CRASH_DIR):
+        os.environ[CRASH_DIR] = tempfile.mkdtemp(prefix="svlaunch-crashes-")
+    _seen.update(_crashes())  # records from before this session are not this session's
+
+
+def _crashes() -> set[str]:
+    try:
+        return set(os.listdir(os.environ[CRASH_DIR]))
+    except OSError:
+        return set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Fail the phase (setup, call, teardown) that left a crash record or printed a traceback."""
+    report = yield
+    new = _crashes() - _seen
+    _seen.update(new)
+    if "traceback_ok" in item.keywords or report.failed:
+        return report
+    found = []
+    for name in sorted(new):
+        with open(os.path.join(os.environ[CRASH_DIR], name), encoding="utf-8") as f:
+            found.append(f"svlaunch crashed ({name}):\n{f.read()}")
+    for title, text in report.sections:  # this phase's output (later phases repeat earlier ones)
+        if title.endswith(f" {report.when}") and TRACEBACK in text:
+            found.append(f"a traceback in the {title.lower()}:\n{text}")
+    if found:
+        report.outcome = "failed"
+        report.longrepr = "no traceback for any input (tests/conftest.py):\n" + "\n".join(found)
+    return report
 
 # `svlaunch up` starts an engine pool on first use (docs/pool.md), which would outlive the test
 # that caused it: tests exercise the exec path unless they ask for a pool (tests/kvm/test_pool.py

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
-from contextlib import redirect_stderr, redirect_stdout
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import replace
+from pathlib import Path
 
 from launcher import model as m
 from launcher.cli import main
@@ -57,14 +60,39 @@ def test_missing_files_and_kvm(tmp_path) -> None:
     assert ("host-file", "boot.initrd") in codes(issues)
 
 
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` made unwritable for this user: mode 0444, and for root (whom modes do not stop)
+    the immutable attribute, which refuses writes to root too (access(2): EPERM)."""
+    os.chmod(path, 0o444)
+    if os.geteuid() != 0:
+        yield
+        return
+    subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
 def test_read_only_image_needs_only_read(tmp_path) -> None:
     man = base(tmp_path)
-    os.chmod(tmp_path / "root.img", 0o444)
-    if os.geteuid() == 0:  # root can write anything: nothing to see
-        return
-    assert ("host-file", "drives.root.file") in codes(check_host(man, make_host(tmp_path)))
-    ro = replace(man, drives=(replace(man.drives[0], readonly=True),))
-    assert check_host(ro, make_host(tmp_path)) == []
+    with unwritable(tmp_path / "root.img"):
+        assert not os.access(tmp_path / "root.img", os.W_OK)
+        issues = check_host(man, make_host(tmp_path))
+        assert codes(issues) == [("host-file", "drives.root.file")]
+        assert "is not read and writeable by this user" in issues[0].message
+        ro = replace(man, drives=(replace(man.drives[0], readonly=True),))
+        assert check_host(ro, make_host(tmp_path)) == []
+
+
+def test_a_folder_where_a_file_is_expected(tmp_path) -> None:
+    man = base(tmp_path)
+    (tmp_path / "kernel-dir").mkdir()
+    man = replace(man, boot=replace(man.boot, kernel=str(tmp_path / "kernel-dir")))
+    issues = check_host(man, make_host(tmp_path))
+    assert codes(issues) == [("host-file", "boot.kernel")]
+    assert "is not a regular file or block device" in issues[0].message
 
 
 def test_tap_missing_without_root(tmp_path) -> None:
