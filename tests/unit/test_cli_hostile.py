@@ -14,7 +14,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from hypothesis import strategies as st
 from launcher.cli import main
 from launcher.compile.stratovirt.tokens import STRATOVIRT_OPTIONS
 from launcher.manifest.load import load_text, load_text_full, read_source
-from launcher.report import escape
 
 pytest_plugins = ("pytester",)
 
@@ -160,12 +158,11 @@ def test_the_folder_walk_reports_odd_entries_and_ends(tmp_path: Path) -> None:
     os.symlink("..", tmp_path / "sub" / "up")  # a folder loop through a symlink
     (tmp_path / "dir.toml").mkdir()
     (tmp_path / "sub" / "good.toml").write_text(GOOD.format(name="good"))
-    try:
-        start = time.monotonic()
-        rc, out, err = run("validate", str(tmp_path))
-        assert time.monotonic() - start < 20
+    try:  # as a process: a walk that blocks fails the test instead of hanging the suite
+        proc = run_process("validate", str(tmp_path), timeout=30)
     finally:
         sock.close()
+    rc, out, err = proc.returncode, proc.stdout.decode(), proc.stderr.decode()
     assert rc == 1
     assert "5 manifest(s) checked: 1 valid, 4 invalid" in out
     assert "fifo.toml: error[file-unreadable]: cannot read the manifest: it is a FIFO" in err
@@ -249,6 +246,8 @@ def test_argparse_and_unknown_commands_echo_escaped() -> None:
 
 
 def test_escape_writes_out_what_a_terminal_would_act_on() -> None:
+    from launcher.report import escape
+
     assert escape("a\x1b[2J\r\n\t\x00\x7f\x9b\u202e\udcff\u200b é 中") == (
         "a\\x1b[2J\\r\\n\\t\\x00\\x7f\\x9b\\u202e\\xff\\u200b é 中"
     )
@@ -346,9 +345,8 @@ def test_import_numbers_in_the_users_terms(argv: list[str]) -> None:
 def test_manifest_numbers_in_the_users_terms(tmp_path: Path, line: str, code: str) -> None:
     path = tmp_path / "vm.toml"
     path.write_text(GOOD.format(name="vm") + line + "\n")
-    start = time.monotonic()
     rc, _, err = run("validate", str(path))
-    assert rc == 1 and f"error[{code}]" in err and time.monotonic() - start < 10
+    assert rc == 1 and f"error[{code}]" in err
 
 
 def test_every_value_a_plan_or_argv_cannot_carry_is_refused_at_load() -> None:
