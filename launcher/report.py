@@ -8,7 +8,7 @@ below the command modules prints except through these functions.
 Everything shown comes from users (keys, values, paths, source lines, argv), so every string
 goes through ``escape`` here, at the one place issues become text or JSON: a crafted manifest
 cannot move the cursor, clear the screen or colour a fake "valid" line. Output is bounded too:
-at most ``MAX_ISSUES`` issues per file and ``MAX_FIELD`` characters per field.
+at most ``MAX_ISSUES`` issues per file and ``MAX_FIELD`` characters per field (or line).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any, TextIO
 from launcher.errors import InvalidInput, Issue, Mark, SvlaunchError
 
 MAX_ISSUES = 50  # per file, by default: a broken file must not flood the terminal
-MAX_FIELD = 1000  # characters of one message, hint, path or file name
+MAX_FIELD = 1000  # characters of one message line, hint, path or file name
+MAX_LINES = 40  # lines of one message
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -55,8 +56,17 @@ def escape(text: str, *, lines: bool = False) -> str:
 
 
 def shown(text: str, *, lines: bool = False, limit: int = MAX_FIELD) -> str:
-    """``escape``d and cut to ``limit`` characters, saying how many were left out."""
-    text = escape(text, lines=lines)
+    """``escape``d and cut to ``limit`` characters, saying how many were left out; with
+    ``lines``, each line is cut so, and at most ``MAX_LINES`` lines are kept (the first and the
+    last halves: a log tail's last line is the one that names the cause)."""
+    if lines and "\n" in text:
+        parts = [shown(line, limit=limit) for line in text.split("\n")]
+        if len(parts) > MAX_LINES:
+            half = MAX_LINES // 2
+            gap = f"... ({len(parts) - 2 * half} more lines)"
+            parts = [*parts[:half], gap, *parts[-half:]]
+        return "\n".join(parts)
+    text = escape(text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit} more characters)"

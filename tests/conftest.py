@@ -14,6 +14,7 @@ fails, unless the test is marked ``traceback_ok`` (it provokes one on purpose).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ LONG = os.environ.get("SVLAUNCH_LONG") == "1"
 TRACEBACK = "Traceback (most recent call last)"
 CRASH_DIR = "SVLAUNCH_CRASH_DIR"  # launcher/cli.py writes one file per internal error here
 _seen: set[str] = set()  # crash records already reported
+_OWN_CRASH_DIR = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,7 +40,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if not os.environ.get(CRASH_DIR):
         os.environ[CRASH_DIR] = tempfile.mkdtemp(prefix="svlaunch-crashes-")
+        config.stash[_OWN_CRASH_DIR] = os.environ[CRASH_DIR]
     _seen.update(_crashes())  # records from before this session are not this session's
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_OWN_CRASH_DIR, None)
+    if folder:  # the session's own folder; every record in it was reported with its test
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _crashes() -> set[str]:
@@ -67,6 +76,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         report.outcome = "failed"
         report.longrepr = "no traceback for any input (tests/conftest.py):\n" + "\n".join(found)
     return report
+
 
 # `svlaunch up` starts an engine pool on first use (docs/pool.md), which would outlive the test
 # that caused it: tests exercise the exec path unless they ask for a pool (tests/kvm/test_pool.py

@@ -78,6 +78,7 @@ def test_a_missing_kernel_is_a_located_error_before_any_engine_starts(tmp_path: 
     assert not (tmp_path / "rt" / "nokernel").exists()
 
 
+@pytest.mark.traceback_ok  # a broken engine build is a bug: its traceback is the right output
 def test_a_broken_virtio_factory_fails_the_start_and_names_the_import(tmp_path: Path, env) -> None:
     """A broken engine build (here: engine/virtio/factory.py cannot be imported, in a copy of
     the project) must fail ``up`` with the real cause, never pass as a missing feature: every

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+
 from engine.eventloop import EventLoop, IoThread
 
 
@@ -31,6 +33,7 @@ def test_reader_callback_and_threadsafe_call() -> None:
     loop.close()
 
 
+@pytest.mark.traceback_ok  # the callback's exception is logged with its traceback, on purpose
 def test_failing_callback_is_logged_not_fatal(caplog) -> None:
     loop = EventLoop("t")
     done = threading.Event()
