@@ -155,3 +155,17 @@ def test_the_stratovirt_binary_matters_only_for_the_stratovirt_target(tmp_path) 
     host = make_host(tmp_path)
     assert ("host-file", "ozone.exec-file") not in codes(check_host(man, host))
     assert ("host-file", "ozone.exec-file") in codes(check_host(man, host, target="stratovirt"))
+
+
+def test_a_file_the_sandbox_uid_cannot_read(tmp_path) -> None:
+    """With [ozone], the engine opens the VM's files as the sandbox's uid, not as this user:
+    an image only its owner may read is refused for that uid (a real denial, root or not)."""
+    uid = os.geteuid() + 1000
+    man = replace(base(tmp_path), ozone=m.Ozone(str(tmp_path / "stratovirt"), uid, uid))
+    os.chmod(tmp_path / "root.img", 0o600)
+    issues = [i for i in check_host(man, make_host(tmp_path)) if i.path == "drives.root.file"]
+    assert [i.code for i in issues] == ["host-sandbox"], issues
+    assert f"uid {uid} (gid {uid}) cannot read and write" in issues[0].message
+    os.chmod(tmp_path / "root.img", 0o666)
+    issues = [i for i in check_host(man, make_host(tmp_path)) if i.path == "drives.root.file"]
+    assert issues == []
