@@ -342,7 +342,12 @@ CASES: list[tuple[str, str, str, str]] = [
     ("name-newline.toml", mv().replace('name = "vm"', 'name = @@"vm\\n"'), "vm-name", "name"),
     ("name-slash.toml", mv().replace('name = "vm"', 'name = @@"a/b"'), "vm-name", "name"),
     ("name-dotdot.toml", mv().replace('name = "vm"', 'name = @@"../x"'), "vm-name", "name"),
-    ("name-escape.toml", mv().replace('name = "vm"', 'name = @@"\\u001b[2J"'), "vm-name", "name"),
+    (
+        "name-escape.toml",
+        mv().replace('name = "vm"', 'name = @@"\\u001b[2J"'),
+        "control-character",
+        "name",
+    ),
     ("name-newline.yaml", ymv().replace("name: vm", 'name: @@"vm\\n"'), "vm-name", "name"),
     (
         "cmdline-too-long.toml",
