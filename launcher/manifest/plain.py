@@ -24,15 +24,17 @@ INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # i64 .. u64: every number StratoV
 #: C0 controls but tab (and newline in values), DEL, the C1 controls (0x9b is a CSI) and the
 #: bidirectional embeddings, overrides and isolates (text that reads differently than it is)
 _BIDI = "\u202a-\u202e\u2066-\u2069"
-_KEY_CONTROL = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{_BIDI}]")
-_VALUE_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_BIDI}]")
+_KEY_CONTROL = f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{_BIDI}]"
+_VALUE_CONTROL = f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_BIDI}]"
 
 
 def control_in(text: str, *, key: bool = False) -> tuple[int, str] | None:
     """The first control character in ``text``: its 1-based position and a description; None
     if there is none. Values may hold tabs and newlines (a kernel command line over several
     lines), keys tabs."""
-    m = (_KEY_CONTROL if key else _VALUE_CONTROL).search(text)
+    if text.isprintable():  # the usual case, without compiling a pattern (start-up cost)
+        return None
+    m = re.search(_KEY_CONTROL if key else _VALUE_CONTROL, text)  # (re caches the pattern)
     if m is None:
         return None
     code = ord(m.group())
