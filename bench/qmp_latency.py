@@ -1,9 +1,12 @@
-"""QMP round-trip latency: `query-status` over a unix socket, our server vs QEMU's, same host.
+"""QMP round-trip latency: `query-status` over a unix socket, the real engine vs QEMU, same host.
 
-Each side runs in its own process; the client is a bare blocking socket (send one line, read one
-line) so the numbers are the servers', not a client library's. Our server throttles at 100
-commands/s per connection (StratoVirt's leaky bucket), so the client opens a fresh, negotiated
-connection every 90 commands; connection set-up is not timed. Goal: p99 <= 1 ms.
+Our side is the engine process itself (``python -m engine run``) with a paused tiny VM, its QMP
+server on the engine's main loop exactly as ``svlaunch up`` runs it; QEMU's is
+``qemu-system-x86_64 -machine none -S``. The client is a bare blocking socket (send one line,
+read one line) so the numbers are the servers', not a client library's. The engine admits 100
+commands per second per VM (StratoVirt's leaky bucket, docs/qmp.md), so the client sends bursts of
+90 on a fresh, negotiated connection and lets the bucket drain between them; QEMU gets the same
+pacing. Connection set-up is not timed. Goal: p99 <= 1 ms.
 
     python bench/qmp_latency.py [--samples N]
 """
@@ -11,37 +14,40 @@ connection every 90 commands; connection set-up is not timed. Goal: p99 <= 1 ms.
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 PER_CONNECTION = 90
+DRAIN_S = 1.0  # the bucket empties at 100/s
 
-OUR_SERVER = textwrap.dedent(
-    """
-    import sys, time
-    from engine.qmp.control import MachineInfo, RunState
-    from engine.qmp.server import QmpServer
 
-    class Idle:  # the smallest VmControl: query-status is all this benchmark asks
-        def info(self): return MachineInfo("bench")
-        def status(self): return RunState.PAUSED
+def start_engine(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The engine process with a paused tiny VM (a guest that would only halt)."""
+    from tiny_guest import HANG, make_plan, write_guest
 
-    srv = QmpServer(Idle(), [sys.argv[1]])
-    srv.start()
-    print("ready", flush=True)
-    sys.stdin.read()
-    srv.close()
-    """
-)
+    from engine.__main__ import engine_argv
+
+    sock = tmp / "engine.sock"
+    plan = make_plan(write_guest(tmp, HANG), serial_file=tmp / "serial")
+    plan = dataclasses.replace(plan, name="bench", qmp=(str(sock),), paused=True, seccomp=True)
+    plan_file = tmp / "plan.json"
+    plan_file.write_text(plan.dumps())
+    proc = subprocess.Popen(engine_argv(str(plan_file)), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the engine did not start its QMP server")
+        time.sleep(0.02)
+    return proc, str(sock)
 
 
 def _readline(sock: socket.socket, buf: bytearray) -> bytes:
@@ -92,7 +98,7 @@ def measure(path: str, samples: int) -> list[float]:
                     raise RuntimeError(f"unexpected reply: {reply!r}")
         finally:
             s.close()
-        time.sleep(0.01)
+        time.sleep(DRAIN_S)
     return out
 
 
@@ -108,25 +114,18 @@ def report(label: str, us: list[float]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=5000)
+    ap.add_argument("--samples", type=int, default=900)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="svl-qmp-bench-"))
     rc = 0
     try:
-        ours = str(tmp / "ours.sock")
-        proc = subprocess.Popen(
-            [sys.executable, "-c", OUR_SERVER, ours],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        proc, ours = start_engine(tmp)
         try:
-            measure(ours, 200)  # warm-up
-            report("svlaunch engine QMP server", measure(ours, args.samples))
+            measure(ours, PER_CONNECTION)  # warm-up
+            report("svlaunch engine (paused VM)", measure(ours, args.samples))
         finally:
-            proc.communicate(b"", timeout=10)
+            _quit(ours)
+            proc.wait(15)
 
         qemu = shutil.which("qemu-system-x86_64")
         if qemu is None:
@@ -150,8 +149,8 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
             )
             try:
-                measure(qsock, 200)
-                report("QEMU (-machine none) QMP", measure(qsock, args.samples))
+                measure(qsock, PER_CONNECTION)
+                report("QEMU (-machine none -S)", measure(qsock, args.samples))
             finally:
                 qp.kill()
                 qp.wait()
@@ -161,6 +160,15 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rc
+
+
+def _quit(path: str) -> None:
+    s, buf = _session(path)
+    try:
+        s.sendall(b'{"execute":"quit"}\n')
+        _readline(s, buf)
+    finally:
+        s.close()
 
 
 if __name__ == "__main__":

@@ -135,14 +135,33 @@ def mac_problem(mac: str | None) -> Problem | None:
 
 
 def ifname_problem(ifname: str | None) -> Problem | None:
-    if ifname is None or len(ifname.encode()) <= MAX_IFNAME:
+    """A tap name Linux takes literally. ``%d`` is a template: the kernel creates the first
+    free ``tapN`` instead, a persistent interface nobody would record or delete."""
+    if ifname is None:
         return None
-    return Problem(
-        "ifname",
-        "net-ifname",
-        f"tap name {ifname!r} is {len(ifname.encode())} bytes; Linux allows {MAX_IFNAME}",
-        "use a shorter name",
-    )
+    if len(ifname.encode()) > MAX_IFNAME:
+        return Problem(
+            "ifname",
+            "net-ifname",
+            f"tap name {ifname!r} is {len(ifname.encode())} bytes; Linux allows {MAX_IFNAME}",
+            "use a shorter name",
+        )
+    if "%" in ifname:
+        return Problem(
+            "ifname",
+            "net-ifname",
+            f"tap name {ifname!r} holds '%': Linux would create a numbered tap (tap%d -> tap0) "
+            "that svlaunch cannot track or remove",
+            "name the tap exactly, e.g. tap0",
+        )
+    if not ifname or ifname in (".", "..") or any(c in ifname for c in "/: \t\n\r\0"):
+        return Problem(
+            "ifname",
+            "net-ifname",
+            f"tap name {ifname!r} is not a valid interface name",
+            "use letters, digits, '-' and '_' (no '/', ':', whitespace, '.' or '..')",
+        )
+    return None
 
 
 def range_problem(field: str, code: str, what: str, value: int, limits: IntRange) -> Problem | None:

@@ -31,6 +31,8 @@ class EventLoop:
         self.name = name
         self._epoll = select.epoll()
         self._readers: dict[int, Callback] = {}
+        self._writers: dict[int, Callback] = {}
+        self._masks: dict[int, int] = {}  # what each fd is registered for
         self._pending: deque[Callback] = deque()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
@@ -42,18 +44,46 @@ class EventLoop:
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         """Call ``callback()`` whenever ``fd`` is readable (level-triggered)."""
-        if fd in self._readers:
-            self._epoll.modify(fd, select.EPOLLIN)
-        else:
-            self._epoll.register(fd, select.EPOLLIN)
         self._readers[fd] = callback
+        self._update(fd)
 
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
-            try:
-                self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass  # fd already closed: epoll dropped it
+            self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        """Call ``callback()`` whenever ``fd`` is writable (level-triggered: remove it once the
+        output is flushed). A socket that never drains is its owner's to give up on."""
+        self._writers[fd] = callback
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def _update(self, fd: int) -> None:
+        mask = (select.EPOLLIN if fd in self._readers else 0) | (
+            select.EPOLLOUT if fd in self._writers else 0
+        )
+        old = self._masks.get(fd, 0)
+        try:
+            if not mask:
+                self._masks.pop(fd, None)
+                if old:
+                    self._epoll.unregister(fd)
+            elif old:
+                try:
+                    self._epoll.modify(fd, mask)
+                except FileNotFoundError:  # closed without removal, and the number reused
+                    self._epoll.register(fd, mask)
+                self._masks[fd] = mask
+            else:
+                self._epoll.register(fd, mask)
+                self._masks[fd] = mask
+        except (OSError, ValueError):
+            if mask:
+                raise
+            # removing an fd already closed: epoll dropped it
 
     def call_soon_threadsafe(self, callback: Callback) -> None:
         """Run ``callback`` on the loop's thread at its next turn (safe from any thread)."""
@@ -81,16 +111,21 @@ class EventLoop:
             events = self._epoll.poll(-1 if timeout is None else timeout)
         except InterruptedError:
             events = []
-        for fd, _mask in events:
+        for fd, mask in events:
             if fd == self._wake:
                 try:
                     os.eventfd_read(self._wake)
                 except BlockingIOError:
                     pass
                 continue
-            cb = self._readers.get(fd)
-            if cb is not None:
-                self._dispatch(cb)
+            if mask != select.EPOLLOUT:  # readable, or hang-up/error: the reader sees it
+                cb = self._readers.get(fd)
+                if cb is not None:
+                    self._dispatch(cb)
+            if mask & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                wcb = self._writers.get(fd)
+                if wcb is not None:
+                    self._dispatch(wcb)
         while self._pending:
             self._dispatch(self._pending.popleft())
 
@@ -119,6 +154,11 @@ class IoThread:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def native_id(self) -> int:
+        """The kernel thread id serving this iothread (QMP ``query-iothreads``), 0 before start."""
+        return self._thread.native_id or 0
 
     def stop(self, timeout: float = 2.0) -> None:
         self.loop.stop()

@@ -86,6 +86,7 @@ MAIN: dict[str, str] = {
     "getpeername": "socket objects query their peer",
     "clone": "starting vCPU/iothreads (resume, hot-plug)",
     "clone3": "glibc ≥ 2.34 starts threads with clone3",
+    "fstatfs": "hot-plug: the host-file check refuses files on /proc, /sys (engine.hostfiles)",
     "unlink": "removing the QMP socket on exit",
     "unlinkat": "removing the QMP socket on exit",
     "pread64": "virtio-blk served on the main loop",

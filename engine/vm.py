@@ -26,10 +26,12 @@ if TYPE_CHECKING:
     from engine.machine.hotplug import HotReplace
     from engine.qmp.control import (
         BlockdevSpec,
+        BlockInfo,
+        ChardevInfo,
         CpuInfo,
         DeviceSpec,
         EventSink,
-        FdTable,
+        IoThreadInfo,
         MachineInfo,
         NetdevSpec,
         RunState,
@@ -71,17 +73,9 @@ class Vm:
         self.stop_reason = ""
         self._started_at = 0.0
         self._build_kwargs = build_kwargs
-        self._fds: FdTable | None = None
         self._hot: HotReplace | None = None
         #: time.monotonic() of the first resume (the guest's first instruction), for start-up marks
         self.first_run_at: float | None = None
-
-    @property
-    def fds(self) -> FdTable:
-        """Named fds from ``getfd`` (created on first use)."""
-        if self._fds is None:
-            self._fds = _qmp().FdTable()
-        return self._fds
 
     @property
     def hot(self) -> HotReplace:
@@ -92,11 +86,7 @@ class Vm:
             if self.machine is None:
                 raise _qmp().QmpError("the VM is not built")
             self._hot = HotReplace(
-                self.machine.devices,
-                self.plan.devices,
-                self.fds.take,
-                self.plan.name,
-                self.plan.iothreads,
+                self.machine.devices, self.plan.devices, self.plan.name, self.plan.iothreads
             )
         return self._hot
 
@@ -105,6 +95,9 @@ class Vm:
     def start(self, *, paused: bool = False) -> None:
         self.machine = build(self.plan, self, **self._build_kwargs)
         self._started_at = time.monotonic()
+        balloon = self._device("balloon")
+        if balloon is not None:  # the guest moved the balloon: BALLOON_CHANGED (any thread)
+            balloon.on_change = lambda actual: self.sink.emit("BALLOON_CHANGED", {"actual": actual})
         if not paused:
             self.machine.resume()
             self._state = RUNNING
@@ -132,8 +125,6 @@ class Vm:
             self.machine = None
         if self._hot is not None:
             self._hot.close()
-        if self._fds is not None:
-            self._fds.close_all()
 
     def _finish(self, code: int, reason: str) -> None:
         with self._lock:
@@ -300,8 +291,27 @@ class Vm:
         # microvm: the slot is empty at once, and the event path is the id (StratoVirt)
         self.sink.emit("DEVICE_DELETED", {"device": device_id, "path": device_id})
 
-    def getfd(self, name: str, fd: int) -> None:
-        self.fds.put(name, fd)
+    def query_block(self) -> list[BlockInfo]:
+        if self.machine is None:
+            return []
+        from engine.machine import inventory
+
+        unused = self._hot.unused_blockdevs() if self._hot is not None else []
+        return inventory.block_nodes(self.machine, unused)
+
+    def query_chardevs(self) -> list[ChardevInfo]:
+        if self.machine is None:
+            return []
+        from engine.machine import inventory
+
+        return inventory.chardevs(self.machine)
+
+    def query_iothreads(self) -> list[IoThreadInfo]:
+        if self.machine is None:
+            return []
+        from engine.machine import inventory
+
+        return inventory.iothreads(self.machine)
 
     def stats(self) -> VmStats:
         if self.machine is None:

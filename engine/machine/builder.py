@@ -197,7 +197,12 @@ def build(
             lambda: events.on_poweroff("guest poweroff (ACPI S5)"),
         )
         for spec in plan.devices:
-            dm.attach_virtio(spec, dm.create_virtio(spec))
+            device = dm.create_virtio(spec)
+            try:
+                dm.attach_virtio(spec, device)
+            except BaseException:
+                device.close()  # not the manager's yet: a tap it created goes with it
+                raise
         m.kernel = _load_boot_data(m)  # 6
         supported = kvm.supported_cpuid()  # 7
         profile = profiling_requested()

@@ -18,12 +18,13 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine import device_rules as rules
 from engine.errors import EngineError
+from engine.hostfiles import check_host_file
 from engine.machine.devices import AttachedDevice, DeviceManager
 from engine.plan import BlkPlan, DevicePlan, NetPlan, SlotPlan
 
@@ -45,7 +46,9 @@ class Backend:
     kind: str
     id: str
     spec: Any  # engine.qmp.control.BlockdevSpec | NetdevSpec
-    fds: tuple[int, ...] = ()  # net: tap fds taken from getfd (owned here; devices get dups)
+    fds: tuple[
+        int, ...
+    ] = ()  # net: tap fds a client passed with getfd (owned here; devices get dups)
     user: str | None = None  # the device id using it
 
 
@@ -80,7 +83,6 @@ class HotReplace:
         self,
         dm: DeviceManager,
         devices: Sequence[DevicePlan],
-        take_fd: Callable[[str], int],
         vm_name: str = "",
         iothreads: tuple[str, ...] = (),
     ) -> None:
@@ -89,37 +91,44 @@ class HotReplace:
         self.iothreads = iothreads
         self.slots = SlotTable.from_devices(devices)
         self.backends: dict[tuple[str, str], Backend] = {}
-        self._take_fd = take_fd
         self._lock = threading.Lock()
 
     # -- backends -----------------------------------------------------------------------------------
 
     def blockdev_add(self, spec: Any) -> None:
+        """Register a block backend; its file passes the manifest's host-file check now (and is
+        opened through it again when a device uses it: ``engine.hostfiles``)."""
         with self._lock:
             if ("blk", spec.node_name) in self.backends:
                 raise HotplugError(f"Block device '{spec.node_name}' already exists")
-            if not os.path.exists(spec.filename):
-                raise HotplugError(
-                    f"Failed to open block device '{spec.node_name}': {spec.filename}: "
-                    "No such file or directory",
-                    hint="give file.filename as an existing host path",
-                )
+            problem = check_host_file(
+                spec.filename, what=f"blockdev-add {spec.node_name}", write=not spec.read_only
+            )
+            if problem is not None:
+                raise HotplugError(problem.message, hint=problem.hint)
             self.backends["blk", spec.node_name] = Backend("blk", spec.node_name, spec)
 
     def netdev_add(self, spec: Any) -> None:
+        """Register a net backend. ``spec.fds`` are open tap fds this call owns: kept with the
+        backend, or closed when it is refused."""
+        try:
+            with self._lock:
+                if ("net", spec.id) in self.backends:
+                    raise HotplugError(f"Net device '{spec.id}' already exists")
+                problem = rules.ifname_problem(spec.ifname)
+                if problem is not None:
+                    raise HotplugError(problem.message, hint=problem.hint)
+                self.backends["net", spec.id] = Backend("net", spec.id, spec, tuple(spec.fds))
+        except BaseException:
+            for fd in spec.fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+
+    def unused_blockdevs(self) -> list[Any]:
+        """``blockdev-add`` specs no device uses (``query-named-block-nodes``)."""
         with self._lock:
-            if ("net", spec.id) in self.backends:
-                raise HotplugError(f"Net device '{spec.id}' already exists")
-            fds: list[int] = []
-            try:
-                for ref in spec.fds:
-                    fds.append(self._take_fd(ref))
-            except BaseException:
-                for fd in fds:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-                raise
-            self.backends["net", spec.id] = Backend("net", spec.id, spec, tuple(fds))
+            return [b.spec for b in self.backends.values() if b.kind == "blk" and b.user is None]
 
     def _del_backend(self, kind: str, name: str) -> None:
         with self._lock:

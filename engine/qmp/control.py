@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import os
-import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,18 +92,58 @@ class BlockdevSpec:
     filename: str
     read_only: bool = False
     direct: bool = True
-    no_flush: bool = False
     iops: int | None = None
 
 
 @dataclass(frozen=True)
 class NetdevSpec:
-    """``netdev_add``: a tap by ``ifname`` or by fds named through ``getfd`` (or numbers)."""
+    """``netdev_add``: a tap by ``ifname``, or tap fds the client handed over with ``getfd``.
+
+    ``fds`` are open descriptors, already taken from the client's table: ``netdev_add`` owns
+    them from the call on, and closes them when it refuses.
+    """
 
     id: str
     ifname: str | None = None
-    fds: tuple[str, ...] = ()
+    fds: tuple[int, ...] = ()
     queues: int = 1
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One block node (a drive or a ``blockdev-add`` backend) for ``query-block`` and friends.
+
+    ``qdev`` is the device using it (None for a backend no device uses yet); ``counters`` are
+    the device's own, in QEMU's ``BlockDeviceStats`` names (empty without a device).
+    """
+
+    node_name: str
+    filename: str
+    read_only: bool
+    direct: bool
+    size: int
+    allocated: int
+    iops: int = 0
+    qdev: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+    idle_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class ChardevInfo:
+    """``query-chardev``: QEMU's label/filename/frontend-open."""
+
+    label: str
+    filename: str
+    frontend_open: bool
+
+
+@dataclass(frozen=True)
+class IoThreadInfo:
+    """``query-iothreads``: the thread serving the iothread's event loop."""
+
+    id: str
+    thread_id: int
 
 
 @dataclass(frozen=True)
@@ -184,10 +224,14 @@ class VmControl(Protocol):
     def device_del(self, device_id: str) -> None:
         """Remove a hot-replaced device; emit ``DEVICE_DELETED {device, path}``."""
 
-    def getfd(self, name: str, fd: int) -> None:
-        """Take ownership of ``fd`` under ``name`` (replacing and closing an older one)."""
-
     def stats(self) -> VmStats: ...
+
+    def query_block(self) -> list[BlockInfo]:
+        """Every block node, drives first in plan order, then unused ``blockdev-add`` ones."""
+
+    def query_chardevs(self) -> list[ChardevInfo]: ...
+
+    def query_iothreads(self) -> list[IoThreadInfo]: ...
 
 
 class EventSink(Protocol):
@@ -196,35 +240,80 @@ class EventSink(Protocol):
     def emit(self, name: str, data: dict[str, Any] | None = None) -> None: ...
 
 
-class FdTable:
-    """Named file descriptors from ``getfd``; a helper for ``VmControl`` implementations."""
+class ClientFds:
+    """The file descriptors one QMP client handed over, closed with the client (or when taken).
+
+    Fds arrive with SCM_RIGHTS and wait in ``received`` until ``getfd`` names one; a named fd
+    waits until ``netdev_add fds=NAME`` takes it or ``closefd`` closes it. Both are capped
+    (``MAX_RECEIVED``, ``MAX_NAMED``): beyond the cap an arriving fd is closed at once and
+    ``getfd`` is refused. Only names are looked up: a bare number never reaches an engine fd.
+    """
+
+    MAX_RECEIVED = 16
+    MAX_NAMED = 16
 
     def __init__(self) -> None:
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._received: deque[int] = deque()
+        self._named: dict[str, int] = {}
 
-    def put(self, name: str, fd: int) -> None:
-        with self._lock:
-            old = self._fds.pop(name, None)
-            self._fds[name] = fd
+    def receive(self, fds: list[int]) -> int:
+        """Queue fds that came with a message; returns how many were over the cap (closed)."""
+        dropped = 0
+        for fd in fds:
+            if len(self._received) < self.MAX_RECEIVED:
+                self._received.append(fd)
+            else:
+                _close(fd)
+                dropped += 1
+        return dropped
+
+    def take_received(self) -> int | None:
+        return self._received.popleft() if self._received else None
+
+    def name(self, name: str, fd: int) -> None:
+        """``getfd``: keep ``fd`` as ``name``; an older fd of that name is closed (QEMU)."""
+        if name not in self._named and len(self._named) >= self.MAX_NAMED:
+            _close(fd)
+            raise QmpError(
+                f"Too many named file descriptors on this connection (limit {self.MAX_NAMED}); "
+                "use them with netdev_add or release them with closefd"
+            )
+        old = self._named.pop(name, None)
+        self._named[name] = fd
         if old is not None:
-            os.close(old)
+            _close(old)
 
-    def take(self, ref: str) -> int:
-        """The fd named ``ref`` (last ``:``-component, as StratoVirt), or ``ref`` as a number."""
-        key = ref.rsplit(":", 1)[-1]
-        with self._lock:
-            if key in self._fds:
-                return self._fds.pop(key)
-        if key.isdigit():
-            return int(key)
-        raise QmpError(f"File descriptor named '{key}' has not been found")
+    def close_named(self, name: str) -> None:
+        """``closefd``."""
+        fd = self._named.pop(name, None)
+        if fd is None:
+            raise QmpError(f"File descriptor named '{name}' not found")
+        _close(fd)
+
+    def has(self, name: str) -> bool:
+        return name in self._named
+
+    def take(self, name: str) -> int:
+        """The fd named ``name``, removed from the table (the caller owns it now)."""
+        fd = self._named.pop(name, None)
+        if fd is None:
+            raise QmpError(f"File descriptor named '{name}' has not been found")
+        return fd
+
+    @property
+    def named(self) -> int:
+        return len(self._named)
 
     def close_all(self) -> None:
-        with self._lock:
-            fds, self._fds = list(self._fds.values()), {}
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        while self._received:
+            _close(self._received.popleft())
+        for fd in self._named.values():
+            _close(fd)
+        self._named.clear()
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

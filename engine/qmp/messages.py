@@ -173,8 +173,77 @@ QmpEvent = Greeting | Command | Reply | ErrorReply | Event | InvalidInput | Conn
 
 def encode(message: dict[str, Any]) -> bytes:
     """One wire message: compact JSON, insertion order kept (the greeting is exact), CRLF."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + TERMINATOR
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode() + TERMINATOR
+    except UnicodeEncodeError:  # a lone surrogate from somewhere: escape rather than fail
+        return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + TERMINATOR
+
+
+# -- decoding: what serde_json (StratoVirt's decoder) refuses, refused here too ------------------
+
+_INT_RANGE = (-(1 << 63), (1 << 64) - 1)  # i64 and u64: the widest integers serde decodes
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate field `{key}`")
+        out[key] = value
+    return out
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 21 or not _INT_RANGE[0] <= int(text) <= _INT_RANGE[1]:
+        raise ValueError(f"number out of range: {text[:40]}")
+    return int(text)
 
 
 def reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
+
+
+def _check_strings(value: Any) -> None:
+    """Refuse lone UTF-16 surrogates (``"\\ud800"``): not Unicode text, cannot be echoed."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                raise ValueError("lone surrogate in a \\u escape") from None
+        elif isinstance(v, dict):
+            todo += v.keys()
+            todo += v.values()
+        elif isinstance(v, list):
+            todo += v
+
+
+def strict_loads(text: bytes) -> Any:
+    """Decode one JSON text as StratoVirt's serde decoder would accept it: UTF-8, no duplicate
+    keys, no NaN/Infinity, no number beyond 64 bits, no lone surrogates. ``ValueError`` says why."""
+    try:
+        s = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        value = json.loads(
+            s,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            parse_constant=reject_constant,
+        )
+    except RecursionError:
+        raise ValueError("nesting too deep") from None
+    _check_strings(value)
+    return value

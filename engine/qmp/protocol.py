@@ -16,11 +16,12 @@ States (both roles): GREETING → NEGOTIATION → COMMAND, plus CLOSED and ERROR
 * CLIENT: receiving the greeting enters NEGOTIATION; the reply to its ``qmp_capabilities``
   enters COMMAND.
 
-Framing: a stream of JSON objects, any whitespace between them; an object may span reads and a
-read may hold several. Each object is capped (``max_message``), nesting is capped, and a
-buffer that grows past the cap without completing an object is fatal (framing is lost).
-Recoverable bad input (invalid JSON, not an object, bad keys) becomes an ``InvalidInput`` event
-for the server to answer with an error; the connection goes on.
+Framing (``engine/qmp/framing.py``): a stream of JSON objects, any whitespace between them; an
+object may span reads and a read may hold several. Each object is capped (``max_message``),
+nesting is capped. Bad input (a syntax error, an unfinished object past the cap, a duplicate
+key, a lone surrogate, a number out of range, not an object, bad keys) becomes an
+``InvalidInput`` event for the server to answer with an error; the framer resynchronises and
+the connection goes on. A client treats bad input from its server as fatal.
 
 Output: one compact JSON object per message followed by ``\\r\\n``, as StratoVirt writes it.
 """
@@ -28,10 +29,8 @@ Output: one compact JSON object per message followed by ``\\r\\n``, as StratoVir
 from __future__ import annotations
 
 import enum
-import json
-from typing import Any
 
-from engine.qmp.framing import MAX_DEPTH, Framer
+from engine.qmp.framing import TOO_LONG, BadFrame, Framer
 from engine.qmp.messages import (  # re-exported: the protocol's whole vocabulary in one place
     COMMAND_NOT_FOUND,
     DEVICE_NOT_ACTIVE,
@@ -56,7 +55,7 @@ from engine.qmp.messages import (  # re-exported: the protocol's whole vocabular
     Reply,
     Sentinel,
     encode,
-    reject_constant,
+    strict_loads,
 )
 
 __all__ = [
@@ -141,35 +140,30 @@ class QmpConnection:
         """The next complete event, ``NEED_DATA``, or ``ConnectionClosed`` at end of stream."""
         if self.state is State.ERROR:
             raise LocalProtocolError("next_event after a protocol error")
-        try:
-            item = self._framer.next()
-        except RemoteProtocolError:
-            self.state = State.ERROR
-            raise
+        item = self._framer.next()
         if item is None:
             if self._eof:
-                if self._framer.buf.strip() and self.role is Role.CLIENT:
+                if self._framer.pending and self.role is Role.CLIENT:
                     self.state = State.ERROR
                     raise RemoteProtocolError("connection closed in the middle of a message")
                 self.state = State.CLOSED
                 return ConnectionClosed()
             return NEED_DATA
-        text, too_deep = item
+        if isinstance(item, BadFrame):
+            if self.role is Role.CLIENT:
+                self.state = State.ERROR
+                raise RemoteProtocolError(f"server sent invalid JSON: {item.desc}")
+            return InvalidInput(GENERIC_ERROR, item.desc)
         if self.role is Role.SERVER:
-            return self._server_message(text, too_deep)
-        return self._client_message(text, too_deep)
+            return self._server_message(item)
+        return self._client_message(item)
 
-    def _decode(self, text: bytes) -> Any:
-        return json.loads(text.decode("utf-8"), parse_constant=reject_constant)
-
-    def _server_message(self, text: bytes, too_deep: bool) -> QmpEvent:
-        if too_deep:
-            return InvalidInput(GENERIC_ERROR, f"JSON nesting deeper than {MAX_DEPTH} levels")
+    def _server_message(self, text: bytes) -> QmpEvent:
         if len(text) > self._framer.max_message:
-            return InvalidInput(GENERIC_ERROR, "The socket message is too long.")
+            return InvalidInput(GENERIC_ERROR, TOO_LONG)
         try:
-            msg = self._decode(text)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            msg = strict_loads(text)
+        except ValueError as exc:
             return InvalidInput(GENERIC_ERROR, f"Invalid JSON: {exc}")
         if not isinstance(msg, dict):
             return InvalidInput(GENERIC_ERROR, "QMP input must be a JSON object")
@@ -204,12 +198,10 @@ class QmpConnection:
         self._pending.append(name)
         return Command(name, args, cid)
 
-    def _client_message(self, text: bytes, too_deep: bool) -> QmpEvent:
+    def _client_message(self, text: bytes) -> QmpEvent:
         try:
-            if too_deep:
-                raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
-            msg = self._decode(text)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            msg = strict_loads(text)
+        except ValueError as exc:
             self.state = State.ERROR
             raise RemoteProtocolError(f"server sent invalid JSON: {exc}") from None
         if not isinstance(msg, dict):

@@ -21,6 +21,8 @@ import struct
 import time
 
 from engine.errors import HostError
+from engine.hostfiles import open_host_file
+from engine.virtio.blk_accounting import BlkAccounting
 from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
 from engine.virtio.hostiov import host_iovec
 from engine.virtio.iov import (
@@ -65,6 +67,14 @@ SIZE_MAX = 1 << 20  # largest single buffer we advertise
 MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per discard / write-zeroes request
 BOUNCE_SIZE = 1 << 20
 
+#: request type -> QEMU accounting kind (write-zeroes is a write, discard an unmap, as QEMU)
+_ACCOUNTED = {
+    VIRTIO_BLK_T_IN: "rd",
+    VIRTIO_BLK_T_OUT: "wr",
+    VIRTIO_BLK_T_FLUSH: "flush",
+    VIRTIO_BLK_T_DISCARD: "unmap",
+    VIRTIO_BLK_T_WRITE_ZEROES: "wr",
+}
 _HDR = struct.Struct("<IIQ")
 _SEG = struct.Struct("<QII")  # discard / write-zeroes segment: sector, num_sectors, flags
 _CONFIG = struct.Struct("<QII4xI8xBxHIIIIIB3x")
@@ -99,18 +109,10 @@ class Blk(VirtioDevice):
                 f"virtio-blk {name}: serial {serial!r} is {len(serial_b)} bytes, limit {ID_BYTES}",
                 hint="shorten the serial",
             )
-        flags = (
-            (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+        # the manifest's own host-file check (never blocks: a FIFO or /proc file is refused)
+        self.fd = open_host_file(
+            path, what=f"virtio-blk {name}: drive", write=not readonly, direct=direct
         )
-        try:
-            self.fd = os.open(path, flags)
-        except OSError as e:
-            hint = "check the path and its permissions"
-            if direct and e.errno == errno.EINVAL:
-                hint = "this file system does not support O_DIRECT: set direct=off"
-            raise HostError(
-                f"virtio-blk {name}: cannot open {path}: {e.strerror}", hint=hint
-            ) from None
         self.path = path
         self.readonly = readonly
         self.direct = direct
@@ -154,6 +156,8 @@ class Blk(VirtioDevice):
         self._throttled: set[int] = set()
         self._throttled_since = 0.0
         self.flushes = 0
+        self.accounting = BlkAccounting()
+        self._last_status, self._io_failed = -1, False
 
     def _probe_punch_hole(self) -> bool:
         """Punch a hole past EOF (KEEP_SIZE: touches no data) to learn if the file system can."""
@@ -197,7 +201,7 @@ class Blk(VirtioDevice):
                     q.undo_pop()
                     self._throttle(index, wait)
                     break
-            q.add_used(chain, self._serve(chain))
+            q.add_used(chain, self._served(chain))
         self.signal(index)
 
     def _throttle(self, index: int, wait: float) -> None:
@@ -218,6 +222,33 @@ class Blk(VirtioDevice):
         self._throttled.clear()
         for i in queues:
             self.guarded(self.process_queue, i)
+
+    def _served(self, chain: DescriptorChain) -> int:
+        """``_serve`` with QEMU's per-operation accounting (``engine/virtio/blk_accounting.py``)."""
+        mem = self.mem
+        assert mem is not None
+        kind, nbytes, end = None, 0, 0
+        if chain.readable_len >= _HDR.size and chain.writable_len >= 1:
+            rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
+            kind = _ACCOUNTED.get(rtype)
+            if rtype == VIRTIO_BLK_T_IN:
+                nbytes = chain.writable_len - 1
+            elif rtype == VIRTIO_BLK_T_OUT:
+                nbytes = chain.readable_len - _HDR.size
+                end = sector * SECTOR + nbytes
+            elif kind is not None and chain.readable_len - _HDR.size == _SEG.size:
+                first, count, _ = _SEG.unpack(chain.read(mem, _HDR.size, _SEG.size))
+                nbytes, end = count * SECTOR, (first + count) * SECTOR
+        self._last_status, self._io_failed = -1, False
+        t0 = time.perf_counter_ns()
+        used = self._serve(chain)
+        if kind is not None and self._last_status >= 0:
+            ok = self._last_status == VIRTIO_BLK_S_OK
+            ns = time.perf_counter_ns() - t0
+            self.accounting.record(
+                kind, ok=ok, failed=self._io_failed, nbytes=nbytes, end=end, ns=ns
+            )
+        return used
 
     def _serve(self, chain: DescriptorChain) -> int:
         """Do one request; returns the used length (data written to the guest + status byte)."""
@@ -264,6 +295,7 @@ class Blk(VirtioDevice):
                 self.align = 4096  # the file system wants page alignment: bounce from now on
                 return self._serve_again(chain)
             self.stats.errors += 1
+            self._io_failed = True
             return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
         return self._status(chain, VIRTIO_BLK_S_UNSUPP, 0)
 
@@ -279,6 +311,7 @@ class Blk(VirtioDevice):
     def _status(self, chain: DescriptorChain, status: int, data_len: int) -> int:
         """Write the status byte (the chain's last writable byte) and return the used length."""
         assert self.mem is not None
+        self._last_status = status
         if status != VIRTIO_BLK_S_OK:
             self.stats.errors += 1
         chain.write(self.mem, bytes([status]), chain.writable_len - 1)

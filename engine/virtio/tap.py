@@ -51,10 +51,11 @@ class Tap:
             raise HostError(
                 "virtio-net: a tap backend needs ifname= or fds=", hint="set netdev ifname=tapN"
             )
-        if len(ifname.encode()) >= IFNAMSIZ:
-            raise HostError(
-                f"tap name {ifname!r} is longer than 15 bytes", hint="use a shorter ifname"
-            )
+        from engine.device_rules import ifname_problem
+
+        problem = ifname_problem(ifname)  # e.g. tap%d: the kernel would make a numbered tap
+        if problem is not None:
+            raise HostError(problem.message, hint=problem.hint)
         created = False
         if create and not cls._exists(ifname):
             cls._create(ifname, queues > 1)
@@ -78,7 +79,11 @@ class Tap:
                 hint = f"tap {ifname} exists with multi_queue: delete it or use queues>1"
             raise HostError(f"cannot attach to tap {ifname}: {e.strerror}", hint=hint) from None
         tap = cls(ifname, fds, created=created)
-        tap._setup_fds()
+        try:
+            tap._setup_fds()
+        except BaseException:
+            tap.close()  # closes the fds and deletes the tap if this call created it
+            raise
         return tap
 
     @classmethod

@@ -8,9 +8,9 @@ with key paths, located by the caller exactly like validation issues.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 
+from engine.hostfiles import check_host_file
 from launcher import model as m
 from launcher.errors import Issue
 from launcher.manifest.sourcemap import Path, format_path
@@ -36,42 +36,21 @@ class _Checks:
     def add(self, code: str, path: Path, message: str, hint: str, severity: str = "error") -> None:
         self.issues.append(Issue(message, format_path(path), hint, None, severity, code))
 
-    def file(self, path: Path, f: str | None, what: str, write: bool = False) -> None:
+    def file(
+        self, path: Path, f: str | None, what: str, write: bool = False, block_ok: bool = True
+    ) -> None:
+        """The engine's own host-file check (``engine.hostfiles``): what passes here opens there."""
         if not f:
             return
-        try:
-            st = os.stat(f)
-        except OSError as exc:
-            self.add(
-                "host-file",
-                path,
-                f"{what} {f}: {exc.strerror}",
-                "check the path (relative paths are relative to the manifest's folder)",
-            )
-            return
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            self.add(
-                "host-file",
-                path,
-                f"{what} {f} is not a regular file or block device",
-                "point it at a file",
-            )
-            return
-        mode = os.R_OK | (os.W_OK if write else 0)
-        if not os.access(f, mode):
-            need = "read and write" if write else "read"
-            self.add(
-                "host-file",
-                path,
-                f"{what} {f} is not {need}able by this user",
-                "fix the permissions or run as the VM's user",
-            )
+        problem = check_host_file(f, what=what, write=write, block_ok=block_ok)
+        if problem is not None:
+            self.add("host-file", path, problem.message, problem.hint)
 
     def run(self) -> list[Issue]:
         man = self.man
         self.kvm()
-        self.file(("boot", "kernel"), man.boot.kernel, "kernel")
-        self.file(("boot", "initrd"), man.boot.initrd, "initrd")
+        self.file(("boot", "kernel"), man.boot.kernel, "kernel", block_ok=False)
+        self.file(("boot", "initrd"), man.boot.initrd, "initrd", block_ok=False)
         for d in man.drives:
             self.file(("drives", d.id, "file"), d.file, "drive image", write=not d.readonly)
         for i, p in enumerate(man.pflash):
@@ -84,10 +63,12 @@ class _Checks:
                     f"entropy source {r.file} does not exist",
                     "use /dev/urandom",
                 )
-        self.file(("trace",), man.trace, "trace event list")
+        self.file(("trace",), man.trace, "trace event list", block_ok=False)
         if man.ozone is not None:
             if self.target == "stratovirt":  # the builtin engine only names its jail after it
-                self.file(("ozone", "exec-file"), man.ozone.exec_file, "StratoVirt binary")
+                self.file(
+                    ("ozone", "exec-file"), man.ozone.exec_file, "StratoVirt binary", block_ok=False
+                )
             for i, s in enumerate(man.ozone.sources):
                 if not os.path.exists(s):
                     self.add(

@@ -922,6 +922,12 @@ CASES: list[tuple[str, str, str, str]] = [
         "nets.n0.ifname",
     ),
     (
+        "net-ifname-template.toml",
+        mv('[nets.n0]\nifname = @@"tap%d"\n'),
+        "net-ifname",
+        "nets.n0.ifname",
+    ),
+    (
         "net-queues-17.toml",
         mv('[nets.n0]\nifname = "tap0"\nqueues = @@17\n'),
         "net-queues",

@@ -320,3 +320,116 @@ def test_hot_replace_over_qmp_in_the_engine_process(tmp_path) -> None:
             proc.kill()
         _, err = proc.communicate()
         print(err.decode()[-2000:])
+
+
+# -- issue 13 item 10: hot-plug opens host files through the manifest's check -------------------
+
+
+def _blocks(fn, timeout: float = 5.0) -> object:
+    """Run ``fn`` in a thread; fail (not hang) when it blocks. Returns its result or exception."""
+    import threading
+
+    out: list[object] = []
+
+    def call() -> None:
+        try:
+            out.append(fn())
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            out.append(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "hot-plug blocked the calling (QMP) thread"
+    return out[0]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_hot_plug_refuses_fifos_and_kernel_files_without_blocking(tmp_path) -> None:
+    plan, serial = slot_plan(tmp_path)
+    fifo = tmp_path / "disk.fifo"
+    os.mkfifo(fifo)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    vm, _ = start(plan)
+    try:
+        wait_serial(vm, serial, b"0")
+        before = _open_fds()
+        err = _blocks(lambda: vm.blockdev_add(BlockdevSpec("f", str(fifo))))
+        assert isinstance(err, QmpError) and "FIFO" in err.desc
+        err = _blocks(lambda: vm.blockdev_add(BlockdevSpec("m", "/proc/self/mem")))
+        assert isinstance(err, QmpError) and "procfs" in err.desc
+        err = _blocks(lambda: vm.blockdev_add(BlockdevSpec("z", "/dev/zero", read_only=True)))
+        assert isinstance(err, QmpError) and "character device" in err.desc
+        assert _open_fds() == before, "a refused file left a descriptor open"
+        # Checked at blockdev-add, then swapped for a FIFO before device_add: still refused.
+        vm.blockdev_add(BlockdevSpec("swap", str(disk)))
+        disk.unlink()
+        os.mkfifo(disk)
+        err = _blocks(lambda: vm.device_add(DeviceSpec("swap", "virtio-blk-device", "blk", 1)))
+        assert isinstance(err, QmpError) and "FIFO" in err.desc
+        assert isinstance(vm.machine.devices.attached("blk-slot1").spec, SlotPlan)
+        assert _open_fds() == before + 0
+    finally:
+        vm.close()
+
+
+def _links(prefix: str) -> set[str]:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    return {n for n in names if n.startswith(prefix)}
+
+
+@pytest.mark.root
+def test_a_tap_name_template_is_refused_everywhere(tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating a tap needs root")
+    from engine.errors import HostError
+    from engine.virtio.tap import Tap
+
+    prefix = f"svq{os.getpid() % 10000}"
+    plan, serial = slot_plan(tmp_path)
+    vm, _ = start(plan)
+    try:
+        wait_serial(vm, serial, b"0")
+        with pytest.raises(QmpError, match="numbered tap"):
+            vm.netdev_add(NetdevSpec("n0", ifname=f"{prefix}%d"))
+        with pytest.raises(HostError, match="numbered tap"):
+            Tap.open(f"{prefix}%d")  # the engine's own last line of defence
+        assert _links(prefix) == set(), "a numbered tap was created"
+    finally:
+        vm.close()
+        for name in _links(prefix):
+            Tap._delete(name)
+
+
+@pytest.mark.root
+def test_a_failed_start_removes_the_tap_it_created(tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating a tap needs root")
+    from engine.errors import SvlaunchError
+    from engine.plan import NetPlan
+    from engine.virtio.tap import Tap
+
+    ifname = f"svf{os.getpid() % 100000}"
+    base, irq = virtio_mmio_slot(0)
+    plan, _ = slot_plan(tmp_path, cold=False)
+    clash = (
+        BlkPlan(id="first", mmio_base=base + 0x10000, irq=irq, file=str(tmp_path / "a.img")),
+        NetPlan(id="net9", mmio_base=base + 0x10000, irq=irq + 1, ifname=ifname),
+    )
+    (tmp_path / "a.img").write_bytes(b"\0" * 4096)
+    plan = dataclasses.replace(plan, devices=(*plan.devices, *clash))
+    vm = Vm(plan)
+    try:
+        with pytest.raises((SvlaunchError, ValueError)):
+            vm.start(paused=True)  # the NIC's window overlaps the disk's: attach fails
+        assert not _links(ifname), "the tap created for the failed start was left behind"
+    finally:
+        vm.close()
+        Tap._delete(ifname)

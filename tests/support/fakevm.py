@@ -10,11 +10,13 @@ from typing import Any
 
 from engine.qmp.control import (
     BlockdevSpec,
+    BlockInfo,
+    ChardevInfo,
     CpuInfo,
     DeviceSpec,
     DeviceStats,
     EventSink,
-    FdTable,
+    IoThreadInfo,
     MachineInfo,
     NetdevSpec,
     QmpError,
@@ -31,7 +33,6 @@ class FakeVm:
         self.memory = memory
         self.balloon: int | None = memory
         self.sink: EventSink | None = None
-        self.fds = FdTable()
         self.blockdevs: dict[str, BlockdevSpec] = {}
         self.netdevs: dict[str, NetdevSpec] = {}
         self.devices: dict[str, DeviceSpec] = {}
@@ -95,6 +96,7 @@ class FakeVm:
         raise QmpError("blockdev_del not support yet")
 
     def netdev_add(self, spec: NetdevSpec) -> None:
+        """Owns ``spec.fds`` (as the engine does): keeps them open until ``close``."""
         self.netdevs[spec.id] = spec
 
     def netdev_del(self, netdev_id: str) -> None:
@@ -111,12 +113,27 @@ class FakeVm:
             raise QmpError.not_found(device_id)
         self._emit("DEVICE_DELETED", {"device": device_id, "path": device_id})
 
-    def getfd(self, name: str, fd: int) -> None:
-        self.fds.put(name, fd)
-
     def stats(self) -> VmStats:
         return VmStats(
             time.monotonic() - self.started,
             (DeviceStats("blk0", "blk", {"reads": 5, "writes": 2}),),
             (10,) * self.vcpus,
         )
+
+    def query_block(self) -> list[BlockInfo]:
+        return [
+            BlockInfo(name, spec.filename, spec.read_only, spec.direct, 1 << 20, 4096, 0, None)
+            for name, spec in self.blockdevs.items()
+        ]
+
+    def query_chardevs(self) -> list[ChardevInfo]:
+        return [ChardevInfo("serial0", "pty:/dev/pts/9", True)]
+
+    def query_iothreads(self) -> list[IoThreadInfo]:
+        return [IoThreadInfo("io0", threading.get_native_id())]
+
+    def close(self) -> None:
+        for spec in self.netdevs.values():
+            for fd in spec.fds:
+                os.close(fd)
+        self.netdevs.clear()

@@ -63,3 +63,29 @@ def test_iothread_runs_work_on_its_own_thread() -> None:
     assert done.wait(2)
     io.stop()
     assert names == ["iothread-io0"]
+
+
+def test_writer_callback_fires_while_writable_and_shares_the_fd_with_a_reader() -> None:
+    import socket
+
+    loop = EventLoop("w")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    calls: list[str] = []
+    loop.add_reader(a.fileno(), lambda: calls.append(a.recv(10).decode()))
+    loop.add_writer(a.fileno(), lambda: calls.append("w"))
+    loop.run_once(timeout=1)
+    assert calls == ["w"]  # writable, nothing to read
+    b.send(b"x")
+    loop.run_once(timeout=1)
+    assert calls == ["w", "x", "w"]
+    loop.remove_writer(a.fileno())
+    b.send(b"y")
+    loop.run_once(timeout=1)
+    assert calls[-1] == "y" and calls.count("w") == 2  # the reader survived the writer's removal
+    loop.remove_reader(a.fileno())
+    loop.run_once(timeout=0.05)
+    assert calls.count("w") == 2
+    a.close()
+    b.close()
+    loop.close()
