@@ -11,6 +11,7 @@ CONTRACT_MODULES = (
     "engine.errors",
     "engine.plan",
     "engine.device_rules",
+    "engine.hostfiles",
     "engine.names",
     "engine.ozone",
     "engine.ozone.rules",
