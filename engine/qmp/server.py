@@ -34,6 +34,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import socket
 import stat
 import threading
@@ -130,7 +131,12 @@ def _remove_if_stale(path: str) -> None:
 
 
 def bind_unix(path: str) -> BoundSocket:
-    """A listening unix socket at ``path``, mode 0600 from its creation on."""
+    """A listening unix socket at ``path``, mode 0600 from its creation on.
+
+    The socket is bound and listening under a temporary name in the same folder, then linked to
+    ``path`` (``link`` never replaces a file): a client that sees the path can connect at once,
+    and a file that appeared there meanwhile is never overwritten.
+    """
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise HostError(
             f"QMP socket path is {len(os.fsencode(path))} bytes, over the unix limit of "
@@ -138,19 +144,49 @@ def bind_unix(path: str) -> BoundSocket:
             hint="use a shorter path (or set SVLAUNCH_RUNTIME_DIR to a short folder)",
         )
     _remove_if_stale(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    tmp = os.path.join(os.path.dirname(path), f".qmp-{os.getpid()}-{secrets.token_hex(4)}")
+    sock: socket.socket | None = None
     try:
-        os.fchmod(sock.fileno(), 0o600)  # bind creates the file with this mode (& ~umask)
-        sock.bind(path)
+        try:
+            sock = _listen(tmp, link_to=path) if len(os.fsencode(tmp)) <= SUN_PATH_MAX else None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            sock = None  # a file system without hard links: bind in place
+        if sock is None:
+            sock = _listen(path)
         st = os.lstat(path)
         if stat.S_IMODE(st.st_mode) != 0o600 and stat.S_ISSOCK(st.st_mode):
             os.chmod(path, 0o600)  # a umask that removed owner bits
-        sock.listen(BACKLOG)
+    except FileExistsError:
+        raise HostError(
+            f"QMP socket path {path} was taken by another process while the engine started",
+            hint="stop that VM first ('svlaunch down NAME') or choose another path",
+        ) from None
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise HostError(f"cannot listen on QMP socket {path}: {exc.strerror}") from None
     sock.setblocking(False)
     return BoundSocket(path, sock, st.st_dev, st.st_ino)
+
+
+def _listen(where: str, link_to: str | None = None) -> socket.socket:
+    """A socket listening at ``where`` (then also at ``link_to``, and no longer at ``where``)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        os.fchmod(sock.fileno(), 0o600)  # bind creates the file with this mode (& ~umask)
+        sock.bind(where)
+        sock.listen(BACKLOG)
+        if link_to is not None:
+            try:
+                os.link(where, link_to)
+            finally:
+                os.unlink(where)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Client:

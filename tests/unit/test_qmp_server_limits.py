@@ -425,3 +425,36 @@ def test_a_stale_socket_is_replaced_only_when_nobody_listens(tmp_path, monkeypat
     srv.close()
     assert not os.path.exists(path)
     assert server_mod.BACKLOG >= 200
+
+
+def test_the_socket_path_appears_only_once_it_accepts(tmp_path) -> None:
+    """A client that connects the moment the path exists is never refused (no bind→listen gap)."""
+    refused = 0
+    for i in range(50):
+        path = str(tmp_path / f"r{i}.sock")
+        stop = threading.Event()
+        outcome: list[str] = []
+
+        def watch(path: str = path, stop: threading.Event = stop, out: list = outcome) -> None:
+            while not stop.is_set():
+                if os.path.exists(path):
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    try:
+                        s.connect(path)
+                        out.append("ok")
+                    except ConnectionRefusedError:
+                        out.append("refused")
+                    finally:
+                        s.close()
+                    return
+
+        t = threading.Thread(target=watch)
+        t.start()
+        srv = QmpServer(FakeVm(), [path])
+        srv.start()
+        t.join(5)
+        stop.set()
+        srv.close()
+        refused += outcome.count("refused")
+    assert refused == 0
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".qmp-")]  # no staging left
