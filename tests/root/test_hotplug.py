@@ -334,7 +334,7 @@ def _blocks(fn, timeout: float = 5.0) -> object:
     def call() -> None:
         try:
             out.append(fn())
-        except Exception as e:  # noqa: BLE001 - handed to the test
+        except Exception as e:
             out.append(e)
 
     t = threading.Thread(target=call, daemon=True)

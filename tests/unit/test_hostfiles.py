@@ -33,7 +33,7 @@ def in_thread(fn, timeout: float = 5.0):
 def _call(fn):
     try:
         return fn()
-    except Exception as e:  # noqa: BLE001 - returned to the test, which asserts on it
+    except Exception as e:
         return e
 
 

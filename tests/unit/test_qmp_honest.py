@@ -203,7 +203,7 @@ def test_refusals_are_errors_with_the_reason_and_unlisted(qmp) -> None:
 
 
 def test_queries_answer_from_the_vm(qmp) -> None:
-    path, vm = qmp
+    path, _ = qmp
 
     async def go() -> None:
         q = QMPClient("honest")
