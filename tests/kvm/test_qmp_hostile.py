@@ -18,13 +18,13 @@ import random
 import resource
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rawqmp import Raw, probe, responsive, simultaneous
 from tiny_guest import HANG, make_plan, say, write_guest
 
 from engine.__main__ import engine_argv
@@ -48,46 +48,6 @@ class Engine:
 
     def fds(self) -> set[str]:
         return set(os.listdir(f"/proc/{self.pid}/fd"))
-
-
-class Raw:
-    def __init__(self, path: str, timeout: float = 5.0) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b""
-
-    def line(self) -> dict:
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def ask(self, data: bytes) -> dict:
-        self.s.sendall(data)
-        reply = self.line()
-        while "event" in reply:
-            reply = self.line()
-        return reply
-
-    def close(self) -> None:
-        self.s.close()
-
-
-def probe(path: str) -> float:
-    """Seconds for a fresh client's greeting + query-status."""
-    t0 = time.perf_counter()
-    r = Raw(path)
-    try:
-        r.line()
-        reply = r.ask(b'{"execute":"query-status","id":"probe"}\n')
-    finally:
-        r.close()
-    assert reply.get("id") == "probe" and "return" in reply, reply
-    return time.perf_counter() - t0
 
 
 @pytest.fixture(scope="module")
@@ -170,22 +130,23 @@ def garbage_bytes(e: Engine) -> None:
     r.close()
 
 
-def deep_nesting(e: Engine) -> None:
+def _refused_then_served(e: Engine, data: bytes, words: str) -> None:
     r = Raw(e.path)
     r.line()
-    r.s.sendall(b"[" * 100_000 + b"\n")
-    assert "nesting" in r.line()["error"]["desc"]
+    r.send(data)
+    assert words in r.line()["error"]["desc"]
     assert r.ask(b'{"execute":"query-status","id":1}\n')["id"] == 1
     r.close()
+
+
+def deep_nesting(e: Engine) -> None:
+    _refused_then_served(e, b"[" * 100_000 + b"\n", "nesting")
 
 
 def oversized_message(e: Engine) -> None:
-    r = Raw(e.path)
-    r.line()
-    r.s.sendall(b'{"execute":"query-status","id":"' + b"x" * 300_000 + b'"}\n')
-    assert "too long" in r.line()["error"]["desc"]
-    assert r.ask(b'{"execute":"query-status","id":1}\n')["id"] == 1
-    r.close()
+    _refused_then_served(
+        e, b'{"execute":"query-status","id":"' + b"x" * 300_000 + b'"}\n', "too long"
+    )
 
 
 def decoder_refusals(e: Engine) -> None:
@@ -243,28 +204,7 @@ def never_reading_clients(e: Engine) -> None:
 
 
 def two_hundred_connects(e: Engine) -> None:
-    ok: list[object] = []
-    gate = threading.Barrier(200)
-
-    def one() -> None:
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            gate.wait()
-            s.connect(e.path)
-            r = Raw.__new__(Raw)
-            r.s, r.buf = s, b""
-            r.line()
-            ok.append(r.ask(b'{"execute":"query-status","id":"x"}\n').get("id"))
-            s.close()
-        except Exception as exc:
-            ok.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    ok = simultaneous(e.path, 200)
     assert ok.count("x") == 200, [x for x in ok if x != "x"][:3]
 
 
@@ -459,9 +399,7 @@ def test_hostile_client(engine: Engine, case: Callable[[Engine], None]) -> None:
     baseline = engine.fds()
     case(engine)
     assert engine.proc.poll() is None, engine.stderr.read_text()[-2000:]
-    time.sleep(0.12)  # the throttle drains: a fresh client's first command is not a burst's
-    best = min(probe(engine.path) for _ in range(3))
-    assert best < 0.1, f"{case.__name__}: a fresh client waited {best * 1000:.0f} ms"
+    responsive(engine.path)  # a fresh client: query-status answered within 100 ms
     deadline = time.monotonic() + 3
     while engine.fds() - baseline and time.monotonic() < deadline:
         time.sleep(0.05)

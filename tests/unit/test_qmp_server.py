@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import stat
@@ -14,6 +13,7 @@ import pytest
 from fakevm import FakeVm
 from qemu.qmp import QMPClient
 from qemu.qmp.qmp_client import ExecuteError
+from rawqmp import Raw
 
 from engine.qmp.commands import HANDLERS, REFUSED
 from engine.qmp.server import QmpServer
@@ -41,38 +41,6 @@ def server(tmp_path, vm: FakeVm) -> Iterator[QmpServer]:
 
 def sock_path(server: QmpServer) -> str:
     return server.paths[0]
-
-
-class Raw:
-    """A hand-driven client for the things qemu.qmp would never send."""
-
-    def __init__(self, path: str) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(5)
-        self.s.connect(path)
-        self.buf = b""
-
-    def line(self) -> dict:
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def closed(self) -> bool:
-        try:
-            while True:
-                chunk = self.s.recv(65536)
-                if not chunk:
-                    return True
-                self.buf += chunk
-        except (ConnectionResetError, TimeoutError):
-            return False
 
 
 def run(coro):

@@ -8,7 +8,6 @@ answered within 100 ms.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from fakevm import FakeVm
+from rawqmp import Raw, responsive, simultaneous
 
 from engine.qmp import server as server_mod
 from engine.qmp.ratelimit import QUIET, Admission
@@ -27,54 +27,6 @@ from engine.qmp.server import MAX_CLIENTS, OUTPUT_CAP, QmpServer
 from launcher.errors import HostError
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Raw:
-    """A hand-driven client for what a real client library would never send."""
-
-    def __init__(self, path: str, timeout: float = 5.0) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(timeout)
-        self.s.connect(path)
-        self.buf = b""
-
-    def line(self) -> dict:
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
-
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def ask(self, data: bytes) -> dict:
-        self.send(data)
-        return self.line()
-
-    def close(self) -> None:
-        self.s.close()
-
-
-def responsive(path: str, within: float = 0.1, tries: int = 3) -> float:
-    """Seconds a fresh client needs for greeting + query-status (best of ``tries``); fails the
-    test if none came within ``within`` (a wedged server takes seconds, or forever)."""
-    best = float("inf")
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        r = Raw(path, timeout=5)
-        try:
-            r.line()
-            reply = r.ask(b'{"execute":"query-status","id":"probe"}\n')
-        finally:
-            r.close()
-        best = min(best, time.perf_counter() - t0)
-        assert reply.get("id") == "probe" and "return" in reply, reply
-        if best <= within:
-            return best
-    pytest.fail(f"a fresh client needed {best * 1000:.0f} ms for query-status (limit 100 ms)")
 
 
 @pytest.fixture
@@ -189,6 +141,7 @@ EMFILE_SERVER = """
 import os, resource, sys, time
 sys.path[:0] = [{root!r}, {support!r}]
 from fakevm import FakeVm
+from rawqmp import Raw, responsive, simultaneous
 from engine.qmp.server import QmpServer
 srv = QmpServer(FakeVm(), [sys.argv[1]])
 srv.start()
@@ -330,28 +283,7 @@ def test_decoder_refusals_get_an_error_and_never_run_the_command(server, vm, bad
 
 
 def test_two_hundred_simultaneous_connects_are_all_served(server) -> None:
-    results: list[object] = []
-    start = threading.Barrier(200)
-
-    def one() -> None:
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.settimeout(30)
-            start.wait()
-            s.connect(path_of(server))
-            r = Raw.__new__(Raw)
-            r.s, r.buf = s, b""
-            r.line()
-            results.append(r.ask(b'{"execute":"query-status","id":"x"}\n').get("id"))
-            s.close()
-        except Exception as e:
-            results.append(e)
-
-    threads = [threading.Thread(target=one) for _ in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = simultaneous(path_of(server), 200)
     failures = [r for r in results if r != "x"]
     assert not failures and len(results) == 200, failures[:5]
 
