@@ -110,8 +110,11 @@ def _remove_if_stale(path: str) -> None:
             hint="remove it or choose another path",
         )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.setblocking(False)  # a live server with a full backlog answers EAGAIN, never blocks us
     try:
         probe.connect(path)
+    except BlockingIOError:
+        pass  # someone listens (its backlog is full)
     except ConnectionRefusedError:
         again = os.lstat(path)
         if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
@@ -353,9 +356,10 @@ class QmpServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.warning("QMP: accept failed: %s", exc)
-                return
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                return  # that one connection failed; the next is unaffected
+            # EMFILE/ENFILE (out of descriptors), ENOBUFS/ENOMEM, anything else: accepting
+            # again at once would fail again on a listener that stays readable.
             self._pause_accepting()
             first = self._backoff == 0.0
             self._backoff = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, self._backoff * 2))
