@@ -23,9 +23,8 @@ The loop also serves the VM's devices, so nothing a client does may block it (do
 
 Bad input gets an error reply and the connection goes on (the framer resynchronises).
 
-Sockets: created 0600 (the mode is set on the socket before ``bind``, so it is never wider), a
-stale socket nobody listens on is replaced, a live one is refused; at exit the server unlinks
-only a socket file that is still the one it bound (same device and inode).
+Sockets come from ``engine.unixsock.bind_unix``: 0600 from creation, listening before the path
+exists, a live one refused, and at exit unlinked only while still the file this server made.
 """
 
 from __future__ import annotations
@@ -34,14 +33,11 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import socket
-import stat
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import HostError
 from engine.eventloop import EventLoop
 from engine.qmp.commands import Dispatcher
 from engine.qmp.control import ClientFds, VmControl
@@ -59,137 +55,20 @@ from engine.qmp.protocol import (
     Role,
 )
 from engine.qmp.ratelimit import THROTTLED_DESC, Admission, LeakyBucket
+from engine.unixsock import BACKLOG, BoundSocket, bind_unix
+
+__all__ = ["BACKLOG", "MAX_CLIENTS", "OUTPUT_CAP", "QmpServer", "bind_unix"]
 
 log = logging.getLogger(__name__)
 
 RECV_SIZE = 65536
 MAX_FDS_PER_MSG = 16
-SUN_PATH_MAX = 107
 MAX_CLIENTS = 16  # per VM, every socket together
-BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
 READ_PAUSE = 64 << 10  # stop reading a client's commands while this much output waits
 OUTPUT_CAP = 1 << 20  # drop a client whose unread output passes this
 PER_TURN = 32  # messages handled per client per loop turn: a flood waits, others go first
 ACCEPT_BACKOFF_MIN = 0.05
 ACCEPT_BACKOFF_MAX = 1.0
-
-
-class BoundSocket:
-    """A listening unix socket and the identity of the file it created."""
-
-    def __init__(self, path: str, sock: socket.socket, dev: int, ino: int) -> None:
-        self.path = path
-        self.sock = sock
-        self.dev = dev
-        self.ino = ino
-
-    def unlink_if_ours(self) -> bool:
-        """Remove the socket file only if it is still the one this socket created."""
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return False
-        if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) != (self.dev, self.ino):
-            log.warning("QMP: %s is no longer our socket; leaving it", self.path)
-            return False
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
-            return True
-        return False
-
-
-def _remove_if_stale(path: str) -> None:
-    """Unlink ``path`` if it is a socket nobody listens on (left by a crashed engine)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise HostError(
-            f"QMP socket path {path} exists and is not a socket",
-            hint="remove it or choose another path",
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    probe.setblocking(False)  # a live server with a full backlog answers EAGAIN, never blocks us
-    try:
-        probe.connect(path)
-    except BlockingIOError:
-        pass  # someone listens (its backlog is full)
-    except ConnectionRefusedError:
-        again = os.lstat(path)
-        if (again.st_dev, again.st_ino) == (st.st_dev, st.st_ino):
-            os.unlink(path)  # nobody listens and it is still the file we probed
-        return
-    except OSError as exc:
-        raise HostError(
-            f"QMP socket {path} exists and cannot be probed: {exc.strerror}",
-            hint="remove it or choose another path",
-        ) from None
-    finally:
-        probe.close()
-    raise HostError(
-        f"QMP socket {path} is in use by another running process",
-        hint="stop that VM first ('svlaunch down NAME') or choose another path",
-    )
-
-
-def bind_unix(path: str) -> BoundSocket:
-    """A listening unix socket at ``path``, mode 0600 from its creation on.
-
-    The socket is bound and listening under a temporary name in the same folder, then linked to
-    ``path`` (``link`` never replaces a file): a client that sees the path can connect at once,
-    and a file that appeared there meanwhile is never overwritten.
-    """
-    if len(os.fsencode(path)) > SUN_PATH_MAX:
-        raise HostError(
-            f"QMP socket path is {len(os.fsencode(path))} bytes, over the unix limit of "
-            f"{SUN_PATH_MAX}: {path}",
-            hint="use a shorter path (or set SVLAUNCH_RUNTIME_DIR to a short folder)",
-        )
-    _remove_if_stale(path)
-    tmp = os.path.join(os.path.dirname(path), f".qmp-{os.getpid()}-{secrets.token_hex(4)}")
-    sock: socket.socket | None = None
-    try:
-        try:
-            sock = _listen(tmp, link_to=path) if len(os.fsencode(tmp)) <= SUN_PATH_MAX else None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            sock = None  # a file system without hard links: bind in place
-        if sock is None:
-            sock = _listen(path)
-        st = os.lstat(path)
-        if stat.S_IMODE(st.st_mode) != 0o600 and stat.S_ISSOCK(st.st_mode):
-            os.chmod(path, 0o600)  # a umask that removed owner bits
-    except FileExistsError:
-        raise HostError(
-            f"QMP socket path {path} was taken by another process while the engine started",
-            hint="stop that VM first ('svlaunch down NAME') or choose another path",
-        ) from None
-    except OSError as exc:
-        if sock is not None:
-            sock.close()
-        raise HostError(f"cannot listen on QMP socket {path}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return BoundSocket(path, sock, st.st_dev, st.st_ino)
-
-
-def _listen(where: str, link_to: str | None = None) -> socket.socket:
-    """A socket listening at ``where`` (then also at ``link_to``, and no longer at ``where``)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        os.fchmod(sock.fileno(), 0o600)  # bind creates the file with this mode (& ~umask)
-        sock.bind(where)
-        sock.listen(BACKLOG)
-        if link_to is not None:
-            try:
-                os.link(where, link_to)
-            finally:
-                os.unlink(where)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class _Client:

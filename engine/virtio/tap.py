@@ -88,27 +88,34 @@ class Tap:
 
     @classmethod
     def from_fds(cls, fds: tuple[int, ...] | list[int]) -> Tap:
-        """Adopt tap fds passed to svlaunch (``fd=``/``fds=``): they must be open taps."""
-        name = ""
-        for fd in fds:
-            buf = bytearray(40)
-            try:
-                fcntl.ioctl(fd, TUNGETIFF, buf)
-            except OSError as e:
-                raise HostError(
-                    f"virtio-net: fd {fd} is not a tap device ({e.strerror})",
-                    hint="pass an fd opened on /dev/net/tun with TUNSETIFF, inherited by svlaunch",
-                ) from None
-            name = buf[:16].split(b"\0", 1)[0].decode()
-            flags = struct.unpack_from("H", buf, 16)[0]
-            if not flags & IFF_VNET_HDR:
-                raise HostError(
-                    f"virtio-net: tap fd {fd} ({name}) was opened without IFF_VNET_HDR",
-                    hint="open the tap with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR",
-                )
-            os.set_blocking(fd, False)
-        tap = cls(name, list(fds), created=False)
-        tap._setup_fds()
+        """Adopt tap fds passed to svlaunch (``fd=``/``fds=``, QMP ``getfd``): they must be open
+        taps. The Tap owns them from this call on; when it refuses them it closes them."""
+        try:
+            name = ""
+            for fd in fds:
+                buf = bytearray(40)
+                try:
+                    fcntl.ioctl(fd, TUNGETIFF, buf)
+                except OSError as e:
+                    raise HostError(
+                        f"virtio-net: fd {fd} is not a tap device ({e.strerror})",
+                        hint="pass an fd opened on /dev/net/tun with TUNSETIFF",
+                    ) from None
+                name = buf[:16].split(b"\0", 1)[0].decode(errors="replace")
+                flags = struct.unpack_from("H", buf, 16)[0]
+                if not flags & IFF_VNET_HDR:
+                    raise HostError(
+                        f"virtio-net: tap fd {fd} ({name}) was opened without IFF_VNET_HDR",
+                        hint="open the tap with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR",
+                    )
+                os.set_blocking(fd, False)
+            tap = cls(name, list(fds), created=False)
+            tap._setup_fds()
+        except BaseException:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
         return tap
 
     def _setup_fds(self) -> None:

@@ -293,6 +293,22 @@ def engine_fd_numbers(e: Engine) -> None:
     r.close()
 
 
+def non_tap_fd(e: Engine) -> None:
+    """A descriptor that is not a tap, passed for a NIC: refused, and nothing of it kept."""
+    r = Raw(e.path)
+    r.line()
+    f = os.open("/dev/null", os.O_RDONLY)
+    socket.send_fds(r.s, [b'{"execute":"getfd","arguments":{"fdname":"nt"}}\n'], [f])
+    os.close(f)
+    assert r.line() == {"return": {}}
+    assert "return" in r.ask(b'{"execute":"netdev_add","arguments":{"id":"nt","fds":"nt"}}\n')
+    for _ in range(3):
+        dev = b'{"execute":"device_add","arguments":{"id":"nt","driver":"virtio-net-device","addr":"0x1"}}\n'
+        assert "not a tap device" in r.ask(dev)["error"]["desc"]
+    assert "return" in r.ask(b'{"execute":"netdev_del","arguments":{"id":"nt"}}\n')
+    r.close()
+
+
 def hostile_files(e: Engine) -> None:
     fifo = e.tmp / "evil.fifo"
     with contextlib.suppress(FileExistsError):
@@ -388,6 +404,7 @@ CASES: list[Callable[[Engine], None]] = [
     many_clients_share_the_rate,
     fd_passing,
     engine_fd_numbers,
+    non_tap_fd,
     hostile_files,
     real_answers,
     emfile,
