@@ -105,8 +105,14 @@ def clear_stale_socket(path: str, what: str) -> None:
 
 def listen_unix(path: str, what: str, *, backlog: int = 1) -> tuple[socket.socket, FileId]:
     """A non-inheritable listening unix socket at ``path`` (mode 0600 whatever the umask) and
-    the identity of the socket file, for ``unlink_if_same`` at close."""
-    import socket as _socket
+    the identity of the socket file, for ``unlink_if_same`` at close.
+
+    The socket is bound and listening under a staging name in the same folder first, then
+    hard-linked to ``path``: a client that sees the path can connect at once (no "connection
+    refused" between ``bind`` and ``listen``), and ``link`` never replaces a file that appeared
+    at the path meanwhile. A file system without hard links gets a plain ``bind`` at ``path``.
+    """
+    import secrets
 
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise HostError(
@@ -115,21 +121,53 @@ def listen_unix(path: str, what: str, *, backlog: int = 1) -> tuple[socket.socke
             hint="use a shorter path",
         )
     clear_stale_socket(path, what)
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    staging = os.path.join(os.path.dirname(path), f".{os.getpid()}-{secrets.token_hex(4)}.sock")
+    sock: socket.socket | None = None
     try:
-        os.fchmod(sock.fileno(), SOCKET_MODE)  # the socket file takes this mode (& ~umask)
-        sock.bind(path)
+        if len(os.fsencode(staging)) <= SUN_PATH_MAX:
+            try:
+                sock = _listening(staging, backlog, link_to=path)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+        if sock is None:
+            sock = _listening(path, backlog)
         if stat.S_IMODE(os.lstat(path).st_mode) != SOCKET_MODE:  # a stricter umask took bits
             os.chmod(path, SOCKET_MODE)
-        st = os.lstat(path)
-        sock.listen(backlog)
+        st = os.lstat(path)  # after link, unlink and chmod: each moves the change time
+    except FileExistsError:
+        raise HostError(
+            f"{what} {path} was taken by another process while this one started",
+            hint="stop that VM first ('svlaunch ps' lists VMs) or choose another path",
+        ) from None
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise HostError(
             f"{what}: cannot listen on {path}: {exc.strerror}",
             hint="check that the folder exists and is writable",
         ) from None
     return sock, file_id(st)
+
+
+def _listening(where: str, backlog: int, link_to: str | None = None) -> socket.socket:
+    """A socket listening at ``where`` (then at ``link_to`` instead, when given)."""
+    import socket as _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        os.fchmod(sock.fileno(), SOCKET_MODE)  # the socket file takes this mode (& ~umask)
+        sock.bind(where)
+        sock.listen(backlog)
+        if link_to is not None:
+            try:
+                os.link(where, link_to)
+            finally:
+                os.unlink(where)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def create_exclusive(path: str, data: bytes, mode: int, what: str) -> FileId:

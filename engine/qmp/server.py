@@ -23,7 +23,7 @@ The loop also serves the VM's devices, so nothing a client does may block it (do
 
 Bad input gets an error reply and the connection goes on (the framer resynchronises).
 
-Sockets come from ``engine.unixsock.bind_unix``: 0600 from creation, listening before the path
+Sockets come from ``engine.ownfiles.listen_unix``: 0600 from creation, listening before the path
 exists, a live one refused, and at exit unlinked only while still the file this server made.
 """
 
@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.eventloop import EventLoop
+from engine.ownfiles import FileId, listen_unix, unlink_if_same
 from engine.qmp.commands import Dispatcher
 from engine.qmp.control import ClientFds, VmControl
 from engine.qmp.protocol import (
@@ -55,9 +56,8 @@ from engine.qmp.protocol import (
     Role,
 )
 from engine.qmp.ratelimit import THROTTLED_DESC, Admission, LeakyBucket
-from engine.unixsock import BACKLOG, BoundSocket, bind_unix
 
-__all__ = ["BACKLOG", "MAX_CLIENTS", "OUTPUT_CAP", "QmpServer", "bind_unix"]
+BACKLOG = socket.SOMAXCONN  # the kernel caps it at net.core.somaxconn
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class QmpServer:
         self._own_loop = loop is None
         self.loop = loop or EventLoop("qmp")
         self._thread: threading.Thread | None = None
-        self._bound: list[BoundSocket] = []
+        self._bound: list[tuple[str, socket.socket, FileId]] = []  # path, listener, its file
         self._clients: dict[int, _Client] = {}
         self._accepting = False
         self._backoff = 0.0
@@ -126,7 +126,9 @@ class QmpServer:
         """Bind every socket now (errors surface here), then serve."""
         try:
             for path in self.paths:
-                self._bound.append(bind_unix(path))
+                sock, ident = listen_unix(path, "QMP socket", backlog=BACKLOG)
+                sock.setblocking(False)
+                self._bound.append((path, sock, ident))
         except BaseException:
             self._release_sockets()
             raise
@@ -152,14 +154,14 @@ class QmpServer:
         if self._accepting or self.closed or len(self._clients) >= MAX_CLIENTS:
             return
         self._accepting = True
-        for b in self._bound:
-            self.loop.add_reader(b.sock.fileno(), lambda b=b: self._accept(b.sock))
+        for _path, sock, _ident in self._bound:
+            self.loop.add_reader(sock.fileno(), lambda s=sock: self._accept(s))
 
     def _pause_accepting(self) -> None:
         if self._accepting:
             self._accepting = False
-            for b in self._bound:
-                self.loop.remove_reader(b.sock.fileno())
+            for _path, sock, _ident in self._bound:
+                self.loop.remove_reader(sock.fileno())
 
     def _backoff_over(self) -> None:
         self._resume_accepting()
@@ -196,10 +198,10 @@ class QmpServer:
             self.loop.close()
 
     def _release_sockets(self) -> None:
-        for b in self._bound:
+        for path, sock, ident in self._bound:
             with contextlib.suppress(OSError):
-                b.sock.close()
-            b.unlink_if_ours()
+                sock.close()
+            unlink_if_same(path, ident)  # never a path it did not bind, or one taken over since
         self._bound.clear()
 
     def _loop_thread_is_current(self) -> bool:
