@@ -8,6 +8,7 @@ with key paths, located by the caller exactly like validation issues.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from engine.hostfiles import check_host_file
