@@ -147,6 +147,8 @@ def open_host_file(
         hint = "fix the permissions or run as the VM's user"
         if e.errno == errno.EROFS:
             hint = "the file system is read-only: mark the image readonly"
+        elif e.errno == errno.EPERM and write:
+            hint = "the file is immutable or append-only (lsattr): mark the image readonly"
         elif direct and e.errno == errno.EINVAL:
             hint = "this file system does not support O_DIRECT: set direct = false"
         elif e.errno in (errno.ELOOP, errno.ENOENT):
