@@ -158,7 +158,8 @@ def spare(chan: Any, detach: list[Any], *, warm: bool) -> NoReturn:
         if warm and os.environ.get("SVLAUNCH_POOL_WARMUP", "on") != "off":
             from engine.pool.warmup import warm_up
 
-            warm_up()
+            if not warm_up():  # the VM starts cold; the pool's log says why
+                print(f"svlaunch-pool: spare {os.getpid()}: warm-up failed", file=sys.stderr)
         data, fds, _ = protocol.receive(chan)
         if not data:
             _exit(0)

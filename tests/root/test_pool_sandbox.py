@@ -75,24 +75,24 @@ class _Vm:
         started = client.start(sock, str(plan), {"log": self.log, "exit": self.exit_fd}, opts)
         self.supervisor, self.pidfd = started.pid, started.pidfd
 
-    def engine(self, timeout: float = 30) -> int:
+    def engine(self, timeout: float = 60) -> int:
         """The jailed engine: the supervisor's child (pid 1 of its own PID namespace)."""
         deadline = time.monotonic() + timeout
         while True:
             kids = Path(f"/proc/{self.supervisor}/task/{self.supervisor}/children").read_text()
             if kids.split():
                 return int(kids.split()[0])
-            assert time.monotonic() < deadline, "no jailed engine appeared"
+            assert time.monotonic() < deadline, (self.tmp / f"{self.name}.log").read_text()
             time.sleep(0.02)
 
     def wait_serial(self, text: bytes) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not (self.serial.exists() and text in self.serial.read_bytes()):
             assert time.monotonic() < deadline, (self.tmp / f"{self.name}.log").read_text()
             time.sleep(0.05)
 
     def ended(self) -> dict:
-        assert wait_gone(self.supervisor, 30)
+        assert wait_gone(self.supervisor, 60), (self.tmp / f"{self.name}.log").read_text()
         return json.loads(self.exit_path.read_text())
 
     def close(self) -> None:
