@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import threading
+from types import SimpleNamespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,31 @@ class SlotTable:
         return None
 
 
+def _cold_backends(devices: Sequence[DevicePlan]) -> list[Backend]:
+    """The backends of the drives and NICs the VM started with, in use by their devices.
+
+    They are registered like ``blockdev-add``/``netdev_add`` ones, so a cold-plugged disk or NIC
+    is replaced the same way a hot-plugged one is: ``device_del``, then ``blockdev-del`` or
+    ``netdev_del``, then the new backend and device.
+    """
+    found = []
+    for d in devices:
+        if isinstance(d, BlkPlan):
+            spec = SimpleNamespace(
+                node_name=d.drive_id or d.id,
+                filename=d.file,
+                read_only=d.readonly,
+                direct=d.direct,
+                iops=d.iops,
+            )
+            found.append(Backend("blk", spec.node_name, spec, user=d.id))
+        elif isinstance(d, NetPlan) and not d.vhost:
+            name = d.netdev_id or d.id
+            spec = SimpleNamespace(id=name, ifname=d.ifname, fds=(), queues=d.queue_pairs)
+            found.append(Backend("net", name, spec, user=d.id))
+    return found
+
+
 class HotReplace:
     """The VM's hot-replace state. Calls come from the QMP thread, one at a time."""
 
@@ -90,7 +116,9 @@ class HotReplace:
         self.vm_name = vm_name
         self.iothreads = iothreads
         self.slots = SlotTable.from_devices(devices)
-        self.backends: dict[tuple[str, str], Backend] = {}
+        self.backends: dict[tuple[str, str], Backend] = {
+            (b.kind, b.id): b for b in _cold_backends(devices)
+        }
         self._lock = threading.Lock()
 
     # -- backends -----------------------------------------------------------------------------------
@@ -271,6 +299,12 @@ class HotReplace:
         if problems:
             raise HotplugError(problems[0].message, hint=problems[0].hint)
         if isinstance(plan, NetPlan):
+            if not plan.ifname and not b.fds:
+                raise HotplugError(
+                    f"Net device '{b.id}' has no tap left to attach: its fds went with the "
+                    "device that used them",
+                    hint="netdev_del it and netdev_add a new backend",
+                )
             # the device owns dups of the backend's fds, so the backend stays reusable
             plan = dataclasses.replace(plan, fds=tuple(os.dup(fd) for fd in b.fds))
         return plan

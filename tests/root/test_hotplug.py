@@ -157,6 +157,32 @@ def test_block_hot_replace_is_seen_by_the_guest(tmp_path) -> None:
         vm.close()
 
 
+def test_a_cold_plugged_disk_is_replaced_like_a_hot_plugged_one(tmp_path) -> None:
+    """The manifest's disk has a backend too: device_del, blockdev-del, blockdev-add, device_add
+    (what a GitOps live update of a drive sends) swap it for another file in the same slot."""
+    plan, serial = slot_plan(tmp_path)
+    new = tmp_path / "new.img"
+    new.write_bytes(b"\1" * (1 << 20))
+    base0, _ = virtio_mmio_slot(0)
+    vm, _ev = start(plan)
+    try:
+        with pytest.raises(QmpError, match="in use"):
+            vm.blockdev_del("disk0")  # its device still uses it
+        vm.device_del("disk0")
+        assert vm.machine.mmio.read(base0 + 8, 4) == 0  # an empty slot again
+        vm.blockdev_del("disk0")
+        with pytest.raises(QmpError, match="not found"):
+            vm.blockdev_del("disk0")
+        vm.blockdev_add(BlockdevSpec("disk0", str(new)))
+        vm.device_add(DeviceSpec("disk0", "virtio-blk-device", "blk", 0))
+        att = vm.machine.devices.attached("disk0")
+        assert att.spec.file == str(new) and vm.machine.mmio.read(base0 + 8, 4) == 2
+        vm.quit()
+        assert vm.wait(10) == 0
+    finally:
+        vm.close()
+
+
 def test_hot_replace_refusals(tmp_path) -> None:
     plan, serial = slot_plan(tmp_path)
     disk1 = tmp_path / "disk1.img"

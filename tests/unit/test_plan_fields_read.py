@@ -23,10 +23,6 @@ KNOWN_UNREAD = {
     # issue 11 (I/O): the engine serves every drive synchronously whatever aio says; the I/O
     # engineer implements native/io_uring for real
     ("BlkPlan", "aio"): "issue 11",
-    # the engine's hot-replace registers only QMP-added backends, so a cold-plugged NIC cannot
-    # be netdev_del'd by its id (to fix in engine/machine/hotplug.py); a drive's drive_id is
-    # read by query-block (engine/machine/inventory.py)
-    ("NetPlan", "netdev_id"): "hot-replace of cold-plugged NICs",
     # svlaunch up detaches the engine itself and clears it (launcher/commands/up.py)
     ("Plan", "daemonize"): "cleared by svlaunch up",
     # never set: compile_plan refuses incoming as engine-unsupported
