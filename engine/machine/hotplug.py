@@ -18,9 +18,9 @@ import contextlib
 import dataclasses
 import os
 import threading
-from types import SimpleNamespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from engine import device_rules as rules

@@ -160,7 +160,7 @@ def test_block_hot_replace_is_seen_by_the_guest(tmp_path) -> None:
 def test_a_cold_plugged_disk_is_replaced_like_a_hot_plugged_one(tmp_path) -> None:
     """The manifest's disk has a backend too: device_del, blockdev-del, blockdev-add, device_add
     (what a GitOps live update of a drive sends) swap it for another file in the same slot."""
-    plan, serial = slot_plan(tmp_path)
+    plan, _serial = slot_plan(tmp_path)
     new = tmp_path / "new.img"
     new.write_bytes(b"\1" * (1 << 20))
     base0, _ = virtio_mmio_slot(0)
