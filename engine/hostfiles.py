@@ -8,7 +8,8 @@ words. The rules (docs/qmp.md, "Host files"):
 * The path is looked at first without being opened (``O_PATH|O_NOFOLLOW``): opening has side
   effects on some files (a FIFO blocks until a writer comes, ``/dev/watchdog`` arms a timer), so
   anything but a regular file (or a block device, where one is allowed) is refused before that.
-  A symbolic link is refused: name its target.
+  A symbolic link the operator names (``/dev/disk/by-id/...``, an image managed through links) is
+  resolved first and its target checked and opened; messages name both.
 * Regular files on kernel pseudo file systems (``/proc/self/mem``, ``/sys/...``) are refused:
   they look like files but are views of kernel or process state.
 * Then the file is opened for real with ``O_NONBLOCK|O_NOFOLLOW|O_CLOEXEC`` (never blocks) and
@@ -112,6 +113,9 @@ def open_host_file(
 
     if not path or "\0" in path:
         raise refuse(f"{what} path {path!r} is empty or holds a NUL byte", "give a file path")
+    given, path = path, os.path.realpath(path)
+    if path != given:  # a link the manifest names: check and open what it points at
+        what = f"{what} {given} ->"
     try:
         probe = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
@@ -122,9 +126,6 @@ def open_host_file(
     try:
         before = os.fstat(probe)
         shape = _shape_problem(path, what, before, block_ok)
-        if shape and stat.S_ISLNK(before.st_mode):
-            target = os.path.realpath(path)
-            raise refuse(shape, f"name the file itself, not a link to it: {target}")
         if shape:
             raise refuse(
                 shape,

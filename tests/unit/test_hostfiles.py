@@ -49,7 +49,10 @@ def files(tmp_path: Path) -> dict[str, str]:
     s.close()
     link = tmp_path / "link.img"
     link.symlink_to(img)
+    fifo_link = tmp_path / "by-id-fifo"
+    fifo_link.symlink_to(fifo)
     return {
+        "fifo_link": str(fifo_link),
         "img": str(img),
         "fifo": str(fifo),
         "sock": str(sock),
@@ -63,12 +66,13 @@ def files(tmp_path: Path) -> dict[str, str]:
     [
         ("fifo", "a FIFO (named pipe), not a regular file or a block device"),
         ("sock", "a unix socket"),
-        ("link", "a symbolic link"),
+        ("fifo_link", "-> " + "{tmp}/fifo.img is a FIFO (named pipe)"),
         ("dir", "a directory"),
     ],
 )
 def test_what_is_not_an_image_is_refused_without_blocking(files, key: str, words: str) -> None:
     problem = in_thread(lambda: check_host_file(files[key], what="drive image", write=True))
+    words = words.format(tmp=os.path.dirname(files["img"]))
     assert problem is not None and words in problem.message and problem.hint
     assert files[key] in problem.message
 
@@ -99,6 +103,15 @@ def test_a_regular_file_opens_blocking_and_close_on_exec(files) -> None:
     finally:
         os.close(fd)
     assert check_host_file(files["img"], what="kernel", block_ok=False) is None
+
+
+def test_a_link_the_manifest_names_opens_its_target(files) -> None:
+    """/dev/disk/by-id/... style links are how operators name disks: the target is checked."""
+    fd = open_host_file(files["link"], what="drive image", write=True)
+    try:
+        assert os.fstat(fd).st_ino == os.stat(files["img"]).st_ino
+    finally:
+        os.close(fd)
 
 
 def test_a_missing_file_and_a_read_only_need(files, tmp_path) -> None:
