@@ -3,7 +3,8 @@
 Everything that touches guest memory (loader, ACPI writer, virtqueues, devices) goes through
 ``GuestMemory``; nobody holds the raw mmap. Every access is checked against the regions and
 raises ``GuestMemoryError(addr, length)`` when any byte of it falls outside guest RAM, so a
-hostile guest address can fail a request but never reach host memory. Like rust-vmm's
+hostile guest address can fail a request but never reach host memory. That includes the host
+addresses handed to the kernel for preadv/pwritev (``host_iovec``). Like rust-vmm's
 vm-memory, a test builds one in a call (``GuestMemory.anonymous([(0, 1 << 20)])``) without KVM.
 """
 
@@ -13,8 +14,10 @@ import bisect
 import ctypes
 import mmap
 import struct
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import add
 
 from engine.errors import GuestMemoryError
 
@@ -22,6 +25,10 @@ _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+#: How many recent ``host_iovec`` answers each ``GuestMemory`` keeps.
+IOVEC_CACHE = 64
+#: A ``host_iovec`` answer: packed iovecs, their count and bytes, the regions they point into.
+_Iovec = tuple[bytes, int, int, tuple["GuestRegion", ...]]
 
 
 @dataclass(slots=True, eq=False)
@@ -85,6 +92,7 @@ class GuestMemory:
         self._starts = [r.guest_addr for r in self._regions]
         #: the region the last lookup found (guests touch one region nearly always)
         self._last: GuestRegion | None = self._regions[0] if self._regions else None
+        self._iovecs: dict[tuple[tuple[int, ...], tuple[int, ...]], _Iovec] = {}
 
     @classmethod
     def anonymous(cls, ranges: Sequence[tuple[int, int]], *, shared: bool = False) -> GuestMemory:
@@ -108,6 +116,7 @@ class GuestMemory:
         return self._regions[-1].end if self._regions else 0
 
     def close(self) -> None:
+        self._iovecs.clear()
         for r in self._regions:
             r.release()
 
@@ -135,12 +144,38 @@ class GuestMemory:
         return r, addr - r.guest_addr
 
     def check_range(self, addr: int, length: int) -> bool:
-        """True when every byte of ``[addr, addr+length)`` is guest RAM (regions may be adjacent)."""
-        try:
-            self.slices(addr, length)
-        except GuestMemoryError:
+        """True when every byte of ``[addr, addr+length)`` is guest RAM (regions may be adjacent).
+
+        Allocates nothing: the virtqueue calls it for every buffer of every request.
+        """
+        if length < 0:
             return False
+        r = self.find_region(addr)  # None for a negative address too
+        if r is None:
+            return False
+        end = addr + length
+        while end > r.end:  # runs on into the next region only when it starts right here
+            r = self.find_region(r.end)
+            if r is None:
+                return False
         return True
+
+    def check_ranges(self, addrs: Sequence[int], lens: Sequence[int]) -> bool:
+        """True when every byte of every range ``[addrs[i], addrs[i]+lens[i])`` is guest RAM."""
+        if self._one_region(addrs, lens) is not None:
+            return True
+        return all(map(self.check_range, addrs, lens))
+
+    def _one_region(self, addrs: Sequence[int], lens: Sequence[int]) -> GuestRegion | None:
+        """The region holding every range, when one does (a request's pages nearly always lie
+        in one region). The lowest start and the highest end lie in region r, so every range
+        does: C-level min/max passes instead of a lookup per range."""
+        if not addrs or min(lens) < 0:
+            return None
+        r = self.find_region(min(addrs))
+        if r is not None and max(map(add, addrs, lens)) <= r.end:
+            return r
+        return None
 
     # -- bulk access ------------------------------------------------------------------------------
 
@@ -193,12 +228,17 @@ class GuestMemory:
     # -- typed access ---------------------------------------------------------------------------
 
     def read_struct(self, addr: int, fmt: struct.Struct) -> tuple:
-        r, off = self._locate(addr, fmt.size)
-        return fmt.unpack_from(r.mapping, off)
+        r = self.find_region(addr)
+        if r is not None and addr + fmt.size <= r.end:
+            return fmt.unpack_from(r.mapping, addr - r.guest_addr)
+        return fmt.unpack(self.read(addr, fmt.size))  # spans adjacent regions, or raises
 
     def write_struct(self, addr: int, fmt: struct.Struct, *values: object) -> None:
-        r, off = self._locate(addr, fmt.size)
-        fmt.pack_into(r.mapping, off, *values)
+        r = self.find_region(addr)
+        if r is not None and addr + fmt.size <= r.end:
+            fmt.pack_into(r.mapping, addr - r.guest_addr, *values)
+            return
+        self.write(addr, fmt.pack(*values))  # spans adjacent regions, or raises
 
     def read_u8(self, addr: int) -> int:
         return self.read_struct(addr, _U8)[0]
@@ -223,3 +263,72 @@ class GuestMemory:
 
     def write_u64(self, addr: int, value: int) -> None:
         self.write_struct(addr, _U64, value)
+
+    # -- host addresses for the kernel --------------------------------------------------------------
+
+    def host_iovec(self, addrs: Sequence[int], lens: Sequence[int]) -> HostIovec:
+        """The ranges ``[addrs[i], addrs[i]+lens[i])`` as a packed host ``struct iovec[]`` for
+        preadv/pwritev, checked like any other access (``GuestMemoryError`` outside RAM).
+
+        Why not a list of views: a memoryview per 4 KiB page costs more than the page's copy.
+        A range that spans adjacent regions becomes one entry per region. The result pins every
+        region it names, so the mappings cannot be unmapped while the kernel uses the addresses.
+
+        Answers are remembered for the last ``IOVEC_CACHE`` inputs: the answer depends on the
+        ranges alone (regions never move), and a reader that reuses one buffer (dd, O_DIRECT
+        databases) asks the same question request after request.
+        """
+        key = (tuple(addrs), tuple(lens))
+        known = self._iovecs.get(key)
+        if known is None:
+            known = self._iovecs[key] = self._host_iovec(addrs, lens)
+            if len(self._iovecs) > IOVEC_CACHE:
+                del self._iovecs[next(iter(self._iovecs))]  # the oldest
+        data, count, total, regions = known
+        return HostIovec(data, count, total, tuple(memoryview(r.mapping) for r in regions))
+
+    def _host_iovec(
+        self, addrs: Sequence[int], lens: Sequence[int]
+    ) -> tuple[bytes, int, int, tuple[GuestRegion, ...]]:
+        if not addrs:
+            return b"", 0, 0, ()
+        r = self._one_region(addrs, lens)
+        if r is not None:  # one translation for all
+            flat = array("Q", bytes(16 * len(addrs)))
+            flat[0::2] = array("Q", map((r.host_addr - r.guest_addr).__add__, addrs))
+            flat[1::2] = array("Q", lens)
+            return flat.tobytes(), len(addrs), sum(lens), (r,)
+        flat = array("Q")
+        regions: dict[int, GuestRegion] = {}
+        for addr, length in zip(addrs, lens, strict=True):
+            if addr < 0 or length < 0:
+                raise GuestMemoryError(addr, length, "has a negative address or length")
+            cur, left = addr, length
+            while left > 0:
+                r = self.find_region(cur)
+                if r is None:
+                    raise GuestMemoryError(addr, length)
+                n = min(left, r.end - cur)
+                flat.append(r.host_addr + cur - r.guest_addr)
+                flat.append(n)
+                regions[id(r)] = r
+                cur += n
+                left -= n
+        return flat.tobytes(), len(flat) // 2, sum(flat[1::2]), tuple(regions.values())
+
+
+class HostIovec:
+    """A packed ``struct iovec[count]`` (base u64, len u64) over checked guest RAM.
+
+    ``pins`` are views of the regions it points into: while they live, closing a mapping raises
+    BufferError instead of unmapping memory the kernel is about to read or write.
+    """
+
+    __slots__ = ("count", "data", "pins", "total")
+
+    def __init__(self, data: bytes, count: int, total: int, pins: tuple[memoryview, ...]) -> None:
+        self.data, self.count, self.total, self.pins = data, count, total, pins
+
+    def aligned(self, align: int) -> bool:
+        """Every buffer's host address and length is a multiple of ``align`` (for O_DIRECT)."""
+        return not any(map((align - 1).__and__, memoryview(self.data).cast("Q")))

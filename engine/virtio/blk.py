@@ -1,9 +1,11 @@
 """virtio-blk (virtio 1.2 §5.2) over a raw file or block device.
 
 Data moves straight between the file and guest memory: one preadv/pwritev per request over a
-host iovec array of the chain's buffers (``chain.host_iovec``; the chain's ``GuestMemory``
-views when it spans regions), on the device's event loop (the main loop or its iothread),
-never on a vCPU thread. With ``direct`` the file is opened O_DIRECT; guest buffers that are
+host iovec array of the chain's buffers (``DescriptorChain.host_iovec``, made and checked by
+``GuestMemory``), on the device's event loop (the main loop or its iothread), never on a vCPU
+thread. One request moves at most ``seg_max * size_max`` data bytes, the limits the config
+space advertises (a larger one fails with IOERR), and costs Python work per buffer, of which a
+chain has at most 1024: that is what a guest can make the host do per request. With ``direct`` the file is opened O_DIRECT; guest buffers that are
 not aligned for it go through a page-aligned bounce buffer (read-modify-write at unaligned
 edges). ``readonly`` opens the file O_RDONLY, offers VIRTIO_BLK_F_RO and fails writes with
 IOERR. ``discard`` offers DISCARD and WRITE_ZEROES, served by punching holes (fallocate), when the
@@ -24,7 +26,6 @@ from engine.errors import HostError
 from engine.hostfiles import open_host_file
 from engine.virtio.blk_accounting import BlkAccounting
 from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
-from engine.virtio.hostiov import host_iovec
 from engine.virtio.iov import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -151,6 +152,8 @@ class Blk(VirtioDevice):
                 1,  # write_zeroes_may_unmap
             )
         )
+        #: the most data bytes one request may move: seg_max segments of size_max
+        self.max_request = max(1, queue_size - 2) * SIZE_MAX
         self.bucket = TokenBucket(iops_total, max(1.0, iops_total / 10)) if iops_total else None
         self._timer = RateTimer(self.lock, self._unthrottle)
         self._throttled: set[int] = set()
@@ -263,6 +266,8 @@ class Blk(VirtioDevice):
         rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
         data_in = chain.writable_len - 1
         data_out = chain.readable_len - _HDR.size
+        if max(data_in, data_out) > self.max_request:  # more than seg_max * size_max
+            return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
         try:
             if rtype == VIRTIO_BLK_T_IN:
                 if not self._in_range(sector, data_in):
@@ -348,12 +353,13 @@ class Blk(VirtioDevice):
     ) -> bool:
         """The whole transfer in one preadv/pwritev over a host iovec array (no view per page).
 
-        False when the view path must do it: the chain was not checked to lie in one region,
-        O_DIRECT alignment is not met, or the transfer came up short (end of file).
+        False when the view path must do it: more than IOV_MAX pieces (a buffer that spans
+        adjacent regions is two), O_DIRECT alignment is not met, or the transfer came up short
+        (end of file).
         """
         assert self.mem is not None
-        iov = host_iovec(self.mem, chain, not write, skip, length)
-        if iov is None or not 0 < iov.count <= IOV_MAX or iov.total != length:
+        iov = chain.host_iovec(self.mem, not write, skip, length)
+        if not 0 < iov.count <= IOV_MAX or iov.total != length:
             return False
         if self.direct and (offset % self.align or not iov.aligned(self.align)):
             return False

@@ -1,25 +1,20 @@
-"""The split virtqueue (virtio 1.2 §2.7), written on the assumption that the guest is hostile.
+"""The split virtqueue (virtio 1.2 §2.7) and the one validator of everything a driver puts in it.
 
-The queue is pure over ``GuestMemory``: it never touches KVM, files or threads. Every value the
-guest controls is read once (no TOCTOU) and checked before use, following Firecracker's
-``queue.rs`` and rust-vmm's ``virtio-queue/src/chain.rs``:
+The guest is hostile. This file holds every check the device makes on the rings and the
+descriptor chains, each next to the section of the virtio 1.2 specification it enforces;
+docs/virtio.md lists them in one table. The queue never touches KVM, files or threads, and
+reaches guest memory only through ``GuestMemory``, which bounds-checks every access again.
 
-- ring placement (``Queue.validate``): size a power of two ≤ ``max_size``; descriptor table
-  16-aligned, avail ring 2-aligned, used ring 4-aligned; each ring wholly inside guest RAM;
-- avail index sanity: more than ``size`` pending entries means a broken driver (§2.7.13.3);
-- head index < size, ``next`` < size (or < the indirect table length);
-- a TTL of ``size`` links (or the indirect table length) stops loops;
-- indirect tables (§2.7.5.3): feature negotiated, not nested, not combined with NEXT,
-  ``len % 16 == 0``, at most 65535 entries, wholly in RAM, read once as a snapshot;
-- every buffer ``[addr, addr+len)`` inside guest RAM (may span adjacent regions), no 2^64 wrap;
-- device-readable descriptors before device-writable ones (§2.7.4.2);
-- total chain length < 2^32 and at most ``MAX_CHAIN_IOVECS`` buffers (IOV_MAX, for preadv);
-- used length ≤ the chain's writable length.
+Two outcomes for a broken driver:
 
-Two error classes: a malformed *chain* (``ChainError``) fails only that request, which the queue
-returns to the driver with used length 0; a broken *queue* (``QueueError``: bad avail index or
-head) cannot be recovered and the transport puts the device into DEVICE_NEEDS_RESET. Neither
-reaches host memory outside guest RAM, because all access goes through ``GuestMemory``.
+- ``ChainError``: one malformed descriptor chain. ``pop`` returns it to the driver with used
+  length 0, counts it in ``errors`` and goes on with the next chain.
+- ``QueueError``: the ring itself is broken (bad placement, avail index or head). The queue
+  cannot be trusted any more; the transport sets DEVICE_NEEDS_RESET (§2.1.2).
+
+Every value the guest controls is read once and checked before use (a descriptor is unpacked
+from one read; an indirect table is copied out whole), so a driver that rewrites its ring
+while the device reads it changes nothing the checks saw.
 
 Memory ordering: x86 keeps stores in order and loads in order, and CPython performs each
 ``pack_into``/``unpack_from`` as one copy, so "write the used element, then bump used.idx" and
@@ -30,71 +25,54 @@ from __future__ import annotations
 
 import logging
 import struct
+from itertools import compress
 
-from engine.errors import GuestMemoryError
 from engine.machine.memory import GuestMemory
-from engine.virtio.bulk import TableMemo
 from engine.virtio.chain import (
-    MAX_CHAIN_IOVECS,
+    MAX_CHAIN_BUFFERS,
+    VIRTQ_DESC_F_INDIRECT,
     VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE,
     DescriptorChain,
-    linear_table,
 )
+
+__all__ = [
+    "MAX_CHAIN_BUFFERS",
+    "MAX_INDIRECT_ENTRIES",
+    "MAX_QUEUE_SIZE",
+    "VIRTQ_AVAIL_F_NO_INTERRUPT",
+    "VIRTQ_DESC_F_INDIRECT",
+    "VIRTQ_DESC_F_NEXT",
+    "VIRTQ_DESC_F_WRITE",
+    "ChainError",
+    "DescriptorChain",
+    "Queue",
+    "QueueError",
+]
 
 log = logging.getLogger(__name__)
 
-VIRTQ_DESC_F_INDIRECT = 4
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
-VIRTQ_USED_F_NO_NOTIFY = 1
 
-#: The split ring's largest size (virtio 1.2 §2.7: "Queue Size ... maximum 32768").
+#: §2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
 MAX_QUEUE_SIZE = 32768
-#: An indirect table holds at most 65535 descriptors (§2.7.5.3.1).
-MAX_INDIRECT_ENTRIES = 65535
+#: Entries an indirect table may have. The spec's ceiling is 65535 (``next`` is a u16); §2.7.4.1
+#: lets a device set "a reasonable limit", and one chain carries at most MAX_CHAIN_BUFFERS
+#: buffers anyway, so a longer table could only hold padding the walk would have to step over.
+MAX_INDIRECT_ENTRIES = MAX_CHAIN_BUFFERS
 
-_DESC = struct.Struct("<QIHH")
+_DESC = struct.Struct("<QIHH")  # §2.7.5 struct virtq_desc: addr, len, flags, next
 _U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")
-_U64_LIMIT = 1 << 64
+_USED_ELEM = struct.Struct("<II")  # §2.7.8 struct virtq_used_elem: id, len
+_CHAIN_LIMIT = 1 << 32
 
 
 class QueueError(Exception):
-    """The driver broke the queue itself (avail index or head out of range): device needs reset."""
+    """The driver broke the queue itself: the device needs a reset."""
 
 
 class ChainError(Exception):
     """One malformed descriptor chain: that request fails, the queue goes on."""
-
-
-class _Area:
-    """A validated guest range with fast typed access: one memoryview when it lies in one region.
-
-    A range spanning two adjacent regions (possible with back-to-back NUMA nodes) falls back to
-    copying through ``GuestMemory.read/write``.
-    """
-
-    __slots__ = ("addr", "buf", "mem")
-
-    def __init__(self, mem: GuestMemory, addr: int, length: int) -> None:
-        self.addr = addr
-        self.mem = mem
-        try:
-            self.buf: memoryview | None = mem.view(addr, length)
-        except GuestMemoryError:
-            mem.slices(addr, length)  # raises when any byte is outside RAM
-            self.buf = None
-
-    def unpack(self, fmt: struct.Struct, off: int) -> tuple:
-        if self.buf is not None:
-            return fmt.unpack_from(self.buf, off)
-        return fmt.unpack(self.mem.read(self.addr + off, fmt.size))
-
-    def pack(self, fmt: struct.Struct, off: int, *values: int) -> None:
-        if self.buf is not None:
-            fmt.pack_into(self.buf, off, *values)
-        else:
-            self.mem.write(self.addr + off, fmt.pack(*values))
 
 
 class Queue:
@@ -129,27 +107,29 @@ class Queue:
         self.errors = 0
         self._signalled_used = 0
         self._mem: GuestMemory | None = None
-        self._desc: _Area | None = None
-        self._avail: _Area | None = None
-        self._used: _Area | None = None
-        self._memo = TableMemo()  # the last indirect-table body the bulk checks accepted
+        self._paths = _PathCache()
 
-    # -- set-up ------------------------------------------------------------------------------------
+    # -- ring placement: checked once, at DRIVER_OK ------------------------------------------------
 
     def validate(self, mem: GuestMemory) -> str | None:
-        """Why the ring registers are unusable, or None when they are fine (FC ``is_valid``)."""
+        """Why the ring registers are unusable, or None when they are fine."""
         size = self.size
+        # §2.7: the size is a power of 2, at most 32768; §4.2.2.2 (MMIO): at most QueueNumMax.
         if size == 0 or size > self.max_size or size & (size - 1):
             return f"queue size {size} is not a power of two in 1..{self.max_size}"
-        rings = (
+        rings = (  # §2.7's table: each part's alignment and size
             ("descriptor table", self.desc_addr, 16, 16 * size),
             ("avail ring", self.avail_addr, 2, 6 + 2 * size),
             ("used ring", self.used_addr, 4, 6 + 8 * size),
         )
         for name, addr, align, length in rings:
+            # §2.7.1: "the physical address of the first byte of each virtqueue part is a
+            # multiple of the specified alignment value".
             if addr % align:
                 return f"{name} at {addr:#x} is not {align}-byte aligned"
-            if addr + length > _U64_LIMIT or not mem.check_range(addr, length):
+            # Each part wholly in guest RAM (GuestMemory would refuse each access anyway; this
+            # turns a misplaced ring into one clear error at DRIVER_OK).
+            if not mem.check_range(addr, length):
                 return f"{name} [{addr:#x}, +{length:#x}) is outside guest RAM"
         return None
 
@@ -160,36 +140,32 @@ class Queue:
         reason = self.validate(mem)
         if reason is not None:
             raise QueueError(reason)
-        size = self.size
         self._mem = mem
-        self._desc = _Area(mem, self.desc_addr, 16 * size)
-        self._avail = _Area(mem, self.avail_addr, 6 + 2 * size)
-        self._used = _Area(mem, self.used_addr, 6 + 8 * size)
         self.event_idx = event_idx
         self.indirect = indirect
         self._signalled_used = self.next_used
-        self._memo = TableMemo()
 
     @property
     def active(self) -> bool:
         return self._mem is not None
 
     def deactivate(self) -> None:
-        """Drop the views into guest memory (so its mappings can be closed)."""
-        self._mem = self._desc = self._avail = self._used = None
-        self._memo = TableMemo()
+        self._mem = None
 
     # -- avail side ----------------------------------------------------------------------------------
 
     def avail_idx(self) -> int:
-        assert self._avail is not None
-        return self._avail.unpack(_U16, 2)[0]
+        assert self._mem is not None
+        return self._mem.read_struct(self.avail_addr + 2, _U16)[0]
 
     def pending(self) -> int:
         """Chains the driver has made available and the device has not popped yet."""
-        if self._avail is None:
+        if self._mem is None:
             return 0
         n = (self.avail_idx() - self.next_avail) & 0xFFFF
+        # The ring has ``size`` entries, so no more than ``size`` chains can be pending (§2.7.13:
+        # "the ring buffer is the same size as the descriptor table"); a larger jump, or an index
+        # that went backwards (§2.7.6.1: "MUST NOT decrement the available idx"), is a broken ring.
         if n > self.size:
             raise QueueError(
                 f"avail index is {n} entries ahead of the device, more than the queue size {self.size}"
@@ -197,77 +173,29 @@ class Queue:
         return n
 
     def pop(self) -> DescriptorChain | None:
-        """The next valid chain, or None when the ring is empty.
+        """The next valid chain, or None when the ring is empty. Raises ``QueueError``.
 
-        Malformed chains are completed with used length 0 and skipped (counted in ``errors``).
+        Malformed chains are returned to the driver with used length 0, counted in ``errors``
+        and skipped, so a caller only ever sees chains that passed every check.
         """
-        avail, desc, used = self._avail, self._desc, self._used
-        if (
-            avail is not None
-            and avail.buf is not None
-            and desc is not None
-            and desc.buf is not None
-        ):
-            fast = self._pop_fast(avail.buf, desc.buf, used.buf if used is not None else None)
-            if fast is not False:
-                return fast  # type: ignore[return-value]
-        return self._pop_careful()
-
-    def _pop_fast(
-        self, avail: memoryview, desc: memoryview, used: memoryview | None
-    ) -> DescriptorChain | bool | None:
-        """``pop`` for rings that each lie in one region and a head that is a Linux-shaped
-        indirect table: the same reads as the careful path, without its layers of calls (a
-        request's fixed cost, which the nested rig multiplies). False: take the careful path
-        (nothing consumed)."""
-        size = self.size
-        nxt = self.next_avail
-        n = (_U16.unpack_from(avail, 2)[0] - nxt) & 0xFFFF
-        if n == 0:
-            if not self.event_idx or used is None:
-                return None
-            _U16.pack_into(used, 4 + 8 * size, nxt)  # ask for a kick, then look again
-            n = (_U16.unpack_from(avail, 2)[0] - nxt) & 0xFFFF
-            if n == 0:
-                return None
-        if n > size:
-            return False  # the careful path raises the QueueError
-        head = _U16.unpack_from(avail, 4 + 2 * (nxt % size))[0]
-        if head >= size:
-            return False
-        addr, length, flags, _ = _DESC.unpack_from(desc, 16 * head)
         mem = self._mem
-        if flags != VIRTQ_DESC_F_INDIRECT or not self.indirect or mem is None:
-            return False
-        if not 0 < length <= 16 * MAX_CHAIN_IOVECS or length % 16:
-            return False
-        r = mem.find_region(addr)
-        if r is None or addr + length > r.end:
-            return False
-        off = addr - r.guest_addr
-        data = r.mapping[off : off + length]  # one copy: no TOCTOU
-        chain = linear_table(mem, head, data, r, self._memo)
-        if chain is None:
-            return False
-        self.next_avail = (nxt + 1) & 0xFFFF
-        return chain
-
-    def _pop_careful(self) -> DescriptorChain | None:
+        if mem is None:
+            return None
         while True:
-            if self.pending() == 0:
-                if not self._enable_notification():
-                    return None
-                continue
-            assert self._avail is not None
-            head = self._avail.unpack(_U16, 4 + 2 * (self.next_avail % self.size))[0]
+            if self.pending() == 0 and not self._enable_notification():
+                return None
+            slot = self.avail_addr + 4 + 2 * (self.next_avail % self.size)
+            head = mem.read_struct(slot, _U16)[0]
             self.next_avail = (self.next_avail + 1) & 0xFFFF
+            # §2.7.6: a ring entry "refers to the head of a descriptor chain", an index into the
+            # descriptor table of ``size`` entries.
             if head >= self.size:
                 raise QueueError(
                     f"avail ring names head descriptor {head}, queue size is {self.size}"
                 )
             try:
-                return self._walk(head)
-            except (ChainError, GuestMemoryError) as e:
+                return self._read_chain(mem, head)
+            except ChainError as e:
                 self.errors += 1
                 log.debug("virtqueue: dropping descriptor chain %d: %s", head, e)
                 self._put_used(head, 0)
@@ -278,75 +206,81 @@ class Queue:
 
     def _enable_notification(self) -> bool:
         """Ask for kicks again; True when chains arrived meanwhile (pop must look again)."""
-        if not self.event_idx or self._used is None:
+        if not self.event_idx or self._mem is None:
             return False
-        self._used.pack(_U16, 4 + 8 * self.size, self.next_avail)
+        # §2.7.10: with EVENT_IDX the driver kicks once avail.idx passes used.avail_event.
+        self._mem.write_struct(self.used_addr + 4 + 8 * self.size, _U16, self.next_avail)
         return self.pending() > 0
 
-    def _walk(self, head: int) -> DescriptorChain:
-        mem = self._mem
-        table = self._desc
-        assert mem is not None and table is not None
-        chain = DescriptorChain(head)
-        readable, writable = chain.readable, chain.writable
-        idx, ttl, table_len, nested = head, self.size, self.size, False
-        total = 0
-        while True:
-            if ttl == 0:
-                raise ChainError("descriptor chain loops or is longer than its table")
-            ttl -= 1
-            addr, length, flags, nxt = table.unpack(_DESC, 16 * idx)
-            if flags & VIRTQ_DESC_F_INDIRECT:
-                if nested:
-                    raise ChainError("indirect descriptor inside an indirect table")
-                if not self.indirect:
-                    raise ChainError("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
-                if flags & VIRTQ_DESC_F_NEXT:
-                    raise ChainError("indirect descriptor also has NEXT set")
-                if length == 0 or length % 16:
-                    raise ChainError(f"indirect table length {length} is not a multiple of 16")
-                table_len = length // 16
-                if table_len > MAX_INDIRECT_ENTRIES:
-                    raise ChainError(f"indirect table has {table_len} entries, limit 65535")
-                if addr + length > _U64_LIMIT:
-                    raise ChainError(f"indirect table at {addr:#x} wraps the address space")
-                data = mem.read(addr, length)  # one read: no TOCTOU on the table
-                if not readable and not writable:
-                    fast = linear_table(mem, head, data)
-                    if fast is not None:
-                        return fast
-                table = _Snapshot(data)
-                idx, ttl, nested = 0, table_len, True
-                continue
-            if length:
-                if addr + length > _U64_LIMIT:
-                    raise ChainError(f"buffer at {addr:#x}+{length:#x} wraps the address space")
-                r = mem.find_region(addr)
-                if (r is None or addr + length > r.end) and not mem.check_range(addr, length):
-                    raise ChainError(f"buffer [{addr:#x}, +{length:#x}) is outside guest RAM")
-                if flags & VIRTQ_DESC_F_WRITE:
-                    writable.append((addr, length))
-                    chain.writable_len += length
-                else:
-                    if writable:
-                        raise ChainError("device-readable buffer after a device-writable one")
-                    readable.append((addr, length))
-                    chain.readable_len += length
-                total += length
-                if total >= 1 << 32:
-                    raise ChainError("descriptor chain is 4 GiB or longer")
-                if len(readable) + len(writable) > MAX_CHAIN_IOVECS:
-                    raise ChainError(f"descriptor chain has more than {MAX_CHAIN_IOVECS} buffers")
-            if not flags & VIRTQ_DESC_F_NEXT:
-                return chain
-            if nxt >= table_len:
-                raise ChainError(f"next index {nxt} is outside a table of {table_len}")
+    # -- the descriptor chain validator ----------------------------------------------------------------
+
+    def _read_chain(self, mem: GuestMemory, head: int) -> DescriptorChain:
+        """Walk the chain at ``head`` and return its buffers, or raise ``ChainError``.
+
+        Two steps: the walk follows ``next`` and checks the chain's structure, collecting every
+        descriptor it meets; then ``_buffers`` checks what they describe. The walk starts in the
+        ring's descriptor table and may end in one indirect table (§2.7.5.3.2: "zero or more
+        normal chained descriptors followed by a single descriptor with
+        flags&VIRTQ_DESC_F_INDIRECT").
+        """
+        addrs: list[int] = []
+        lens: list[int] = []
+        flags: list[int] = []
+        # §2.7.5.2: "loops in the descriptor chain are forbidden"; §2.7.5.3.1: a chain is no
+        # longer than the Queue Size. A table of n entries yields at most n descriptors, so a
+        # walk that wants more is a loop.
+        idx = head
+        for _ in range(self.size):
+            addr, length, f, nxt = mem.read_struct(self.desc_addr + 16 * idx, _DESC)
+            if f & VIRTQ_DESC_F_INDIRECT:
+                table = self._indirect_table(mem, addr, length, f)
+                path = self._paths.path(table)
+                addrs += _pick(table.addrs, path)
+                lens += _pick(table.lens, path)
+                flags += _pick(table.flags, path)
+                break
+            addrs.append(addr)
+            lens.append(length)
+            flags.append(f)
+            if not f & VIRTQ_DESC_F_NEXT:
+                break
+            # §2.7.5: ``next`` indexes the descriptor table, which has ``size`` entries.
+            if nxt >= self.size:
+                raise ChainError(f"next index {nxt} is outside a table of {self.size}")
             idx = nxt
+        else:
+            raise ChainError(f"descriptor chain loops or is longer than the queue ({self.size})")
+        return _buffers(mem, head, addrs, lens, flags)
+
+    def _indirect_table(self, mem: GuestMemory, addr: int, length: int, f: int) -> _Table:
+        """The checks on a descriptor that names an indirect table (§2.7.5.3), and one copy of it."""
+        # §2.7.5.3.1: only when VIRTIO_F_INDIRECT_DESC was negotiated ...
+        if not self.indirect:
+            raise ChainError("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+        # ... and never together with NEXT: the table ends the chain.
+        if f & VIRTQ_DESC_F_NEXT:
+            raise ChainError("indirect descriptor also has NEXT set")
+        # §2.7.5.3: the table is ``struct virtq_desc desc[len / 16]``.
+        if length == 0 or length % 16:
+            raise ChainError(f"indirect table length {length} is not a multiple of 16")
+        if length // 16 > MAX_INDIRECT_ENTRIES:  # §2.7.4.1: the device's limit
+            raise ChainError(
+                f"indirect table has {length // 16} entries, limit {MAX_INDIRECT_ENTRIES}"
+            )
+        if not mem.check_range(addr, length):
+            raise ChainError(f"indirect table [{addr:#x}, +{length:#x}) is outside guest RAM")
+        # §2.7.5.3.2: the device ignores WRITE on this descriptor. One read: what the walk
+        # checks is what the device uses, whatever the driver writes there meanwhile.
+        return _Table(mem.read(addr, length))
 
     # -- used side ---------------------------------------------------------------------------------
 
     def add_used(self, chain: DescriptorChain, length: int) -> None:
-        """Return ``chain`` with ``length`` bytes written (clamped to its writable length)."""
+        """Return ``chain`` with ``length`` bytes written (clamped to its writable length).
+
+        §2.7.8.2: the device "MUST write at least len bytes": a used length past the writable
+        buffers would tell the driver that memory it never offered was filled.
+        """
         if not 0 <= length <= chain.writable_len:
             log.error(
                 "virtqueue: used length %d > writable %d (device bug)", length, chain.writable_len
@@ -355,42 +289,127 @@ class Queue:
         self._put_used(chain.head, length)
 
     def _put_used(self, head: int, length: int) -> None:
-        used = self._used
-        if used is None:
+        mem = self._mem
+        if mem is None:
             return
-        slot = 4 + 8 * (self.next_used % self.size)
-        self.next_used = nxt = (self.next_used + 1) & 0xFFFF
-        buf = used.buf
-        if buf is not None:  # the element, then the index: the driver never sees a stale one
-            _USED_ELEM.pack_into(buf, slot, head, length)
-            _U16.pack_into(buf, 2, nxt)
-            return
-        used.pack(_USED_ELEM, slot, head, length)
-        used.pack(_U16, 2, nxt)
+        slot = self.used_addr + 4 + 8 * (self.next_used % self.size)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        # §2.7.8.2: "The device MUST set len prior to updating the used idx".
+        mem.write_struct(slot, _USED_ELEM, head, length)
+        mem.write_struct(self.used_addr + 2, _U16, self.next_used)
 
     def needs_notification(self) -> bool:
         """Whether the driver wants an interrupt for the used entries added since the last one."""
-        if self._avail is None:
+        mem = self._mem
+        if mem is None:
             return False
         new = self.next_used
         if self.event_idx:
+            # §2.7.7.2: notify when used.idx passes avail.used_event (vring_need_event).
             old = self._signalled_used
             self._signalled_used = new
-            used_event = self._avail.unpack(_U16, 4 + 2 * self.size)[0]
+            used_event = mem.read_struct(self.avail_addr + 4 + 2 * self.size, _U16)[0]
             return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
         if self._signalled_used == new:
             return False
         self._signalled_used = new
-        return not self._avail.unpack(_U16, 0)[0] & VIRTQ_AVAIL_F_NO_INTERRUPT
+        # §2.7.7.2: without EVENT_IDX, flags bit 0 (NO_INTERRUPT) asks for no notification.
+        flags = mem.read_struct(self.avail_addr, _U16)[0]
+        return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
 
 
-class _Snapshot:
-    """An indirect table copied out of guest memory, read like an ``_Area``."""
+class _Table:
+    """An indirect table copied out of guest memory, as columns (no Python object per entry
+    is made until the walk's path picks the entries)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("addrs", "flags", "lens", "links")
 
     def __init__(self, data: bytes) -> None:
-        self.data = data
+        words = memoryview(data).cast("I")
+        self.addrs = memoryview(data).cast("Q")[0::2].tolist()
+        self.lens = words[2::4].tolist()
+        self.flags = memoryview(data).cast("H")[6::8].tolist()
+        #: flags and next of every entry, as bytes: all that decides the walk's path
+        self.links = words[3::4].tobytes()
 
-    def unpack(self, fmt: struct.Struct, off: int) -> tuple:
-        return fmt.unpack_from(self.data, off)
+
+def _table_path(links: bytes) -> range | tuple[int, ...]:
+    """The entries a walk visits in an indirect table, in order, from ``links`` (each entry's
+    flags and next); raises ``ChainError``. A ``range`` when they are the first k entries in
+    table order (as Linux writes its tables)."""
+    words = memoryview(links).cast("H")
+    flags, nexts = words[0::2].tolist(), words[1::2].tolist()
+    n = len(flags)
+    path: list[int] = []
+    idx = 0  # §2.7.5.3: "The first indirect descriptor is located at start of the ... table"
+    for _ in range(n):  # n entries yield at most n descriptors: more is a loop (§2.7.5.2)
+        f = flags[idx]
+        # §2.7.5.3.1: no VIRTQ_DESC_F_INDIRECT "within an indirect descriptor".
+        if f & VIRTQ_DESC_F_INDIRECT:
+            raise ChainError("indirect descriptor inside an indirect table")
+        path.append(idx)
+        if not f & VIRTQ_DESC_F_NEXT:
+            return range(len(path)) if path == list(range(len(path))) else tuple(path)
+        idx = nexts[idx]
+        # §2.7.5.3: "additional indirect descriptors are chained by next" within the table.
+        if idx >= n:
+            raise ChainError(f"next index {idx} is outside an indirect table of {n}")
+    raise ChainError(f"descriptor chain loops or is longer than its indirect table ({n})")
+
+
+class _PathCache:
+    """``_table_path`` remembered per queue: the path depends on the entries' flags and next
+    fields alone, which repeat request after request (only the header and data addresses
+    move), so the walk over a 258-entry table of a 1 MiB read is a dict lookup. A cache of a
+    pure function, keyed on all of its input: every request still gets the same verdict."""
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self._paths: dict[bytes, range | tuple[int, ...]] = {}
+
+    def path(self, table: _Table) -> range | tuple[int, ...]:
+        path = self._paths.get(table.links)
+        if path is None:
+            path = _table_path(table.links)
+            if len(self._paths) >= self.LIMIT:
+                self._paths.clear()
+            self._paths[table.links] = path
+        return path
+
+
+def _pick(column: list[int], path: range | tuple[int, ...]) -> list[int]:
+    """``column``'s entries in ``path`` order (a slice when the path is a prefix)."""
+    if isinstance(path, range):
+        return column[: len(path)]
+    return list(map(column.__getitem__, path))
+
+
+def _buffers(
+    mem: GuestMemory, head: int, addrs: list[int], lens: list[int], flags: list[int]
+) -> DescriptorChain:
+    """The checks on the buffers the walk collected (in chain order), made with C-level passes
+    over the columns: a 1 MiB request has 256 of them."""
+    # §2.7.4.2: "The driver MUST place any device-writable descriptor elements after any
+    # device-readable descriptor elements": the WRITE bits, in chain order, never fall.
+    writes = list(map(VIRTQ_DESC_F_WRITE.__and__, flags))
+    split = writes.count(0)  # descriptors before the first writable one, when the order holds
+    if writes[split:].count(0):
+        raise ChainError("device-readable buffer after a device-writable one")
+    # §2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
+    if sum(lens) >= _CHAIN_LIMIT:
+        raise ChainError("descriptor chain is 4 GiB or longer")
+    raddrs, rlens, waddrs, wlens = addrs[:split], lens[:split], addrs[split:], lens[split:]
+    if 0 in lens:  # a zero-length buffer touches nothing: walked and ordered, then left out
+        raddrs, waddrs = list(compress(raddrs, rlens)), list(compress(waddrs, wlens))
+        rlens, wlens = list(filter(None, rlens)), list(filter(None, wlens))
+    # §2.7.4.1: "The device MAY have a reasonable limit of descriptors it will allow in a
+    # chain": IOV_MAX, so one preadv/pwritev/readv/writev serves a request.
+    if len(rlens) + len(wlens) > MAX_CHAIN_BUFFERS:
+        raise ChainError(f"descriptor chain has more than {MAX_CHAIN_BUFFERS} buffers")
+    # Every byte of every buffer is guest RAM (which also rules out a wrap past 2^64).
+    for a, n in ((raddrs, rlens), (waddrs, wlens)):
+        if not mem.check_ranges(a, n):
+            bad = next((x, y) for x, y in zip(a, n, strict=True) if not mem.check_range(x, y))
+            raise ChainError(f"buffer [{bad[0]:#x}, +{bad[1]:#x}) is outside guest RAM")
+    return DescriptorChain(head, raddrs, rlens, waddrs, wlens)

@@ -1,8 +1,11 @@
-"""The bulk indirect-table path (engine/virtio/chain.py) against the careful descriptor walk.
+"""The chain validator against an independent model, and a chain's accessors against flat bytes.
 
-``linear_table`` may only ever accept what the one-descriptor-at-a-time walk in queue.py accepts,
-with the same buffers; everything else must fall through to that walk (and its errors). The
-host iovec a blk request is served with must name exactly the bytes of the chain's views.
+``model_chain`` below is the virtio 1.2 §2.7 rules written the plain way (follow ``next`` with a
+set of visited entries, then check the list of descriptors), sharing no code with
+engine/virtio/queue.py. On random, mostly well-formed tables with hostile bytes poked in,
+``Queue.pop`` must accept exactly what the model accepts, with the same buffers. Then a chain's
+``read``/``write``/views/``host_iovec`` must name exactly the bytes a flat model of its buffers
+names, for any offset and length.
 """
 
 from __future__ import annotations
@@ -14,17 +17,17 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-import engine.virtio.queue as queue_mod
 from engine.machine.memory import GuestMemory
-from engine.virtio.bulk import TableMemo
-from engine.virtio.chain import MAX_CHAIN_IOVECS, DescriptorChain, linear_table
-from engine.virtio.hostiov import host_iovec
+from engine.virtio.chain import DescriptorChain
 from engine.virtio.mmio import INT_CONFIG, INT_VRING, MmioTransport
-from engine.virtio.queue import VIRTQ_DESC_F_INDIRECT, Queue
+from engine.virtio.queue import MAX_CHAIN_BUFFERS, MAX_INDIRECT_ENTRIES, Queue
 
 DESC = struct.Struct("<QIHH")
+N, W, IND = 1, 2, 4
 MiB = 1 << 20
-TABLE = 0x8000
+SIZE = 16
+RING, AVAIL, USED = 0x1000, 0x2000, 0x3000
+TABLES = (0x8000, 0xC000)  # where indirect tables go
 # Two adjacent regions (0-4 MiB, 4-8 MiB), a hole, and a high region (16-17 MiB).
 REGIONS = [(0, 4 * MiB), (4 * MiB, 4 * MiB), (16 * MiB, MiB)]
 
@@ -38,134 +41,227 @@ def mem() -> GuestMemory:
     m.close()
 
 
-def walk(mem: GuestMemory, data: bytes, *, careful: bool) -> DescriptorChain | None:
-    """Pop one chain whose head is an indirect descriptor to ``data`` (None: refused)."""
-    mem.write(TABLE, data)
-    q = Queue(16)
-    q.desc_addr, q.avail_addr, q.used_addr = 0x1000, 0x2000, 0x3000
-    q.ready = True
-    q.activate(mem, indirect=True)
-    mem.write(0x1000, DESC.pack(TABLE, len(data), VIRTQ_DESC_F_INDIRECT, 0))
-    mem.write(0x2000, struct.pack("<HHH", 0, 1, 0))
-    mem.write(0x3000, bytes(6))
-    saved = queue_mod.linear_table
-    if careful:
-        queue_mod.linear_table = lambda *_: None
-    try:
-        return q.pop()
-    finally:
-        queue_mod.linear_table = saved
+def model_chain(mem: GuestMemory, head: int, indirect_ok: bool) -> tuple[list, list] | None:
+    """The chain at ``head`` by the spec's rules, or None where a rule is broken."""
+    table, n, seen, nested = RING, SIZE, set(), False
+    descs = []  # (addr, len, writable) in chain order
+    idx = head
+    while True:
+        if idx >= n or idx in seen:  # next outside the table, or a loop (§2.7.5, §2.7.5.2)
+            return None
+        seen.add(idx)
+        addr, length, flags, nxt = DESC.unpack(mem.read(table + 16 * idx, 16))
+        if flags & IND:  # §2.7.5.3, §2.7.5.3.1
+            if nested or not indirect_ok or flags & N or not length or length % 16:
+                return None
+            if length // 16 > MAX_INDIRECT_ENTRIES or not mem.check_range(addr, length):
+                return None
+            table, n, seen, nested, idx = addr, length // 16, set(), True, 0
+            continue
+        descs.append((addr, length, bool(flags & W)))
+        if not flags & N:
+            break
+        idx = nxt
+    writes = [w for _, _, w in descs]
+    if writes != sorted(writes):  # §2.7.4.2: readable ones first
+        return None
+    if sum(length for _, length, _ in descs) >= 1 << 32:  # §2.7.5.2
+        return None
+    bufs = [(a, length, w) for a, length, w in descs if length]
+    if len(bufs) > MAX_CHAIN_BUFFERS or not all(mem.check_range(a, n) for a, n, _ in bufs):
+        return None
+    return [(a, n) for a, n, w in bufs if not w], [(a, n) for a, n, w in bufs if w]
 
 
-def linux_table(bufs: list[tuple[int, int]], n_read: int, last_next: int = 0) -> bytes:
-    """A table as Linux writes it: entry i -> i+1, readable (NEXT) then writable (NEXT|WRITE)."""
-    out = []
-    for i, (addr, length) in enumerate(bufs):
-        flags = (0 if i < n_read else 2) | (1 if i + 1 < len(bufs) else 0)
-        out.append(DESC.pack(addr, length, flags, i + 1 if i + 1 < len(bufs) else last_next))
-    return b"".join(out)
+def pop_one(mem: GuestMemory, head: int, indirect_ok: bool) -> DescriptorChain | None:
+    q = Queue(SIZE)
+    q.desc_addr, q.avail_addr, q.used_addr = RING, AVAIL, USED
+    q.activate(mem, indirect=indirect_ok)
+    mem.write(AVAIL, struct.pack("<HHH", 0, 1, head))
+    mem.write(USED, bytes(6))
+    return q.pop()
 
 
 ADDRS = st.one_of(
-    st.integers(0, 4 * MiB - 1),  # region 0
+    st.integers(0x100000, 4 * MiB - 1),  # region 0, clear of the rings and tables
     st.integers(4 * MiB - 8192, 4 * MiB + 4096),  # around the adjacent-region seam
     st.integers(8 * MiB - 8192, 8 * MiB + 4096),  # around the hole
     st.integers(17 * MiB - 8192, 17 * MiB + 4096),  # around the end of RAM
     st.integers(0, (1 << 64) - 1),  # anything
 )
-BUFS = st.lists(st.tuples(ADDRS, st.integers(0, 8192)), min_size=1, max_size=24)
+LENS = st.one_of(st.integers(0, 8192), st.sampled_from([0xFFFF_FFFF, 1 << 31]))
+ENTRY = st.tuples(ADDRS, LENS, st.booleans())
 
 
-def written(mem: GuestMemory, chain: DescriptorChain, data: bytes, skip: int) -> tuple:
-    """What ``chain.write`` returns and leaves in the chain's buffers (memory restored after)."""
-    before = [mem.read(a, n) for a, n in chain.writable]
-    count = chain.write(mem, data, skip)
-    after = [mem.read(a, n) for a, n in chain.writable]
-    # Reverse order: where buffers overlap, the earliest snapshot (the original) lands last.
-    for (a, _), old in reversed(list(zip(chain.writable, before, strict=True))):
-        mem.write(a, old)
-    return count, after
+@st.composite
+def tables(draw) -> tuple[bytes, list[bytes], int, bool]:
+    """A ring table and up to two indirect tables: chains linked in a random order, mostly
+    well formed; then hostile bytes anywhere."""
+    ring = bytearray(16 * SIZE)
+    indirects = [bytearray(), bytearray()]
+
+    def link(buf: bytearray, slots: list[int], entries: list) -> None:
+        n_read = draw(st.integers(0, len(entries)))
+        for k, (slot, (addr, length, _)) in enumerate(zip(slots, entries, strict=False)):
+            more = k + 1 < len(slots)
+            flags = (W if k >= n_read else 0) | (N if more else 0)
+            nxt = slots[k + 1] if more else draw(st.integers(0, 0xFFFF))
+            DESC.pack_into(buf, 16 * slot, addr, length, flags, nxt)
+
+    order = draw(st.permutations(range(SIZE)))
+    head = order[0]
+    entries = draw(st.lists(ENTRY, min_size=1, max_size=6))
+    link(ring, list(order[: len(entries)]), entries)
+    if draw(st.booleans()):  # the chain ends in an indirect table
+        which = draw(st.integers(0, 1))
+        inner = draw(st.lists(ENTRY, min_size=1, max_size=12))
+        indirects[which] = bytearray(16 * len(inner))
+        link(indirects[which], list(draw(st.permutations(range(len(inner))))), inner)
+        last = order[len(entries) - 1]
+        DESC.pack_into(ring, 16 * last, TABLES[which], len(indirects[which]), IND, 0)
+    for buf in (ring, *indirects):
+        for _ in range(draw(st.integers(0, 2))):
+            if buf:
+                buf[draw(st.integers(0, len(buf) - 1))] = draw(st.integers(0, 255))
+    return bytes(ring), [bytes(t) for t in indirects], head, draw(st.booleans())
 
 
-def host_ranges(views: list[memoryview]) -> list[tuple[int, int]]:
-    return [(ctypes.addressof(ctypes.c_char.from_buffer(v)), len(v)) for v in views]
+@settings(max_examples=600, deadline=None)
+@given(case=tables())
+def test_the_validator_accepts_exactly_what_the_spec_model_accepts(mem: GuestMemory, case) -> None:
+    ring, indirects, head, indirect_ok = case
+    mem.write(RING, ring)
+    for addr, table in zip(TABLES, indirects, strict=True):
+        mem.write(addr, table.ljust(0x4000, b"\0")[:0x4000])
+    want = model_chain(mem, head, indirect_ok)
+    got = pop_one(mem, head, indirect_ok)
+    event("valid" if want is not None else "refused")
+    if want is None:
+        assert got is None, f"the validator accepted a chain the model refuses: {got}"
+        assert mem.read(USED, 12) == struct.pack("<HHII", 0, 1, head, 0)  # returned, length 0
+    else:
+        assert got is not None, f"the validator refused a chain the model accepts: {want}"
+        assert (got.readable, got.writable) == want
+
+
+def test_the_path_cache_answers_as_the_walk_does(mem: GuestMemory) -> None:
+    """A Linux-shaped table (header, 254 pages, status) whose header and status move, as they
+    do with blk-mq's tags: every request gets its own buffers; a hostile change to the links
+    is seen at once (the cache is keyed on them)."""
+    q = Queue(SIZE)
+    q.desc_addr, q.avail_addr, q.used_addr = RING, AVAIL, USED
+    q.activate(mem, indirect=True)
+    pages = [(0x100000 + 0x2000 * k, 4096) for k in range(254)]
+
+    def offer(tag: int, bufs: list[tuple[int, int, int]]) -> DescriptorChain | None:
+        table = b"".join(
+            DESC.pack(a, n, f, k + 1 if f & N else 0) for k, (a, n, f) in enumerate(bufs)
+        )
+        mem.write(TABLES[0], table)
+        mem.write(RING, DESC.pack(TABLES[0], len(table), IND, 0))
+        mem.write(AVAIL + 4 + 2 * (tag % SIZE), b"\0\0")
+        mem.write(AVAIL + 2, struct.pack("<H", tag + 1))
+        return q.pop()
+
+    for tag in range(4):
+        hdr, status = 0x80000 + 64 * tag, 0x90000 + 64 * tag
+        chain = offer(tag, [(hdr, 16, N), *[(a, n, N | W) for a, n in pages], (status, 1, W)])
+        assert chain is not None
+        assert chain.readable == [(hdr, 16)] and chain.writable == [*pages, (status, 1)]
+    looped = [(0x80000, 16, N), *[(a, n, N | W) for a, n in pages], (0x90000, 1, W | N)]
+    assert offer(4, looped) is None  # the last entry now links on: next 0 -> a loop
+    assert q.errors == 1
+
+
+# -- a chain's accessors --------------------------------------------------------------------------
+
+
+def flat(mem: GuestMemory, bufs: list[tuple[int, int]]) -> list[int]:
+    """Every guest address of the buffers laid end to end."""
+    return [a + i for a, n in bufs for i in range(n)]
+
+
+def host_base(mem: GuestMemory, addr: int) -> int:
+    r = mem.find_region(addr)
+    assert r is not None
+    return r.host_addr + addr - r.guest_addr
+
+
+SMALL_BUFS = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0x100000, 0x200000), st.integers(4 * MiB - 64, 4 * MiB - 1)),
+        st.integers(1, 80),
+    ),
+    min_size=0,
+    max_size=6,
+)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    bufs=BUFS,
-    n_read=st.integers(0, 24),
-    last_next=st.integers(0, 0xFFFF),
-    poke=st.none() | st.tuples(st.integers(0, 24 * 16 - 1), st.integers(0, 255)),
+    rbufs=SMALL_BUFS,
+    wbufs=SMALL_BUFS,
+    offset=st.integers(-2, 500),
+    length=st.none() | st.integers(-2, 500),
 )
-def test_bulk_path_accepts_only_what_the_careful_walk_accepts(
-    mem: GuestMemory, bufs, n_read, last_next, poke
+def test_accessors_name_exactly_the_bytes_asked_for(
+    mem: GuestMemory, rbufs, wbufs, offset, length
 ) -> None:
-    data = bytearray(linux_table(bufs, min(n_read, len(bufs)), last_next))
-    if poke is not None and poke[0] < len(data):  # a hostile byte anywhere in the table
-        data[poke[0]] = poke[1]
-    data = bytes(data)
-    fast = linear_table(mem, 0, data)
-    careful = walk(mem, data, careful=True)
-    event("bulk path" if fast is not None else "careful walk only")
-    if fast is None:
-        return  # the careful walk decides (tests/unit/test_virtqueue.py covers its verdicts)
-    assert careful is not None, "the bulk path accepted a table the careful walk refuses"
-    assert (fast.readable, fast.writable) == (careful.readable, careful.writable)
-    assert (fast.readable_len, fast.writable_len) == (careful.readable_len, careful.writable_len)
-    assert walk(mem, data, careful=False).readable == careful.readable  # pop() takes it too
-    for writable, total in ((False, fast.readable_len), (True, fast.writable_len)):
-        views = careful.write_views if writable else careful.read_views
-        fast_views = fast.write_views if writable else fast.read_views
-        for skip, length in ((0, None), (0, total - 1), (1, total - 2), (total - 1, 1)):
-            if skip < 0 or (length is not None and length < 0):
-                continue
-            want = views(mem, skip, length)
-            assert [bytes(v) for v in fast_views(mem, skip, length)] == [bytes(v) for v in want]
-            if not writable:
-                assert fast.read(mem, skip, length) == careful.read(mem, skip, length)
-            elif length:  # a status byte, a payload: the same bytes land in the same places
-                payload = (b"\xa5\x5a" * length)[:length]
-                assert written(mem, fast, payload, skip) == written(mem, careful, payload, skip)
-            iov = host_iovec(mem, fast, writable, skip, length)
-            assert iov is not None
-            got = list(struct.iter_unpack("<QQ", iov.data))
-            assert got == host_ranges(want) and iov.count == len(got)
-            assert iov.total == sum(n for _, n in got)
+    chain = DescriptorChain(
+        0,
+        [a for a, _ in rbufs],
+        [n for _, n in rbufs],
+        [a for a, _ in wbufs],
+        [n for _, n in wbufs],
+    )
+    for writable, bufs in ((False, rbufs), (True, wbufs)):
+        every = flat(mem, bufs)
+        if offset < 0 or (length is not None and length <= 0):
+            want = []
+        else:
+            want = every[offset:] if length is None else every[offset : offset + length]
+        views = (chain.write_views if writable else chain.read_views)(mem, offset, length)
+        iov = chain.host_iovec(mem, writable, offset, length)
+        got_iov = list(struct.iter_unpack("<QQ", iov.data))
+        host = [(ctypes.addressof(ctypes.c_char.from_buffer(v)), len(v)) for v in views]
+        assert iov.count == len(got_iov) and iov.total == len(want)
+        assert [h + i for h, n in got_iov for i in range(n)] == [host_base(mem, a) for a in want]
+        assert [h + i for h, n in host for i in range(n)] == [host_base(mem, a) for a in want]
+        if not writable and length is not None:
+            assert chain.read(mem, offset, length) == bytes(mem.read(a, 1)[0] for a in want)
+    if wbufs and length is not None and length > 0 and offset >= 0:
+        before = {a: mem.read(a, 1) for a in flat(mem, wbufs)}
+        try:
+            data = bytes(range(256)) * 2
+            n = chain.write(mem, data[:length], offset)
+            every = flat(mem, wbufs)
+            assert n == len(every[offset : offset + length])
+            last = {}
+            for k, a in enumerate(every[offset : offset + length]):
+                last[a] = data[k]  # a later alias overwrites an earlier one
+            assert all(mem.read(a, 1)[0] == v for a, v in last.items())
+        finally:
+            for a, b in before.items():
+                mem.write(a, b)
 
 
-def test_linux_shaped_request_takes_the_bulk_path_and_its_iovec_covers_the_data(
-    mem: GuestMemory,
-) -> None:
+def test_linux_shaped_request_has_one_iovec_entry_per_page(mem: GuestMemory) -> None:
     pages = [(0x100000 + 0x3000 * i, 4096) for i in range(254)]
-    data = linux_table([(0x200, 16), *pages, (0x400, 1)], 1)
-    chain = walk(mem, data, careful=False)
-    assert chain is not None and chain.table is not None and chain.region is not None
-    assert chain.readable == [(0x200, 16)] and chain.writable[-1] == (0x400, 1)
-    iov = host_iovec(mem, chain, True, 0, chain.writable_len - 1)  # blk: data, not status
-    assert iov is not None and iov.count == 254 and iov.total == 254 * 4096
+    chain = DescriptorChain(0, [0x200], [16], [a for a, _ in pages] + [0x400], [4096] * 254 + [1])
+    iov = chain.host_iovec(mem, True, 0, chain.writable_len - 1)  # blk: data, not status
+    assert iov.count == 254 and iov.total == 254 * 4096
     base = ctypes.addressof(ctypes.c_char.from_buffer(mem.view(0, 4 * MiB)))
     assert list(struct.iter_unpack("<QQ", iov.data)) == [(base + a, n) for a, n in pages]
-    assert iov.aligned(4096) and not host_iovec(mem, chain, False, 0, None).aligned(512)
+    assert iov.aligned(4096) and not chain.host_iovec(mem, False).aligned(512)
 
 
-@pytest.mark.parametrize(
-    "why, table",
-    [
-        ("spans the seam of two regions", [(4 * MiB - 4096, 8192), (0x400, 1)]),
-        ("reaches into the hole", [(8 * MiB - 4096, 8192), (0x400, 1)]),
-        ("outside RAM", [(64 * MiB, 4096), (0x400, 1)]),
-        ("zero length", [(0x1000, 0), (0x400, 1)]),
-    ],
-)
-def test_odd_tables_go_to_the_careful_walk(mem: GuestMemory, why: str, table) -> None:
-    assert linear_table(mem, 0, linux_table(table, 0)) is None, why
-
-
-def test_table_longer_than_iov_max_goes_to_the_careful_walk(mem: GuestMemory) -> None:
-    bufs = [(0x1000, 1)] * (MAX_CHAIN_IOVECS + 1)
-    assert linear_table(mem, 0, linux_table(bufs, 0)) is None
-    assert walk(mem, linux_table(bufs, 0), careful=True) is None  # refused there, too
+def test_a_buffer_across_a_region_seam_is_two_iovec_entries(mem: GuestMemory) -> None:
+    chain = DescriptorChain(0, [], [], [4 * MiB - 100], [200])
+    iov = chain.host_iovec(mem, True)
+    assert iov.count == 2 and iov.total == 200 and len(iov.pins) == 2
+    (h0, n0), (h1, n1) = struct.iter_unpack("<QQ", iov.data)
+    assert (n0, n1) == (100, 100)
+    assert h0 == host_base(mem, 4 * MiB - 100) and h1 == host_base(mem, 4 * MiB)
 
 
 def test_used_ring_acks_absorbed_by_the_kernel_keep_interrupt_status_bit_0() -> None:
@@ -187,61 +283,3 @@ def test_used_ring_acks_absorbed_by_the_kernel_keep_interrupt_status_bit_0() -> 
     finally:
         t.close()
         m.close()
-
-
-def chain_facts(mem: GuestMemory, c: DescriptorChain | None) -> tuple | None:
-    """Everything a device can learn from a chain: buffers, totals, host iovecs."""
-    if c is None:
-        return None
-    iovs = []
-    for writable, total in ((False, c.readable_len), (True, c.writable_len)):
-        for skip, length in ((0, None), (0, total - 1), (1, total - 1), (total - 1, 1)):
-            if skip < 0 or (length is not None and length < 0):
-                continue
-            iov = host_iovec(mem, c, writable, skip, length)
-            iovs.append(None if iov is None else (iov.data, iov.count, iov.total))
-    return c.readable, c.writable, c.readable_len, c.writable_len, c.region, iovs
-
-
-IN_RAM = st.tuples(st.integers(0, 4 * MiB - 8192), st.integers(1, 8192))
-MOSTLY_GOOD = st.one_of(IN_RAM, IN_RAM, IN_RAM, st.tuples(ADDRS, st.integers(0, 8192)))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    bufs=st.lists(MOSTLY_GOOD, min_size=3, max_size=12),
-    n_read=st.integers(0, 12),
-    ends=st.lists(MOSTLY_GOOD, min_size=2, max_size=2),
-    poke=st.none() | st.tuples(st.integers(0, 12 * 16 - 1), st.integers(0, 255)),
-)
-def test_memo_accepts_exactly_what_the_full_checks_accept(
-    mem: GuestMemory, bufs, n_read, ends, poke
-) -> None:
-    """A table whose body equals the last accepted one (new ends, as the request tag moves) is
-    taken from the memo: the same verdict and the same buffers, totals and iovecs as the
-    full checks give, for hostile ends and bodies alike."""
-    memo = TableMemo()
-    first = linux_table(bufs, min(n_read, len(bufs)))
-    assert chain_facts(mem, linear_table(mem, 0, first, memo=memo)) == chain_facts(
-        mem, linear_table(mem, 0, first)
-    )
-    again = bytearray(linux_table([ends[0], *bufs[1:-1], ends[1]], min(n_read, len(bufs))))
-    if poke is not None and poke[0] < len(again):
-        again[poke[0]] = poke[1]
-    again = bytes(again)
-    got = linear_table(mem, 1, again, memo=memo)
-    event("memo hit" if got is not None and got.table_int == 0 else "memo miss")
-    assert chain_facts(mem, got) == chain_facts(mem, linear_table(mem, 1, again))
-
-
-def test_repeated_blk_table_comes_from_the_memo(mem: GuestMemory) -> None:
-    """dd's 1 MiB reads: the same pages each time, header and status moving with the tag."""
-    pages = [(0x100000 + 0x3000 * i, 4096) for i in range(254)]
-    memo = TableMemo()
-    for tag in range(3):
-        data = linux_table([(0x200 + 64 * tag, 16), *pages, (0x400 + 64 * tag, 1)], 1)
-        chain = linear_table(mem, tag, data, memo=memo)
-        assert chain is not None and chain.table_int == (0 if tag else chain.table_int)
-        assert chain_facts(mem, chain) == chain_facts(mem, linear_table(mem, tag, data))
-    outside = linux_table([(64 * MiB, 16), *pages, (0x400, 1)], 1)  # header outside RAM
-    assert linear_table(mem, 3, outside, memo=memo) is None

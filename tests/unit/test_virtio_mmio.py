@@ -39,7 +39,7 @@ class Echo(VirtioDevice):
         q = self.queues[index]
         while (chain := q.pop()) is not None:
             assert self.mem is not None
-            data = chain.read(self.mem)
+            data = chain.read(self.mem, 0, chain.writable_len)
             q.add_used(chain, chain.write(self.mem, data[: chain.writable_len]))
         self.signal(index)
 
