@@ -8,13 +8,20 @@ ranges the guest reports the same way. Stats (VIRTIO_BALLOON_F_STATS_VQ, always 
 QEMU, so the queue numbering Linux uses is fixed: inflate 0, deflate 1, stats 2, reporting 3)
 are kept from the guest's last report. ``set_target``/``query`` are the QMP ``balloon``/
 ``query-balloon`` back end: ``actual = memory - pages the driver says it holds``.
+
+What one request can make the host do is bounded (buffers may alias, so a chain's length is no
+measure): an inflate/deflate request is read up to ``MAX_PFNS`` frame numbers (Linux sends 256),
+a stats request up to ``MAX_STATS`` tags, and a report request releases at most the guest's RAM
+size in all. Which pages are inflated is one bit per guest page frame (``_Bitmap``), not a
+Python object per page.
 """
 
 from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 
 from engine.virtio.device import VIRTIO_ID_BALLOON, Loop, VirtioDevice, bit
 from engine.virtio.queue import DescriptorChain
@@ -41,6 +48,27 @@ STAT_NAMES = (
     "hugetlb-failures",
 )
 MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
+#: Frame numbers read from one inflate/deflate request (16 KiB; Linux sends at most 256).
+MAX_PFNS = 4096
+#: Stats tags read from one stats request (the spec defines 10; newer drivers a few more).
+MAX_STATS = 64
+
+
+class _Bitmap:
+    """One bit per guest page frame below the end of RAM: which pages are in the balloon."""
+
+    def __init__(self, frames: int) -> None:
+        self.bits = bytearray((frames + 7) // 8)
+
+    def set(self, pfns: Iterable[int], on: bool) -> None:
+        bits = self.bits
+        for pfn in pfns:
+            i, m = pfn >> 3, 1 << (pfn & 7)
+            if i < len(bits):
+                bits[i] = bits[i] | m if on else bits[i] & ~m
+
+    def count(self) -> int:
+        return int.from_bytes(self.bits, "little").bit_count()
 
 
 class Balloon(VirtioDevice):
@@ -69,7 +97,7 @@ class Balloon(VirtioDevice):
         self.config = bytearray(_CONFIG.pack(0, 0, 0, 0))
         self.memory_size = memory_size
         self.on_change = on_change
-        self.inflated: set[int] = set()
+        self.inflated = _Bitmap(0)
         self.released_bytes = 0
         self.guest_stats: dict[str, int] = {}
         self._stats_chain: DescriptorChain | None = None
@@ -118,10 +146,12 @@ class Balloon(VirtioDevice):
         if self.has_feature(VIRTIO_BALLOON_F_REPORTING):
             roles.append("report")
         self._roles = dict(enumerate(roles))
+        assert self.mem is not None
+        self.inflated = _Bitmap(self.mem.last_addr >> PAGE_SHIFT)
 
     def on_reset(self) -> None:
         self._stats_chain = None
-        self.inflated.clear()
+        self.inflated = _Bitmap(0)
         self.config[4:8] = bytes(4)
 
     def process_queue(self, index: int) -> None:
@@ -139,21 +169,38 @@ class Balloon(VirtioDevice):
         while (chain := q.pop()) is not None:
             self.stats.requests += 1
             if role == "report":
-                for addr, length in chain.writable:
-                    self._release(addr, length)
+                self._report(chain)
             else:
-                data = chain.read(mem)
-                pfns = struct.unpack(f"<{len(data) // 4}I", data[: len(data) // 4 * 4])
+                data = chain.read(mem, 0, 4 * MAX_PFNS)
+                pfns = array("I", data[: len(data) // 4 * 4])
+                if chain.readable_len > len(data):
+                    self.stats.errors += 1  # frames past MAX_PFNS are ignored
                 if role == "inflate":
                     self._inflate(pfns)
                 else:
-                    self.inflated.difference_update(pfns)
+                    self.inflated.set(pfns, False)
             q.add_used(chain, 0)
         self.signal(index)
 
     # -- work --------------------------------------------------------------------------------------
 
-    def _inflate(self, pfns: tuple[int, ...]) -> None:
+    @property
+    def inflated_pages(self) -> int:
+        return self.inflated.count()
+
+    def _report(self, chain: DescriptorChain) -> None:
+        """Free page reporting: release the reported ranges, at most guest RAM's size in all
+        (more can only be the same pages named again)."""
+        assert self.mem is not None
+        budget = self.mem.total_size
+        for addr, length in chain.writable:
+            n = min(length, budget)
+            self._release(addr, n)
+            budget -= n
+            if budget == 0:
+                break
+
+    def _inflate(self, pfns: Iterable[int]) -> None:
         """Release each page once, coalescing runs of consecutive frames into one madvise."""
         assert self.mem is not None
         find = self.mem.find_region
@@ -168,7 +215,7 @@ class Balloon(VirtioDevice):
             run_start, run_len = pfn, 1
         if run_len:
             self._release(run_start << PAGE_SHIFT, run_len << PAGE_SHIFT)
-        self.inflated.update(valid)
+        self.inflated.set(valid, True)
 
     def _release(self, addr: int, length: int) -> None:
         """madvise away whole pages of ``[addr, addr+length)`` that are guest RAM; skip the rest."""
@@ -194,7 +241,7 @@ class Balloon(VirtioDevice):
 
     def _read_stats(self, chain: DescriptorChain) -> None:
         assert self.mem is not None
-        data = chain.read(self.mem)
+        data = chain.read(self.mem, 0, MAX_STATS * _STAT.size)
         for i in range(len(data) // _STAT.size):
             tag, val = _STAT.unpack_from(data, i * _STAT.size)
             if tag < len(STAT_NAMES):

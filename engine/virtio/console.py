@@ -3,11 +3,15 @@
 Without VIRTIO_CONSOLE_F_MULTIPORT the device has exactly one port on receiveq 0 / transmitq 1
 and Linux's virtio_console driver registers it as hvc0 at once, with no control-queue
 handshake; on microvm each ``virtconsole`` is its own virtio-mmio device anyway, so one port per
-device loses nothing. Guest output is written to the backend as it arrives (the backend drops
-rather than block the guest). Host input goes into a bounded buffer and from there into the
-guest's receive buffers; when the buffer is full the backend stops polling (``free() == 0``)
-until the guest posts buffers again, so a fast producer can neither block the loop nor grow
-memory without bound.
+device loses nothing.
+
+Guest output is written to the backend as it arrives (the backend drops rather than block the
+guest), at most ``TX_MAX`` bytes of each request: Linux's hvc writes a page at most, a port
+write 32 KiB, while a hostile chain of aliasing buffers can be gigabytes long; the rest of such
+a request is dropped and counted in ``tx_dropped``. Host input goes into a bounded buffer
+(``RX_BUFFER``) and from there into the guest's receive buffers; when the buffer is full the
+backend stops polling (``free() == 0``) until the guest posts buffers again, so a fast producer
+can neither block the loop nor grow memory without bound.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 RECEIVEQ = 0
 TRANSMITQ = 1
 RX_BUFFER = 64 * 1024
+#: The most guest output one transmit request makes the host copy (the rest is dropped).
+TX_MAX = 64 * 1024
 
 _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr
 
@@ -42,6 +48,7 @@ class Console(VirtioDevice):
         self.config = bytearray(_CONFIG.pack(80, 25, 1, 0))
         self._rx = bytearray()
         self._attached = False
+        self.tx_dropped = 0
         #: Close the backend with the device (set by the factory when it opened the backend).
         self.owns_backend = False
 
@@ -102,7 +109,8 @@ class Console(VirtioDevice):
         mem = self.mem
         assert mem is not None
         while (chain := q.pop()) is not None:
-            data = chain.read(mem)
+            data = chain.read(mem, 0, TX_MAX)
+            self.tx_dropped += chain.readable_len - len(data)
             if data:
                 self.backend.write(data)
             self.stats.requests += 1

@@ -10,6 +10,11 @@ device stops polling the tap and the kernel queues (then drops) frames, as a NIC
 
 With ``vhost=True`` the rings go to ``/dev/vhost-net`` at DRIVER_OK and the data path never
 enters Python (kick = queue ioeventfd, call = irqfd).
+
+Per request the host does bounded work: a TX chain longer than ``MAX_TX_FRAME`` (the vnet header
+and the largest frame a tap takes, 64 KiB of GSO payload) is dropped without a copy, an RX chain
+receives one frame (at most 64 KiB, the tap's), a control request is read 4 bytes deep. Views
+are made per buffer, at most 1024 of them per chain.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ VHOST_NET_PASS = (
     | bit(VIRTIO_F_VERSION_1)
 )
 RX_BURST = 64  # frames per wake-up, so one busy tap cannot starve the loop
+#: The longest TX chain sent to the tap: vnet header, Ethernet + VLAN header, 64 KiB IP packet.
+MAX_TX_FRAME = VNET_HDR_LEN + 18 + 65535
 _CONFIG = struct.Struct("<6sHH")  # mac, status, max_virtqueue_pairs
 
 
@@ -258,8 +265,9 @@ class Net(VirtioDevice):
         assert mem is not None
         fd = self.tap.fds[pair]
         while (chain := q.pop()) is not None:
-            if chain.readable_len <= VNET_HDR_LEN:
+            if not VNET_HDR_LEN < chain.readable_len <= MAX_TX_FRAME:
                 self.stats.errors += 1
+                self.tx_dropped += 1
             else:
                 try:
                     os.writev(fd, chain.read_views(mem))

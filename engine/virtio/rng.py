@@ -4,7 +4,9 @@ Each request chain is filled with ``os.readv`` straight from the source file (``
 by default) into guest memory. StratoVirt's ``max-bytes``/``period`` pair becomes a token bucket
 of ``max_bytes`` per ``period_ms``: a request gets at most ``max_bytes`` (the spec lets the
 device return fewer bytes than asked), waits until the bucket holds that much, and when the bucket is empty the queue waits on a
-timer instead of spinning or dropping requests.
+timer instead of spinning or dropping requests. A request gets at most ``MAX_REQUEST`` bytes
+either way (Linux's hwrng asks for 32-64 at a time): a chain of aliasing buffers may be gigabytes
+long, and filling it would cost the host that much reading from the source.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import time
 from engine.errors import HostError
 from engine.virtio.device import VIRTIO_ID_RNG, Loop, VirtioDevice
 from engine.virtio.throttle import RateTimer, TokenBucket
+
+#: The most entropy one request receives (the spec lets the device return fewer bytes).
+MAX_REQUEST = 64 * 1024
 
 
 class Rng(VirtioDevice):
@@ -76,7 +81,7 @@ class Rng(VirtioDevice):
         mem = self.mem
         assert mem is not None
         while (chain := q.pop()) is not None:
-            want = chain.writable_len
+            want = min(chain.writable_len, MAX_REQUEST)
             if self.bucket is not None and want:
                 want = int(min(want, self.bucket.burst))
                 if self.bucket.take(want):  # not enough yet: wait for this whole request

@@ -8,7 +8,10 @@ which the fuzz tests use to play a hostile driver.
 
 from __future__ import annotations
 
+import ctypes
 import struct
+import time
+import tracemalloc
 from dataclasses import dataclass, field
 
 from engine.machine.memory import GuestMemory
@@ -151,6 +154,21 @@ class DriverQueue:
     def put_raw(self, index: int, addr: int, length: int, flags: int, nxt: int) -> None:
         self.mem.write(self.desc + 16 * index, DESC.pack(addr, length, flags, nxt))
 
+    def post_table(self, bufs: list[tuple[int, int, int]]) -> int:
+        """Post one chain as an indirect table of raw ``(addr, len, flags)`` entries, linked in
+        order (NEXT is added). Hostile tests alias buffers this way: the same guest pages named
+        over and over make a chain far longer than guest RAM. Completions carry no data."""
+        table = self.drv.alloc.alloc(16 * len(bufs))
+        for i, (addr, n, flags) in enumerate(bufs):
+            more = i + 1 < len(bufs)
+            nxt_flags = flags | (VIRTQ_DESC_F_NEXT if more else 0)
+            self.mem.write(table + 16 * i, DESC.pack(addr, n, nxt_flags, i + 1 if more else 0))
+        head = self.free.pop(0)
+        self.put_raw(head, table, 16 * len(bufs), VIRTQ_DESC_F_INDIRECT, 0)
+        self.inflight[head] = ([head], [])
+        self.publish(head)
+        return head
+
     def set_avail_idx(self, value: int) -> None:
         self.avail_idx = value & 0xFFFF
         self.mem.write_u16(self.avail + 2, self.avail_idx)
@@ -249,3 +267,56 @@ class Driver:
         isr = self.r(S.INTERRUPT_STATUS)
         self.w(S.INTERRUPT_ACK, isr)
         return isr
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"/proc/self/status has no {field_name}")
+
+
+_M_MMAP_THRESHOLD = -3  # mallopt(3)
+_LIBC = ctypes.CDLL(None)
+
+
+class HostCost:
+    """Peak host memory growth and CPU time of the work done inside ``with`` (on this thread).
+
+    Two measures of the peak, the larger counts: the kernel's (VmHWM, reset by writing 5 to
+    /proc/self/clear_refs), so memory allocated and freed inside the block counts, and Python's
+    (tracemalloc), which also sees allocations served from memory the process already had.
+    glibc's mmap threshold is pinned so a large allocation always gets fresh pages. Guest pages
+    the work touches for the first time count too: touch guest memory before measuring.
+    """
+
+    peak_mib: float = 0.0
+    cpu_s: float = 0.0
+
+    def __init__(self, *, trace: bool = True) -> None:
+        """``trace=False``: the kernel's measure only (cheap enough for every fuzz case;
+        allocations under glibc's 128 KiB mmap threshold may go unseen)."""
+        self.trace = trace
+
+    def __enter__(self) -> HostCost:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        self._own_trace = self.trace and not tracemalloc.is_tracing()
+        if self._own_trace:
+            tracemalloc.start()
+        if self.trace:
+            tracemalloc.reset_peak()
+            self._traced = tracemalloc.get_traced_memory()[0]
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        self._rss = _status_kib("VmRSS")
+        self._t = time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cpu_s = time.thread_time() - self._t
+        rss_kib = _status_kib("VmHWM") - self._rss
+        traced = tracemalloc.get_traced_memory()[1] - self._traced if self.trace else 0
+        if self._own_trace:
+            tracemalloc.stop()
+        self.peak_mib = max(rss_kib / 1024, traced / (1 << 20))
