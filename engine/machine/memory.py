@@ -168,13 +168,15 @@ class GuestMemory:
 
     def _one_region(self, addrs: Sequence[int], lens: Sequence[int]) -> GuestRegion | None:
         """The region holding every range, when one does (a request's pages nearly always lie
-        in one region). The lowest start and the highest end lie in region r, so every range
-        does: C-level min/max passes instead of a lookup per range."""
+        in one region): the lowest start lies in region r, and every end is at most the highest
+        start plus the longest length, which r holds too. C-level passes, not a lookup per range."""
         if not addrs or min(lens) < 0:
             return None
         r = self.find_region(min(addrs))
-        if r is not None and max(map(add, addrs, lens)) <= r.end:
+        if r is not None and max(addrs) + max(lens) <= r.end:
             return r
+        if r is not None and max(map(add, addrs, lens)) <= r.end:
+            return r  # the exact bound, for ranges the quick one cannot place
         return None
 
     # -- bulk access ------------------------------------------------------------------------------

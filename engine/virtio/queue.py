@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import struct
 from itertools import compress
+from typing import TypeVar
 
 from engine.machine.memory import GuestMemory
 from engine.virtio.chain import (
@@ -65,6 +66,8 @@ _DESC = struct.Struct("<QIHH")  # §2.7.5 struct virtq_desc: addr, len, flags, n
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")  # §2.7.8 struct virtq_used_elem: id, len
 _CHAIN_LIMIT = 1 << 32
+_WRITE_BIT = bytes(b & VIRTQ_DESC_F_WRITE for b in range(256))  # a bytes.translate table
+_C = TypeVar("_C", list[int], bytes)
 
 
 class QueueError(Exception):
@@ -225,7 +228,7 @@ class Queue:
         """
         addrs: list[int] = []
         lens: list[int] = []
-        flags: list[int] = []
+        writes = bytearray()  # each descriptor's VIRTQ_DESC_F_WRITE bit (2 or 0)
         # §2.7.5.2: "loops in the descriptor chain are forbidden"; §2.7.5.3.1: a chain is no
         # longer than the Queue Size. A table of n entries yields at most n descriptors, so a
         # walk that wants more is a loop.
@@ -237,11 +240,11 @@ class Queue:
                 path = self._paths.path(table)
                 addrs += _pick(table.addrs, path)
                 lens += _pick(table.lens, path)
-                flags += _pick(table.flags, path)
+                writes += _pick(table.writes, path)
                 break
             addrs.append(addr)
             lens.append(length)
-            flags.append(f)
+            writes.append(f & VIRTQ_DESC_F_WRITE)
             if not f & VIRTQ_DESC_F_NEXT:
                 break
             # §2.7.5: ``next`` indexes the descriptor table, which has ``size`` entries.
@@ -250,7 +253,7 @@ class Queue:
             idx = nxt
         else:
             raise ChainError(f"descriptor chain loops or is longer than the queue ({self.size})")
-        return _buffers(mem, head, addrs, lens, flags)
+        return _buffers(mem, head, addrs, lens, writes)
 
     def _indirect_table(self, mem: GuestMemory, addr: int, length: int, f: int) -> _Table:
         """The checks on a descriptor that names an indirect table (§2.7.5.3), and one copy of it."""
@@ -322,13 +325,13 @@ class _Table:
     """An indirect table copied out of guest memory, as columns (no Python object per entry
     is made until the walk's path picks the entries)."""
 
-    __slots__ = ("addrs", "flags", "lens", "links")
+    __slots__ = ("addrs", "lens", "links", "writes")
 
     def __init__(self, data: bytes) -> None:
         words = memoryview(data).cast("I")
         self.addrs = memoryview(data).cast("Q")[0::2].tolist()
         self.lens = words[2::4].tolist()
-        self.flags = memoryview(data).cast("H")[6::8].tolist()
+        self.writes = data[12::16].translate(_WRITE_BIT)  # flags' low bytes, WRITE bit only
         #: flags and next of every entry, as bytes: all that decides the walk's path
         self.links = words[3::4].tobytes()
 
@@ -378,21 +381,20 @@ class _PathCache:
         return path
 
 
-def _pick(column: list[int], path: range | tuple[int, ...]) -> list[int]:
+def _pick(column: _C, path: range | tuple[int, ...]) -> _C:
     """``column``'s entries in ``path`` order (a slice when the path is a prefix)."""
     if isinstance(path, range):
         return column[: len(path)]
-    return list(map(column.__getitem__, path))
+    return type(column)(map(column.__getitem__, path))
 
 
 def _buffers(
-    mem: GuestMemory, head: int, addrs: list[int], lens: list[int], flags: list[int]
+    mem: GuestMemory, head: int, addrs: list[int], lens: list[int], writes: bytearray
 ) -> DescriptorChain:
     """The checks on the buffers the walk collected (in chain order), made with C-level passes
     over the columns: a 1 MiB request has 256 of them."""
     # §2.7.4.2: "The driver MUST place any device-writable descriptor elements after any
     # device-readable descriptor elements": the WRITE bits, in chain order, never fall.
-    writes = list(map(VIRTQ_DESC_F_WRITE.__and__, flags))
     split = writes.count(0)  # descriptors before the first writable one, when the order holds
     if writes[split:].count(0):
         raise ChainError("device-readable buffer after a device-writable one")
