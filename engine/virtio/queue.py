@@ -241,7 +241,7 @@ class Queue:
                 addrs += _pick(table.addrs, path)
                 lens += _pick(table.lens, path)
                 writes += _pick(table.writes, path)
-                break
+                break  # the indirect descriptor ends the chain (NEXT is refused on it)
             addrs.append(addr)
             lens.append(length)
             writes.append(f & VIRTQ_DESC_F_WRITE)
