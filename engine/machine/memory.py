@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import errno
 import mmap
 import struct
 from array import array
@@ -25,6 +26,8 @@ _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+PAGE = 4096
+MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
 #: How many recent ``host_iovec`` answers each ``GuestMemory`` keeps.
 IOVEC_CACHE = 64
 #: A ``host_iovec`` answer: packed iovecs, their count and bytes, the regions they point into.
@@ -265,6 +268,35 @@ class GuestMemory:
 
     def write_u64(self, addr: int, value: int) -> None:
         self.write_struct(addr, _U64, value)
+
+    def discard(self, addr: int, length: int) -> int:
+        """Give the whole pages inside ``[addr, addr+length)`` back to the host (balloon, free
+        page reporting); returns the bytes released.
+
+        MADV_DONTNEED on private anonymous RAM (the next guest touch reads a zero page),
+        MADV_REMOVE on shared or file-backed RAM (frees the backing store too). Raises
+        ``GuestMemoryError`` when any of those pages is not RAM (then nothing is released) and
+        OSError when the kernel refuses (hugepage-backed RAM).
+        """
+        start = -(-addr // PAGE) * PAGE
+        end = (addr + length) // PAGE * PAGE
+        if end <= start:
+            return 0
+        if not self.check_range(start, end - start):
+            raise GuestMemoryError(start, end - start)
+        done = 0
+        while start < end:
+            r = self.find_region(start)
+            assert r is not None  # checked above
+            n = min(end, r.end) - start
+            advice = MADV_REMOVE if r.shared or r.file_backed else mmap.MADV_DONTNEED
+            try:
+                r.mapping.madvise(advice, start - r.guest_addr, n)
+            except ValueError as e:  # mmap's own argument check
+                raise OSError(errno.EINVAL, str(e)) from None
+            done += n
+            start += n
+        return done
 
     # -- host addresses for the kernel --------------------------------------------------------------
 

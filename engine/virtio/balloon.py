@@ -18,11 +18,11 @@ Python object per page.
 
 from __future__ import annotations
 
-import mmap
 import struct
 from array import array
 from collections.abc import Callable, Iterable
 
+from engine.errors import GuestMemoryError
 from engine.virtio.device import VIRTIO_ID_BALLOON, Loop, VirtioDevice, bit
 from engine.virtio.queue import DescriptorChain
 
@@ -47,7 +47,6 @@ STAT_NAMES = (
     "hugetlb-allocations",
     "hugetlb-failures",
 )
-MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
 #: Frame numbers read from one inflate/deflate request (16 KiB; Linux sends at most 256).
 MAX_PFNS = 4096
 #: Stats tags read from one stats request (the spec defines 10; newer drivers a few more).
@@ -218,26 +217,16 @@ class Balloon(VirtioDevice):
         self.inflated.set(valid, True)
 
     def _release(self, addr: int, length: int) -> None:
-        """madvise away whole pages of ``[addr, addr+length)`` that are guest RAM; skip the rest."""
+        """Release the whole pages of ``[addr, addr+length)`` (``GuestMemory.discard``)."""
         assert self.mem is not None
-        end = addr + length
-        addr = -(-addr // PAGE) * PAGE
-        end = end // PAGE * PAGE
-        while addr < end:
-            r = self.mem.find_region(addr)
-            if r is None:
-                self.stats.errors += 1
-                return  # not RAM: a hostile or confused driver; nothing to release
-            n = min(end, r.end) - addr
-            off = addr - r.guest_addr
-            advice = MADV_REMOVE if (r.shared or r.file_backed) else mmap.MADV_DONTNEED
-            try:
-                r.mapping.madvise(advice, off, n)
-                self.released_bytes += n
-                self.stats.bytes_in += n
-            except (OSError, ValueError):
-                self.stats.errors += 1  # e.g. hugepage-backed RAM: the page stays
-            addr += n
+        try:
+            n = self.mem.discard(addr, length)
+        except (GuestMemoryError, OSError):
+            # Not RAM (a hostile or confused driver), or hugepage-backed RAM: the pages stay.
+            self.stats.errors += 1
+            return
+        self.released_bytes += n
+        self.stats.bytes_in += n
 
     def _read_stats(self, chain: DescriptorChain) -> None:
         assert self.mem is not None
