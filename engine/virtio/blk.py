@@ -5,12 +5,15 @@ host iovec array of the chain's buffers (``DescriptorChain.host_iovec``, made an
 ``GuestMemory``), on the device's event loop (the main loop or its iothread), never on a vCPU
 thread. One request moves at most ``seg_max * size_max`` data bytes, the limits the config
 space advertises (a larger one fails with IOERR), and costs Python work per buffer, of which a
-chain has at most 1024: that is what a guest can make the host do per request. With ``direct`` the file is opened O_DIRECT; guest buffers that are
-not aligned for it go through a page-aligned bounce buffer (read-modify-write at unaligned
-edges). ``readonly`` opens the file O_RDONLY, offers VIRTIO_BLK_F_RO and fails writes with
-IOERR. ``discard`` offers DISCARD and WRITE_ZEROES, served by punching holes (fallocate), when the
-file system can punch them; without it the guest sees neither, as on StratoVirt v2.2. ``iops_total`` is a token bucket: when it is empty the device stops popping and a timer
-resumes it, so requests wait in the ring and are never dropped.
+chain has at most 1024: that is what a guest can make the host do per request.
+
+With ``direct`` the file is opened O_DIRECT; guest buffers that are not aligned for it go
+through a page-aligned bounce buffer (read-modify-write at unaligned edges). ``readonly`` opens
+the file O_RDONLY, offers VIRTIO_BLK_F_RO and fails writes with IOERR. ``discard`` offers
+DISCARD and WRITE_ZEROES, served by punching holes (fallocate), when the file system can punch
+them; without it the guest sees neither, as on StratoVirt v2.2. ``iops_total`` is a token
+bucket: when it is empty the device stops popping and a timer resumes it, so requests wait in
+the ring and are never dropped.
 """
 
 from __future__ import annotations

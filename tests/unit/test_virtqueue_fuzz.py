@@ -190,7 +190,7 @@ class BlkEnv:
         disk = tmp / "fuzz.raw"
         disk.write_bytes(os.urandom(64 * KiB))
         self.mem = canary_memory()
-        self.dev = Blk("fuzz", str(disk), num_queues=1, queue_size=256)
+        self.dev = Blk("fuzz", str(disk), discard=True, num_queues=1, queue_size=256)
         self.t = M.MmioTransport(self.dev, self.mem)
         self.drv = Driver(self.t, self.mem, Allocator(RING_BASE, RING_BASE + 0x9000))
 
