@@ -191,17 +191,22 @@ class GuestMemory:
 
     def slices(self, addr: int, length: int) -> list[memoryview]:
         """Views covering a range that may span adjacent regions; raises on any hole."""
+        return [memoryview(r.mapping)[off : off + n] for r, off, n in self._pieces(addr, length)]
+
+    def _pieces(self, addr: int, length: int) -> list[tuple[GuestRegion, int, int]]:
+        """``(region, offset in it, bytes)`` for each region ``[addr, addr+length)`` touches, in
+        order. Raises ``GuestMemoryError`` on a negative value or any byte outside RAM, before
+        the caller touches anything."""
         if addr < 0 or length < 0:
             raise GuestMemoryError(addr, length, "has a negative address or length")
-        out: list[memoryview] = []
+        out: list[tuple[GuestRegion, int, int]] = []
         cur, left = addr, length
         while left > 0:
             r = self.find_region(cur)
             if r is None:
                 raise GuestMemoryError(addr, length)
             n = min(left, r.end - cur)
-            off = cur - r.guest_addr
-            out.append(memoryview(r.mapping)[off : off + n])
+            out.append((r, cur - r.guest_addr, n))
             cur += n
             left -= n
         return out
@@ -282,20 +287,14 @@ class GuestMemory:
         end = (addr + length) // PAGE * PAGE
         if end <= start:
             return 0
-        if not self.check_range(start, end - start):
-            raise GuestMemoryError(start, end - start)
         done = 0
-        while start < end:
-            r = self.find_region(start)
-            assert r is not None  # checked above
-            n = min(end, r.end) - start
+        for r, off, n in self._pieces(start, end - start):  # raises before any release
             advice = MADV_REMOVE if r.shared or r.file_backed else mmap.MADV_DONTNEED
             try:
-                r.mapping.madvise(advice, start - r.guest_addr, n)
+                r.mapping.madvise(advice, off, n)
             except ValueError as e:  # mmap's own argument check
                 raise OSError(errno.EINVAL, str(e)) from None
             done += n
-            start += n
         return done
 
     # -- host addresses for the kernel --------------------------------------------------------------
@@ -335,19 +334,10 @@ class GuestMemory:
         flat = array("Q")
         regions: dict[int, GuestRegion] = {}
         for addr, length in zip(addrs, lens, strict=True):
-            if addr < 0 or length < 0:
-                raise GuestMemoryError(addr, length, "has a negative address or length")
-            cur, left = addr, length
-            while left > 0:
-                r = self.find_region(cur)
-                if r is None:
-                    raise GuestMemoryError(addr, length)
-                n = min(left, r.end - cur)
-                flat.append(r.host_addr + cur - r.guest_addr)
+            for r, off, n in self._pieces(addr, length):
+                flat.append(r.host_addr + off)
                 flat.append(n)
                 regions[id(r)] = r
-                cur += n
-                left -= n
         return flat.tobytes(), len(flat) // 2, sum(flat[1::2]), tuple(regions.values())
 
 

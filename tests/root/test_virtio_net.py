@@ -90,6 +90,28 @@ def ns():
         netns.remove(name)
 
 
+def open_in(ns: str, name: str, queues: int) -> Tap:
+    """Create a tap inside the namespace (pyroute2 creates it there)."""
+    from pyroute2 import netns
+
+    netns.pushns(ns)
+    try:
+        return Tap.open(name, queues)
+    finally:
+        netns.popns()
+
+
+def close_in(ns: str, t: MmioTransport) -> None:
+    """Close the transport (and its tap) from inside the namespace the tap lives in."""
+    from pyroute2 import netns
+
+    netns.pushns(ns)
+    try:
+        t.close()
+    finally:
+        netns.popns()
+
+
 def frames(lt: LoopThread, rxq, want, timeout: float = 5.0) -> bytes:
     """Collect RX frames until ``want(frame)`` is true; repost buffers as they are used."""
     end = time.monotonic() + timeout
@@ -155,11 +177,7 @@ def test_arp_icmp_and_udp_through_a_tap_in_a_namespace(ns: str) -> None:
         assert dev.stats.bytes_in > 0 and dev.stats.bytes_out > 0
     finally:
         lt.stop()
-        netns.pushns(ns)  # the tap lives in the namespace: delete it from there
-        try:
-            t.close()
-        finally:
-            netns.popns()
+        close_in(ns, t)
         mem.close()
     with NetNS(ns) as ipr:
         assert not ipr.link_lookup(ifname=tapname)  # svlaunch deleted the tap it created
@@ -168,14 +186,9 @@ def test_arp_icmp_and_udp_through_a_tap_in_a_namespace(ns: str) -> None:
 def test_tx_chain_longer_than_a_frame_is_dropped_without_a_copy(ns: str) -> None:
     """One TX request of 1024 aliased 64 KiB buffers (64 MiB on a 16 MiB guest) is longer than
     any frame a tap takes: dropped and counted, at no host cost (docs/virtio.md)."""
-    from pyroute2 import netns
     from virtio_driver import HostCost
 
-    netns.pushns(ns)
-    try:
-        tap = Tap.open(f"svlb{os.getpid()}"[:15], 1)
-    finally:
-        netns.popns()
+    tap = open_in(ns, f"svlb{os.getpid()}"[:15], 1)
     mem = GuestMemory.anonymous([(0, 16 * MiB)])
     mem.fill(8 * MiB, 8 * MiB, 0x5A)
     dev = N.Net("net0", tap)
@@ -191,11 +204,7 @@ def test_tx_chain_longer_than_a_frame_is_dropped_without_a_copy(ns: str) -> None
         assert done.length == 0 and dev.tx_dropped == 1 and dev.stats.bytes_in == 0
         assert cost.peak_mib < 4 and cost.cpu_s < 0.05
     finally:
-        netns.pushns(ns)
-        try:
-            t.close()
-        finally:
-            netns.popns()
+        close_in(ns, t)
         mem.close()
 
 
@@ -221,13 +230,7 @@ def test_existing_tap_is_not_deleted_and_mq_needs_multi_queue(ns: str) -> None:
 
 
 def test_multiqueue_ctrl_vq_pairs_set(ns: str) -> None:
-    from pyroute2 import netns
-
-    netns.pushns(ns)
-    try:
-        tap = Tap.open(f"svlm{os.getpid()}"[:15], 2)
-    finally:
-        netns.popns()
+    tap = open_in(ns, f"svlm{os.getpid()}"[:15], 2)
     mem = GuestMemory.anonymous([(0, 16 * MiB)])
     dev = N.Net("net0", tap, queue_pairs=2)
     t = MmioTransport(dev, mem)
@@ -244,11 +247,7 @@ def test_multiqueue_ctrl_vq_pairs_set(ns: str) -> None:
         assert ok.data == bytes([N.VIRTIO_NET_OK]) and bad.data == bytes([N.VIRTIO_NET_ERR])
         assert dev.active_pairs == 2
     finally:
-        netns.pushns(ns)
-        try:
-            t.close()
-        finally:
-            netns.popns()
+        close_in(ns, t)
         mem.close()
 
 

@@ -65,6 +65,18 @@ def aliased(count: int, length: int, flags: int = 0) -> list[tuple[int, int, int
     return [(DATA, length, flags)] * count
 
 
+def one_request(q, bufs: list[tuple[int, int, int]]) -> tuple[list, HostCost]:
+    """Post one chain, kick, and return the completions and what serving it cost the host."""
+    q.post_table(bufs)
+    with HostCost() as cost:
+        q.kick()
+    return q.collect(), cost
+
+
+def assert_small(cost: HostCost) -> None:
+    assert cost.peak_mib < 4, f"host RSS grew {cost.peak_mib:.1f} MiB for one request"
+
+
 def test_console_transmit_copies_a_bounded_prefix(guest) -> None:
     """1024 x 32 KiB = 32 MiB of guest output in one request: the host copies at most 64 KiB
     (main copied all 32 MiB into one bytes object)."""
@@ -72,12 +84,9 @@ def test_console_transmit_copies_a_bounded_prefix(guest) -> None:
     try:
         g = guest(Console("console0", FdBackend(a)))
         g.drv.start()
-        tx = g.drv.queues[1]
-        tx.post_table(aliased(1024, 32 * KiB))
-        with HostCost() as cost:
-            tx.kick()
-        assert len(tx.collect()) == 1
-        assert cost.peak_mib < 4, f"host RSS grew {cost.peak_mib:.1f} MiB for one request"
+        done, cost = one_request(g.drv.queues[1], aliased(1024, 32 * KiB))
+        assert len(done) == 1
+        assert_small(cost)
         assert g.dev.stats.bytes_in <= 64 * KiB
     finally:
         a.close()
@@ -91,12 +100,9 @@ def test_balloon_inflate_reads_a_bounded_number_of_frames(guest) -> None:
     g.drv.start()
     # Frames of the aliased pages themselves (not the rings'), 128 distinct ones over and over.
     g.mem.write(DATA, struct.pack("<4096I", *[DATA // 4096 + p % 128 for p in range(4096)]))
-    inflate = g.drv.queues[0]
-    inflate.post_table(aliased(1024, 16 * KiB))
-    with HostCost() as cost:
-        inflate.kick()
-    assert len(inflate.collect()) == 1
-    assert cost.peak_mib < 4, f"host RSS grew {cost.peak_mib:.1f} MiB for one request"
+    done, cost = one_request(g.drv.queues[0], aliased(1024, 16 * KiB))
+    assert len(done) == 1
+    assert_small(cost)
     assert g.dev.stats.errors == 1  # the frames past the bound are ignored, and counted
 
 
@@ -104,11 +110,8 @@ def test_balloon_stats_are_read_to_a_bounded_depth(guest) -> None:
     g = guest(Balloon("balloon0"))
     g.drv.start()
     g.mem.write(DATA, struct.pack("<HQ", 4, 123 * MiB) * 3200)
-    stats = g.drv.queues[2]
-    stats.post_table(aliased(1024, 32 * KiB))
-    with HostCost() as cost:
-        stats.kick()
-    assert cost.peak_mib < 4, f"host RSS grew {cost.peak_mib:.1f} MiB for one request"
+    _, cost = one_request(g.drv.queues[2], aliased(1024, 32 * KiB))
+    assert_small(cost)
     assert g.dev.guest_stats == {"free-memory": 123 * MiB}
 
 
@@ -116,10 +119,8 @@ def test_balloon_report_releases_at_most_guest_ram_per_request(guest) -> None:
     """1024 reported ranges, each all of guest RAM: one pass over RAM, not 1024."""
     g = guest(Balloon("balloon0", free_page_reporting=True))
     g.drv.start()
-    report = g.drv.queues[3]
-    report.post_table([(0, GUEST, W)] * 1024)
-    report.kick()
-    assert len(report.collect()) == 1
+    done, _ = one_request(g.drv.queues[3], [(0, GUEST, W)] * 1024)
+    assert len(done) == 1
     assert g.dev.released_bytes <= GUEST
 
 
@@ -128,11 +129,7 @@ def test_rng_fills_a_bounded_part_of_a_huge_request(guest) -> None:
     lets it return fewer bytes), instead of 32 MiB of /dev/urandom."""
     g = guest(Rng("rng0"))
     g.drv.start()
-    q = g.drv.queues[0]
-    q.post_table(aliased(1024, 32 * KiB, W))
-    with HostCost() as cost:
-        q.kick()
-    (done,) = q.collect()
+    (done,), cost = one_request(g.drv.queues[0], aliased(1024, 32 * KiB, W))
     assert 0 < done.length <= 64 * KiB
     assert cost.cpu_s < 0.05, f"one request took {cost.cpu_s:.3f} s of CPU"
 
@@ -149,10 +146,9 @@ def test_blk_refuses_a_request_larger_than_seg_max_times_size_max(guest, tmp_pat
     hdr, status = g.drv.alloc.alloc(16), g.drv.alloc.alloc(1)
     g.mem.write(hdr, struct.pack("<IIQ", 0, 0, 0))  # VIRTIO_BLK_T_IN, sector 0
     for halves, want in ((514, 1), (508, 0)):  # status: IOERR, then OK
-        q.post_table([(hdr, 16, 0), *aliased(halves, 512 * KiB, W), (status, 1, W)])
-        with HostCost() as cost:
-            q.kick()
-        (done,) = q.collect()
+        (done,), cost = one_request(
+            q, [(hdr, 16, 0), *aliased(halves, 512 * KiB, W), (status, 1, W)]
+        )
         assert g.mem.read(status, 1)[0] == want
         if want:
             assert done.length == 1 and cost.cpu_s < 0.05
