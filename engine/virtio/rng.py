@@ -3,10 +3,12 @@
 Each request chain is filled with ``os.readv`` straight from the source file (``/dev/urandom``
 by default) into guest memory. StratoVirt's ``max-bytes``/``period`` pair becomes a token bucket
 of ``max_bytes`` per ``period_ms``: a request gets at most ``max_bytes`` (the spec lets the
-device return fewer bytes than asked), waits until the bucket holds that much, and when the bucket is empty the queue waits on a
-timer instead of spinning or dropping requests. A request gets at most ``MAX_REQUEST`` bytes
-either way (Linux's hwrng asks for 32-64 at a time): a chain of aliasing buffers may be gigabytes
-long, and filling it would cost the host that much reading from the source.
+device return fewer bytes than asked), waits until the bucket holds that much, and when the
+bucket is empty the queue waits on a timer instead of spinning or dropping requests.
+
+A request gets at most ``MAX_REQUEST`` bytes either way (Linux's driver asks for a few hundred
+at a time): a chain of aliasing buffers may be gigabytes long, and filling it would cost the
+host that much reading from the source.
 """
 
 from __future__ import annotations
