@@ -313,9 +313,9 @@ def hostile_files(e: Engine) -> None:
     fifo = e.tmp / "evil.fifo"
     with contextlib.suppress(FileExistsError):
         os.mkfifo(fifo)
-    link = e.tmp / "evil.link"
+    link = e.tmp / "evil.link"  # a link is followed: to a FIFO, it is refused as a FIFO
     with contextlib.suppress(FileExistsError):
-        link.symlink_to(e.disk)
+        link.symlink_to(fifo)
     r = Raw(e.path)
     r.line()
     for i, path in enumerate((fifo, "/proc/self/mem", "/dev/zero", link, e.tmp, "/nonexistent")):

@@ -55,12 +55,11 @@ def query_balloon(vm: str, target: int, deadline: float) -> object:
 
     In process (launcher.qmpclient), not the CLI: each CLI start costs most of a second in L1.
     """
-    from launcher.commands.qmp import address_of
-    from launcher.qmpclient import QmpClient
+    from launcher.commands.qmp import session
 
     actual: object = None
     try:
-        with QmpClient.connect(address_of(vm)) as c:
+        with session(vm) as c:
             while True:
                 actual = c.execute("query-balloon", {}).get("actual")
                 if (isinstance(actual, int) and actual <= target) or time.monotonic() > deadline:
