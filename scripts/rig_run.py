@@ -141,7 +141,9 @@ def _run_archive(spec: RunSpec, out: BinaryIO, wbdev: str | None) -> list[str]:
     w.file("rig/l1_run.py", (here / "guest" / "l1_run.py").read_bytes())
     _add_project(w)
     writeback = _add_files(w, spec.files)
-    env = {"PYTHONPATH": L1_PROJECT, "PYTHONDONTWRITEBYTECODE": "1", **spec.env}
+    # one VM per run, timed: no engine pool warming up beside it in L1 (a run may turn it on)
+    env = {"PYTHONPATH": L1_PROJECT, "PYTHONDONTWRITEBYTECODE": "1", "SVLAUNCH_POOL": "off"}
+    env |= spec.env
     run = {"argv": spec.argv, "cwd": spec.cwd, "setup": spec.setup, "env": env}
     run |= {"writeback": writeback, "wbdev": wbdev}
     w.file("rig/run.json", json.dumps(run, indent=1).encode())

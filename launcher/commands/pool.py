@@ -212,6 +212,17 @@ def _note_in_log(vm: Any, line: str) -> None:
         os.close(fd)
 
 
+_WANTED: list[bool] = []
+
+
+def spawn_if_wanted() -> None:
+    """Start a pool for the next VMs if this run found none: called once this run's VM answers,
+    so the pool's warm-up never competes with the start it could not serve."""
+    if _WANTED:
+        _WANTED.clear()
+        spawn()
+
+
 def start_through_pool(vm: Any, lock_fd: int, log_fd: int, *, paused: bool) -> PoolProcess | None:
     """The VM's engine, forked by the pool; None when no pool serves (then ``up`` starts the
     engine itself, as without a pool). On first use this starts a pool for the next VMs."""
@@ -228,7 +239,7 @@ def start_through_pool(vm: Any, lock_fd: int, log_fd: int, *, paused: bool) -> P
         started = client.start(str(socket_path()), str(vm.plan_file), fds, options)
     except client.NoPool:
         _forget_exit_file(vm)
-        spawn()  # for the next VM; this one starts as it always did
+        _WANTED.append(True)  # for the next VM, once this one runs (spawn_if_wanted)
         return None
     except client.PoolRefused as e:
         if e.code == "no-reply":  # it may still fork this VM: starting a second one is wrong

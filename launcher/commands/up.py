@@ -230,6 +230,9 @@ def run(args: argparse.Namespace) -> int:
         )
         vm.write_meta(meta)
         engine_pid = _wait_for_qmp(proc, meta, log, args.timeout, detach=args.detach)
+        from launcher.commands.pool import spawn_if_wanted
+
+        spawn_if_wanted()
         if engine_pid is None:
             return 0
         meta = dataclasses.replace(
