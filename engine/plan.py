@@ -316,17 +316,17 @@ def _from_json(tp: Any, data: Any) -> Any:
     if data is None:
         return None
     if isinstance(tp, types.UnionType):  # X | None
-        args = [a for a in tp.__args__ if a is not type(None)]
-        return _from_json(args[0], data)
+        members = [a for a in tp.__args__ if a is not type(None)]
+        return _from_json(members[0], data)
     if isinstance(tp, types.GenericAlias) and tp.__origin__ is tuple:
-        args = tp.__args__
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json(args[0], v) for v in data)
-        return tuple(_from_json(a, v) for a, v in zip(args, data, strict=True))
+        items = tp.__args__
+        if len(items) == 2 and items[1] is Ellipsis:
+            return tuple(_from_json(items[0], v) for v in data)
+        return tuple(_from_json(a, v) for a, v in zip(items, data, strict=True))
     if tp is DevicePlan:
         cls = DEVICE_KINDS[data["kind"]]
         return _from_json(cls, data)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = _hints(tp)
         kwargs = {name: _from_json(t, data[name]) for name, t in hints.items() if name in data}
         return tp(**kwargs)

@@ -86,30 +86,25 @@ HOT_REPLACE_NIC = Apply(
 )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class Key:
-    """One manifest key's declaration (see the module docstring). Built by ``key()``."""
+    """One manifest key's declaration (see the module docstring and ``key()``)."""
 
-    __slots__ = (
-        "apply",
-        "at",
-        "default",
-        "doc",
-        "io",
-        "item",
-        "kind",
-        "limits",
-        "name",
-        "nonempty",
-        "plan",
-        "rule",
-        "sv",
-        "values",
-        "what",
-    )
-
-    def __init__(self, **kw: Any) -> None:
-        for slot in Key.__slots__:
-            setattr(self, slot, kw.get(slot))
+    default: Any
+    doc: str
+    sv: str | tuple[str, ...] | None = None
+    plan: str | None = None
+    apply: Apply = RESTART
+    kind: str = ""
+    limits: IntRange | None = None
+    rule: str = ""
+    values: tuple[str, ...] = ()
+    nonempty: bool = False
+    io: str = ""
+    what: str = ""
+    name: str = ""
+    at: tuple[str, ...] = ()
+    item: str = ""
 
     def sv_option(self) -> str | None:
         """The StratoVirt option or device whose property list holds this key, if any."""

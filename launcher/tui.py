@@ -127,7 +127,7 @@ def view_from_replies(
     dt = now - prev.polled_at if now is not None and prev.polled_at is not None else None
     state = str(status.get("status", "unknown")) if isinstance(status, dict) else prev.state
     threads = tuple(
-        int(c.get("thread_id", c.get("thread-id", 0))) for c in cpus or [] if isinstance(c, dict)
+        int(c.get("thread_id", c.get("thread-id")) or 0) for c in cpus or [] if isinstance(c, dict)
     )
     mem = memory.get("base-memory") if isinstance(memory, dict) else prev.memory
     bal = balloon.get("actual") if isinstance(balloon, dict) else None

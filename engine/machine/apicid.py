@@ -14,11 +14,16 @@ from typing import Protocol
 class TopologyShape(Protocol):
     """Anything with the topology counts (the plan's ``TopologyPlan``, the manifest's resolved topology)."""
 
-    cpus: int
-    dies: int
-    clusters: int
-    cores: int
-    threads: int
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def dies(self) -> int: ...
+    @property
+    def clusters(self) -> int: ...
+    @property
+    def cores(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
 
 
 def _width(count: int) -> int:

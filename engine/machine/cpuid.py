@@ -54,13 +54,22 @@ class CpuidEntry:
 
 
 class CpuidLike(Protocol):
-    function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
+    """A CPUID entry to read: ``CpuidEntry`` or KVM's ``struct kvm_cpuid_entry2``."""
+
+    @property
+    def function(self) -> int: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def eax(self) -> int: ...
+    @property
+    def ebx(self) -> int: ...
+    @property
+    def ecx(self) -> int: ...
+    @property
+    def edx(self) -> int: ...
 
 
 def vendor_of(entries: Iterable[CpuidLike]) -> Vendor:

@@ -175,7 +175,7 @@ _INSTALL = {
 }
 
 
-def _lazy_errors() -> tuple[type[Exception], ...]:
+def _lazy_errors() -> tuple[type[BaseException], ...]:
     """Corrupt-data errors of the lazily imported decoders (only those already imported)."""
     lz = sys.modules.get("lzma")
     return (lz.LZMAError,) if lz is not None else ()
@@ -201,7 +201,7 @@ def decompress(payload: bytes, *, what: str = "kernel payload") -> tuple[str, De
     for dec in decoders:
         try:
             data = dec(payload)
-        except (zlib.error, OSError, EOFError, *_lazy_errors()) as e:
+        except (zlib.error, OSError, EOFError, *_lazy_errors()) as e:  # type: ignore[misc]
             raise DecompressError(f"{what}: {fmt} data is corrupt: {e}") from None
         if data is not None:
             return fmt, data

@@ -159,8 +159,10 @@ def _patch(
     """
     size = 8 if wide else 4
     mask = (1 << (8 * size)) - 1
-    code = "Q" if wide else "I"
-    views = [image[k : k + (len(image) - k) // size * size].cast(code) for k in range(size)]
+    views = [
+        image[k : k + (len(image) - k) // size * size].cast("Q" if wide else "I")
+        for k in range(size)
+    ]
     for w in words:
         at = w + to_offset
         if not 0 <= at <= limit - size:

@@ -161,7 +161,7 @@ def discover(cache_dir: str | None = None) -> Runtime:
     if sys.prefix != sys.base_prefix:
         paths.append(os.path.join(sys.prefix, "pyvenv.cfg"))
     paths.extend(site_pkgs)
-    pythonpath = []
+    pythonpath: list[str] = []
     for name in PROJECT_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec and spec.submodule_search_locations:

@@ -24,6 +24,14 @@ MAX_DEPTH = 64
 TOO_LONG = "The socket message is too long."  # StratoVirt's words
 
 _WS = re.compile(rb"[ \t\r\n]*")
+
+
+def _ws_end(buf: bytearray, at: int) -> int:
+    """Where the whitespace run at ``at`` ends (the pattern matches the empty run too)."""
+    m = _WS.match(buf, at)
+    return m.end() if m else at
+
+
 _STRING = re.compile(rb'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"')
 _STRING_PREFIX = re.compile(
     rb'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*'
@@ -89,7 +97,7 @@ class Framer:
             del buf[: nl + 1]
             self._skipping = False
         if not self._stack:
-            end = _WS.match(buf).end()
+            end = _ws_end(buf, 0)
             if end:
                 del buf[:end]
             self._pos = 0
@@ -119,7 +127,7 @@ class Framer:
         buf, i, n = self.buf, self._pos, len(self.buf)
         stack, expect = self._stack, self._expect
         while True:
-            i = _WS.match(buf, i).end()
+            i = _ws_end(buf, i)
             if i >= n:
                 break
             c = buf[i]

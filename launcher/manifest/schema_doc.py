@@ -23,7 +23,7 @@ def _type_text(s: J) -> str:
         return f"list of {_type_text(s.get('items', {}))}"
     if t == "object" and isinstance(s.get("additionalProperties"), dict):
         return "table by id"
-    return {"object": "table"}.get(t, t)
+    return {"object": "table"}.get(t, t) or "value"
 
 
 def markdown_table(schema: J) -> str:

@@ -61,8 +61,8 @@ def devices(man: m.Manifest) -> list[Device]:
         out.append(Device("balloon", ("balloon",), b.id, True, b.transport, b.pci))
     for r in man.rngs:
         out.append(Device("rng", ("rngs", r.id), r.device_id or r.id, True, r.transport, r.pci))
-    for v in man.vfio:
-        out.append(Device("vfio", ("vfio", v.id), v.id, False, None, v.pci, True))
+    for f in man.vfio:
+        out.append(Device("vfio", ("vfio", f.id), f.id, False, None, f.pci, True))
     if man.usb.xhci is not None:
         x = man.usb.xhci
         out.append(Device("xhci", ("usb", "xhci"), x.id, False, None, x.pci, True))

@@ -9,6 +9,8 @@ character where the offending item starts (see the package docstring for the mar
 
 from __future__ import annotations
 
+import builtins
+import difflib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -35,7 +37,6 @@ def fail(message: str, index: int, col: int = 0, hint: str = "", text: str = "")
 
 
 def suggest(word: str, choices: Collection[str]) -> str:
-    import difflib  # only for a wrong word: not worth ~0.7 ms of every svlaunch cmdline
 
     close = difflib.get_close_matches(word, sorted(choices), n=1)
     return f"did you mean '{close[0]}'? " if close else ""
@@ -237,7 +238,7 @@ class Props:
             )
         return value
 
-    def flag(self, key: str) -> bool:
+    def flag(self, key: str) -> builtins.bool:
         """A bare flag (``server``); any value is an error, as in StratoVirt's chardev parser."""
         if key not in self.items:
             return False
