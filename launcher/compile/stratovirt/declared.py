@@ -38,13 +38,21 @@ def option_keys(cls: type, option: str) -> tuple[k.Spec, ...]:
     )
 
 
+def _sv(s: k.Spec) -> tuple[str, ...]:
+    """The ``(option, property[, type])`` declaration of a key that ``option_keys`` returned."""
+    sv = s.decl.sv
+    assert isinstance(sv, tuple), s.name  # option_keys keeps only tuple declarations
+    return sv
+
+
 def prop_names(cls: type, option: str) -> set[str]:
     """The property names those keys use (``fds`` also answers to ``fd``)."""
     names = set()
     for s in option_keys(cls, option):
-        names.add(s.decl.sv[1])
+        prop = _sv(s)[1]
+        names.add(prop)
         if s.kind == k.FDS:
-            names.add(s.decl.sv[1][:-1])
+            names.add(prop[:-1])
     return names
 
 
@@ -53,11 +61,13 @@ def emit_props(
 ) -> list[tuple[str, Any]]:
     """``(property, value)`` for each declared key of ``option`` whose value is not its default."""
     out: list[tuple[str, Any]] = []
-    for s in option_keys(type(obj), option):
+    cls: type = type(obj)
+    for s in option_keys(cls, option):
         value = getattr(obj, s.attr)
         if value is None or value == s.default_value():
             continue
-        prop, spelling = s.decl.sv[1], s.decl.sv[2:]
+        sv = _sv(s)
+        prop, spelling = sv[1], sv[2:]
         kind = s.kind
         if kind == k.BOOL:
             out.append((prop, value if spelling == ("flag",) else ("on" if value else "off")))
@@ -88,8 +98,10 @@ def read_props(
     ``path`` turns a path's text into the host path (the importer's ``State.path``)."""
     out: dict[str, Any] = {}
     for s in option_keys(cls, option):
-        prop, spelling = s.decl.sv[1], s.decl.sv[2:]
+        sv = _sv(s)
+        prop, spelling = sv[1], sv[2:]
         kind = s.kind
+        value: Any
         if kind == k.FDS:
             value = _fds(p, prop[:-1]) or _fds(p, prop)
         elif not p.has(prop):

@@ -244,10 +244,9 @@ def parse_memory_backend(v: Value, st: State) -> None:
     ident = p.require("id")
     if ident in st.mem_objects:
         raise p.error(f"Object: {ident} has been added", "id")
-    size = p.typed("size", read_size) if p.has("size") else p.require("size")
+    size = p.need("size", read_size)
     hint = "StratoVirt v2.2 needs both: add host-nodes=0,policy=bind (or policy=default)"
-    p.require("host-nodes", hint)
-    nodes = p.typed("host-nodes", read_intlist)
+    nodes = p.need("host-nodes", read_intlist, hint=hint)
     if any(n >= MAX_NODES for n in nodes):
         raise p.error(f"host node must be < {MAX_NODES}", "host-nodes")
     policy = p.require("policy", hint).lower()
@@ -289,7 +288,7 @@ def parse_numa(v: Value, st: State) -> None:
                 "declare -object memory-backend-ram,id=... once per node",
             )
         obj.used_by = v.index
-        cpus = p.typed("cpus", read_intlist)
+        cpus = p.need("cpus", read_intlist)
         st.numa_nodes.append(dict(id=nodeid, cpus=tuple(c & 0xFF for c in cpus), memdev=memdev))
         st.at(f"numa.nodes.{nodeid}", v.index)
         return

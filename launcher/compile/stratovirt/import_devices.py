@@ -46,7 +46,7 @@ def pci_of(p: Props, st: State, pci: bool) -> m.PciAddress | None:
         raise p.error("Bus not specified for pci device", "", "add bus=pcie.0")
     if p.raw("addr") is None:
         raise p.error("No addr found for pci device", "", "add addr=0x3 (SLOT or SLOT.FUNC)")
-    slot, func = p.typed("addr", read_pci_addr)
+    slot, func = p.need("addr", read_pci_addr)
     if bus not in st.buses:
         raise p.error(
             f"Parent bus :{bus} not found",
@@ -167,7 +167,7 @@ def parse_rng(p: Props, st: State, pci: bool) -> None:
 
 def parse_root_port(p: Props, st: State, pci: bool) -> None:
     ident = p.require("id")
-    port = p.typed("port", read_hexdec) if p.has("port") else p.require("port")
+    port = p.need("port", read_hexdec)
     if port > 0xFF:
         st.warn(f"root port {port:#x} is stored as 8 bits ({port & 0xFF:#x})", p.index)
     place = pci_of(p, st, True)

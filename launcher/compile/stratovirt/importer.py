@@ -10,7 +10,9 @@ Cross-option rules are ``launcher.validate.check_model``'s; its issues are locat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from launcher.compile.stratovirt.common import PathKind
 from launcher.compile.stratovirt.import_assemble import assemble
@@ -176,9 +178,9 @@ def parse_mon(o: Occurrence, st: State) -> None:
     if p.require("mode", "add mode=control") != "control":
         raise p.error("Invalid mode for -mon", "mode", "mode must be control")
     pooled = st.chardevs.get(chardev)
-    c = pooled.fields["chardev"] if pooled else None
     if pooled is None or pooled.used_by is not None:
         raise p.error(f"Chardev {chardev} not found or is in use", "chardev", "declare -chardev socket,id=...,path=...,server,nowait")  # fmt: skip
+    c = pooled.fields["chardev"]
     if not (c.backend == "socket" and c.server and c.nowait):
         raise p.error("the -mon chardev must be a socket with server and nowait", "chardev")
     pooled.used_by = o.value.index
@@ -208,7 +210,7 @@ def parse_incoming(o: Occurrence, st: State) -> None:
     text, index = o.value.text, o.value.index
     parts = text.split(":")
     scheme = parts[0].lower()
-    ok = len(parts) == 2 and scheme in ("file", "unix") and parts[1]
+    ok = len(parts) == 2 and scheme in ("file", "unix") and parts[1] != ""
     if scheme == "tcp" and len(parts) == 3:
         octets = parts[1].split(".")
         ok = len(octets) == 4 and all(_decimal(x, 3) and int(x) < 256 for x in octets)
@@ -348,14 +350,14 @@ def _numa(tokens: Tokens, st: State) -> None:
     values = [v for o in tokens.all("-numa") for v in o.values]
     nodes_first = sorted(values, key=lambda v: not v.text.startswith("node"))
     for v in nodes_first:
-        _lenient(not st.standard, lambda v=v: parse_numa(v, st), v.index, st,
+        _lenient(not st.standard, partial(parse_numa, v, st), v.index, st,
                  "StratoVirt ignores -numa on this machine type")  # fmt: skip
     if not st.standard and st.numa_nodes:
         st.warn("StratoVirt ignores -numa on microvm: kept in the manifest for the builtin engine",
-                st.numa_nodes and st.where.get(f"numa.nodes.{st.numa_nodes[0]['id']}", 0))  # fmt: skip
+                st.where.get(f"numa.nodes.{st.numa_nodes[0]['id']}", 0))  # fmt: skip
 
 
-def _lenient(lenient: bool, action, index: int, st: State, why: str) -> None:
+def _lenient(lenient: bool, action: Callable[[], object], index: int, st: State, why: str) -> None:
     if not lenient:
         action()
         return

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import builtins
 import difflib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from launcher.errors import InvalidInput, Issue, Mark
 
@@ -20,6 +21,8 @@ MIB, GIB = 1 << 20, 1 << 30
 MAX_RANGE = 1 << 16  # values one A-B range may expand to (cpus and nodes are far fewer)
 BOOL_TRUE = ("on", "true", "yes")
 BOOL_FALSE = ("off", "false", "no")
+
+T = TypeVar("T")
 
 
 def argv_issue(
@@ -217,10 +220,16 @@ class Props:
             )
         return value
 
-    def typed(self, key: str, reader, *args):
+    def typed(self, key: str, reader: Callable[..., T], *args: Any) -> T | None:
+        """The value read by ``reader``, or None if absent."""
         text = self.raw(key)
-        if text is None:
-            return None
+        return None if text is None else self._read(key, text, reader, *args)
+
+    def need(self, key: str, reader: Callable[..., T], *args: Any, hint: str = "") -> T:
+        """The value of a key the option needs: absent is ``require``'s error."""
+        return self._read(key, self.require(key, hint), reader, *args)
+
+    def _read(self, key: str, text: str, reader: Callable[..., T], *args: Any) -> T:
         try:
             return reader(text, *args)
         except ValueError as exc:
