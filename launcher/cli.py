@@ -15,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+from types import ModuleType
 from typing import NoReturn
 
 from launcher.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, SvlaunchError
@@ -105,7 +106,7 @@ def _suggest(name: str) -> str:
     return f"did you mean '{close[0]}'?" if close else "run 'svlaunch --help' for the list"
 
 
-def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+def build_parser(name: str) -> tuple[argparse.ArgumentParser, ModuleType]:
     """The parser for one subcommand, importing only that command's module."""
     info = COMMANDS[name]
     module = importlib.import_module(info.module)

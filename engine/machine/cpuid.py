@@ -190,7 +190,7 @@ def patch_cpuid(
         for e in entries
     }
     topo = _Topo(
-        apic_id_widths(topology),  # type: ignore[arg-type]  # TopologyPlan has the same fields
+        apic_id_widths(topology),
         topology.threads,
         topology.cores,
         topology.clusters,

@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
@@ -236,7 +237,7 @@ class DeviceManager:
             self.vm.register_ioeventfd(kfd, base + QUEUE_NOTIFY, 4, datamatch=q)
             att.kick_fds.append(kfd)
             if not t.kernel_kick(q):
-                att.loop.add_reader(kfd, lambda q=q, t=t: t.on_queue_event(q))
+                att.loop.add_reader(kfd, partial(t.on_queue_event, q))
         if hasattr(t, "ack_eventfd"):  # used-ring acks end in the kernel (mmio.py's docstring)
             att.ack_fd = t.ack_eventfd()
             self.vm.register_ioeventfd(att.ack_fd, base + INTERRUPT_ACK, 4, datamatch=1)

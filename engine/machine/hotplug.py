@@ -271,7 +271,7 @@ class HotReplace:
             }
             if spec.kind == "blk":
                 queues = extra.get("num-queues")
-                plan: DevicePlan = BlkPlan(
+                blk = BlkPlan(
                     file=s.filename,
                     readonly=bool(s.read_only),
                     direct=bool(s.direct),
@@ -282,10 +282,11 @@ class HotReplace:
                     drive_id=b.id,
                     **common,
                 )
-                problems = rules.blk_problems(plan, self.iothreads)
+                problems = rules.blk_problems(blk, self.iothreads)
+                plan: DevicePlan = blk
             else:
                 mac = extra.get("mac")
-                plan = NetPlan(
+                net = NetPlan(
                     ifname=s.ifname,
                     mac=rules.default_mac(self.vm_name, b.id) if mac is None else str(mac),
                     queue_pairs=max(1, int(s.queues)),
@@ -293,7 +294,8 @@ class HotReplace:
                     netdev_id=b.id,
                     **common,
                 )
-                problems = rules.net_problems(plan, self.iothreads)
+                problems = rules.net_problems(net, self.iothreads)
+                plan = net
         except (TypeError, ValueError) as e:
             raise HotplugError(f"device_add {spec.id}: bad option: {e}") from None
         if problems:

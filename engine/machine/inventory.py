@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import HostError
 from engine.hostfiles import open_host_file
+from engine.plan import BlkPlan, ConsolePlan
 from engine.qmp.control import BlockInfo, ChardevInfo, IoThreadInfo
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def block_nodes(m: Machine, unused: list[Any]) -> list[BlockInfo]:
     out = []
     for att in m.devices.virtio:
         spec, dev = att.spec, att.transport.device
-        if spec.kind != "blk":
+        if not isinstance(spec, BlkPlan):
             continue
         acct = getattr(dev, "accounting", None)
         size, allocated = _sizes(dev.fd) if getattr(dev, "fd", -1) >= 0 else (0, 0)
@@ -82,7 +83,7 @@ def chardevs(m: Machine) -> list[ChardevInfo]:
     consoles = {
         att.spec.chardev.id: att
         for att in dm.virtio
-        if getattr(att.spec, "chardev", None) is not None
+        if isinstance(att.spec, ConsolePlan) and att.spec.chardev is not None
     }
     out = []
     for cid, ch in dm.chardevs.items():

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from engine.ozone import caps, rootfs
 from engine.ozone import sys as osys
 from engine.ozone.spec import SandboxSpec
 
+T = TypeVar("T")
 RO = osys.MS_RDONLY | osys.MS_NOSUID | osys.MS_NODEV
 
 
@@ -23,7 +26,7 @@ class StepFailed(Exception):
         self.step, self.err, self.path, self.hint = step, err, path, hint
 
 
-def _step(name: str, fn, *args, path: str = "", hint: str = ""):  # type: ignore[no-untyped-def]
+def _step(name: str, fn: Callable[..., T], *args: Any, path: str = "", hint: str = "") -> T:
     try:
         return fn(*args)
     except OSError as e:

@@ -181,8 +181,8 @@ class Sandbox:
         )
         ops = plan_ops(list(spec.binds), extra_dirs=dev_dirs)
         self._try("place files", lambda: apply_ops(jail, ops), jail)
-        with open(jail + JAIL_PLAN, "w") as f:
-            f.write(spec.plan_json)
+        with open(jail + JAIL_PLAN, "w") as plan_file:
+            plan_file.write(spec.plan_json)
         if spec.seccomp:
             from engine import seccomp  # lazy: only the supervisor needs libseccomp
 

@@ -103,7 +103,7 @@ def _own_fds(fds: dict[str, int], detach: list[Any], keep: tuple[int, ...] = ())
         os.dup2(null, 0)
         os.dup2(log, 1)
         os.dup2(log, 2)
-    kept = {}
+    kept: dict[str, int] = {}
     for name in ("lock", "exit"):
         if name in fds:
             fd = fds[name]

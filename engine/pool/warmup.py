@@ -18,6 +18,10 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.plan import Plan
 
 MEMORY = 64 << 20
 LOAD_ADDR = 0x100000
@@ -36,7 +40,7 @@ def _elf(code: bytes) -> bytes:
     return head + seg + code
 
 
-def _plan(kernel: str):  # type: ignore[no-untyped-def]
+def _plan(kernel: str) -> Plan:
     from engine.machine.layout import MMIO32_SIZE, MMIO32_START, ram_ranges
     from engine.plan import BootPlan, MemoryPlan, Plan, RamRange, TopologyPlan, VcpuPlan
 

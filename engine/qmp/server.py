@@ -36,6 +36,7 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from engine.eventloop import EventLoop
@@ -155,7 +156,7 @@ class QmpServer:
             return
         self._accepting = True
         for _path, sock, _ident in self._bound:
-            self.loop.add_reader(sock.fileno(), lambda s=sock: self._accept(s))
+            self.loop.add_reader(sock.fileno(), partial(self._accept, sock))
 
     def _pause_accepting(self) -> None:
         if self._accepting:

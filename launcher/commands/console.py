@@ -40,7 +40,7 @@ def relay(
     """Copy both ways; returns why it stopped: "escape" (Ctrl-]), "closed" (the VM hung up),
     "timeout", or "eof" (input ended; with ``leave_on_eof=False`` output goes on instead)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    inputs: list[object] = [sock, fd_in]
+    inputs: list[socket.socket | int] = [sock, fd_in]
     while True:
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:

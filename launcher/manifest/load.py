@@ -12,9 +12,10 @@ import errno
 import os
 import stat
 from dataclasses import dataclass
+from typing import Any
 
 from launcher.errors import InvalidInput, Issue, Mark
-from launcher.manifest.sourcemap import SourceMap, format_path
+from launcher.manifest.sourcemap import Path, SourceMap, format_path
 from launcher.model import Manifest
 
 MAX_BYTES = 1 << 20
@@ -123,7 +124,8 @@ def _undecodable_paths(manifest: Manifest, data: dict, base: str) -> list[Issue]
     bad = {s for s in bad if not _utf8(s)}
     if not bad:
         return []
-    issues, stack = [], [((), data)]
+    issues: list[Issue] = []
+    stack: list[tuple[Path, Any]] = [((), data)]
     while stack:  # in document order
         path, value = stack.pop()
         if isinstance(value, dict):

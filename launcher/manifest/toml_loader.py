@@ -146,11 +146,11 @@ class _Scanner:
             end = len(self.s) if end < 0 else end + 3
             while end < len(self.s) and self.s[end] == q:  # """a"""" edge case
                 end += 1
-            out = self.s[self.i + 3 : end - 3]
+            body = self.s[self.i + 3 : end - 3]
             self.i = end
-            return out
+            return body
         j = self.i + 1
-        out = []
+        out: list[str] = []
         while j < len(self.s) and self.s[j] not in (q, "\n"):
             if q == '"' and self.s[j] == "\\" and j + 1 < len(self.s):
                 c = self.s[j + 1]

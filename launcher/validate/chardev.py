@@ -69,8 +69,8 @@ def check(ctx: Context) -> None:
         users[cid] = path
         return by_id[cid]
 
-    for c in man.consoles:
-        use(c.chardev, ("consoles", c.id, "chardev"), "console")
+    for con in man.consoles:
+        use(con.chardev, ("consoles", con.id, "chardev"), "console")
     for i, mon in enumerate(man.monitors):
         cd = use(mon.chardev, ("monitors", i, "chardev"), "monitor")
         if cd is not None and not (

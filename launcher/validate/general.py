@@ -7,6 +7,8 @@ values look free-form, so they are checked for every value that ends up on the c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from engine.names import VM_NAME_HINT, is_vm_name
 from launcher import model as m
 from launcher.manifest.sourcemap import Path
@@ -97,13 +99,13 @@ def ids(man: m.Manifest) -> list[tuple[Path, str, str]]:
     ):
         if obj is not None and obj.id:
             out.append(((key, "id"), obj.id, f"{key} id"))
-    for key, obj in (
+    for key, usb_dev in (
         ("xhci", man.usb.xhci),
         ("keyboard", man.usb.keyboard),
         ("tablet", man.usb.tablet),
     ):
-        if obj is not None:
-            out.append((("usb", key, "id"), obj.id, "usb id"))
+        if usb_dev is not None:
+            out.append((("usb", key, "id"), usb_dev.id, "usb id"))
     for i, mon in enumerate(man.monitors):
         if mon.id:
             out.append((("monitors", i, "id"), mon.id, "monitor id"))
@@ -156,7 +158,7 @@ def check(ctx: Context) -> None:
         _no_comma(ctx, path, value, what)
         if "path" in what:
             _len(ctx, path, value, MAX_PATH, what)
-    for path, value, what in (
+    for path, maybe, what in (
         (("boot", "kernel"), man.boot.kernel, "kernel path"),
         (("memory", "path"), man.memory.path, "memory path"),
         (("pidfile",), man.pidfile, "pidfile path"),
@@ -165,10 +167,10 @@ def check(ctx: Context) -> None:
         (("boot", "cmdline"), man.boot.cmdline, "kernel command line"),
         (("cpu", "model"), man.cpu.model, "cpu model"),
     ):
-        if value:
-            _no_dash(ctx, path, value, what)
+        if maybe:
+            _no_dash(ctx, path, maybe, what)
             if what.endswith("path"):
-                _len(ctx, path, value, MAX_PATH, what)
+                _len(ctx, path, maybe, MAX_PATH, what)
     for i, q in enumerate(man.qmp):
         _socket(ctx, ("qmp", i) if len(man.qmp) > 1 else ("qmp",), q, "qmp socket")
     for c in man.chardevs:
@@ -290,8 +292,8 @@ def _iothreads(ctx: Context) -> None:
             )
 
 
-def _did_you_mean(value: str, options: object, fallback: str) -> str:
+def _did_you_mean(value: str, options: Iterable[str], fallback: str) -> str:
     import difflib
 
-    close = difflib.get_close_matches(value, list(options), n=1)  # type: ignore[arg-type]
+    close = difflib.get_close_matches(value, list(options), n=1)
     return f"did you mean {close[0]!r}?" if close else fallback

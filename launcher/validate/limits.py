@@ -4,15 +4,18 @@ where QMP hot-plug checks the same device) and no rule module restates it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import keys as k
 from launcher.manifest.sourcemap import Path
 from launcher.validate.base import Context
 
+if TYPE_CHECKING:
+    from engine.device_rules import IntRange
+
 _NESTED = (k.SECTION, k.TABLE, k.LIST)
-#: per class: (keys with limits, keys holding model values to walk into)
-_WALK: dict[type, tuple[tuple[k.Spec, ...], tuple[k.Spec, ...]]] = {}
+#: per class: (keys with their limits, keys holding model values to walk into)
+_WALK: dict[type, tuple[tuple[tuple[k.Spec, IntRange], ...], tuple[k.Spec, ...]]] = {}
 
 
 def check(ctx: Context) -> None:
@@ -25,21 +28,19 @@ def _walk(ctx: Context, obj: Any, path: Path) -> None:
     if plan is None:
         specs = k.specs(cls)
         plan = _WALK[cls] = (
-            tuple(s for s in specs if s.decl.limits is not None),
+            tuple((s, s.decl.limits) for s in specs if s.decl.limits is not None),
             tuple(s for s in specs if s.kind in _NESTED),
         )
     limited, nested = plan
-    for s in limited:
+    for s, limits in limited:
         value = getattr(obj, s.attr)
-        if value is not None and not s.decl.limits.allows(value):
+        if value is not None and not limits.allows(value):
             default = s.default_value()
             ctx.add(
                 s.decl.rule,
                 (*path, s.name),
-                f"{s.name} {value} must be {s.decl.limits.describe()}",
-                f"{default} is the default"
-                if default is not None
-                else f"use {s.decl.limits.describe()}",
+                f"{s.name} {value} must be {limits.describe()}",
+                f"{default} is the default" if default is not None else f"use {limits.describe()}",
             )
     for s in nested:
         value = getattr(obj, s.attr)

@@ -15,6 +15,7 @@ from launcher.validate.base import Context
 
 if TYPE_CHECKING:
     from launcher import model as m
+    from launcher.manifest.sourcemap import Path
 
 
 def _close(word: str, options: list[str] | tuple[str, ...]) -> list[str]:
@@ -94,7 +95,7 @@ def _keys(man: m.Manifest) -> dict[str, str]:
     """Host path (or ``chardev:<id>``) -> the manifest key that names it."""
     from launcher.manifest.sourcemap import format_path
 
-    named: list[tuple[str | None, tuple[object, ...]]] = [
+    named: list[tuple[str | None, Path]] = [
         (man.boot.kernel, ("boot", "kernel")),
         (man.boot.initrd, ("boot", "initrd")),
         (man.memory.path, ("memory", "path")),
@@ -136,6 +137,8 @@ def host_issues(man: m.Manifest, is_root: bool) -> list[Issue]:
         plan = compile_plan(man)
     except SvlaunchError:
         return []  # what the engine cannot run at all is validation's to say
+    if plan.sandbox is None:
+        return []  # no ozone section: no sandbox to refuse anything
     keys = _keys(man)
     cache = DEFAULT_STATE_DIR if is_root and os.path.isdir(DEFAULT_STATE_DIR) else None
     out = []
