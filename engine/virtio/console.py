@@ -73,7 +73,7 @@ class Console(VirtioDevice):
 
     def _attach(self) -> None:
         if not self._attached and self.loop is not None:
-            self.backend.attach(self.loop, self._sink, self._free)  # type: ignore[arg-type]
+            self.backend.attach(self.loop, self._sink, self._free)
             self._attached = True
         elif self._attached:
             self.backend.resume_input()

@@ -39,6 +39,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from functools import partial
 
 from engine.machine.memory import GuestMemory
 from engine.virtio.device import (
@@ -423,7 +424,7 @@ class MmioTransport:
         # Kicks that came before DRIVER_OK were dropped: look at every ready queue once.
         for i, q in enumerate(self.queues):
             if q.ready and not self.kernel_kick(i):
-                self.device.on_loop(lambda i=i: self.notify(i))
+                self.device.on_loop(partial(self.notify, i))
 
     def reset(self) -> None:
         """Device reset (status 0): the device forgets the driver; generation stays monotonic."""

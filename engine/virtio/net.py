@@ -24,6 +24,7 @@ import os
 import random
 import struct
 import threading
+from functools import partial
 
 from engine.errors import HostError
 from engine.virtio.device import (
@@ -202,7 +203,7 @@ class Net(VirtioDevice):
             return
         fd = self.tap.fds[pair]
         if on and pair not in self._polling:
-            self.loop.add_reader(fd, lambda p=pair: self.guarded(self._rx, p))
+            self.loop.add_reader(fd, partial(self.guarded, self._rx, pair))
             self._polling.add(pair)
         elif not on and pair in self._polling:
             self.loop.remove_reader(fd)
@@ -223,7 +224,12 @@ class Net(VirtioDevice):
         # From a vCPU thread: unregister on the loop, by fd, before the fds can be closed.
         fds = [self.tap.fds[p] for p in self._polling]
         self._polling.clear()
-        loop.call_soon_threadsafe(lambda: [loop.remove_reader(fd) for fd in fds])
+
+        def unregister() -> None:
+            for fd in fds:
+                loop.remove_reader(fd)
+
+        loop.call_soon_threadsafe(unregister)
 
     def close(self) -> None:
         for vh in self._vhost:

@@ -66,10 +66,11 @@ class TokenBucket:
 
 
 class Loop(Protocol):
-    """The part of ``engine.eventloop.EventLoop`` a timer needs."""
+    """The part of ``engine.eventloop.EventLoop`` a timer needs (made on the loop's thread)."""
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_reader(self, fd: int) -> None: ...
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None: ...
 
 
 class _Timespec(ctypes.Structure):
