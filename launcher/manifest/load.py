@@ -22,6 +22,11 @@ MAX_BYTES = 1 << 20
 FORMATS = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
 
 
+def _file_order(issue: Issue) -> tuple[int, int]:
+    """Line and column (issues without a place first); ``sorted`` keeps ties in their order."""
+    return (issue.mark.line, issue.mark.col) if issue.mark is not None else (0, 0)
+
+
 def format_of(path: str) -> str | None:
     return FORMATS.get(os.path.splitext(path)[1].lower())
 
@@ -94,8 +99,9 @@ def load_text_full(
     from launcher.manifest.schema import check_shape
 
     issues = check_shape(data)
-    if issues:
-        return Loaded(None, smap.locate(issues), smap)
+    if issues:  # in file order, as a reader goes through them
+        located = smap.locate(issues)
+        return Loaded(None, sorted(located, key=_file_order), smap)
     from launcher.manifest.build import build_manifest
 
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(source))

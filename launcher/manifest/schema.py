@@ -117,6 +117,9 @@ def issues_from_errors(errors: Iterable[Any]) -> list[Issue]:
     return sorted(issues, key=lambda i: i.path)
 
 
+MAX_SUGGESTIONS = 64  # unknown keys per table that get a "did you mean"
+
+
 def _close(word: str, options: list[str], cutoff: float) -> str | None:
     import difflib
 
@@ -151,7 +154,9 @@ def _convert(err: Any) -> list[Issue]:
         for key in value:
             if key in known:
                 continue
-            close = _close(key, known, 0.6)
+            # a suggestion costs a difflib pass over the known keys: only for the first ones
+            # (the report shows a few dozen issues per file anyway)
+            close = _close(key, known, 0.6) if len(out) < MAX_SUGGESTIONS else None
             hint = (
                 f"did you mean '{close}'?"
                 if close
