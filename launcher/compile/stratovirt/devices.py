@@ -16,7 +16,9 @@ from launcher.compile.stratovirt.declared import emit_props
 from launcher.model import Transport
 
 if TYPE_CHECKING:
-    from launcher.model import Manifest, PciAddress, RootPort
+    from collections.abc import Sequence
+
+    from launcher.model import Drive, Manifest, Net, PciAddress, RootPort
 
 
 def transport(m: Manifest, t: Transport | None) -> Transport:
@@ -140,38 +142,30 @@ def emit_root_ports(m: Manifest) -> list[str]:
 
 
 def emit_blk_devices(m: Manifest) -> list[str]:
-    out: list[str] = []
-    for d in m.drives:
-        if not d.attached:
-            continue
-        t = transport(m, d.transport)
-        out += [
-            "-device",
-            props(
-                dev_name("virtio-blk", t),
-                ("id", d.device_name),
-                ("drive", d.id),
-                *placement(t, d.pci, f"drives.{d.id}"),
-                *emit_props(d, "virtio-blk"),
-            ),
-        ]
-    return out
+    return _backed_devices(m, m.drives, "virtio-blk", "drive", "drives")
 
 
 def emit_net_devices(m: Manifest) -> list[str]:
+    return _backed_devices(m, m.nets, "virtio-net", "netdev", "nets")
+
+
+def _backed_devices(
+    m: Manifest, items: Sequence[Drive | Net], base: str, backend: str, section: str
+) -> list[str]:
+    """The ``-device`` of each attached drive or NIC, naming its backend (``drive=``/``netdev=``)."""
     out: list[str] = []
-    for n in m.nets:
-        if not n.attached:
+    for it in items:
+        if not it.attached:
             continue
-        t = transport(m, n.transport)
+        t = transport(m, it.transport)
         out += [
             "-device",
             props(
-                dev_name("virtio-net", t),
-                ("id", n.device_name),
-                ("netdev", n.id),
-                *placement(t, n.pci, f"nets.{n.id}"),
-                *emit_props(n, "virtio-net"),
+                dev_name(base, t),
+                ("id", it.device_name),
+                (backend, it.id),
+                *placement(t, it.pci, f"{section}.{it.id}"),
+                *emit_props(it, base),
             ),
         ]
     return out
