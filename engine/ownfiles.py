@@ -25,6 +25,7 @@ from engine.errors import HostError
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Sequence
 
 #: (st_dev, st_ino, st_ctime_ns): one file, whatever its name is now. The change time tells a
 #: file made at the same path later apart even when it gets the freed inode number again (ext4
@@ -191,13 +192,14 @@ def create_exclusive(path: str, data: bytes, mode: int, what: str) -> FileId:
         os.close(fd)
 
 
-def unlink_if_same(path: str, ident: FileId | None) -> bool:
-    """Remove ``path`` if it still names the file ``ident`` (what this process made); True if
-    it did. A path since replaced by someone else's file is left alone."""
+def unlink_if_same(path: str, ident: Sequence[int] | None) -> bool:
+    """Remove ``path`` if it still names the file ``ident`` (what this process made: a
+    ``FileId``, or the list a JSON record keeps of one); True if it did. A path since replaced
+    by someone else's file is left alone."""
     if ident is None:
         return False
     try:
-        if file_id(os.lstat(path)) != ident:
+        if file_id(os.lstat(path)) != tuple(ident):
             return False
         os.unlink(path)
     except OSError:

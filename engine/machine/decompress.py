@@ -175,10 +175,11 @@ _INSTALL = {
 }
 
 
-def _lazy_errors() -> tuple[type[BaseException], ...]:
-    """Corrupt-data errors of the lazily imported decoders (only those already imported)."""
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    """What a decoder raises on corrupt data; of the lazily imported decoders, only those
+    already imported (so it is asked after the decoder ran)."""
     lz = sys.modules.get("lzma")
-    return (lz.LZMAError,) if lz is not None else ()
+    return (zlib.error, OSError, EOFError, *((lz.LZMAError,) if lz is not None else ()))
 
 
 def decompress(payload: bytes, *, what: str = "kernel payload") -> tuple[str, Decoded]:
@@ -201,7 +202,7 @@ def decompress(payload: bytes, *, what: str = "kernel payload") -> tuple[str, De
     for dec in decoders:
         try:
             data = dec(payload)
-        except (zlib.error, OSError, EOFError, *_lazy_errors()) as e:  # type: ignore[misc]
+        except _corrupt_errors() as e:
             raise DecompressError(f"{what}: {fmt} data is corrupt: {e}") from None
         if data is not None:
             return fmt, data

@@ -128,8 +128,11 @@ def open_kernel(image: BinaryIO | bytes | memoryview, *, name: str = "kernel") -
 
 
 def _fileno(image: object) -> int | None:
+    fileno = getattr(image, "fileno", None)
+    if fileno is None:
+        return None
     try:
-        fd = image.fileno()  # type: ignore[attr-defined]
+        fd = fileno()
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
     return fd if isinstance(fd, int) else None

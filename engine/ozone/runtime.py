@@ -147,10 +147,10 @@ def discover(cache_dir: str | None = None) -> Runtime:
             libs = None
     if libs is None:
         libs = _ldd([interp, *exts])
-        if cache:
+        if cache and cache_dir:  # cache is set exactly when cache_dir is
             from engine.ozone.state import private_dirs
 
-            private_dirs(cache_dir)  # type: ignore[arg-type]
+            private_dirs(cache_dir)
             tmp = f"{cache}.{os.getpid()}"
             with open(tmp, "w") as f:
                 json.dump(libs, f)

@@ -58,7 +58,7 @@ def teardown_state(state: State, cgroups: CgroupSet, check_alive: bool = True) -
     if state.pidfile and state.pidfile_id:
         from engine.ownfiles import unlink_if_same
 
-        unlink_if_same(state.pidfile, tuple(state.pidfile_id))  # type: ignore[arg-type]
+        unlink_if_same(state.pidfile, state.pidfile_id)
 
 
 def teardown_named(

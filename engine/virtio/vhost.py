@@ -15,10 +15,14 @@ import errno
 import fcntl
 import os
 import struct
+from typing import TYPE_CHECKING
 
 from engine.errors import HostError
 from engine.machine.memory import GuestMemory
 from engine.virtio.queue import Queue
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 VHOST_GET_FEATURES = 0x8008AF00
 VHOST_SET_FEATURES = 0x4008AF00
@@ -71,9 +75,9 @@ class VhostBackend:
         self.fd = fd
         self.what = what
 
-    def _ioctl(self, req: int, arg: object, name: str) -> None:
+    def _ioctl(self, req: int, arg: int | ReadableBuffer, name: str) -> None:
         try:
-            fcntl.ioctl(self.fd, req, arg)  # type: ignore[call-overload]
+            fcntl.ioctl(self.fd, req, arg)
         except OSError as e:
             raise HostError(f"{self.what}: {name} failed: {e.strerror}") from None
 

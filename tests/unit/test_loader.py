@@ -130,6 +130,13 @@ def test_corrupt_payload() -> None:
         load_kernel(mem(), bzimage(bad))
 
 
+def test_corrupt_xz_payload() -> None:
+    """The lazily imported decoders' errors (lzma's) are corrupt data too, not a crash."""
+    bad = b"\xfd7zXZ\x00" + bytes(40)
+    with pytest.raises(DecompressError, match="xz data is corrupt"):
+        load_kernel(mem(), bzimage(bad))
+
+
 def test_payload_outside_file() -> None:
     image = bytearray(bzimage(sized(elf_image(CODE), "gzip")))
     struct.pack_into("<I", image, 0x24C, 1 << 30)
