@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 IOV_MAX = 1024
 
@@ -101,7 +101,9 @@ def pwritev_full(fd: int, views: Sequence[memoryview], offset: int) -> int:
     return done
 
 
-def _pieces(views: Sequence[memoryview], skip: int, want: int):
+def _pieces(
+    views: Sequence[memoryview], skip: int, want: int
+) -> Iterator[tuple[memoryview, int, int, int]]:
     """(view, offset in it, offset in the flat buffer, length) for ``want`` bytes from ``skip``."""
     pos = 0
     for v in views:

@@ -42,6 +42,7 @@ from launcher.compile.stratovirt.tokens import (
     STRATOVIRT_OPTIONS,
     Occurrence,
     Tokens,
+    Value,
     tokenize,
 )
 from launcher.errors import InvalidInput, Issue
@@ -277,10 +278,12 @@ def _reject_unsupported(tokens: Tokens, st: State) -> None:
         st.warn("arguments after '--' are ignored by StratoVirt: dropped", tokens.extra_index)
 
 
-def _each(tokens: Tokens, name: str, parse, st: State, attempt) -> None:
+def _each(
+    tokens: Tokens, name: str, parse: Callable[[Value, State], None], st: State, attempt: _Errors
+) -> None:
     for o in tokens.all(name):
         for v in o.values:
-            attempt(lambda v=v: parse(v, st))
+            attempt(partial(parse, v, st))
 
 
 class _Errors:
@@ -293,7 +296,7 @@ class _Errors:
     def __init__(self) -> None:
         self.issues: list[Issue] = []
 
-    def __call__(self, action) -> None:
+    def __call__(self, action: Callable[[], object]) -> None:
         try:
             action()
         except InvalidInput as exc:
@@ -316,32 +319,32 @@ def read_argv(tokens: Tokens, st: State) -> None:
                         ("-m", parse_m), ("-mem-path", parse_mem_path), ("-smp", parse_smp),
                         ("-cpu", parse_cpu)):  # fmt: skip
         if (o := tokens.first(name)) is not None:
-            attempt(lambda o=o, parse=parse: parse(o, st))
-    attempt(lambda: _simple(tokens, st))
+            attempt(partial(parse, o, st))
+    attempt(partial(_simple, tokens, st))
     if (o := tokens.first("-serial")) is not None:
-        attempt(lambda o=o: parse_serial(o.value, st))
+        attempt(partial(parse_serial, o.value, st))
     if (o := tokens.first("-incoming")) is not None:
-        attempt(lambda o=o: parse_incoming(o, st))
-    attempt(lambda: _reject_unsupported(tokens, st))
+        attempt(partial(parse_incoming, o, st))
+    attempt(partial(_reject_unsupported, tokens, st))
     if appends := tokens.all("-append"):
-        attempt(lambda: parse_append(appends, st))
+        attempt(partial(parse_append, appends, st))
     _each(tokens, "-drive", parse_drive, st, attempt)
     _each(tokens, "-object", parse_object, st, attempt)
     _each(tokens, "-netdev", parse_netdev, st, attempt)
     _each(tokens, "-chardev", parse_chardev, st, attempt)
     for o in tokens.all("-global"):
-        attempt(lambda o=o: parse_global(o, st))
+        attempt(partial(parse_global, o, st))
     if (o := tokens.first("-trace")) is not None:
-        attempt(lambda o=o: parse_trace(o, st))
+        attempt(partial(parse_trace, o, st))
     for name, parse in (("-qmp", parse_qmp), ("-mon", parse_mon)):
         if (o := tokens.first(name)) is not None:
-            attempt(lambda o=o, parse=parse: parse(o, st))
-    attempt(lambda: _numa(tokens, st))
+            attempt(partial(parse, o, st))
+    attempt(partial(_numa, tokens, st))
+    why = "-device values are never parsed on machine type none"
     for o in tokens.all("-device"):
         for v in o.values:
-            attempt(lambda v=v: _lenient(st.machine.type is MachineType.NONE,
-                                         lambda: parse_device(v, st), v.index, st,
-                                         "-device values are never parsed on machine type none"))  # fmt: skip
+            none = st.machine.type is MachineType.NONE
+            attempt(partial(_lenient, none, partial(parse_device, v, st), v.index, st, why))
     attempt.raise_any()
 
 
