@@ -150,7 +150,7 @@ def _convert(err: Any) -> list[Issue]:
     v, s, value = err.validator, err.schema, err.instance
     if v == "additionalProperties" and isinstance(value, dict):
         known = list(s.get("properties", {}))
-        out = []
+        out: list[Issue] = []
         for key in value:
             if key in known:
                 continue
