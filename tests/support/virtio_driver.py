@@ -287,7 +287,8 @@ class HostCost:
     Two measures of the peak, the larger counts: the kernel's (VmHWM, reset by writing 5 to
     /proc/self/clear_refs), so memory allocated and freed inside the block counts, and Python's
     (tracemalloc), which also sees allocations served from memory the process already had.
-    glibc's mmap threshold is pinned so a large allocation always gets fresh pages. Guest pages
+    glibc's mmap threshold is pinned and its free heap trimmed, so a large allocation always
+    gets fresh pages. Guest pages
     the work touches for the first time count too: touch guest memory before measuring.
     """
 
@@ -301,6 +302,9 @@ class HostCost:
 
     def __enter__(self) -> HostCost:
         _LIBC.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        # free heap chunks left by earlier work are still resident: reusing one would cost no
+        # new pages; trimming hands their pages back, so any reuse shows up in VmHWM again
+        _LIBC.malloc_trim(0)
         self._own_trace = self.trace and not tracemalloc.is_tracing()
         if self._own_trace:
             tracemalloc.start()
