@@ -1,10 +1,13 @@
 """The engine process: ``python -m engine run --plan FILE [--paused]`` (one process per VM).
 
 Reads the plan, builds the VM (vCPUs paused), starts QMP on the plan's sockets, resumes unless
-paused, and serves the main loop until the guest powers off or QMP quits. Exit codes
-(``engine.errors``): 0 when the guest powered off/reset or QMP quit, 1 for a user-facing error
-(bad plan, host cannot run it) or a fatal guest exit, 2 for bad flags, 3 for an internal error
-(with a traceback).
+paused, and serves the main loop until the VM stops. The exit code says how it ended
+(``engine.ending``, the table in docs/lifecycle.md): 0 when the guest powered off or the host
+asked it to stop (QMP quit, SIGTERM/SIGINT), 1 when the host could not run it (bad plan, KVM
+refused, a fatal exit), 2 for bad flags, 3 for an internal error (with a traceback), 4 guest
+reset, 5 QMP system_reset, 6 triple fault, 7 guest panic. ``--exit-fd N`` also writes the exit
+record (one JSON object, ``engine.ending.record``) to descriptor N as the engine ends: that is
+how ``svlaunch up`` and the sandbox supervisor learn the cause behind a code.
 
 ``engine_argv(plan_file)`` is how the launcher and the sandbox start it: ``python -I -S -c``
 with the project and its site-packages put on ``sys.path`` explicitly. ``-S`` skips ``site``
@@ -31,6 +34,8 @@ T0 = time.monotonic()
 #: (phase, time.monotonic()) marks; printed to stderr at exit with $SVLAUNCH_STARTUP_TRACE set
 #: (``bench/engine_startup.py`` passes its spawn time there to get exec -> phase numbers).
 MARKS: list[tuple[str, float]] = [("interpreter up, engine/__main__ running", T0)]
+#: how the last VM ``run`` served ended (``engine.ending.Ending``), for the exit record
+ENDING: Any = None
 
 
 def mark(phase: str) -> None:
@@ -81,6 +86,17 @@ def boot(argv: list[str] | None = None) -> int:
     """The process entry point: ``main`` with the collector off during start-up (it allocates
     many long-lived objects) and any unexpected exception reported as an internal error (3)."""
     return guarded(lambda: main(argv))
+
+
+def recorded(exit_fd: int | None, body: Callable[[], int], **extra: Any) -> int:
+    """``guarded(body)``, then the exit record written to ``exit_fd`` (if given): the code, and
+    the cause when the VM ran (``ENDING``). Used by ``main`` and by the engine a pool forks."""
+    code = guarded(body)
+    if exit_fd is not None:
+        from engine import ending
+
+        ending.write(exit_fd, ending.record(code, ENDING, **extra))
+    return code
 
 
 def guarded(body: Callable[[], int]) -> int:
@@ -176,8 +192,8 @@ def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int
         vm.start(paused=True)
         mark("VM built (vCPUs parked)")
         assert vm.machine is not None
-        signal.signal(signal.SIGTERM, lambda *_: vm.quit())
-        signal.signal(signal.SIGINT, lambda *_: vm.quit())
+        signal.signal(signal.SIGTERM, lambda signum, _: vm.on_signal(signum))
+        signal.signal(signal.SIGINT, lambda signum, _: vm.on_signal(signum))
         if not paused:
             # Enter the guest now: QMP, the pidfile and logging come up while it runs (no
             # client can be connected before the QMP socket exists, so no event is lost).
@@ -216,6 +232,11 @@ def run(plan_path: str, *, paused: bool, verbose: bool, plan: Any = None) -> int
         print(f"engine: {e}", file=sys.stderr)
         return e.exit_code
     finally:
+        global ENDING
+        ENDING = vm.ending
+        if vm.ending is not None:
+            print(f"engine: VM {plan.name} ended: {vm.ending.cause} ({vm.ending.detail}); "
+                  f"exit code {vm.ending.code}", file=sys.stderr)  # fmt: skip
         if server is not None:
             server.close()
         _print_exit_profiles(vm)
@@ -253,7 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--plan", required=True, help="plan JSON (from `svlaunch plan`)")
     r.add_argument("--paused", action="store_true", help="build the VM but do not start the vCPUs")
     r.add_argument("-v", "--verbose", action="store_true")
+    r.add_argument(
+        "--exit-fd",
+        type=int,
+        metavar="N",
+        help="write the exit record (JSON: how the VM ended) to this inherited descriptor",
+    )
     ns = p.parse_args(args)
+    if ns.exit_fd is not None:
+        fd = ns.exit_fd
+        return recorded(fd, lambda: run(ns.plan, paused=ns.paused, verbose=ns.verbose))
     return run(ns.plan, paused=ns.paused, verbose=ns.verbose)
 
 

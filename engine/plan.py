@@ -129,6 +129,20 @@ class SerialPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PvpanicPlan:
+    """The pvpanic device (``engine.machine.pvpanic``) and what the engine does when the guest
+    reports a panic: ``poweroff`` (stop; SHUTDOWN reason guest-panic), ``pause`` (the VM stays,
+    paused, in state guest-panicked) or ``run`` (only the event). Its port is
+    ``engine.machine.layout.PVPANIC_PORT``."""
+
+    on_panic: str = "poweroff"  # one of PANIC_ACTIONS
+
+
+#: the panic actions, named as QMP's GUEST_PANICKED reports them (QEMU's GuestPanicAction)
+PANIC_ACTIONS = ("poweroff", "pause", "run")
+
+
+@dataclass(frozen=True, slots=True)
 class DevicePlan:
     """Base of every virtio-mmio device: where it sits and which loop serves it."""
 
@@ -267,6 +281,7 @@ class Plan:
     log_file: str | None = None  # None and log=True: stdout
     log: bool = False
     sandbox: SandboxPlan | None = None
+    pvpanic: PvpanicPlan | None = None
     host_files: tuple[HostFile, ...] = ()
     version: int = PLAN_VERSION
     warnings: tuple[str, ...] = field(default=(), compare=False)

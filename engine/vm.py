@@ -1,10 +1,16 @@
 """The running VM: lifecycle state, guest stop paths, and the ``VmControl`` face QMP talks to.
 
 ``Vm`` owns a ``Machine`` (built by ``engine.machine.builder``) and turns what the guest does
-(poweroff, reset, triple fault, a fatal exit) into one orderly stop: the vCPU that saw it
-reports here, the QMP events go out, and the main loop is told to return, so teardown happens
-on the main thread. Exit code: 0 when the guest powered off or reset (a microVM does not
-reboot, as StratoVirt) or QMP asked to quit; 1 on a fatal exit.
+(poweroff, reset, triple fault, a panic, a fatal exit) into one orderly stop: the vCPU that saw
+it reports here, the QMP events go out, and the main loop is told to return, so teardown
+happens on the main thread. A microVM does not reboot (as StratoVirt): a reset ends it too.
+How it ended is ``Vm.ending`` (``engine.ending``: the cause, the ``SHUTDOWN`` reason, the exit
+code; 0 only for a guest poweroff or a stop the host asked for).
+
+A guest panic (pvpanic, or KVM's crash system event) follows the plan's panic action, as
+QEMU's ``-action panic=``: ``poweroff`` (the default: ``GUEST_PANICKED``, then the VM stops
+with ``SHUTDOWN`` reason ``guest-panic``), ``pause`` (the vCPUs stop, ``query-status`` says
+``guest-panicked``, ``cont`` is refused; ``quit`` or ``system_reset`` end it) or ``run``.
 
 ``engine.qmp.control`` (the QMP vocabulary) is imported only when a QMP method runs, so a VM
 reaches its first guest instruction without loading the QMP layer.
@@ -16,6 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from engine.ending import Cause, Ending
 from engine.logsetup import get_logger
 from engine.machine.builder import Machine, build
 from engine.plan import Plan
@@ -41,11 +48,12 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 EXIT_GUEST_OK = 0
-EXIT_FATAL = 1
-
 
 # RunState values (engine.qmp.control.RunState), kept as strings so start-up needs no QMP import.
 PRELAUNCH, RUNNING, PAUSED, SHUTDOWN = "prelaunch", "running", "paused", "shutdown"
+GUEST_PANICKED = "guest-panicked"
+#: QEMU's answer to ``cont`` after a panic paused the VM
+NEEDS_RESET = "Resetting the Virtual Machine is required"
 
 
 def _qmp() -> Any:
@@ -71,6 +79,11 @@ class Vm:
         self._stopping = False
         self.exit_code: int | None = None
         self.stop_reason = ""
+        #: how the VM ended (None while it runs)
+        self.ending: Ending | None = None
+        self._panicked = False
+        self._crash_loaded = False
+        self._first_run_wall: float | None = None
         self._started_at = 0.0
         self._build_kwargs = build_kwargs
         self._hot: HotReplace | None = None
@@ -101,7 +114,7 @@ class Vm:
         if not paused:
             self.machine.resume()
             self._state = RUNNING
-            self.first_run_at = time.monotonic()
+            self._ran()
 
     def run(self) -> int:
         """Serve the main loop on this thread until the VM stops; returns the exit code."""
@@ -126,14 +139,30 @@ class Vm:
         if self._hot is not None:
             self._hot.close()
 
-    def _finish(self, code: int, reason: str) -> None:
+    def _ran(self) -> None:
+        if self.first_run_at is None:
+            self.first_run_at = time.monotonic()
+            self._first_run_wall = time.time()
+
+    def _claim(self, cause: Cause, detail: str) -> bool:
+        """Decide how the VM ends (the first caller wins; False for the others)."""
         with self._lock:
             if self._stopping:
-                return
+                return False
             self._stopping = True
-            self.exit_code = code
-            self.stop_reason = reason
+            self.ending = Ending(
+                cause, detail, self._panicked, self._crash_loaded, self._first_run_wall
+            )
+            self.exit_code = self.ending.code
+            self.stop_reason = detail
             self._state = SHUTDOWN
+        return True
+
+    def _shutdown(self, cause: Cause, *, event: bool = True) -> None:
+        """After ``_claim``: ``SHUTDOWN`` (its ``guest`` and ``reason`` from the cause), then
+        stop the vCPUs and the main loop."""
+        if event:
+            self.sink.emit("SHUTDOWN", {"guest": cause.guest, "reason": cause.value})
         m = self.machine
         if m is not None:
             for v in m.vcpus:
@@ -144,19 +173,65 @@ class Vm:
 
     def on_poweroff(self, source: str) -> None:
         log.info("%s: stopping", source)
-        self.sink.emit("SHUTDOWN", {"guest": True, "reason": "guest-shutdown"})
-        self._finish(EXIT_GUEST_OK, source)
+        if self._claim(Cause.GUEST_SHUTDOWN, source):
+            self._shutdown(Cause.GUEST_SHUTDOWN)
 
     def on_reset(self, source: str) -> None:
         log.info("%s: a microVM does not reboot, stopping", source)
-        self.sink.emit("RESET", {"guest": True, "reason": "guest-reset"})
-        self.sink.emit("SHUTDOWN", {"guest": True, "reason": "guest-reset"})
-        self._finish(EXIT_GUEST_OK, source)
+        if self._claim(Cause.GUEST_RESET, source):
+            self.sink.emit("RESET", {"guest": True, "reason": Cause.GUEST_RESET.value})
+            self._shutdown(Cause.GUEST_RESET)
+
+    def on_triple_fault(self, source: str) -> None:
+        log.warning("vm %s: %s: stopping", self.plan.name, source)
+        if self._claim(Cause.GUEST_TRIPLE_FAULT, source):
+            self._shutdown(Cause.GUEST_TRIPLE_FAULT)
+
+    def on_guest_panic(self, crash_loaded: bool) -> None:
+        """The guest reported a panic (pvpanic ``PVPANIC_PANICKED``, KVM's crash event), or with
+        ``crash_loaded`` that it panicked and its crash kernel takes over (only the event, as
+        QEMU: the VM runs on, and the crash kernel's reboot ends it)."""
+        pvpanic = self.plan.pvpanic
+        action = pvpanic.on_panic if pvpanic is not None else "poweroff"
+        with self._lock:
+            if self._stopping:
+                return
+            if crash_loaded:
+                self._crash_loaded = True
+            else:
+                self._panicked = True
+                if action == "pause":
+                    self._state = GUEST_PANICKED
+        if crash_loaded:
+            log.warning("vm %s: the guest panicked and loaded its crash kernel", self.plan.name)
+            self.sink.emit("GUEST_CRASHLOADED", {"action": "run"})
+            return
+        log.warning("vm %s: the guest panicked (panic action: %s)", self.plan.name, action)
+        if action == "poweroff":
+            if self._claim(Cause.GUEST_PANIC, "the guest panicked"):
+                self.sink.emit("GUEST_PANICKED", {"action": action})
+                self.sink.emit("STOP")
+                self._shutdown(Cause.GUEST_PANIC)
+            return
+        self.sink.emit("GUEST_PANICKED", {"action": action})
+        if action == "pause":
+            m = self.machine
+            if m is not None:
+                for v in m.vcpus:
+                    v.pause(timeout=0)  # non-blocking: this may be the vCPU that panicked
+            self.sink.emit("STOP")
 
     def on_fatal(self, message: str) -> None:
         log.error("vm %s: %s", self.plan.name, message)
-        self.sink.emit("SHUTDOWN", {"guest": True, "reason": "guest-panic"})
-        self._finish(EXIT_FATAL, message)
+        if self._claim(Cause.HOST_ERROR, message):
+            self._shutdown(Cause.HOST_ERROR)
+
+    def on_signal(self, signum: int) -> None:
+        """SIGTERM or SIGINT: stop, as QEMU does (``SHUTDOWN`` reason ``host-signal``)."""
+        import signal
+
+        if self._claim(Cause.HOST_SIGNAL, f"{signal.Signals(signum).name} received"):
+            self._shutdown(Cause.HOST_SIGNAL)
 
     # -- VmControl (QMP thread) -------------------------------------------------------------------
 
@@ -185,16 +260,19 @@ class Vm:
         self.sink.emit("STOP")
 
     def resume(self) -> None:
+        if self._state == GUEST_PANICKED:
+            raise _qmp().QmpError(NEEDS_RESET)
         if self._state not in (PAUSED, PRELAUNCH) or self.machine is None:
             raise _qmp().QmpError.wrong_state()
         self.machine.resume()
         self._state = RUNNING
-        if self.first_run_at is None:
-            self.first_run_at = time.monotonic()
+        self._ran()
         self.sink.emit("RESUME")
 
     def quit(self) -> None:
-        self._finish(EXIT_GUEST_OK, "QMP quit")
+        """QMP ``quit`` (its handler has sent ``SHUTDOWN`` host-qmp-quit already)."""
+        if self._claim(Cause.HOST_QMP_QUIT, "QMP quit"):
+            self._shutdown(Cause.HOST_QMP_QUIT, event=False)
 
     def powerdown(self) -> None:
         """``system_powerdown``: press the ACPI power button (the GED); the guest decides.
@@ -215,9 +293,10 @@ class Vm:
     def reset(self) -> None:
         """A microvm does not reboot (StratoVirt: system_reset is a shutdown there), so the
         RESET is followed by the SHUTDOWN that ends the VM, as QEMU with -no-reboot says it."""
-        self.sink.emit("RESET", {"guest": False, "reason": "host-qmp-system-reset"})
-        self.sink.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-system-reset"})
-        self._finish(EXIT_GUEST_OK, "QMP system_reset")
+        cause = Cause.HOST_QMP_SYSTEM_RESET
+        if self._claim(cause, "QMP system_reset"):
+            self.sink.emit("RESET", {"guest": False, "reason": cause.value})
+            self._shutdown(cause)
 
     def query_cpus(self) -> list[CpuInfo]:
         if self.machine is None:

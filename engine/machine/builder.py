@@ -196,6 +196,8 @@ def build(
             lambda: events.on_reset("guest reset (ACPI reset register)"),
             lambda: events.on_poweroff("guest poweroff (ACPI S5)"),
         )
+        if plan.pvpanic is not None:
+            dm.attach_pvpanic(events.on_guest_panic)
         for spec in plan.devices:
             device = dm.create_virtio(spec)
             try:

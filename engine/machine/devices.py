@@ -1,7 +1,7 @@
 """The device manager: the only code that places devices on buses and wires eventfds to KVM.
 
-Legacy devices (COM1 UART, the ACPI PM port, the power button's GED with an irqfd on its GSI)
-go on the PIO bus; each virtio device gets an ``MmioTransport`` at its plan's ``mmio_base`` on
+Legacy devices (COM1 UART, the ACPI PM port, the power button's GED with an irqfd on its GSI,
+the pvpanic port) go on the PIO bus; each virtio device gets an ``MmioTransport`` at its plan's ``mmio_base`` on
 the MMIO bus, one irqfd on its GSI and one ioeventfd per queue (``base+0x50``, 4 bytes,
 datamatch = queue index), whose eventfd is polled by the device's loop (the main loop, or the
 iothread the plan names). Devices never see KVM.
@@ -179,6 +179,12 @@ class DeviceManager:
         self.vm.register_irqfd(efd, GED_IRQ)
         self.ged = GedDevice(lambda: os.eventfd_write(efd, 1))
         self.pio.insert(self.ged, GED_PORT, GED_PORT_SIZE, "acpi-ged", serialize=False)
+
+    def attach_pvpanic(self, on_event: Callable[[bool], None]) -> None:
+        """The pvpanic port (the DSDT lists it when the plan has a pvpanic device)."""
+        from engine.machine.pvpanic import PVPANIC_PORT, PVPANIC_PORT_SIZE, PvpanicDevice
+
+        self.pio.insert(PvpanicDevice(on_event), PVPANIC_PORT, PVPANIC_PORT_SIZE, "pvpanic")
 
     # -- virtio ---------------------------------------------------------------------------------
 

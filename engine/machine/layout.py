@@ -42,6 +42,8 @@ DEVICE_IRQ_LAST = 23
 GED_PORT = 0x610
 GED_PORT_SIZE = 1
 GED_IRQ = DEVICE_IRQ_LAST
+#: The pvpanic device's one I/O port (QEMU's ISA pvpanic default; engine.machine.pvpanic).
+PVPANIC_PORT = 0x505
 #: virtio-mmio slots: GSIs 5..22 (23 is the GED's).
 MAX_MMIO_DEVICES = GED_IRQ - DEVICE_IRQ_FIRST
 

@@ -44,6 +44,10 @@ class VmEvents(Protocol):
 
     def on_reset(self, source: str) -> None: ...
 
+    def on_triple_fault(self, source: str) -> None: ...
+
+    def on_guest_panic(self, crash_loaded: bool) -> None: ...
+
     def on_fatal(self, message: str) -> None: ...
 
 
@@ -172,8 +176,8 @@ def handle_exit(reason: int, run: Any, run_map: Any, ctx: ExitContext) -> ExitAc
     if reason == k.KVM_EXIT_HLT:
         # With the in-kernel irqchip HLT waits inside KVM; an HLT exit means a halted CPU.
         return ExitAction.STOP
-    if reason == k.KVM_EXIT_SHUTDOWN:
-        ctx.events.on_reset(f"triple fault at RIP {ctx.get_rip():#x}")
+    if reason == k.KVM_EXIT_SHUTDOWN:  # x86: a triple fault (or an INIT the guest cannot take)
+        ctx.events.on_triple_fault(f"triple fault at RIP {ctx.get_rip():#x}")
         return ExitAction.STOP
     if reason == k.KVM_EXIT_SYSTEM_EVENT:
         t = run.system_event.type
@@ -181,8 +185,11 @@ def handle_exit(reason: int, run: Any, run_map: Any, ctx: ExitContext) -> ExitAc
             ctx.events.on_poweroff("system event: shutdown")
         elif t == k.KVM_SYSTEM_EVENT_RESET:
             ctx.events.on_reset("system event: reset")
+        elif t == k.KVM_SYSTEM_EVENT_CRASH:  # the guest said so (Hyper-V crash MSRs), as pvpanic
+            ctx.events.on_guest_panic(False)
+            return ExitAction.CONTINUE  # the panic action decides (QEMU: the same path)
         else:
-            ctx.events.on_fatal(f"guest crash (system event {t})")
+            ctx.events.on_fatal(f"unknown KVM system event {t}")
         return ExitAction.STOP
     if reason == k.KVM_EXIT_INTERNAL_ERROR:
         ctx.events.on_fatal(describe_internal_error(run, ctx.get_rip(), pvm=ctx.pvm))

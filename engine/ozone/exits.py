@@ -12,6 +12,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 _AUDIT = re.compile(r"type=1326 [^\n]*?\bpid=(\d+)\b[^\n]*?\bsyscall=(\d+)\b")
 
@@ -84,3 +85,16 @@ def describe(pid: int, status: int, kmsg: str = "/dev/kmsg") -> Exit:
         return Exit(pid, None, sig, f"killed by seccomp (SIGSYS){what}")
     name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
     return Exit(pid, None, sig, f"killed by {name}")
+
+
+def exit_record(end: Exit, report: dict[str, Any] | None) -> dict[str, Any]:
+    """The exit record of a jailed engine (``engine.ending``). The status is the supervisor's
+    own (``waitpid``); the cause and the panic flags are the engine's report when it agrees with
+    that status, else what the status alone says (a killed engine has no cause)."""
+    from engine import ending
+
+    if report is not None and end.signal is None and report.get("code") == end.code:
+        return dict(report)
+    cause = ending.cause_of_code(end.code) if end.code is not None else None
+    known = ending.Ending(cause, end.reason, cause is ending.Cause.GUEST_PANIC) if cause else None
+    return ending.record(end.shell_status, known, signal=end.signal, reason=end.reason)

@@ -65,6 +65,8 @@ class Sandbox:
             spec.limits, spec.exec_name, spec.name, cgroup_parent, cgroup_root, proc_mounts
         )
         self.state = State(spec.name, spec.exec_name, spec.jail, pidfile=spec.pidfile)
+        #: where the jailed engine writes its exit record (``realize``'s ``exit_fd``)
+        self.exit_fd: int | None = None
 
     @classmethod
     def from_plan(
@@ -84,8 +86,15 @@ class Sandbox:
 
     # -- realize --------------------------------------------------------------------------------
 
-    def realize(self, argv: list[str] | None = None, env: dict[str, str] | None = None) -> Jailed:
-        """Build the jail and start ``argv`` (default: the engine) in it. Order and why:
+    def realize(
+        self,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        exit_fd: int | None = None,
+    ) -> Jailed:
+        """Build the jail and start ``argv`` (default: the engine) in it. ``exit_fd`` (the write
+        end of a pipe) goes into the jail for the engine's exit record (``--exit-fd``): how the
+        VM ended, which the supervisor cannot see from the exit status alone. Order and why:
 
         1. probe: refuse what cannot work (not root, jail or cgroup exists, a limit the host
            cannot apply) while nothing exists yet, so a refusal leaves nothing to clean.
@@ -126,8 +135,10 @@ class Sandbox:
             self.cgroups.create()
             self.state.cgroups = list(self.cgroups.created)
             self._save()
+            self.exit_fd = exit_fd
+            report = ("--exit-fd", str(exit_fd)) if exit_fd is not None else ()
             pid = self._fork(
-                argv or spec.runtime.argv("-m", "engine", "run", "--plan", JAIL_PLAN),
+                argv or spec.runtime.argv("-m", "engine", "run", "--plan", JAIL_PLAN, *report),
                 env,
                 netns_fd,
                 mode,
@@ -293,12 +304,13 @@ class Sandbox:
         spec = self.spec
         code = 1
         try:
-            keep = {go_r, err_w, *spec.keep_fds} | ({netns_fd} if netns_fd is not None else set())
+            passed = {*spec.keep_fds} | ({self.exit_fd} if self.exit_fd is not None else set())
+            keep = {go_r, err_w, *passed} | ({netns_fd} if netns_fd is not None else set())
             child.close_inherited_fds(keep)
             if os.read(go_r, 1) != b"g":
                 os._exit(1)  # the supervisor gave up
             os.close(go_r)
-            for fd in spec.keep_fds:
+            for fd in passed:
                 os.set_inheritable(fd, True)
             child.enter(spec, netns_fd, mode)
             self._exec(argv, self._env(env), err_w)

@@ -18,7 +18,7 @@ it touches the plan:
 4. runs the plan: in this process (no sandbox), or as the sandbox supervisor of
    ``engine.ozone`` whose jailed child runs the engine in-process instead of exec'ing a new
    interpreter (``PoolSandbox``);
-5. writes how it ended into the ``exit`` file (``protocol.exit_record``), since no parent waits
+5. writes how it ended into the ``exit`` file (``engine.ending.record``), since no parent waits
    for it. An engine killed by a signal it cannot handle (SIGKILL, the OOM killer) leaves the
    file empty; a sandboxed one is reported by its supervisor, signal included.
 """
@@ -33,6 +33,7 @@ import sys
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from engine import ending
 from engine.errors import EXIT_INTERNAL, SvlaunchError
 from engine.ozone import sys as osys
 from engine.ozone.sandbox import Sandbox
@@ -64,7 +65,9 @@ class PoolSandbox(Sandbox):
         proctitle.set_cmdline(argv)
         os.environ.clear()
         os.environ.update(env)
-        code = _run_here(JAIL_PLAN, None, paused=self.paused, verbose=self.verbose)
+        code = _run_here(
+            JAIL_PLAN, None, paused=self.paused, verbose=self.verbose, exit_fd=self.exit_fd
+        )
         _exit(code)
 
 
@@ -77,10 +80,14 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _run_here(plan_path: str, plan: Any, *, paused: bool, verbose: bool) -> int:
+def _run_here(
+    plan_path: str, plan: Any, *, paused: bool, verbose: bool, exit_fd: int | None = None
+) -> int:
     from engine import __main__ as entry
 
-    return entry.guarded(lambda: entry.run(plan_path, paused=paused, verbose=verbose, plan=plan))
+    return entry.recorded(
+        exit_fd, lambda: entry.run(plan_path, paused=paused, verbose=verbose, plan=plan)
+    )
 
 
 def _reset_signals() -> None:
@@ -186,21 +193,22 @@ def become_engine(plan_path: str, options: dict[str, Any], fds: dict[str, int]) 
             plan = entry.read_plan(plan_path)
         except ValueError as e:
             print(f"engine: {e}", file=sys.stderr)
-            _record(kept, protocol.exit_record(1, f"bad plan: {e}"))
+            _record(kept, ending.encode(ending.record(1, None, reason=f"bad plan: {e}")))
             _exit(1)
         module = "engine" if plan.sandbox is None else "engine.ozone"
         proctitle.set_cmdline([sys.executable, "-m", module, "run", "--plan", plan_path])
         if plan.sandbox is None:
             code = _run_here(plan_path, plan, paused=paused, verbose=verbose)
-            reason = "exited normally" if code == 0 else f"exited with status {code}"
-            _record(kept, protocol.exit_record(code, reason, late_imports=preload.late_imports()))
+            rec = ending.record(code, entry.ENDING, late_imports=preload.late_imports())
+            _record(kept, ending.encode(rec))
         else:
             code = _supervise(plan_path, kept, paused=paused, verbose=verbose)
     except BaseException:
         try:
             traceback.print_exc()
             print("svlaunch: the pool's engine failed (a bug): see the traceback", file=sys.stderr)
-            _record(kept, protocol.exit_record(code, "internal error in the forked engine"))
+            rec = ending.record(code, None, reason="internal error in the forked engine")
+            _record(kept, ending.encode(rec))
         except BaseException:
             pass
     _exit(code)
@@ -208,14 +216,15 @@ def become_engine(plan_path: str, options: dict[str, Any], fds: dict[str, int]) 
 
 def _supervise(plan_path: str, kept: dict[str, int], *, paused: bool, verbose: bool) -> int:
     from engine.ozone.__main__ import supervise
+    from engine.ozone.exits import exit_record
 
-    def ended(end: Exit) -> None:
-        _record(kept, protocol.exit_record(end.shell_status, end.reason, end.signal))
+    def ended(end: Exit, report: dict[str, Any] | None) -> None:
+        _record(kept, ending.encode(exit_record(end, report)))
 
     PoolSandbox.paused, PoolSandbox.verbose = paused, verbose
     try:
         return supervise(plan_path, sandbox_class=PoolSandbox, ended=ended)
     except SvlaunchError as e:
         print(f"svlaunch: {e}", file=sys.stderr)
-        _record(kept, protocol.exit_record(e.exit_code, f"sandbox: {e}"))
+        _record(kept, ending.encode(ending.record(e.exit_code, None, reason=f"sandbox: {e}")))
         return e.exit_code

@@ -14,7 +14,7 @@ Requests (``v`` is ``VERSION``)::
 ``fds`` names, in order, the descriptors that travel with a ``start`` request (each name at
 most once): ``lock`` (the VM's runtime lock, held by the engine for its life), ``log`` (its
 stdout and stderr), ``exit`` (a file the engine, or its sandbox supervisor, fills with
-``exit_record`` when it ends). ``engine`` is the client's ``engine`` package folder: a pool
+its exit record when it ends, ``engine.ending``). ``engine`` is the client's ``engine`` package folder: a pool
 that runs other code refuses (``wrong-engine``) and the client starts the engine itself.
 ``options`` (``START_OPTIONS``) carry what the exec path gets from its command line and
 environment; a later restore request will add its own option here.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import array
 import json
 import socket
-import time
 from typing import Any
 
 VERSION = 1
@@ -148,9 +147,3 @@ def parse(data: bytes, flags: int, nfds: int) -> dict[str, Any]:
                and "\0" not in k + v for k, v in env.items()):  # fmt: skip
         raise RequestError("bad-option", f"'env' may hold only {ENV_PREFIX}* string variables")
     return req
-
-
-def exit_record(code: int | None, reason: str, signal: int | None = None, **extra: Any) -> bytes:
-    """What the ``exit`` file holds once the engine has ended (one JSON object)."""
-    rec = {"code": code, "signal": signal, "reason": reason, "ended": time.time(), **extra}
-    return json.dumps(rec).encode() + b"\n"

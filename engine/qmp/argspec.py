@@ -126,7 +126,17 @@ ARGS: dict[str, dict[str, str]] = {
 }
 
 #: every event the engine emits (``tests/unit/test_qmp_honest.py`` finds each emit)
-EVENTS = ("SHUTDOWN", "RESET", "STOP", "RESUME", "DEVICE_DELETED", "BALLOON_CHANGED", "POWERDOWN")
+EVENTS = (
+    "SHUTDOWN",
+    "RESET",
+    "STOP",
+    "RESUME",
+    "DEVICE_DELETED",
+    "BALLOON_CHANGED",
+    "POWERDOWN",
+    "GUEST_PANICKED",
+    "GUEST_CRASHLOADED",
+)
 BLK_SLOTS, NET_SLOTS = 4, 2
 BLK_DRIVERS = ("virtio-blk-device", "virtio-blk-mmio")
 NET_DRIVERS = ("virtio-net-device", "virtio-net-mmio")

@@ -57,6 +57,7 @@ class RunState(enum.Enum):
     PAUSED = "paused"
     SHUTDOWN = "shutdown"  # guest powered off, process about to exit
     PRELAUNCH = "prelaunch"  # built, never started (-S)
+    GUEST_PANICKED = "guest-panicked"  # pvpanic with the panic action "pause"
 
     @property
     def running(self) -> bool:

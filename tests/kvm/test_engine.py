@@ -146,7 +146,7 @@ def test_qmp_system_reset_ends_a_microvm_with_shutdown(tmp_path) -> None:
     try:
         time.sleep(0.1)
         vm.reset()
-        assert vm.wait(5) == 0
+        assert vm.wait(5) == 5  # engine.ending: host-qmp-system-reset
     finally:
         vm.close()
     reason = {"guest": False, "reason": "host-qmp-system-reset"}
@@ -156,15 +156,19 @@ def test_qmp_system_reset_ends_a_microvm_with_shutdown(tmp_path) -> None:
 def test_guest_reset_is_an_orderly_stop(tmp_path) -> None:
     plan = make_plan(write_guest(tmp_path, reset()), serial_file=tmp_path / "s")
     vm, code, ev = run_vm(plan)
-    assert code == 0 and "reset" in vm.stop_reason
-    assert ev.events[0] == ("RESET", {"guest": True, "reason": "guest-reset"})
+    assert code == 4 and "reset" in vm.stop_reason  # a reboot is not a clean poweroff
+    assert ev.events == [
+        ("RESET", {"guest": True, "reason": "guest-reset"}),
+        ("SHUTDOWN", {"guest": True, "reason": "guest-reset"}),
+    ]
 
 
 def test_triple_fault_is_an_orderly_stop(tmp_path) -> None:
     plan = make_plan(write_guest(tmp_path, UD2), serial_file=tmp_path / "s")
-    vm, code, _ = run_vm(plan)
-    assert code == 0
+    vm, code, ev = run_vm(plan)
+    assert code == 6  # told apart from a reset (QEMU would say guest-reset)
     assert "triple fault" in vm.stop_reason
+    assert ev.events == [("SHUTDOWN", {"guest": True, "reason": "guest-triple-fault"})]
 
 
 def test_cpuid_reports_each_vcpus_apic_id(tmp_path) -> None:

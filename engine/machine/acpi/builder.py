@@ -9,8 +9,9 @@ the one step that touches guest memory, through the bounds-checked ``GuestMemory
 
 The engine must also: report [SYSTEM_MEM_START, 1 MiB) as E820 reserved, put ``rsdp_addr`` in
 ``boot_params.acpi_rsdp_addr``, create vCPU ``i`` with id ``plan.vcpus[i].apic_id``, and answer
-the FADT's reset/sleep register (``engine.machine.acpi.pm``) and the power button's GED
-register and GSI (``engine.machine.ged``).
+the FADT's reset/sleep register (``engine.machine.acpi.pm``), the power button's GED
+register and GSI (``engine.machine.ged``) and, when the plan has one, the pvpanic port
+(``engine.machine.pvpanic``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from engine.machine.acpi.tables import (
     srat,
     xsdt,
 )
-from engine.machine.layout import GED_IRQ, GED_PORT, VIRTIO_MMIO_SIZE
+from engine.machine.layout import GED_IRQ, GED_PORT, PVPANIC_PORT, VIRTIO_MMIO_SIZE
 from engine.plan import Plan
 
 if TYPE_CHECKING:
@@ -102,7 +103,8 @@ def build_acpi(
 
     uart = Uart(plan.serial.port, plan.serial.irq) if plan.serial is not None else None
     devices = [MmioDevice(d.mmio_base, VIRTIO_MMIO_SIZE, d.irq) for d in plan.devices]
-    dsdt_addr = place(dsdt(uart, devices, Ged(GED_PORT, GED_IRQ)))
+    pvpanic = PVPANIC_PORT if plan.pvpanic is not None else None
+    dsdt_addr = place(dsdt(uart, devices, Ged(GED_PORT, GED_IRQ), pvpanic))
     listed = [place(fadt(dsdt_addr))]
     listed.append(
         place(
