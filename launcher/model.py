@@ -44,12 +44,13 @@ from launcher.model_enums import (  # re-exported: the model's value sets are im
     MachineType,
     NetType,
     NumaPolicy,
+    PanicAction,
     Transport,
 )
 from launcher.model_machine import Boot, Cpu, Machine, Memory, Numa, Topology
 
 if TYPE_CHECKING:
-    from launcher.model_control import Monitor, Ozone
+    from launcher.model_control import Monitor, Ozone, Pvpanic
     from launcher.model_devices import (
         Balloon,
         Console,
@@ -72,7 +73,7 @@ _LAZY = {
         ("RootPort", "Pflash", "Vfio", "UsbController", "UsbKeyboard", "UsbTablet"),
         "launcher.model_pci",
     ),
-    **dict.fromkeys(("Monitor", "Ozone"), "launcher.model_control"),
+    **dict.fromkeys(("Monitor", "Ozone", "Pvpanic"), "launcher.model_control"),
 }
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "NetType",
     "Numa",
     "NumaPolicy",
+    "PanicAction",
     "Topology",
     "Transport",
     "Usb",
@@ -320,6 +322,13 @@ class Manifest:
         item="A virtio-rng device and its rng-random object.",
         sv="-object rng-random, -device virtio-rng-*",
         plan="Plan.devices",
+    )
+    pvpanic: Pvpanic | None = key(
+        None,
+        "The pvpanic device (QEMU's ISA pvpanic at I/O port 0x505, ACPI id QEMU0001): the guest"
+        " reports its panics, so a panic is told apart from a reboot (docs/lifecycle.md)."
+        " Builtin engine only: StratoVirt v2.2 has no pvpanic, svlaunch cmdline refuses it.",
+        plan="Plan.pvpanic",
     )
     root_ports: tuple[RootPort, ...] = key(
         (),

@@ -1,4 +1,4 @@
-"""Control and sandbox: extra QMP monitors and the ozone sandbox.
+"""Control and sandbox: extra QMP monitors, the pvpanic device and the ozone sandbox.
 
 Part of ``launcher.model`` (which re-exports every name and loads this module on first use).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.keys import PATH, PATHS, REQUIRED, STRMAP, key
+from launcher.model_enums import PanicAction
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,19 @@ class Monitor:
 
     chardev: str = key(REQUIRED, "Socket chardev (consumed).", sv=("-mon", "chardev"))
     id: str | None = key(None, "Monitor id.", nonempty=True, sv=("-mon", "id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pvpanic:
+    """The pvpanic device (builtin engine only): how a supervisor tells a panic from a reboot."""
+
+    on_panic: PanicAction = key(
+        PanicAction.POWEROFF,
+        "What the engine does when the guest panics: poweroff (the VM stops with SHUTDOWN reason"
+        " guest-panic and exit code 7), pause (its vCPUs stop; state guest-panicked until quit"
+        " or system_reset) or run (only the GUEST_PANICKED event); QEMU's -action panic=.",
+        plan="PvpanicPlan.on_panic",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """The manifest's value sets (arch, machine type, transport, NUMA policy, chardev backend, net
-type, aio, discard), as ``StrEnum`` so a value prints as the manifest spells it.
+type, aio, discard, panic action), as ``StrEnum`` so a value prints as the manifest spells it.
 
 A leaf module split from ``launcher.model``, which re-exports every name here.
 """
@@ -60,3 +60,12 @@ class Discard(StrEnum):
 
     IGNORE = "ignore"  # not offered to the guest: the image keeps its blocks
     UNMAP = "unmap"  # offered: discarded ranges become holes in the image
+
+
+class PanicAction(StrEnum):
+    """What the builtin engine does when the guest reports a panic (pvpanic), named as QMP's
+    ``GUEST_PANICKED`` event reports it (``engine.plan.PANIC_ACTIONS``)."""
+
+    POWEROFF = "poweroff"  # the VM stops: SHUTDOWN reason guest-panic, exit code 7
+    PAUSE = "pause"  # the vCPUs stop; state guest-panicked until quit or system_reset
+    RUN = "run"  # only the event

@@ -3,8 +3,9 @@
 Layout of ``<root>/<name>/`` (0700): ``lock`` (held by the engine while it lives),
 ``record.json`` (every file made for this VM and every host path it holds), ``plan.json``,
 ``meta.json`` (what ``ps`` shows), ``pid``, ``qmp.sock`` (when the manifest names no QMP
-socket), ``serial.sock`` (a detached VM's console), ``engine.log``. docs/lifecycle.md gives the
-record's format and the rules below.
+socket), ``serial.sock`` (a detached VM's console), ``engine.log``, ``exit.json`` (how the
+engine ended). docs/lifecycle.md gives the records' formats and the rules below; a gone VM
+leaves ``<name>.last.log`` and ``<name>.last.exit.json`` in the root.
 
 The root and which folders are trusted: ``launcher/runtime_root.py``; ``meta.json`` and
 ``record.json``: ``launcher/runtime_record.py``; clean-up: ``launcher/runtime_clean.py``.
@@ -54,6 +55,8 @@ MAX_STATE_BYTES = 1 << 20  # meta.json / record.json larger than this are not sv
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: scratch names of the atomic writes; a crash may leave them
 SCRATCH = (".meta.json.tmp", ".record.json.tmp")
+#: ``<root>/<name>.last.exit.json``: the exit record of a VM that has gone
+LAST_EXIT = ".last.exit.json"
 
 
 def check_name(name: str) -> str:
@@ -110,8 +113,9 @@ class VmDir:
 
     @property
     def exit_file(self) -> Path:
-        """How a pool-forked engine ended (``engine.pool.protocol.exit_record``): nobody waits
-        for it, so it writes this itself (its sandbox supervisor does, for a sandboxed VM)."""
+        """How the engine ended (``engine.ending``, docs/lifecycle.md): nobody may be waiting
+        for it (a detached or pool-forked engine), so it writes this itself (its sandbox
+        supervisor does, for a sandboxed VM)."""
         return self.path / "exit.json"
 
     def exit_record(self) -> dict[str, Any] | None:
@@ -123,6 +127,33 @@ class VmDir:
     def last_log(self) -> Path:
         """Where the engine log of the last run is kept after the VM is gone."""
         return self.path.parent / f"{self.name}.last.log"
+
+    @property
+    def last_exit(self) -> Path:
+        """Where the exit record of the last run is kept after the VM is gone."""
+        return self.path.parent / f"{self.name}{LAST_EXIT}"
+
+    def last_exit_record(self) -> dict[str, Any] | None:
+        """How the last run of this name ended (``engine.ending.parse_record``), or None."""
+        from engine.ending import parse_record
+
+        root = open_root(create=False)
+        if root is None:
+            return None
+        try:
+            fd = os.open(self.last_exit.name, _READ, dir_fd=root)
+        except OSError:
+            return None
+        finally:
+            os.close(root)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return parse_record(os.read(fd, MAX_STATE_BYTES))
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[int]:
@@ -417,6 +448,44 @@ def all_vms(clean: bool = True) -> list[VmDir]:
     finally:
         os.close(root)
     return out
+
+
+def stopped_vms(running: list[VmDir]) -> list[VmDir]:
+    """VMs that have gone and left an exit record (``<name>.last.exit.json``), but not those
+    of ``running`` (a name that runs again keeps its last record until it stops)."""
+    root = open_root(create=False)
+    if root is None:
+        return []
+    live = {vm.name for vm in running}
+    out = []
+    try:
+        for entry in sorted(os.listdir(root)):
+            name = entry.removesuffix(LAST_EXIT)
+            if name == entry or name in live or not is_vm_name(name):
+                continue
+            try:
+                if stat.S_ISREG(os.lstat(entry, dir_fd=root).st_mode):
+                    out.append(VmDir(name, runtime_root() / name))
+            except OSError:
+                continue
+    finally:
+        os.close(root)
+    return out
+
+
+def ended_text(rec: dict[str, Any] | None) -> str:
+    """A record in a few words, for tables: ``guest-panic (7)``, ``killed (SIGKILL)``."""
+    if rec is None:
+        return "-"
+    if rec.get("cause"):
+        return f"{rec['cause']} ({rec.get('code')})"
+    if rec.get("signal"):
+        import signal as sig
+
+        num = rec["signal"]
+        name = sig.Signals(num).name if num in sig.Signals._value2member_map_ else str(num)
+        return f"killed ({name})"
+    return "unrecorded" if rec.get("code") is None else f"exit {rec['code']}"
 
 
 def uptime_text(started: float, now: float | None = None) -> str:

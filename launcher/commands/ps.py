@@ -2,11 +2,14 @@
 
 Each row: name, state (asked over QMP of the VM's own engine; "unresponsive" when QMP does not
 answer, "impostor" when another process serves its socket), the engine's pid, the sandbox
-supervisor's pid (sandboxed VMs: the unconfined process svlaunch started), vCPUs, memory and
-uptime. State left behind by crashed engines is cleaned up on the way.
+supervisor's pid (sandboxed VMs: the unconfined process svlaunch started), vCPUs, memory,
+uptime, and how the name's last run ended (its exit record: guest-shutdown, guest-panic...,
+docs/lifecycle.md). State left behind by crashed engines is cleaned up on the way; -a also
+lists VMs that have stopped.
 
 examples:
   svlaunch ps
+  svlaunch ps -a
   svlaunch ps --json | jq '.[] | select(.state == "paused") | .name'
 """
 
@@ -19,6 +22,9 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON array")
+    parser.add_argument(
+        "-a", "--all", action="store_true", help="also list stopped VMs (state 'stopped')"
+    )
 
 
 def vm_state(meta: Any) -> str:
@@ -36,11 +42,12 @@ def vm_state(meta: Any) -> str:
         return "unresponsive"
 
 
-def rows() -> list[dict[str, Any]]:
+def rows(stopped: bool = False) -> list[dict[str, Any]]:
     from launcher import runtime
 
     out = []
-    for vm in runtime.all_vms():
+    vms = runtime.all_vms()
+    for vm in vms:
         meta = vm.meta()
         if meta is None:
             out.append({"name": vm.name, "state": "starting", "pid": None})
@@ -57,17 +64,23 @@ def rows() -> list[dict[str, Any]]:
                 "uptime": runtime.uptime_text(meta.started),
                 "qmp": meta.qmp,
                 "serial": meta.serial,
+                "ended": vm.last_exit_record(),
             }
         )
-    return out
+    if stopped:
+        for vm in runtime.stopped_vms(vms):
+            out.append({"name": vm.name, "state": "stopped", "ended": vm.last_exit_record()})
+    return sorted(out, key=lambda r: r["name"])
 
 
 def run(args: argparse.Namespace) -> int:
-    table = rows()
+    from launcher.runtime import ended_text
+
+    table = rows(stopped=args.all)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    header = ("NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME")
+    header = ("NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME", "ENDED")
     lines = [header]
     for r in table:
         mem = f"{r.get('memory', 0) >> 20}M" if r.get("memory") else "-"
@@ -80,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 str(r.get("vcpus") or "-"),
                 mem,
                 r.get("uptime", "-"),
+                ended_text(r.get("ended")),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -1,7 +1,9 @@
 """show one VM's state
 
 State, pid, uptime, QMP and console sockets, vCPUs (with their host thread ids) and memory
-(balloon included when there is one), all asked over QMP.
+(balloon included when there is one), all asked over QMP, and how the name's last run ended.
+A VM that has stopped shows state "stopped" and its exit record (cause, exit code, reason:
+docs/lifecycle.md) for as long as the runtime folder keeps it (until the name runs again).
 
 examples:
   svlaunch status web1
@@ -22,9 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect(name: str) -> dict[str, Any]:
     from launcher import runtime
+    from launcher.errors import HostError
     from launcher.identity import connect
 
-    vm = runtime.find(name)
+    try:
+        vm = runtime.find(name)
+    except HostError:
+        gone = runtime.vm_dir(name)
+        ended = gone.last_exit_record()
+        if ended is None:
+            raise
+        log = str(gone.last_log) if gone.last_log.is_file() else None
+        return {"name": name, "state": "stopped", "ended": ended, "log": log}
     meta = vm.meta()
     info: dict[str, Any] = {"name": name, "runtime_dir": str(vm.path)}
     if meta is None:
@@ -39,6 +50,7 @@ def collect(name: str) -> dict[str, Any]:
         manifest=meta.manifest,
         memory=meta.memory,
         log=str(vm.log_file) if vm.log_file.exists() else None,
+        ended=vm.last_exit_record(),  # the previous run of this name, if any
     )
     with connect(meta, timeout=3.0) as c:
         info["state"] = c.execute("query-status").get("status")
@@ -62,5 +74,20 @@ def run(args: argparse.Namespace) -> int:
             value = ", ".join(f"{v['cpu']}(tid {v['thread_id']})" for v in value) or "-"
         elif key in ("memory", "balloon") and isinstance(value, int):
             value = f"{value >> 20} MiB"
+        elif key == "ended":
+            value = _ended_line(value)
         print(f"{key.ljust(width)}  {value if value is not None else '-'}")
     return 0
+
+
+def _ended_line(rec: dict[str, Any] | None) -> str | None:
+    """``guest-panic (exit code 7): the guest panicked, at 2026-12-06 21:30:12``."""
+    if rec is None:
+        return None
+    import time
+
+    from launcher.report import shown
+    from launcher.runtime import ended_text
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["ended"]))
+    return f"{ended_text(rec)}: {shown(rec['reason'])}, at {when}"

@@ -262,7 +262,8 @@ def run(args: argparse.Namespace) -> int:
 def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: bool) -> Any:
     """The engine process: forked by the engine pool when one serves (docs/pool.md), else
     exec'd here. Either way in a new session (Ctrl-C on this terminal reaches svlaunch only,
-    which stops the VM), holding the runtime lock, with its output in the runtime log."""
+    which stops the VM), holding the runtime lock, with its output in the runtime log, and
+    given ``exit.json`` to record how the VM ended (docs/lifecycle.md)."""
     from launcher.commands.pool import start_through_pool
 
     proc = start_through_pool(vm, lock_fd, out, paused=paused)
@@ -272,14 +273,18 @@ def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: b
         st = os.lstat(vm.exit_file)  # made by svlaunch for the engine to say how it ended
         vm.note(Made("exit.json", "file", "svlaunch", (st.st_dev, st.st_ino)))
         return proc
-    return subprocess.Popen(
-        argv,
-        pass_fds=(lock_fd,),
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=out,
-    )
+    exit_fd = vm.create("exit.json")
+    try:
+        return subprocess.Popen(
+            [*argv, "--exit-fd", str(exit_fd)],
+            pass_fds=(lock_fd, exit_fd),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+    finally:
+        os.close(exit_fd)
 
 
 def _planned_sockets(vm: Any, plan: Any) -> list[Any]:

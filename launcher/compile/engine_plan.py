@@ -15,6 +15,7 @@ from engine.plan import (
     BootPlan,
     HostFile,
     Plan,
+    PvpanicPlan,
     SandboxPlan,
     SerialPlan,
     TopologyPlan,
@@ -213,5 +214,6 @@ def compile_plan(m: Manifest) -> Plan:
         log=m.log is not None,
         log_file=m.log.file if m.log else None,
         sandbox=sandbox,
+        pvpanic=planned(m.pvpanic, PvpanicPlan) if m.pvpanic else None,
         host_files=tuple(_host_files(m)),
     )

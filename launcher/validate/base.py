@@ -174,6 +174,10 @@ RULES: dict[str, tuple[str, str]] = {
     "vfio-host": ("devices", "Exactly one of host (DDDD:BB:DD.F) or sysfsdev."),
     "usb-ports": ("devices", LIMITS.format("xhci p2/p3")),
     "usb-needs-xhci": ("devices", "A USB keyboard or tablet needs usb.xhci."),
+    "pvpanic-stratovirt": (
+        "devices",
+        "StratoVirt v2.2 has no pvpanic device: builtin engine only (--target stratovirt).",
+    ),
     # ozone
     "ozone-id-range": ("ozone", "uid and gid at most 65535."),
     "ozone-capability": ("ozone", "Capability names are CAP_* names the kernel knows."),

@@ -1,4 +1,4 @@
-"""vsock, balloon, rng, VFIO and USB rules (stratovirt-spec §4.23-§4.28).
+"""vsock, balloon, rng, VFIO, USB and pvpanic rules (stratovirt-spec §4.23-§4.28).
 
 Ranges (guest-cid, root port numbers, xhci ports) are declared limits
 (``launcher.validate.limits``)."""
@@ -10,6 +10,11 @@ import re
 from launcher.validate.base import Context
 
 RATE_MIN, RATE_MAX = 64, 1_000_000_000
+PVPANIC_REFUSED = (
+    "StratoVirt v2.2 has no pvpanic device: a guest panic would go unreported, so the key is"
+    " for the builtin engine only"
+)
+PVPANIC_HINT = "remove [pvpanic] to run this VM with StratoVirt, or run it with 'svlaunch up'"
 _HOST_RE = re.compile(r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-1][0-9a-fA-F]\.[0-7]$")
 
 
@@ -60,6 +65,8 @@ def check(ctx: Context) -> None:
                 f"host {v.host!r} is not a PCI address DDDD:BB:DD.F",
                 'write it like "0000:1a:00.3" (see lspci -D)',
             )
+    if man.pvpanic is not None and ctx.target == "stratovirt":
+        ctx.add("pvpanic-stratovirt", ("pvpanic",), PVPANIC_REFUSED, PVPANIC_HINT)
     x = man.usb.xhci
     for key, dev in (("keyboard", man.usb.keyboard), ("tablet", man.usb.tablet)):
         if dev is not None and x is None:

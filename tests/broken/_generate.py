@@ -1119,6 +1119,12 @@ CASES: list[tuple[str, str, str, str]] = [
         "usb.keyboard",
     ),
     (
+        "pvpanic-stratovirt.toml",
+        "# target: stratovirt\n" + mv('@@[pvpanic]\non-panic = "pause"\n'),
+        "pvpanic-stratovirt",
+        "pvpanic",
+    ),
+    (
         "microvm-irq-pool.toml",
         mv("".join(f"[rngs.r{i}]\n" for i in range(5)) + "@@[rngs.r5]\n"),
         "microvm-irq-limit",

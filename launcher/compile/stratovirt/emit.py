@@ -241,6 +241,10 @@ EMITTERS: tuple[Callable[[Manifest, PathFn], list[str]], ...] = (
 
 def emit_argv(m: Manifest, px: PathFn = plain_path) -> list[str]:
     """StratoVirt's arguments (without the program name) for a validated manifest."""
+    if m.pvpanic is not None:  # validation says so first, located; never dropped silently
+        from launcher.validate.devices import PVPANIC_HINT, PVPANIC_REFUSED
+
+        raise cannot(PVPANIC_REFUSED, "pvpanic", PVPANIC_HINT)
     argv: list[str] = []
     for emit in EMITTERS:
         argv += emit(m, px)
