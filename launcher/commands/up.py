@@ -249,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         code = _foreground(proc, vm, meta, relay=relay, tui=args.tui, resume=not args.paused)
         if code not in (0, None):
             _print_log_tail(log)
+            _print_ending(vm)
         if code is not None and code < 0:  # the engine died of a signal: report it as a shell does
             print(f"{vm.name}: the engine was killed by signal {-code}", file=sys.stderr)
             code = 128 - code
@@ -308,6 +309,16 @@ def _print_log_tail(log: str, lines: int = 15) -> None:
         return
     if tail:
         sys.stderr.write("engine log (last lines):\n" + "".join(tail))
+
+
+def _print_ending(vm: Any) -> None:
+    """How the VM ended, from its exit record: ``web: ended: guest-panic (7)``."""
+    from engine.ending import parse_record
+    from launcher.runtime import ended_text
+
+    rec = parse_record(vm.read("exit.json"))
+    if rec is not None:
+        print(f"{vm.name}: ended: {ended_text(rec)}", file=sys.stderr)
 
 
 def _resume(meta: Any) -> None:

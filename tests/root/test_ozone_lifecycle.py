@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from lifecycle import ROOT, assert_answers, start_impostor, svl, wait_gone
-from tiny_guest import HANG, say, write_guest
+from tiny_guest import HANG, pvpanic_event, say, write_guest
 
 from launcher.identity import parent_pid
 
@@ -114,7 +114,33 @@ def test_ozone_manifests_go_up_ps_down(case: str, host, tmp_path: Path, env) -> 
     assert not os.path.exists(f"{CG}/memory/stratovirt/{name}")
     assert json.loads(svl(env, "ps", "--json").stdout) == []
     left = sorted(p.name for p in (tmp_path / "rt").iterdir() if not p.name.startswith("."))
-    assert left == [f"{name}.last.log"]  # (dot names: the claim lock, an engine pool's files)
+    # (dot names: the claim lock, an engine pool's files)
+    assert left == [f"{name}.last.exit.json", f"{name}.last.log"]
+    ended = json.loads((tmp_path / "rt" / f"{name}.last.exit.json").read_text())
+    assert ended["code"] == 0 and ended["cause"] in ("host-qmp-quit", "host-signal")
+
+
+def test_a_sandboxed_guest_panic_is_recorded_by_the_supervisor(host, tmp_path: Path, env) -> None:
+    """The jailed engine reports its cause over a pipe; the supervisor writes the record."""
+    path, name = manifest_for("manifest", host, tmp_path, env)
+    files = Path(host["/var/lib/svlaunch/"])
+    write_guest(files, pvpanic_event(1) + HANG, "panics.bin")
+    os.chmod(files / "panics.bin", 0o644)
+    path.write_text(path.read_text().replace("vmlinux.bin", "panics.bin") + "[pvpanic]\n")
+    try:
+        res = svl(env, "up", "-d", "--paused", str(path))
+        assert res.returncode == 0, res.stderr
+        [row] = json.loads(svl(env, "ps", "--json").stdout)
+        assert svl(env, "qmp", name, "cont").returncode == 0
+        assert wait_gone(row["pid"]) and wait_gone(row["supervisor_pid"])
+        [row] = json.loads(svl(env, "ps", "-a", "--json").stdout)
+    finally:
+        svl(env, "down", name, "--force")
+    assert row["state"] == "stopped"
+    assert (row["ended"]["code"], row["ended"]["cause"]) == (7, "guest-panic"), row
+    assert row["ended"]["panicked"] is True and row["ended"]["signal"] is None
+    assert row["ended"]["reason"] == "the guest panicked"  # the jailed engine's own words
+    assert row["ended"]["started"] is not None
 
 
 def _errors(res: subprocess.CompletedProcess) -> list[str]:

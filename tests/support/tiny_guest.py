@@ -54,6 +54,18 @@ def reset() -> bytes:
     return mov_dx(PM_PORT) + out_al(RESET) + HANG
 
 
+def pvpanic_event(event: int) -> bytes:
+    """``mov dx, PVPANIC_PORT; mov al, event; out dx, al``: what Linux's pvpanic driver does in
+    its panic notifier (1: PVPANIC_PANICKED, 2: PVPANIC_CRASH_LOADED)."""
+    return mov_dx(layout.PVPANIC_PORT) + out_al(event)
+
+
+#: ``in al, dx`` at the pvpanic port, then print ``'0' + al`` (the events the host handles)
+SAY_PVPANIC_EVENTS = mov_dx(layout.PVPANIC_PORT) + b"\xec" + b"\x04\x30" + mov_dx(COM1) + b"\xee"
+#: ``1: mov al, 'x'; out dx, al; jmp 1b`` with dx = COM1: a guest that never stops on its own
+SPIN_SAY_X = mov_dx(COM1) + b"\xb0x\xee\xeb\xfb"
+
+
 HANG = b"\xf4\xeb\xfd"  # hlt ; jmp -3
 UD2 = b"\x0f\x0b"  # #UD with an empty IDT: #DF, then a triple fault
 LOCK_CMPXCHG16B_RSI = b"\xf0\x48\x0f\xc7\x0e"  # lock cmpxchg16b [rsi] (PVM cannot emulate it)
