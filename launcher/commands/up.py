@@ -95,11 +95,18 @@ def _serial_path(plan: Any) -> str | None:
 
 
 def _wait_for_qmp(
-    proc: subprocess.Popen[bytes], meta: Any, log: str | None, timeout: float, *, detach: bool
+    proc: subprocess.Popen[bytes],
+    meta: Any,
+    log: str | None,
+    timeout: float,
+    *,
+    detach: bool,
+    vm: Any = None,
 ) -> int | None:
     """The engine's pid once *it* answers on its QMP socket (not whoever else may listen at that
     path: the listener must be our engine, or the sandbox supervisor's child, and say the VM's
-    name); None if a foreground guest already ran to a clean poweroff."""
+    name); None if a foreground guest already ran to its end (a poweroff, or a reset or panic
+    its exit record names: the engine's code says which)."""
     from launcher.errors import EngineError, HostError
     from launcher.identity import check_peer, parent_pid
     from launcher.qmpclient import QmpClient
@@ -108,7 +115,7 @@ def _wait_for_qmp(
     why = ""
     while True:
         code = proc.poll()
-        if code == 0 and not detach:
+        if code is not None and not detach and (code == 0 or _guest_ended_it(vm)):
             return None
         if code is not None:
             tail = ""
@@ -229,12 +236,14 @@ def run(args: argparse.Namespace) -> int:
             plan=str(vm.plan_file),
         )
         vm.write_meta(meta)
-        engine_pid = _wait_for_qmp(proc, meta, log, args.timeout, detach=args.detach)
+        engine_pid = _wait_for_qmp(proc, meta, log, args.timeout, detach=args.detach, vm=vm)
         from launcher.commands.pool import spawn_if_wanted
 
         spawn_if_wanted()
         if engine_pid is None:
-            return 0
+            if proc.returncode:
+                _print_ending(vm)
+            return proc.returncode
         meta = dataclasses.replace(
             meta, engine_pid=engine_pid, engine_start=runtime.process_start_time(engine_pid)
         )
@@ -309,6 +318,14 @@ def _print_log_tail(log: str, lines: int = 15) -> None:
         return
     if tail:
         sys.stderr.write("engine log (last lines):\n" + "".join(tail))
+
+
+def _guest_ended_it(vm: Any) -> bool:
+    """The VM's exit record says the guest ended it (it ran: not a start-up failure)."""
+    from engine.ending import parse_record
+
+    rec = parse_record(vm.read("exit.json")) if vm is not None else None
+    return rec is not None and rec["guest"] is True
 
 
 def _print_ending(vm: Any) -> None:

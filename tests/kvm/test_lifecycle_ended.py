@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 from lifecycle import manifest, svl, wait_gone
 from poolutil import pool_env, start_pool, stop_everything
-from tiny_guest import HANG, hello_poweroff, pvpanic_event
+from tiny_guest import HANG, hello_poweroff, pvpanic_event, reset
 
 from engine.ending import parse_record
 
@@ -31,6 +32,17 @@ def rows(env: dict[str, str], *flags: str) -> dict[str, dict]:
     return {r["name"]: r for r in json.loads(res.stdout)}
 
 
+def stopped_row(env: dict[str, str], name: str, timeout: float = 20.0) -> dict:
+    """``ps -a``'s row of ``name`` once it says stopped: a killed engine's threads may hold its
+    lock a moment after its main thread is a zombie (and ps rightly counts it as running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = rows(env, "-a")[name]
+        if row["state"] == "stopped" or time.monotonic() > deadline:
+            return row
+        time.sleep(0.05)
+
+
 def panic_detached(tmp: Path, env: dict[str, str], name: str) -> None:
     """``up -d --paused`` a VM whose guest panics at once, ``cont``, wait until it is gone."""
     up = svl(env, "up", "-d", "--paused", str(manifest(tmp, name, PANICS, extra="[pvpanic]\n")))
@@ -43,9 +55,9 @@ def panic_detached(tmp: Path, env: dict[str, str], name: str) -> None:
 
 def test_a_panicked_vm_is_listed_and_shown_as_guest_panic(tmp_path: Path, env) -> None:
     panic_detached(tmp_path, env, "crashy")
-    assert "crashy" not in rows(env)  # gone: only -a lists it
-    row = rows(env, "-a")["crashy"]
+    row = stopped_row(env, "crashy")
     assert row["state"] == "stopped"
+    assert "crashy" not in rows(env)  # gone: only -a lists it
     assert (row["ended"]["cause"], row["ended"]["code"]) == ("guest-panic", 7)
     assert row["ended"]["panicked"] is True and row["ended"]["guest"] is True
     text = svl(env, "ps", "-a").stdout
@@ -78,7 +90,7 @@ def test_the_record_is_always_the_last_runs(tmp_path: Path, env) -> None:
     assert rows(env)["again"]["ended"]["cause"] == "guest-shutdown"  # the previous run
     os.kill(pid, signal.SIGKILL)
     assert wait_gone(pid)
-    ended = rows(env, "-a")["again"]["ended"]
+    ended = stopped_row(env, "again")["ended"]
     assert (ended["cause"], ended["code"]) == (None, None)
     assert "without recording how" in ended["reason"]
     assert "unrecorded" in svl(env, "ps", "-a").stdout
@@ -88,6 +100,15 @@ def test_a_foreground_panic_exits_with_its_code(tmp_path: Path, env) -> None:
     fg = svl(env, "up", str(manifest(tmp_path, "fgpanic", PANICS, extra="[pvpanic]\n")))
     assert fg.returncode == 7, fg.stderr
     assert "fgpanic: ended: guest-panic (7)" in fg.stderr
+
+
+def test_a_foreground_guest_that_resets_at_once_is_not_a_start_failure(tmp_path, env) -> None:
+    """Not paused (its serial is a file), it may end before QMP answers: up says how."""
+    serial = f'[serial]\nbackend = "file"\npath = "{tmp_path / "s.log"}"\n'
+    fg = svl(env, "up", str(manifest(tmp_path, "boots", reset(), extra=serial)))
+    assert fg.returncode == 4, fg.stderr
+    assert "boots: ended: guest-reset (4)" in fg.stderr
+    assert "before its QMP socket answered" not in fg.stderr
 
 
 def test_status_of_a_name_that_never_ran_is_still_an_error(env) -> None:
@@ -100,7 +121,7 @@ def test_through_the_pool_the_forked_engine_records_the_panic(tmp_path: Path) ->
     try:
         start_pool(env)
         panic_detached(tmp_path, env, "pooled")
-        ended = rows(env, "-a")["pooled"]["ended"]
+        ended = stopped_row(env, "pooled")["ended"]
         assert (ended["cause"], ended["code"], ended["panicked"]) == ("guest-panic", 7, True)
         raw = json.loads((tmp_path / "rt" / "pooled.last.exit.json").read_text())
         assert raw["late_imports"] == []  # only a pool-forked engine writes this key

@@ -27,6 +27,8 @@ MODULES = [
     "vmw_vsock_virtio_transport",
     "evdev",
     "button",
+    "pvpanic",
+    "pvpanic-mmio",
 ]
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 PT_DYNAMIC, PT_INTERP = 2, 3
