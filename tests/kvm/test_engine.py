@@ -23,6 +23,7 @@ from tiny_guest import (
     say,
     write_guest,
 )
+from vmrun import Events, run_vm
 
 from engine.machine.cpuid_setup import is_pvm_host
 from engine.vm import Vm
@@ -31,25 +32,6 @@ from launcher.errors import HostError
 pytestmark = pytest.mark.kvm
 ROOT = Path(__file__).resolve().parents[2]
 GiB, MiB = 1 << 30, 1 << 20
-
-
-class Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict | None]] = []
-
-    def emit(self, name: str, data: dict | None = None) -> None:
-        self.events.append((name, data))
-
-
-def run_vm(plan, *, timeout: float = 20.0, paused: bool = False):
-    ev = Events()
-    vm = Vm(plan, sink=ev)
-    vm.start(paused=paused)
-    try:
-        code = vm.wait(timeout)
-        return vm, code, ev
-    finally:
-        vm.close()
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4, 8])

@@ -26,6 +26,7 @@ from tiny_guest import (
     say,
     write_guest,
 )
+from vmrun import Events, run_vm
 
 from engine.ending import parse_record
 from engine.plan import Plan, PvpanicPlan
@@ -38,18 +39,6 @@ PANIC = pvpanic_event(1)
 CRASH_LOADED = pvpanic_event(2)
 
 
-class Events:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict | None]] = []
-
-    def emit(self, name: str, data: dict | None = None) -> None:
-        self.events.append((name, data))
-
-    @property
-    def names(self) -> list[str]:
-        return [n for n, _ in self.events]
-
-
 def tiny(tmp: Path, code: bytes, on_panic: str | None = "poweroff") -> tuple[Plan, Path]:
     out = tmp / "serial"
     plan = make_plan(write_guest(tmp, code), serial_file=out)
@@ -60,13 +49,7 @@ def tiny(tmp: Path, code: bytes, on_panic: str | None = "poweroff") -> tuple[Pla
 
 def test_a_panic_reported_through_pvpanic_stops_the_vm_as_guest_panic(tmp_path: Path) -> None:
     plan, out = tiny(tmp_path, SAY_PVPANIC_EVENTS + PANIC + say(b"!") + HANG)
-    ev = Events()
-    vm = Vm(plan, sink=ev)
-    vm.start()
-    try:
-        code = vm.wait(20)
-    finally:
-        vm.close()
+    vm, code, ev = run_vm(plan)
     assert out.read_bytes()[:1] == b"3"  # the guest read PANICKED | CRASH_LOADED
     assert code == 7
     assert ev.events[-3:] == [
@@ -115,13 +98,7 @@ def test_panic_action_pause_then_system_reset_ends_it(tmp_path: Path) -> None:
 
 def test_panic_action_run_only_reports_and_the_guest_goes_on(tmp_path: Path) -> None:
     plan, out = tiny(tmp_path, PANIC + say(b"still here") + poweroff(), on_panic="run")
-    ev = Events()
-    vm = Vm(plan, sink=ev)
-    vm.start()
-    try:
-        code = vm.wait(20)
-    finally:
-        vm.close()
+    vm, code, ev = run_vm(plan)
     assert code == 0 and out.read_bytes() == b"still here"
     assert ev.events == [
         ("GUEST_PANICKED", {"action": "run"}),
@@ -132,13 +109,7 @@ def test_panic_action_run_only_reports_and_the_guest_goes_on(tmp_path: Path) -> 
 
 def test_crash_loaded_is_only_an_event(tmp_path: Path) -> None:
     plan, _ = tiny(tmp_path, CRASH_LOADED + reset())
-    ev = Events()
-    vm = Vm(plan, sink=ev)
-    vm.start()
-    try:
-        code = vm.wait(20)
-    finally:
-        vm.close()
+    vm, code, ev = run_vm(plan)
     assert code == 4  # the crash kernel's reboot ends a microVM
     assert ev.events[0] == ("GUEST_CRASHLOADED", {"action": "run"})
     assert vm.ending is not None and vm.ending.crash_loaded and not vm.ending.panicked
@@ -146,13 +117,7 @@ def test_crash_loaded_is_only_an_event(tmp_path: Path) -> None:
 
 def test_without_pvpanic_in_the_plan_the_port_is_nothing(tmp_path: Path) -> None:
     plan, _ = tiny(tmp_path, PANIC + poweroff(), on_panic=None)
-    ev = Events()
-    vm = Vm(plan, sink=ev)
-    vm.start()
-    try:
-        code = vm.wait(20)
-    finally:
-        vm.close()
+    vm, code, ev = run_vm(plan)
     assert code == 0 and ev.names == ["SHUTDOWN"]
     assert vm.ending is not None and not vm.ending.panicked
 
