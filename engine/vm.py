@@ -5,12 +5,7 @@
 it reports here, the QMP events go out, and the main loop is told to return, so teardown
 happens on the main thread. A microVM does not reboot (as StratoVirt): a reset ends it too.
 How it ended is ``Vm.ending`` (``engine.ending``: the cause, the ``SHUTDOWN`` reason, the exit
-code; 0 only for a guest poweroff or a stop the host asked for).
-
-A guest panic (pvpanic, or KVM's crash system event) follows the plan's panic action, as
-QEMU's ``-action panic=``: ``poweroff`` (the default: ``GUEST_PANICKED``, then the VM stops
-with ``SHUTDOWN`` reason ``guest-panic``), ``pause`` (the vCPUs stop, ``query-status`` says
-``guest-panicked``, ``cont`` is refused; ``quit`` or ``system_reset`` end it) or ``run``.
+code; 0 only for a guest poweroff or a stop the host asked for; docs/lifecycle.md).
 
 ``engine.qmp.control`` (the QMP vocabulary) is imported only when a QMP method runs, so a VM
 reaches its first guest instruction without loading the QMP layer.
@@ -171,10 +166,13 @@ class Vm:
 
     # -- VmEvents (any thread) -----------------------------------------------------------------------
 
+    def _end(self, cause: Cause, detail: str) -> None:
+        if self._claim(cause, detail):
+            self._shutdown(cause)
+
     def on_poweroff(self, source: str) -> None:
         log.info("%s: stopping", source)
-        if self._claim(Cause.GUEST_SHUTDOWN, source):
-            self._shutdown(Cause.GUEST_SHUTDOWN)
+        self._end(Cause.GUEST_SHUTDOWN, source)
 
     def on_reset(self, source: str) -> None:
         log.info("%s: a microVM does not reboot, stopping", source)
@@ -184,13 +182,13 @@ class Vm:
 
     def on_triple_fault(self, source: str) -> None:
         log.warning("vm %s: %s: stopping", self.plan.name, source)
-        if self._claim(Cause.GUEST_TRIPLE_FAULT, source):
-            self._shutdown(Cause.GUEST_TRIPLE_FAULT)
+        self._end(Cause.GUEST_TRIPLE_FAULT, source)
 
     def on_guest_panic(self, crash_loaded: bool) -> None:
-        """The guest reported a panic (pvpanic ``PVPANIC_PANICKED``, KVM's crash event), or with
-        ``crash_loaded`` that it panicked and its crash kernel takes over (only the event, as
-        QEMU: the VM runs on, and the crash kernel's reboot ends it)."""
+        """The guest reported a panic (pvpanic, KVM's crash event): the plan's panic action, as
+        QEMU's ``-action panic=``: ``poweroff`` (stop: ``SHUTDOWN`` guest-panic), ``pause``
+        (state guest-panicked: ``cont`` refused, ``quit``/``system_reset`` end it) or ``run``.
+        ``crash_loaded``: a crash kernel takes over; only the event (its reboot ends the VM)."""
         pvpanic = self.plan.pvpanic
         action = pvpanic.on_panic if pvpanic is not None else "poweroff"
         with self._lock:
@@ -223,15 +221,13 @@ class Vm:
 
     def on_fatal(self, message: str) -> None:
         log.error("vm %s: %s", self.plan.name, message)
-        if self._claim(Cause.HOST_ERROR, message):
-            self._shutdown(Cause.HOST_ERROR)
+        self._end(Cause.HOST_ERROR, message)
 
     def on_signal(self, signum: int) -> None:
         """SIGTERM or SIGINT: stop, as QEMU does (``SHUTDOWN`` reason ``host-signal``)."""
         import signal
 
-        if self._claim(Cause.HOST_SIGNAL, f"{signal.Signals(signum).name} received"):
-            self._shutdown(Cause.HOST_SIGNAL)
+        self._end(Cause.HOST_SIGNAL, f"{signal.Signals(signum).name} received")
 
     # -- VmControl (QMP thread) -------------------------------------------------------------------
 

@@ -130,30 +130,9 @@ class VmDir:
 
     @property
     def last_exit(self) -> Path:
-        """Where the exit record of the last run is kept after the VM is gone."""
+        """Where the exit record of the last run is kept after the VM is gone
+        (``launcher.runtime_ended``)."""
         return self.path.parent / f"{self.name}{LAST_EXIT}"
-
-    def last_exit_record(self) -> dict[str, Any] | None:
-        """How the last run of this name ended (``engine.ending.parse_record``), or None."""
-        from engine.ending import parse_record
-
-        root = open_root(create=False)
-        if root is None:
-            return None
-        try:
-            fd = os.open(self.last_exit.name, _READ, dir_fd=root)
-        except OSError:
-            return None
-        finally:
-            os.close(root)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            return parse_record(os.read(fd, MAX_STATE_BYTES))
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
 
     @contextlib.contextmanager
     def opened(self) -> Iterator[int]:
@@ -448,44 +427,6 @@ def all_vms(clean: bool = True) -> list[VmDir]:
     finally:
         os.close(root)
     return out
-
-
-def stopped_vms(running: list[VmDir]) -> list[VmDir]:
-    """VMs that have gone and left an exit record (``<name>.last.exit.json``), but not those
-    of ``running`` (a name that runs again keeps its last record until it stops)."""
-    root = open_root(create=False)
-    if root is None:
-        return []
-    live = {vm.name for vm in running}
-    out = []
-    try:
-        for entry in sorted(os.listdir(root)):
-            name = entry.removesuffix(LAST_EXIT)
-            if name == entry or name in live or not is_vm_name(name):
-                continue
-            try:
-                if stat.S_ISREG(os.lstat(entry, dir_fd=root).st_mode):
-                    out.append(VmDir(name, runtime_root() / name))
-            except OSError:
-                continue
-    finally:
-        os.close(root)
-    return out
-
-
-def ended_text(rec: dict[str, Any] | None) -> str:
-    """A record in a few words, for tables: ``guest-panic (7)``, ``killed (SIGKILL)``."""
-    if rec is None:
-        return "-"
-    if rec.get("cause"):
-        return f"{rec['cause']} ({rec.get('code')})"
-    if rec.get("signal"):
-        import signal as sig
-
-        num = rec["signal"]
-        name = sig.Signals(num).name if num in sig.Signals._value2member_map_ else str(num)
-        return f"killed ({name})"
-    return "unrecorded" if rec.get("code") is None else f"exit {rec['code']}"
 
 
 def uptime_text(started: float, now: float | None = None) -> str:

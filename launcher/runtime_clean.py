@@ -15,6 +15,7 @@ import stat
 
 from launcher.errors import HostError
 from launcher.runtime import SCRATCH, VmDir
+from launcher.runtime_ended import keep_exit_record
 from launcher.runtime_record import Made
 from launcher.runtime_root import ROOT_LOCK, open_dir, open_root, runtime_root, trust
 
@@ -65,34 +66,10 @@ def _remove_item(vm: VmDir, item: Made, d: int, root: int) -> None:
             return
     if item.path == "exit.json" and in_dir and stat.S_ISREG(st.st_mode):
         with contextlib.suppress(OSError):
-            _keep_exit_record(vm, d, root, st)
+            keep_exit_record(vm, d, root, st)
             return
     with contextlib.suppress(OSError):
         os.unlink(item.path, dir_fd=where)
-
-
-#: what the kept record says when the engine left ``exit.json`` empty
-UNRECORDED = (
-    "the engine ended without recording how: killed by a signal it cannot catch "
-    "(SIGKILL, the OOM killer), or it never started"
-)
-
-
-def _keep_exit_record(vm: VmDir, d: int, root: int, st: os.stat_result) -> None:
-    """``exit.json`` becomes ``<root>/<name>.last.exit.json``. An empty one (the engine died
-    unrecorded) is first filled with a record saying so: the kept record is always this run's,
-    never an earlier one's."""
-    if not st.st_size:
-        from engine import ending
-
-        fd = os.open("exit.json", os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
-        try:
-            if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != (st.st_dev, st.st_ino):
-                raise OSError("exit.json was replaced")
-            os.write(fd, ending.encode(ending.record(None, None, reason=UNRECORDED)))
-        finally:
-            os.close(fd)
-    os.rename("exit.json", vm.last_exit.name, src_dir_fd=d, dst_dir_fd=root)
 
 
 def _remove_made(vm: VmDir, d: int, root: int, keep: tuple[str, ...]) -> None:

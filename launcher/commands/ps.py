@@ -44,6 +44,7 @@ def vm_state(meta: Any) -> str:
 
 def rows(stopped: bool = False) -> list[dict[str, Any]]:
     from launcher import runtime
+    from launcher.runtime_ended import last_record, stopped_vms
 
     out = []
     vms = runtime.all_vms()
@@ -64,17 +65,17 @@ def rows(stopped: bool = False) -> list[dict[str, Any]]:
                 "uptime": runtime.uptime_text(meta.started),
                 "qmp": meta.qmp,
                 "serial": meta.serial,
-                "ended": vm.last_exit_record(),
+                "ended": last_record(vm),
             }
         )
     if stopped:
-        for vm in runtime.stopped_vms(vms):
-            out.append({"name": vm.name, "state": "stopped", "ended": vm.last_exit_record()})
+        for vm in stopped_vms(vms):
+            out.append({"name": vm.name, "state": "stopped", "ended": last_record(vm)})
     return sorted(out, key=lambda r: r["name"])
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.runtime import ended_text
+    from launcher.runtime_ended import ended_text
 
     table = rows(stopped=args.all)
     if args.json:

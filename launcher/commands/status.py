@@ -26,12 +26,13 @@ def collect(name: str) -> dict[str, Any]:
     from launcher import runtime
     from launcher.errors import HostError
     from launcher.identity import connect
+    from launcher.runtime_ended import last_record
 
     try:
         vm = runtime.find(name)
     except HostError:
         gone = runtime.vm_dir(name)
-        ended = gone.last_exit_record()
+        ended = last_record(gone)
         if ended is None:
             raise
         log = str(gone.last_log) if gone.last_log.is_file() else None
@@ -50,7 +51,7 @@ def collect(name: str) -> dict[str, Any]:
         manifest=meta.manifest,
         memory=meta.memory,
         log=str(vm.log_file) if vm.log_file.exists() else None,
-        ended=vm.last_exit_record(),  # the previous run of this name, if any
+        ended=last_record(vm),  # the previous run of this name, if any
     )
     with connect(meta, timeout=3.0) as c:
         info["state"] = c.execute("query-status").get("status")
@@ -87,7 +88,7 @@ def _ended_line(rec: dict[str, Any] | None) -> str | None:
     import time
 
     from launcher.report import shown
-    from launcher.runtime import ended_text
+    from launcher.runtime_ended import ended_text
 
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["ended"]))
     return f"{ended_text(rec)}: {shown(rec['reason'])}, at {when}"

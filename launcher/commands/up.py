@@ -101,7 +101,7 @@ def _wait_for_qmp(
     timeout: float,
     *,
     detach: bool,
-    vm: Any = None,
+    vm: Any,
 ) -> int | None:
     """The engine's pid once *it* answers on its QMP socket (not whoever else may listen at that
     path: the listener must be our engine, or the sandbox supervisor's child, and say the VM's
@@ -110,12 +110,13 @@ def _wait_for_qmp(
     from launcher.errors import EngineError, HostError
     from launcher.identity import check_peer, parent_pid
     from launcher.qmpclient import QmpClient
+    from launcher.runtime_ended import guest_ended_it
 
     deadline = time.monotonic() + timeout
     why = ""
     while True:
         code = proc.poll()
-        if code is not None and not detach and (code == 0 or _guest_ended_it(vm)):
+        if code is not None and not detach and (code == 0 or guest_ended_it(vm)):
             return None
         if code is not None:
             tail = ""
@@ -320,22 +321,12 @@ def _print_log_tail(log: str, lines: int = 15) -> None:
         sys.stderr.write("engine log (last lines):\n" + "".join(tail))
 
 
-def _guest_ended_it(vm: Any) -> bool:
-    """The VM's exit record says the guest ended it (it ran: not a start-up failure)."""
-    from engine.ending import parse_record
-
-    rec = parse_record(vm.read("exit.json")) if vm is not None else None
-    return rec is not None and rec["guest"] is True
-
-
 def _print_ending(vm: Any) -> None:
-    """How the VM ended, from its exit record: ``web: ended: guest-panic (7)``."""
-    from engine.ending import parse_record
-    from launcher.runtime import ended_text
+    from launcher.runtime_ended import ending_line
 
-    rec = parse_record(vm.read("exit.json"))
-    if rec is not None:
-        print(f"{vm.name}: ended: {ended_text(rec)}", file=sys.stderr)
+    line = ending_line(vm)
+    if line:
+        print(line, file=sys.stderr)
 
 
 def _resume(meta: Any) -> None:
