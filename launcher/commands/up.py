@@ -101,7 +101,7 @@ def _wait_for_qmp(
     timeout: float,
     *,
     detach: bool,
-    vm: Any,
+    vm: Any = None,
 ) -> int | None:
     """The engine's pid once *it* answers on its QMP socket (not whoever else may listen at that
     path: the listener must be our engine, or the sandbox supervisor's child, and say the VM's
@@ -116,7 +116,8 @@ def _wait_for_qmp(
     why = ""
     while True:
         code = proc.poll()
-        if code is not None and not detach and (code == 0 or guest_ended_it(vm)):
+        ended = code is not None and not detach
+        if ended and (code == 0 or (vm is not None and guest_ended_it(vm))):  # ran to its end
             return None
         if code is not None:
             tail = ""

@@ -323,6 +323,7 @@ def test_every_file_and_socket_gets_an_explicit_mode_under_umask_000(tmp_path: P
         "record.json": 0o600,
         "plan.json": 0o600,
         "meta.json": 0o600,
+        "exit.json": 0o600,
         "pid": 0o600,
         "engine.log": 0o640,
         "qmp.sock": 0o600,
