@@ -9,6 +9,7 @@ else of the engine loads in the engine's own process or when a command runs a VM
 CONTRACT_MODULES = (
     "engine",
     "engine.errors",
+    "engine.ending",
     "engine.plan",
     "engine.device_rules",
     "engine.hostfiles",
