@@ -46,7 +46,7 @@ def rows(stopped: bool = False) -> list[dict[str, Any]]:
     from launcher import runtime
     from launcher.runtime_ended import last_record, stopped_vms
 
-    out = []
+    out: list[dict[str, Any]] = []
     vms = runtime.all_vms()
     for vm in vms:
         meta = vm.meta()
