@@ -109,9 +109,27 @@ def guarded(body: Callable[[], int]) -> int:
 
         traceback.print_exc()
         print("engine: internal error (a bug): please report the traceback above", file=sys.stderr)
+        _record_crash(traceback.format_exc())
         return EXIT_INTERNAL
     finally:
         gc.enable()
+
+
+def _record_crash(text: str) -> None:
+    """With ``$SVLAUNCH_CRASH_DIR`` set (test suites, CI), also keep the traceback in a file
+    there, as ``svlaunch`` does: an engine's crash is noticed even though its stderr went to a
+    log nobody reads. A folder the engine cannot write (a jail) is skipped silently."""
+    folder = os.environ.get("SVLAUNCH_CRASH_DIR")
+    if not folder:
+        return
+    import tempfile
+
+    try:
+        fd, _ = tempfile.mkstemp(prefix=f"engine-crash-{os.getpid()}-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"engine {sys.argv!r}\n{text}")
+    except OSError:
+        pass
 
 
 def engine_argv(plan_file: str, *args: str, python: str | None = None) -> list[str]:
