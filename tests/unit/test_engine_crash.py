@@ -26,6 +26,7 @@ def test_a_crash_is_exit_3_with_a_crash_file(tmp_path: Path, monkeypatch, capsys
     assert "ZeroDivisionError: a bug" in (tmp_path / crash).read_text()
 
 
-def test_no_crash_dir_no_file(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("SVLAUNCH_CRASH_DIR", raising=False)
+def test_a_clean_run_leaves_no_crash_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SVLAUNCH_CRASH_DIR", str(tmp_path))
     assert guarded(lambda: 0) == 0
+    assert os.listdir(tmp_path) == []
