@@ -33,9 +33,11 @@ test-fast: setup
 
 SCRIPTS := scripts/rig scripts/build-guest scripts/measure-syscalls
 
+# ruff on everything; mypy on launcher/ and engine/ (its settings are pyproject.toml's)
 lint: setup
 	$(BIN)/ruff check launcher engine tests bench scripts $(SCRIPTS)
 	$(BIN)/ruff format --check launcher engine tests bench scripts $(SCRIPTS)
+	$(BIN)/mypy
 
 fmt: setup
 	$(BIN)/ruff format launcher engine tests bench scripts $(SCRIPTS)
@@ -45,4 +47,4 @@ bench: setup host-deps guest
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache .hypothesis
