@@ -4,7 +4,8 @@ The engine builds device plans in two places: from the launcher's compiled plan 
 from QMP ``device_add`` (hot-plug). Both must accept exactly the same devices, so the limits are
 declared here once, on the plan's own values; the launcher's manifest validation reads the same
 limits (``launcher.validate.blk_net``) and reports them at the manifest key, and hot-plug reports
-them as QMP errors. Ranges follow StratoVirt v2.2 (docs/stratovirt.md, §4.15-§4.19).
+them as QMP errors. Ranges follow StratoVirt v2.2 (docs/stratovirt.md, "Drives"
+and "NICs").
 """
 
 from __future__ import annotations

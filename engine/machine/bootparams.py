@@ -3,7 +3,7 @@
 Pure where it can be: ``e820_map`` and ``build_zero_page`` turn values into values; only
 ``write_boot_params``/``write_cmdline``/``load_initrd`` touch guest memory (through
 ``GuestMemory``, bounds-checked). Offsets are from Documentation/arch/x86/zero-page.rst and
-boot.rst; values follow Firecracker's ``configure_64bit_boot`` (engine-notes §1.3).
+boot.rst; values follow Firecracker's ``configure_64bit_boot`` (docs/boot.md, "Boot data").
 """
 
 from __future__ import annotations

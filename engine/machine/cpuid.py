@@ -6,11 +6,12 @@ and returns a new, sorted list for one vCPU, ready for ``KVM_SET_CPUID2``. Nothi
 ``/dev/kvm``; like Cloud Hypervisor's ``update_cpuid_topology`` it is a transform over a plain
 entry list, so tests decode the result the way Linux does without a VM.
 
-Why each leaf (engine-notes §1.4): the guest derives its sockets/dies/modules/cores/threads from
-the APIC id bit fields that CPUID describes, so the shifts here must be the ones the plan's APIC
-ids were built with (``engine.machine.apicid.apic_id_widths``: thread | core | cluster |
-die | package, each ``ceil(log2(count))`` bits, QEMU's ``apicid_from_topo_ids``); the MADT and
-SRAT carry the same ids, and the vCPU must be created with ``KVM_CREATE_VCPU(vcpu.apic_id)``.
+Why each leaf (docs/engine.md, "CPUID and APIC ids"): the guest derives its
+sockets/dies/modules/cores/threads from the APIC id bit fields that CPUID describes, so the shifts
+here must be the ones the plan's APIC ids were built with (``engine.machine.apicid.apic_id_widths``:
+thread | core | cluster | die | package, each ``ceil(log2(count))`` bits, QEMU's
+``apicid_from_topo_ids``); the MADT and SRAT carry the same ids, and the vCPU must be created with
+``KVM_CREATE_VCPU(vcpu.apic_id)``.
 
 - leaf 0x1: initial APIC id, addressable logical CPUs per package, HTT, hypervisor bit;
 - leaf 0x4 (Intel): cores per package and the threads sharing each cache;
@@ -108,24 +109,27 @@ class FeatureMask:
 
 
 #: Features a stock kernel must not see on a PVM host, where its CPL0 code runs in KVM's
-#: instruction emulator. engine-notes §3.3 measured EMULATION FAILURE for cmpxchg16b, xsave*,
-#: xgetbv, rdtscp, popcnt, crc32, SSE integer ops, AES-NI, PCLMUL and all VEX/AVX (CX16 is the
-#: one this host still advertises: SLUB dies on ``lock cmpxchg16b``); the first rows are its
-#: mask table. The rest are the same instruction classes added defensively: the kernel picks
-#: crypto/raid/memcpy variants by these bits. Leaf 0xD (XSAVE state) is dropped as well (§3.3).
+#: instruction emulator (docs/engine.md, "PVM hosts": what fails there, and why each row).
+#: The first rows are what was measured there; the rest the same instruction classes, defensively.
 PVM_MASKS: tuple[FeatureMask, ...] = (
-    # engine-notes §3.3 mask table (measured emulation failures, or listed there):
+    # measured: the emulator fails (or the instruction faults), or is slow (ERMS, FSRM):
     FeatureMask(
         0x1,
         0,
         "ecx",
         (1, 13, 20, 22, 23, 25, 26, 27, 28),
-        "§3.3: PCLMUL CX16 SSE4.2 MOVBE POPCNT AES XSAVE OSXSAVE AVX",
+        "emulation fails: PCLMUL CX16 SSE4.2 MOVBE POPCNT AES XSAVE OSXSAVE AVX",
     ),
-    FeatureMask(0x7, 0, "ebx", (5, 9, 16, 17, 21, 26, 27, 28, 30, 31), "§3.3: AVX2 ERMS AVX512*"),
-    FeatureMask(0x7, 0, "ecx", (22,), "§3.3: RDPID"),
-    FeatureMask(0x7, 0, "edx", (4,), "§3.3: FSRM"),
-    FeatureMask(0x80000001, 0, "edx", (27,), "§3.3: RDTSCP"),
+    FeatureMask(
+        0x7,
+        0,
+        "ebx",
+        (5, 9, 16, 17, 21, 26, 27, 28, 30, 31),
+        "emulation fails: AVX2 AVX512*; slow: ERMS",
+    ),
+    FeatureMask(0x7, 0, "ecx", (22,), "faults: RDPID"),
+    FeatureMask(0x7, 0, "edx", (4,), "slow: FSRM"),
+    FeatureMask(0x80000001, 0, "edx", (27,), "emulation fails: RDTSCP"),
     # defensive, same instruction classes (SIMD past SSE2, VEX, fast-string hints), not measured:
     FeatureMask(0x1, 0, "ecx", (0, 9, 12, 19, 29), "SSE3 SSSE3 FMA SSE4.1 F16C"),
     FeatureMask(0x7, 0, "ebx", (3, 8, 10, 19, 29), "BMI1 BMI2 (VEX) INVPCID ADX SHA"),

@@ -1,9 +1,9 @@
 """Host-side decompression of a bzImage payload (so the guest never runs the decompressor).
 
-Under PVM every guest CPL0 instruction is emulated; Debian's 14 MB LZ4 payload would take minutes
-to unpack inside the guest and 0.1 s here (engine-notes §0.3). gzip, xz, lzma and bzip2 come from
-the standard library; lz4 and zstd are decoded by the system's liblz4/libzstd through cffi, or by
-the ``lz4``/``zstd`` programs when the libraries are absent. Every payload ends with the
+Under PVM every guest CPL0 instruction is emulated; Debian's 14 MB LZ4 payload would take minutes to
+unpack inside the guest and 0.1 s here (docs/boot.md, "Kernel images"). gzip, xz, lzma and bzip2
+come from the standard library; lz4 and zstd are decoded by the system's liblz4/libzstd through
+cffi, or by the ``lz4``/``zstd`` programs when the libraries are absent. Every payload ends with the
 decompressed size as a u32 (the kernel's ``size_append``), which sizes the output buffer.
 """
 

@@ -2,7 +2,7 @@
 
 StratoVirt's microvm keeps 4 block and 2 net transports from boot (``SlotPlan`` entries in the
 plan: empty windows whose DeviceID reads 0, so guest drivers skip them). QMP then works in two
-steps, as in StratoVirt (stratovirt-spec §7.5): ``blockdev-add``/``netdev_add`` register a
+steps, as in StratoVirt (docs/stratovirt.md, "QMP"): ``blockdev-add``/``netdev_add`` register a
 backend by name, and ``device_add`` (id = that name, or ``drive=``/``netdev=``; ``addr`` = the
 slot number within its kind) builds the device with the virtio factory and swaps it into the
 slot's window; ``device_del`` puts an empty device back. Slot numbers count every transport of

@@ -1,11 +1,11 @@
 """The KVM ABI: C struct declarations (cffi, ABI mode) and ioctl numbers, declared once.
 
 Why cffi and not ``fcntl.ioctl``: ``fcntl`` parses int arguments as C ``int`` (KVM_SET_TSS_ADDR
-0xfffbd000 overflows), refuses immutable buffers over 1024 bytes, and CPython 3.14 retries ioctl
-on EINTR, which would break the vCPU kick (engine-notes §1.7). cffi calls drop the GIL and return
--1/EINTR once. Struct layouts are from ``include/uapi/linux/kvm.h`` and ``asm/kvm.h`` (x86_64);
-ioctl numbers are computed from the struct sizes exactly as ``_IOC`` does, and a test pins them
-to the values verified on the host.
+0xfffbd000 overflows), refuses immutable buffers over 1024 bytes, and CPython 3.14 retries ioctl on
+EINTR, which would break the vCPU kick (docs/engine.md, "KVM from Python"). cffi calls drop the GIL
+and return -1/EINTR once. Struct layouts are from ``include/uapi/linux/kvm.h`` and ``asm/kvm.h``
+(x86_64); ioctl numbers are computed from the struct sizes exactly as ``_IOC`` does, and a test pins
+them to the values verified on the host.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Two kinds of fact live here (Firecracker's ``arch/x86_64/layout.rs`` is the mode
   windows sit, and which GSI each device gets (``launcher.compile`` reads these);
 - what the engine places at boot: GDT, IDT, zero page, boot stack, identity page tables, command
   line, the E820-reserved system-data region for ACPI, and the KVM TSS/identity-map pages inside
-  the MMIO hole (engine-notes §1.2, summarized in ``docs/engine.md``).
+  the MMIO hole (docs/engine.md, "Guest physical layout"; docs/boot.md, "Boot data").
 
 It imports nothing, so the pure compile side can use it without loading the engine.
 """

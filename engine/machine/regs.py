@@ -1,4 +1,4 @@
-"""A vCPU's registers at the 64-bit Linux entry point (Firecracker's values, engine-notes §1.2).
+"""A vCPU's registers at the 64-bit Linux entry point (Firecracker's values; docs/boot.md).
 
 Order matters and is kept by ``configure_vcpu``: CPUID is set by the caller *before* the MSRs
 (KVM filters MSRs by the guest's CPUID), then MSRs, then regs/sregs/FPU, then the LAPIC LINT

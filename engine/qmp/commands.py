@@ -12,9 +12,9 @@ the running VM in QEMU's QAPI shapes; what the engine does not do (``block-commi
 SEV) is an error that says so; ``query-commands`` lists this table and nothing else,
 ``query-events`` exactly the events the engine emits.
 
-Deliberate differences from StratoVirt (spec §7), each a fix a client can only like: unknown
-commands answer ``CommandNotFound`` (StratoVirt: ``GenericError``); ``query-commands`` and
-``query-events`` list wire names; every reply echoes ``id``. Extensions, as QEMU has them:
+Deliberate differences from StratoVirt (docs/stratovirt.md, "QMP"), each a fix a client can only
+like: unknown commands answer ``CommandNotFound`` (StratoVirt: ``GenericError``); ``query-commands``
+and ``query-events`` list wire names; every reply echoes ``id``. Extensions, as QEMU has them:
 ``system_powerdown``, ``query-name``, ``query-memory-size-summary``, ``closefd``; and
 ``x-svlaunch-query-stats`` for the TUI.
 """

@@ -11,14 +11,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# StratoVirt v2.2.0's greeting, byte for byte (spec §7.2): libvirt looks for "qemu" 5.0.1.
+# StratoVirt v2.2.0's greeting, byte for byte (docs/qmp.md, "Wire"): libvirt looks for "qemu" 5.0.1.
 STRATOVIRT_VERSION: dict[str, Any] = {
     "qemu": {"micro": 1, "minor": 0, "major": 5},
     "package": "",
 }
 TERMINATOR = b"\r\n"
 
-# Error classes StratoVirt uses (spec §7.3).
+# Error classes StratoVirt uses (docs/stratovirt.md, "QMP").
 GENERIC_ERROR = "GenericError"
 COMMAND_NOT_FOUND = "CommandNotFound"
 DEVICE_NOT_ACTIVE = "DeviceNotActive"

@@ -4,7 +4,7 @@ The VMM programs ``/dev/vhost-net`` or ``/dev/vhost-vsock`` once at DRIVER_OK an
 the data path: the kernel reads the queue's ioeventfd as the *kick* and writes the device's
 irqfd as the *call*, so neither a notify nor an interrupt passes through Python. The memory
 table maps guest-physical ranges to this process's addresses (``GuestRegion.host_addr``).
-ioctl numbers are from linux/vhost.h (engine-notes §5.3); pointer arguments go through ctypes
+ioctl numbers are linux/vhost.h's (``_IOW(VHOST_VIRTIO, ...)``); pointer arguments go through ctypes
 structures, whose buffers ``fcntl.ioctl`` passes by address.
 """
 

@@ -1,9 +1,9 @@
 """CPU topology: StratoVirt's ``-smp`` resolution and the x86 APIC-id layout.
 
 ``resolve_topology`` follows StratoVirt v2.2.0's ``adjust_topology``/``smp_read_and_check``
-(stratovirt-spec §4.4) step by step, so ``validate`` and ``cmdline`` agree with what StratoVirt
-will do. ``apic_id`` packs (package, die, cluster, core, thread) into bit fields the way QEMU's
-``apicid_from_topo_ids`` does; CPUID leaves, the MADT and the SRAT all use the plan's ids.
+(docs/stratovirt.md, "SMP topology") step by step, so ``validate`` and ``cmdline`` agree with what
+StratoVirt will do. ``apic_id`` packs (package, die, cluster, core, thread) into bit fields the way
+QEMU's ``apicid_from_topo_ids`` does; CPUID leaves, the MADT and the SRAT all use the plan's ids.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""virtio-blk and virtio-net rules (stratovirt-spec §4.15, §4.17-§4.19).
+"""virtio-blk and virtio-net rules (docs/stratovirt.md, "Drives" and "NICs").
 
 The per-device rules (serial and tap-name lengths, MAC, aio/direct) are the engine's
 (``engine.device_rules``), which QMP hot-plug applies too; this module reports them at the

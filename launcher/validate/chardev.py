@@ -1,4 +1,5 @@
-"""Character devices and their consumers (stratovirt-spec §3, §4.11, §4.20-§4.22).
+"""Character devices and their consumers (docs/stratovirt.md: "Backends and their consumers",
+"Control", "Character devices, serial and consoles").
 
 Every consumer (console, monitor, vhost-user net) *takes* its chardev in StratoVirt, so a
 chardev can serve exactly one of them; the second use fails at start-up with "not found or is

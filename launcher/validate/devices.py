@@ -1,4 +1,4 @@
-"""vsock, balloon, rng, VFIO, USB and pvpanic rules (stratovirt-spec §4.23-§4.28).
+"""vsock, balloon, rng, VFIO, USB and pvpanic rules (docs/stratovirt.md, "Other devices").
 
 Ranges (guest-cid, root port numbers, xhci ports) are declared limits
 (``launcher.validate.limits``)."""

@@ -1,4 +1,7 @@
-"""Machine type, architecture, boot source and firmware rules (stratovirt-spec §4.2, §4.8, §4.16, §6)."""
+"""Machine type, architecture, boot source and firmware rules.
+
+docs/stratovirt.md: "Machine and CPU model", "Boot", "The health check".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Memory size and NUMA rules (stratovirt-spec §4.5-§4.7).
+"""Memory size and NUMA rules (docs/stratovirt.md, "Memory" and "NUMA").
 
 The guidebook says memory must be 256M-512G; v2.2.0's source accepts 128 MiB-512 GiB inclusive,
 and the source wins. Sizes reach StratoVirt as ``<n>M``/``<n>G``, so they must be whole MiB.

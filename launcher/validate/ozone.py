@@ -1,7 +1,7 @@
-"""ozone sandbox rules (stratovirt-spec §8): ids, the sandbox name, capability names, cgroup
-keys and values. The rules themselves are the sandbox's own (``engine.ozone.rules``): what
-passes here is what the sandbox accepts. Rules that read the host (file access for the VM's
-uid, sockets in shared folders, the jail) are ``svlaunch check``'s (``launcher/validate/host.py``).
+"""ozone sandbox rules (docs/stratovirt.md, "ozone"): ids, the sandbox name, capability names,
+cgroup keys and values. The rules themselves are the sandbox's own (``engine.ozone.rules``): what
+passes here is what the sandbox accepts. Rules that read the host (file access for the VM's uid,
+sockets in shared folders, the jail) are ``svlaunch check``'s (``launcher/validate/host.py``).
 """
 
 from __future__ import annotations

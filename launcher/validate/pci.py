@@ -1,4 +1,5 @@
-"""Device ids, transports, PCI placement and microvm budgets (stratovirt-spec §2.6, §5).
+"""Device ids, transports, PCI placement and microvm budgets (docs/stratovirt.md, "PCI placement"
+and "Machine types").
 
 microvm pre-creates 4 block + 2 net virtio-mmio slots and hands every other virtio-mmio device
 an IRQ from a fixed pool (x86_64 lines 5-15; aarch64 160 SPIs, one taken by the RTC); standard

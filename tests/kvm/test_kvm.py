@@ -13,7 +13,7 @@ from engine.machine import kvm_sys as k
 from engine.machine.kvm import Kvm, KvmError
 from launcher.errors import HostError
 
-# Verified on the host with a C-free probe (engine-notes §1.7).
+# The numbers this host's kernel answers to (docs/engine.md, "KVM from Python").
 PINNED = {
     "KVM_GET_SUPPORTED_CPUID": 0xC008AE05,
     "KVM_CREATE_VCPU": 0xAE41,

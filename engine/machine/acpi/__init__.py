@@ -1,4 +1,4 @@
-"""ACPI tables for a direct-boot, HW-reduced x86_64 guest (engine-notes §2).
+"""ACPI tables for a direct-boot, HW-reduced x86_64 guest (docs/engine.md, "ACPI").
 
 - ``sdt``: table header, checksum, Generic Address Structure;
 - ``aml``: minimal AML encoder (names, devices, packages, resource templates);

@@ -1,7 +1,7 @@
 """A minimal AML encoder: the nine constructs a microVM DSDT needs, as pure functions to bytes.
 
 Linux finds virtio-mmio devices and COM1's interrupt only through the DSDT on a direct-boot,
-HW-reduced guest (engine-notes §2.3), so we need AML, but only a little: names, integers,
+HW-reduced guest (docs/engine.md, "ACPI"), so we need AML, but only a little: names, integers,
 strings, EISA ids, packages, buffers, scopes, devices and three resource descriptors. Each
 function returns the encoded bytes of one term; compose them by nesting calls::
 

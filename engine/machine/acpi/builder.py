@@ -3,7 +3,7 @@
 The tables go back to back (8-byte aligned) from ``layout.SYSTEM_MEM_START`` (0x9fc00, the
 E820-reserved system-data region that ends at 0xe0000) in the order DSDT, FACP, APIC, [SRAT,
 SLIT,] XSDT; the RSDP goes at ``layout.RSDP_ADDR`` (0xe0000), where ACPICA's legacy scan finds
-it even without ``boot_params.acpi_rsdp_addr`` (engine-notes §2.1; Firecracker's placement).
+it even without ``boot_params.acpi_rsdp_addr`` (docs/engine.md, "ACPI"; Firecracker's placement).
 The result is plain bytes and addresses, so the builder stays pure; ``AcpiBlob.write(mem)`` is
 the one step that touches guest memory, through the bounds-checked ``GuestMemory``.
 

@@ -1,6 +1,6 @@
 """The DSDT: COM1, one virtio-mmio device per window, and the S5 sleep package.
 
-A direct-boot HW-reduced Linux learns about devices only from here (engine-notes §2.3):
+A direct-boot HW-reduced Linux learns about devices only from here (docs/engine.md, "ACPI"):
 - ``LNRO0005`` is what drivers/virtio/virtio_mmio.c matches; its ``_CRS`` memory window and
   interrupt become the platform device's resources (no ``virtio_mmio.device=`` cmdline needed);
 - COM1 (``PNP0501``) is listed so that its GSI 4 is registered through ACPI: with HW-reduced

@@ -1,8 +1,8 @@
 """ACPI table builders: RSDP, XSDT, FADT, MADT, SRAT, SLIT. Pure: plain values in, bytes out.
 
-Each builder takes only the facts its table states (APIC ids, node ranges, addresses), so it can
-be tested without a plan or guest memory; ``builder.build_acpi`` maps a plan onto them and
-places the results. Layouts are ACPI 6.5 §5.2 and engine-notes §2.2; the table sizes match what
+Each builder takes only the facts its table states (APIC ids, node ranges, addresses), so it can be
+tested without a plan or guest memory; ``builder.build_acpi`` maps a plan onto them and places the
+results. Layouts are ACPI 6.5 §5.2 (choices: docs/engine.md, "ACPI"); the table sizes match what
 ``iasl -d`` expects (tests/unit/test_acpi_tables.py disassembles every table).
 """
 
@@ -139,7 +139,7 @@ def srat(cpus: Sequence[CpuAffinity], memory: Sequence[MemAffinity]) -> bytes:
 
     Processor entries are Local APIC affinity (type 0) for ids ≤ 254 and x2APIC affinity
     (type 2) above, matching the MADT entry kinds. Linux needs every vCPU listed and the
-    memory ranges to cover all E820 RAM, or it ignores the SRAT (engine-notes §2.2).
+    memory ranges to cover all E820 RAM, or it ignores the SRAT (docs/engine.md, "ACPI").
     """
     body = bytearray(struct.pack("<I8x", 1))  # reserved: 1 for backward compatibility
     for c in cpus:
