@@ -55,7 +55,7 @@ def is_mac(value: str) -> bool:
 
 def default_mac(vm_name: str, net_id: str) -> str:
     """A stable locally administered MAC (52:54:00 prefix, as QEMU) from the VM and net ids."""
-    import hashlib  # only here: hashlib loads OpenSSL, ~2 ms of every svlaunch start
+    import hashlib  # only here: it loads OpenSSL, a cost of every start (docs/performance.md)
 
     digest = hashlib.sha256(f"{vm_name}/{net_id}".encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])

@@ -5,7 +5,7 @@
 ``-D FILE``: append to FILE, created 0640. The level comes from ``SVLAUNCH_LOG_LEVEL``
 (trace/debug/info/warn/error; default error, as ``STRATOVIRT_LOG_LEVEL``); ``-v`` forces debug.
 
-``import logging`` costs ~4 ms of an engine start (it pulls ``re``, ``traceback``, ``string``,
+``import logging`` is a visible part of an engine start (it pulls ``re``, ``traceback``, ``string``,
 ``weakref``...), and a VM that logs nothing never needs it. So the engine's modules take their
 logger from ``get_logger(__name__)``: a ``LazyLogger`` that imports ``logging`` and applies the
 configuration ``configure_logging`` recorded on the first call that logs.

@@ -148,9 +148,9 @@ def _exiting() -> None:
     """Skip the garbage collector's passes over every live object at interpreter exit.
 
     Finalization runs full collections over the ~15,000 objects a run leaves (schema, model
-    classes, argparse...): 4-7 ms of a 60 ms ``svlaunch cmdline``. Freezing moves them out of
-    the collector's sight; they are still freed by reference counting as modules are torn
-    down, and the kernel reclaims the rest. Only for a process that is about to exit: tests
+    classes, argparse...): several ms of ``svlaunch cmdline`` (docs/performance.md). Freezing
+    moves them out of the collector's sight; they are still freed by reference counting as
+    modules are torn down, and the kernel reclaims the rest. Only for a process that is about to exit: tests
     that call ``main([...])`` in-process keep a normal collector.
     """
     import gc

@@ -9,8 +9,7 @@ depends on the ones before it:
 3. the VM, then 4. one memory slot per RAM region, then the TSS and identity-map pages, the
    in-kernel irqchip, then PIT2 (PIT needs the irqchip); identity map before any vCPU exists
    (KVM refuses it afterwards). Memory slots go in before the irqchip, as Firecracker does:
-   once the irqchip exists each slot waits for an SRCU grace period (4-11 ms for one slot on
-   this host, against 0.1 ms before it);
+   once the irqchip exists each slot waits for an SRCU grace period (docs/performance.md);
 5. devices: COM1 + chardev, the ACPI PM port, virtio-mmio transports with irqfd/ioeventfds
    (a ``SlotPlan`` gets an empty DeviceID-0 transport that QMP hot-replace fills);
 6. boot data: kernel, initrd (placed high, below ``initrd_addr_max``), command line, ACPI

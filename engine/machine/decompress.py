@@ -77,7 +77,7 @@ def _bzip2(payload: bytes) -> bytes:
 
 def _dlopen(name: str) -> ctypes.CDLL | None:
     """The system library, through ctypes: cffi's run-time ``cdef`` would import pycparser
-    (0.3 s of start-up in the nested rig, where the engine runs under TCG)."""
+    (slow to import in the nested rig, where the engine runs under TCG: docs/performance.md)."""
     try:
         return ctypes.CDLL(name)
     except OSError:

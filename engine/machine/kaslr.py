@@ -154,8 +154,8 @@ def _patch(
     """``field += add`` (mod 2**64 or 2**32) at each ``word + to_offset``, checked in bounds.
 
     Fields go through typed views of the image, one per byte phase (``views[at % size]``, index
-    ``at // size``): no ``struct`` call per field, which matters under the rig's TCG (~200,000
-    fields: ~0.5 s there, ~0.03 s on a host CPU).
+    ``at // size``): no ``struct`` call per field, which matters under the rig's TCG for ~200,000
+    fields (docs/performance.md).
     """
     size = 8 if wide else 4
     mask = (1 << (8 * size)) - 1

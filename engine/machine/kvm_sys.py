@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 #: The C declarations (x86_64). ``_kvm_ffi.py`` is generated from them (out-of-line ABI mode) so
-#: that importing the engine does not parse C: cffi's parser costs ~40 ms of start-up.
+#: that importing the engine does not parse C (docs/performance.md, "Start-up").
 CDEF = """
     int ioctl(int fd, unsigned long request, ...);
     long mbind(void *addr, unsigned long len, int mode, const unsigned long *nodemask,

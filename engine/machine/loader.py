@@ -111,7 +111,7 @@ def open_kernel(image: BinaryIO | bytes | memoryview, *, name: str = "kernel") -
     """Parse an ELF vmlinux or a bzImage (recognised by content, not name); nothing is loaded.
 
     An ELF in a real file is later read straight into guest RAM segment by segment
-    (``preadv``): no 50 MB intermediate copy, which costs ~0.2 s under the nested rig's TCG.
+    (``preadv``): no 50 MB intermediate copy, slow under the nested rig's TCG (docs/performance.md).
     """
     fd = _fileno(image)
     if fd is not None and os.pread(fd, 4, 0) == ELF_MAGIC:

@@ -1,10 +1,10 @@
 """The JSON Schema layer: shape errors (unknown keys, wrong types, bad enums) as ``Issue``s.
 
 The schema is ``svlaunch.schema.json`` next to this module, generated from the model's key
-declarations (``launcher.manifest.schemagen``; a test keeps the file current): reading it costs
-~1 ms, where generating it would create every model class on every run. It is checked by
-``launcher.manifest.shape``, a checker compiled once per process from that data
-(``jsonschema`` costs 50-110 ms to import; the CLI must start in 60 ms).
+declarations (``launcher.manifest.schemagen``; a test keeps the file current): reading it is
+cheap, where generating it would create every model class on every run. It is checked by
+``launcher.manifest.shape``, a checker compiled once per process from that data (importing
+``jsonschema`` alone would exceed the CLI's 60 ms; docs/performance.md).
 Its error records have the fields of ``jsonschema``'s, and ``issues_from_errors`` words either
 kind alike, which is how the tests hold the two checkers to the same verdicts. Messages are
 rewritten into svlaunch's style: the key path, the value, what is expected, and for unknown

@@ -1,8 +1,8 @@
 """A small, fast checker for the JSON Schema subset the manifest schema uses.
 
-Why not ``jsonschema``: importing it costs 50-110 ms (attrs, referencing, rpds, format
-checkers), more than the rest of ``svlaunch cmdline`` together, and its generic machinery
-(resolvers, evolve per subschema) makes each manifest cost ~0.3 ms. The manifest schema uses a
+Why not ``jsonschema``: importing it (attrs, referencing, rpds, format checkers) costs more than
+the rest of ``svlaunch cmdline`` together, and its generic machinery (resolvers, evolve per
+subschema) adds a cost per manifest (docs/performance.md). The manifest schema uses a
 handful of draft 2020-12 keywords, so ``compile_schema`` turns the same schema data into nested
 closures once per process, and ``ShapeError`` records carry exactly what ``jsonschema``'s
 ``ValidationError`` would (``validator``, ``validator_value``, ``schema``, ``instance``,

@@ -239,7 +239,7 @@ def _incoming(ctx: Context, uri: str) -> None:
     if scheme in ("file", "unix") and len(parts) == 2 and parts[1]:
         return
     if scheme == "tcp" and len(parts) == 3:
-        import ipaddress  # rare: not worth 1 ms of every start-up
+        import ipaddress  # rare: not worth its import on every start-up
 
         try:
             ipaddress.IPv4Address(parts[1])
