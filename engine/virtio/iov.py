@@ -26,6 +26,10 @@ _libc.preadv.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_i
 _libc.preadv.restype = ctypes.c_ssize_t
 _libc.pwritev.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int64)
 _libc.pwritev.restype = ctypes.c_ssize_t
+_libc.readv.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+_libc.readv.restype = ctypes.c_ssize_t
+_libc.writev.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+_libc.writev.restype = ctypes.c_ssize_t
 
 
 def preadv_raw(fd: int, iov: bytes, count: int, offset: int) -> int:
@@ -44,6 +48,25 @@ def preadv_raw(fd: int, iov: bytes, count: int, offset: int) -> int:
 def pwritev_raw(fd: int, iov: bytes, count: int, offset: int) -> int:
     """pwritev(2) on a packed ``struct iovec`` array; raises OSError; may be short."""
     n = _libc.pwritev(fd, iov, count, offset)
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n
+
+
+def readv_raw(fd: int, iov: bytes, count: int) -> int:
+    """readv(2) into a packed ``struct iovec`` array (a tap: one frame per call); raises OSError
+    (BlockingIOError on an empty non-blocking fd)."""
+    n = _libc.readv(fd, iov, count)
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n
+
+
+def writev_raw(fd: int, iov: bytes, count: int) -> int:
+    """writev(2) from a packed ``struct iovec`` array (a tap: one frame per call); raises OSError."""
+    n = _libc.writev(fd, iov, count)
     if n < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))

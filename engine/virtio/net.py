@@ -3,22 +3,34 @@
 Queues: ``rx0, tx0, rx1, tx1, …`` and, with more than one pair, a control queue last
 (VIRTIO_NET_F_CTRL_VQ + VIRTIO_NET_F_MQ; the guest picks how many pairs to use with
 VQ_PAIRS_SET). The guest's 12-byte ``virtio_net_hdr`` is the tap's vnet header, so TX is one
-``writev`` of the chain's buffers and RX one ``readv`` into them: no copies, and the host
-kernel does the checksum and segmentation offloads the header asks for. The tap is told to
-send us only the offloads the guest acked (TUNSETOFFLOAD). When the guest has no RX buffers the
-device stops polling the tap and the kernel queues (then drops) frames, as a NIC would.
+``writev`` of the chain's buffers and RX one ``readv`` into them, straight between the tap and
+guest memory (``chain.host_iovec``: no copy, no Python object per buffer), and the host kernel
+does the checksum and segmentation offloads the header asks for.
+
+Offloads (§5.1.3.1, docs/virtio.md): the tap takes any vnet header a writer gives it, so the
+guest's CSUM, HOST_TSO4/6 and HOST_ECN frames go out as they are; the tap hands us partial
+checksums and GSO frames only for what TUNSETOFFLOAD allows, which is exactly what the guest
+acked (GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). MRG_RXBUF is offered with vhost only: the Python
+path gives each frame one chain (the guest then posts 64 KiB "big packet" chains, so a whole
+GSO frame is one ``readv``), while mergeable buffers would split one frame over many chains.
+
+Batching: a TX kick drains every available chain, an RX wake-up reads as many frames as the
+guest has buffers (at most a queue's worth), and each batch ends with one interrupt, which
+EVENT_IDX may suppress. When the guest has no RX buffers the device stops polling the tap and
+the kernel queues (then drops) frames, as a NIC would: no host memory grows, no loop spins.
 
 With ``vhost=True`` the rings go to ``/dev/vhost-net`` at DRIVER_OK and the data path never
 enters Python (kick = queue ioeventfd, call = irqfd).
 
 Per request the host does bounded work: a TX chain longer than ``MAX_TX_FRAME`` (the vnet header
 and the largest frame a tap takes, 64 KiB of GSO payload) is dropped without a copy, an RX chain
-receives one frame (at most 64 KiB, the tap's), a control request is read 4 bytes deep. Views
-are made per buffer, at most 1024 of them per chain.
+receives one frame (at most 64 KiB, the tap's; a frame longer than the chain is dropped, never
+delivered cut short), a control request is read 4 bytes deep.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -36,8 +48,8 @@ from engine.virtio.device import (
     VirtioDevice,
     bit,
 )
-from engine.virtio.queue import DescriptorChain
-from engine.virtio.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_LEN, Tap
+from engine.virtio.iov import IOV_MAX, readv_raw, writev_raw
+from engine.virtio.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN, Tap
 from engine.virtio.vhost import VhostBackend, open_vhost
 
 log = logging.getLogger(__name__)
@@ -47,8 +59,10 @@ VIRTIO_NET_F_GUEST_CSUM = 1
 VIRTIO_NET_F_MAC = 5
 VIRTIO_NET_F_GUEST_TSO4 = 7
 VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
 VIRTIO_NET_F_HOST_TSO4 = 11
 VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
 VIRTIO_NET_F_MRG_RXBUF = 15
 VIRTIO_NET_F_STATUS = 16
 VIRTIO_NET_F_CTRL_VQ = 17
@@ -65,9 +79,22 @@ OFFLOAD_FEATURES = (
     | bit(VIRTIO_NET_F_GUEST_CSUM)
     | bit(VIRTIO_NET_F_GUEST_TSO4)
     | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_GUEST_ECN)
     | bit(VIRTIO_NET_F_HOST_TSO4)
     | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_ECN)
 )
+#: §5.1.3.1: each offload and the feature it needs (any one of the set). A driver that acks
+#: one without its requirement is refused at FEATURES_OK.
+FEATURE_NEEDS = {
+    VIRTIO_NET_F_GUEST_TSO4: bit(VIRTIO_NET_F_GUEST_CSUM),
+    VIRTIO_NET_F_GUEST_TSO6: bit(VIRTIO_NET_F_GUEST_CSUM),
+    VIRTIO_NET_F_GUEST_ECN: bit(VIRTIO_NET_F_GUEST_TSO4) | bit(VIRTIO_NET_F_GUEST_TSO6),
+    VIRTIO_NET_F_HOST_TSO4: bit(VIRTIO_NET_F_CSUM),
+    VIRTIO_NET_F_HOST_TSO6: bit(VIRTIO_NET_F_CSUM),
+    VIRTIO_NET_F_HOST_ECN: bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6),
+    VIRTIO_NET_F_MQ: bit(VIRTIO_NET_F_CTRL_VQ),
+}
 #: The acked features vhost-net itself implements (linux/vhost.h VHOST_NET_FEATURES, minus
 #: VIRTIO_F_ACCESS_PLATFORM: no IOTLB here). MAC, STATUS, CTRL_VQ, MQ and the offloads are this
 #: device's or the tap's, and VHOST_SET_FEATURES refuses any bit it does not know (EOPNOTSUPP).
@@ -77,7 +104,6 @@ VHOST_NET_PASS = (
     | bit(VIRTIO_F_RING_EVENT_IDX)
     | bit(VIRTIO_F_VERSION_1)
 )
-RX_BURST = 64  # frames per wake-up, so one busy tap cannot starve the loop
 #: The longest TX chain sent to the tap: vnet header, Ethernet + VLAN header, 64 KiB IP packet.
 MAX_TX_FRAME = VNET_HDR_LEN + 18 + 65535
 _CONFIG = struct.Struct("<6sHH")  # mac, status, max_virtqueue_pairs
@@ -103,6 +129,21 @@ def parse_mac(mac: str | None) -> bytes:
             hint="clear bit 0 of the first byte",
         )
     return raw
+
+
+def tun_offloads(acked: int) -> int:
+    """TUNSETOFFLOAD flags for a driver that acked ``acked``: what the tap may hand the guest
+    (partial checksums, TSO frames, ECN on them), exactly the GUEST_* offloads it accepted."""
+    if not acked & bit(VIRTIO_NET_F_GUEST_CSUM):
+        return 0
+    tun = TUN_F_CSUM
+    if acked & bit(VIRTIO_NET_F_GUEST_TSO4):
+        tun |= TUN_F_TSO4
+    if acked & bit(VIRTIO_NET_F_GUEST_TSO6):
+        tun |= TUN_F_TSO6
+    if tun & (TUN_F_TSO4 | TUN_F_TSO6) and acked & bit(VIRTIO_NET_F_GUEST_ECN):
+        tun |= TUN_F_TSO_ECN
+    return tun
 
 
 def vhost_net_features(acked: int) -> int:
@@ -151,6 +192,8 @@ class Net(VirtioDevice):
             ]
             self._vhost = [VhostBackend(fd, f"virtio-net {name}") for fd in fds]
             vh_features = self._vhost[0].get_features()
+            # vhost-net merges RX buffers itself (the Python path gives each frame one chain).
+            features |= vh_features & bit(VIRTIO_NET_F_MRG_RXBUF)
             # The offloads are the tap's (vhost-net hands it the guest's vnet header as is).
             features &= (
                 vh_features
@@ -159,6 +202,7 @@ class Net(VirtioDevice):
                 | bit(VIRTIO_NET_F_STATUS)
                 | bit(VIRTIO_NET_F_CTRL_VQ)
                 | bit(VIRTIO_NET_F_MQ)
+                | bit(VIRTIO_NET_F_MRG_RXBUF)
             )
             # Ring features are whatever the kernel implements.
             self.ring_features = vh_features & (bit(28) | bit(29))
@@ -171,21 +215,24 @@ class Net(VirtioDevice):
         self.mac = parse_mac(mac)
         self.config = bytearray(_CONFIG.pack(self.mac, VIRTIO_NET_S_LINK_UP, queue_pairs))
         self._polling: set[int] = set()
+        # A tap cuts a frame to the buffers given and says only how much it copied, so each RX
+        # readv ends with one iovec entry of one host byte: a frame that reaches it was longer
+        # than the chain.
+        self._overflow_byte = ctypes.create_string_buffer(1)
+        self._overflow = struct.pack("<QQ", ctypes.addressof(self._overflow_byte), 1)
         self.rx_dropped = 0
         self.tx_dropped = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    def features_ok(self, acked: int) -> str | None:
+        for feature, needs in FEATURE_NEEDS.items():
+            if acked & bit(feature) and not acked & needs:
+                return f"feature bit {feature} acked without bit(s) {needs:#x} it depends on"
+        return None
+
     def on_activate(self) -> None:
-        acked = self.acked_features
-        tun = 0
-        if acked & bit(VIRTIO_NET_F_GUEST_CSUM):
-            tun |= TUN_F_CSUM
-            if acked & bit(VIRTIO_NET_F_GUEST_TSO4):
-                tun |= TUN_F_TSO4
-            if acked & bit(VIRTIO_NET_F_GUEST_TSO6):
-                tun |= TUN_F_TSO6
-        self.tap.set_offload(tun)
+        self.tap.set_offload(tun_offloads(self.acked_features))
         if self.vhost:
             self._start_vhost()
             return
@@ -264,30 +311,37 @@ class Net(VirtioDevice):
             self._tx(index // 2)
 
     def _tx(self, pair: int) -> None:
+        """Every chain the guest made available, one ``writev`` each; one interrupt for all."""
         q = self.queues[2 * pair + 1]
         if not q.active:
             return
         mem = self.mem
         assert mem is not None
         fd = self.tap.fds[pair]
+        stats = self.stats
         while (chain := q.pop()) is not None:
-            if not VNET_HDR_LEN < chain.readable_len <= MAX_TX_FRAME:
-                self.stats.errors += 1
+            stats.requests += 1
+            size = chain.readable_len
+            if not VNET_HDR_LEN < size <= MAX_TX_FRAME:
+                stats.errors += 1
                 self.tx_dropped += 1
             else:
                 try:
-                    os.writev(fd, chain.read_views(mem))
-                    self.stats.bytes_in += chain.readable_len - VNET_HDR_LEN
-                except BlockingIOError:
-                    self.tx_dropped += 1
-                except OSError as e:
+                    if len(chain.raddrs) == 1:  # one buffer (an ACK): one view is cheapest
+                        os.write(fd, mem.view(chain.raddrs[0], size))
+                    else:
+                        iov = chain.host_iovec(mem, False)
+                        writev_raw(fd, iov.data, iov.count)
+                    stats.bytes_in += size - VNET_HDR_LEN
+                except OSError as e:  # EAGAIN (the tap's queue is full), EINVAL (a bad header)
                     self.tx_dropped += 1
                     log.debug("%s: tap write failed: %s", self.name, e)
-            self.stats.requests += 1
             q.add_used(chain, 0)
         self.signal(2 * pair + 1)
 
     def _rx(self, pair: int) -> None:
+        """As many frames as the guest has buffers for (a queue's worth at most), one ``readv``
+        each; one interrupt for all."""
         index = 2 * pair
         q = self.queues[index]
         if not q.active:
@@ -295,17 +349,24 @@ class Net(VirtioDevice):
         mem = self.mem
         assert mem is not None
         fd = self.tap.fds[pair]
-        for _ in range(RX_BURST):
+        stats = self.stats
+        for _ in range(q.size):
             chain = q.pop()
             if chain is None:
                 self._poll(pair, False)  # no buffers: let the kernel hold the frames
                 break
-            if chain.writable_len < VNET_HDR_LEN:
-                self.stats.errors += 1
+            room = chain.writable_len
+            if room < VNET_HDR_LEN:
+                stats.errors += 1
                 q.add_used(chain, 0)
                 continue
             try:
-                n = os.readv(fd, chain.write_views(mem))
+                iov = chain.host_iovec(mem, True)
+                if iov.count < IOV_MAX:  # one host byte past the chain: n > room says "cut"
+                    n = readv_raw(fd, iov.data + self._overflow, iov.count + 1)
+                else:
+                    n = readv_raw(fd, iov.data, iov.count)
+                    room -= 1  # no room for the probe: a frame that fills the chain is dropped
             except BlockingIOError:
                 q.undo_pop()
                 break
@@ -313,16 +374,21 @@ class Net(VirtioDevice):
                 q.undo_pop()
                 self._poll(pair, False)  # the tap went away (deleted): stop listening
                 break
-            self._finish_rx(chain, n)
+            stats.requests += 1
+            if n > room:  # the frame did not fit (the tap cut it): never deliver it cut short
+                self.rx_dropped += 1
+                stats.errors += 1
+                q.add_used(chain, 0)
+                continue
+            # num_buffers = 1 (§5.1.6.4: without MRG_RXBUF each frame is one chain); the tap
+            # leaves those two header bytes alone.
+            if chain.wlens[0] >= VNET_HDR_LEN:
+                mem.write(chain.waddrs[0] + 10, b"\x01\x00")
+            else:
+                chain.write(mem, b"\x01\x00", 10)
+            stats.bytes_out += n - VNET_HDR_LEN
             q.add_used(chain, n)
         self.signal(index)
-
-    def _finish_rx(self, chain: DescriptorChain, n: int) -> None:
-        """num_buffers = 1: without MRG_RXBUF each frame fits one chain (the tap leaves it)."""
-        assert self.mem is not None
-        chain.write(self.mem, b"\x01\x00", 10)
-        self.stats.requests += 1
-        self.stats.bytes_out += max(0, n - VNET_HDR_LEN)
 
     def _ctrl(self, index: int) -> None:
         q = self.queues[index]

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 import time
 
 import pytest
+from nettest import LoopThread, close_in, csum, netns, open_in
 from virtio_driver import Allocator, Driver
 
-from engine.eventloop import EventLoop
 from engine.machine.memory import GuestMemory
 from engine.virtio import net as N
 from engine.virtio.mmio import MmioTransport
@@ -28,15 +27,6 @@ GUEST_MAC = bytes.fromhex("525400aabbcc")
 GUEST_IP = socket.inet_aton("169.254.77.2")
 HOST_IP = socket.inet_aton("169.254.77.1")
 VNET = bytes(12)
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
 
 
 def arp_request() -> bytes:
@@ -53,63 +43,10 @@ def icmp_echo(dst_mac: bytes, ident: int) -> bytes:
     return dst_mac + GUEST_MAC + b"\x08\x00" + ip + icmp
 
 
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = EventLoop("net-test")
-        self.th = threading.Thread(target=self.loop.run, daemon=True)
-        self.th.start()
-
-    def call(self, fn):
-        done = threading.Event()
-        out: list = []
-
-        def run() -> None:
-            try:
-                out.append(fn())
-            finally:
-                done.set()
-
-        self.loop.call_soon_threadsafe(run)
-        assert done.wait(5)
-        return out[0] if out else None
-
-    def stop(self) -> None:
-        self.loop.stop()
-        self.th.join(2)
-
-
 @pytest.fixture
 def ns():
-    from pyroute2 import netns
-
-    name = f"svlt{os.getpid()}"
-    netns.create(name)
-    try:
+    with netns(f"svlt{os.getpid()}") as name:
         yield name
-    finally:
-        netns.remove(name)
-
-
-def open_in(ns: str, name: str, queues: int) -> Tap:
-    """Create a tap inside the namespace (pyroute2 creates it there)."""
-    from pyroute2 import netns
-
-    netns.pushns(ns)
-    try:
-        return Tap.open(name, queues)
-    finally:
-        netns.popns()
-
-
-def close_in(ns: str, t: MmioTransport) -> None:
-    """Close the transport (and its tap) from inside the namespace the tap lives in."""
-    from pyroute2 import netns
-
-    netns.pushns(ns)
-    try:
-        t.close()
-    finally:
-        netns.popns()
 
 
 def frames(lt: LoopThread, rxq, want, timeout: float = 5.0) -> bytes:

@@ -157,9 +157,10 @@ def run_rig_raw(
     timeout: float = 300,
     l1_setup: str | None = None,
     qemu: bool = False,
+    l1_cpus: int = 1,
 ) -> RigResult:
     """Run `cmd` (sh -c) in L1 with `files` at their host paths; `writeback` files come back."""
-    args = ["--l2-cmd", cmd]
+    args = ["--l2-cmd", cmd, "--l1-cpus", str(l1_cpus)]
     for f in files:
         args += ["--file", str(f)]
     for f in writeback:
@@ -209,6 +210,7 @@ def run_rig_boots(
     writeback: Sequence[str | os.PathLike[str]] = (),
     timeout: float = 300,
     l1_setup: str | None = None,
+    l1_cpus: int = 1,
 ) -> tuple[RigResult, dict[str, RigResult]]:
     """Several inner boots, one after the other, in one L1 run (one L1 boot, not one per VM).
 
@@ -220,7 +222,9 @@ def run_rig_boots(
         f"echo SVBOOT-start {label}; {cmd} </dev/null; echo SVBOOT-rc {label} $?"
         for label, cmd in boots
     )
-    whole = run_rig_raw(script, files, writeback, timeout=timeout, l1_setup=l1_setup)
+    whole = run_rig_raw(
+        script, files, writeback, timeout=timeout, l1_setup=l1_setup, l1_cpus=l1_cpus
+    )
     marks = list(BOOT_MARK.finditer(whole.stdout))
     out: dict[str, RigResult] = {}
     for label, _cmd in boots:
