@@ -33,6 +33,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -220,7 +221,9 @@ def main(argv: list[str]) -> int:
         "--profile",
         action="store_true",
         help="run the builtin engine under py-spy (PyPI) in L1: collapsed stacks per boot in "
-        f"{WORK.relative_to(REPO)}/profile-*.txt; and SVLAUNCH_EXIT_STATS=1 (in the log)",
+        f"{WORK.relative_to(REPO)}/profile-*.txt, and SVLAUNCH_EXIT_STATS=1 (in "
+        f"{WORK.relative_to(REPO)}/last-run.log); the sampling slows the builtin runs, so "
+        "their numbers are not comparable",
     )
     a = p.parse_args(argv)
     subprocess.run([str(REPO / "scripts" / "build-guest")], check=True)
@@ -267,12 +270,17 @@ def main(argv: list[str]) -> int:
                     label = f"{e}-{backend}-{r}"
                     cmd = commands[f"{e}-{backend}"]
                     if pyspy is not None and e == "builtin":
+                        # The engine itself (stderr: SVLAUNCH_EXIT_STATS), sampled gently:
+                        # py-spy shares L1's one CPU with everything it measures.
                         prof = WORK / f"profile-{label}.txt"
                         prof.write_text("")
                         writeback.append(prof)
+                        manifest_path = shlex.split(cmd)[-1]
+                        plan = f"/tmp/plan-{label}.json"
                         cmd = (
-                            f"SVLAUNCH_EXIT_STATS=1 {pyspy} record --subprocesses --nonblocking "
-                            f"-r 50 -f raw -o {prof} -- {cmd}"
+                            f"python3 -m launcher.cli plan {manifest_path} > {plan} && "
+                            f"SVLAUNCH_EXIT_STATS=1 {pyspy} record --nonblocking -r 20 -f raw "
+                            f"-o {prof} -- python3 -m engine run --plan {plan} 2>&1"
                         )
                     boots.append((label, cmd))
         when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -293,8 +301,8 @@ def main(argv: list[str]) -> int:
             say(f"{key}: {cmd if key.startswith('qemu') else cmd + ' with:'}")
             if key.startswith("builtin"):
                 text = (Path(tmp) / f"net-{key.split('-', 1)[1]}.toml").read_text()
-                net = text[text.index("[nets.net0]") :].strip().replace("\n", "; ")
-                say(f"    {net}")
+                devices = text[text.index("[drives.tools]") :].strip().replace("\n", "; ")
+                say(f"    {devices}")
         say(
             f"runs: {a.rounds} round(s), each backend's engines back to back, order alternating; "
             f"iperf3 -t {a.secs} -O 1 with 1 and {a.streams} streams; ping -A -c {a.pings}"
@@ -344,6 +352,20 @@ def main(argv: list[str]) -> int:
         "ratios: medians, builtin over QEMU (round trip: QEMU's time over the builtin's, so "
         "above 1 is better for the builtin everywhere); goals: tap >= 0.5, vhost >= 1.0"
     )
+    say("scripts/readme-numbers reads these (medians):")
+    keys = {"rtt": None, "tx1": "tx 1", "rx1": "rx 1", "txN": f"tx {a.streams}"}
+    keys["rxN"] = f"rx {a.streams}"
+    for backend in backends:
+        b, q = runs.get(f"builtin-{backend}", Runs()), runs.get(f"qemu-{backend}", Runs())
+        for measure, col in keys.items():
+            bx = b.rtt_us if col is None else b.mbit.get(col, [])
+            qx = q.rtt_us if col is None else q.mbit.get(col, [])
+            if bx and qx:
+                say(
+                    f"RESULT rig_net backend={backend} measure={measure} streams={a.streams} "
+                    f"builtin={statistics.median(bx):.0f} qemu={statistics.median(qx):.0f} "
+                    f"ratio={ratio(bx, qx, col is None)}"
+                )
     if whole.returncode != 0:
         failed.append(f"rig exit {whole.returncode}")
     for e in failed:
