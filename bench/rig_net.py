@@ -218,6 +218,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=3000)
     p.add_argument("--out", type=Path, help="also write the report to this file")
     p.add_argument(
+        "--exit-stats",
+        action="store_true",
+        help="run the builtin engine with SVLAUNCH_EXIT_STATS=1 (its vCPU exits, in "
+        f"{WORK.relative_to(REPO)}/last-run.log)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="run the builtin engine under py-spy (PyPI) in L1: collapsed stacks per boot in "
@@ -263,24 +269,32 @@ def main(argv: list[str]) -> int:
             files.append(m)
             commands[f"builtin-{backend}"] = svlaunch_up_cmd(m)
             commands[f"qemu-{backend}"] = qemu_cmd(kernel, initrd, cmdline, vhost)
+        # Warm L1 up first (imports and page cache under TCG): `svlaunch up` gives the engine 30 s
+        # to answer on QMP, which a cold first start on a loaded host can miss.
+        boots.append(("warm-up", f"python3 -m launcher.cli plan {files[-1]} >/dev/null"))
         for r in range(a.rounds):
             for backend in backends:
                 order = engines if r % 2 == 0 else engines[::-1]
                 for e in order:
                     label = f"{e}-{backend}-{r}"
                     cmd = commands[f"{e}-{backend}"]
-                    if pyspy is not None and e == "builtin":
-                        # The engine itself (stderr: SVLAUNCH_EXIT_STATS), sampled gently:
-                        # py-spy shares L1's one CPU with everything it measures.
-                        prof = WORK / f"profile-{label}.txt"
-                        prof.write_text("")
-                        writeback.append(prof)
+                    if (a.exit_stats or pyspy is not None) and e == "builtin":
+                        # The engine itself, its stderr (SVLAUNCH_EXIT_STATS) into the log;
+                        # py-spy, if asked for, samples gently: it shares L1's one CPU with
+                        # everything it measures.
                         manifest_path = shlex.split(cmd)[-1]
                         plan = f"/tmp/plan-{label}.json"
+                        engine = f"python3 -m engine run --plan {plan} 2>&1"
+                        if pyspy is not None:
+                            prof = WORK / f"profile-{label}.txt"
+                            prof.write_text("")
+                            writeback.append(prof)
+                            engine = (
+                                f"{pyspy} record --nonblocking -r 20 -f raw -o {prof} -- {engine}"
+                            )
                         cmd = (
                             f"python3 -m launcher.cli plan {manifest_path} > {plan} && "
-                            f"SVLAUNCH_EXIT_STATS=1 {pyspy} record --nonblocking -r 20 -f raw "
-                            f"-o {prof} -- python3 -m engine run --plan {plan} 2>&1"
+                            f"SVLAUNCH_EXIT_STATS=1 {engine}"
                         )
                     boots.append((label, cmd))
         when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -319,6 +333,8 @@ def main(argv: list[str]) -> int:
     log.write_text(f"--- stdout ---\n{whole.stdout}\n--- stderr ---\n{whole.stderr}")
     runs: dict[str, Runs] = {}
     for label, res in results.items():
+        if label == "warm-up":
+            continue
         key = label.rsplit("-", 1)[0]
         acc = runs.setdefault(key, Runs())
         parse(res.stdout, acc, label)
@@ -366,6 +382,15 @@ def main(argv: list[str]) -> int:
                     f"builtin={statistics.median(bx):.0f} qemu={statistics.median(qx):.0f} "
                     f"ratio={ratio(bx, qx, col is None)}"
                 )
+    load = os.getloadavg()
+    say(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    say("")
+    say("per boot (label: the guest's SVBENCH lines):")
+    for label, res in results.items():
+        for line in res.stdout.splitlines():
+            m = LINE.search(line)
+            if m and m.group(1) in ("rtt", "tcp"):
+                say(f"  {label}: {m.group(1)} {m.group(2)}")
     if whole.returncode != 0:
         failed.append(f"rig exit {whole.returncode}")
     for e in failed:
