@@ -15,7 +15,7 @@ path gives each frame one chain (the guest then posts 64 KiB "big packet" chains
 GSO frame is one ``readv``), while mergeable buffers would split one frame over many chains.
 
 Batching: a TX kick drains every available chain, an RX wake-up reads as many frames as the
-guest has buffers (at most a queue's worth), and each batch ends with one interrupt, which
+guest has buffers (``RX_BUDGET`` at most), and each batch ends with one interrupt, which
 EVENT_IDX may suppress. When the guest has no RX buffers the device stops polling the tap and
 the kernel queues (then drops) frames, as a NIC would: no host memory grows, no loop spins.
 
@@ -104,6 +104,10 @@ VHOST_NET_PASS = (
     | bit(VIRTIO_F_RING_EVENT_IDX)
     | bit(VIRTIO_F_VERSION_1)
 )
+#: Frames one RX wake-up reads at most: a queue's worth at the default size. The tap's epoll
+#: registration is level-triggered, so the rest waits one loop turn, and a busy tap cannot keep
+#: the loop from the other devices on it (a guest may make its queue 32768 entries long).
+RX_BUDGET = 256
 #: The longest TX chain sent to the tap: vnet header, Ethernet + VLAN header, 64 KiB IP packet.
 MAX_TX_FRAME = VNET_HDR_LEN + 18 + 65535
 _CONFIG = struct.Struct("<6sHH")  # mac, status, max_virtqueue_pairs
@@ -340,7 +344,7 @@ class Net(VirtioDevice):
         self.signal(2 * pair + 1)
 
     def _rx(self, pair: int) -> None:
-        """As many frames as the guest has buffers for (a queue's worth at most), one ``readv``
+        """As many frames as the guest has buffers for (``RX_BUDGET`` at most), one ``readv``
         each; one interrupt for all."""
         index = 2 * pair
         q = self.queues[index]
@@ -350,7 +354,7 @@ class Net(VirtioDevice):
         assert mem is not None
         fd = self.tap.fds[pair]
         stats = self.stats
-        for _ in range(q.size):
+        for _ in range(RX_BUDGET):
             chain = q.pop()
             if chain is None:
                 self._poll(pair, False)  # no buffers: let the kernel hold the frames
