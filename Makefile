@@ -31,7 +31,7 @@ test: setup host-deps guest
 test-fast: setup
 	$(BIN)/pytest -q -m "not rig and not long"
 
-SCRIPTS := scripts/rig scripts/build-guest scripts/measure-syscalls
+SCRIPTS := scripts/rig scripts/build-guest scripts/measure-syscalls scripts/readme-numbers
 
 # ruff on everything; mypy on launcher/ and engine/ (its settings are pyproject.toml's)
 lint: setup
