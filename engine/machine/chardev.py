@@ -18,12 +18,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from engine.errors import HostError
-from engine.eventloop import EventLoop
 from engine.logsetup import get_logger
 from engine.plan import ChardevPlan
 
 if TYPE_CHECKING:
     import socket
+
+    from engine.virtio.device import Loop
 
 log = get_logger(__name__)
 
@@ -39,7 +40,7 @@ class Chardev:
         self.out_fd: int | None = None
         self.in_fd: int | None = None
         self.dropped = 0
-        self._loop: EventLoop | None = None
+        self._loop: Loop | None = None
         self._sink: Sink | None = None
         self._free: Free | None = None
         self._polling = False
@@ -73,7 +74,7 @@ class Chardev:
 
     # -- input (loop thread) ------------------------------------------------------------------------
 
-    def attach(self, loop: EventLoop, sink: Sink, free: Free) -> None:
+    def attach(self, loop: Loop, sink: Sink, free: Free) -> None:
         self._loop, self._sink, self._free = loop, sink, free
         self._start_polling()
 
@@ -223,7 +224,7 @@ class SocketChardev(Chardev):
         self._conn = conn
         self.out_fd = self.in_fd = conn.fileno()
 
-    def attach(self, loop: EventLoop, sink: Sink, free: Free) -> None:
+    def attach(self, loop: Loop, sink: Sink, free: Free) -> None:
         super().attach(loop, sink, free)
         if self._listener is not None:
             loop.add_reader(self._listener.fileno(), self._on_accept)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from engine.virtio.device import Loop
 
 Sink = Callable[[bytes], int]
 Free = Callable[[], int]
@@ -25,7 +28,7 @@ class LoopLike(Protocol):
 class CharBackend(Protocol):
     """Byte stream between a device and the host (``engine.machine.chardev.Chardev`` fits)."""
 
-    def attach(self, loop: LoopLike, sink: Sink, free: Free) -> None:
+    def attach(self, loop: Loop, sink: Sink, free: Free) -> None:
         """Start polling input on ``loop``; call ``sink(data)`` with at most ``free()`` bytes."""
 
     def write(self, data: bytes) -> None:
