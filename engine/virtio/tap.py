@@ -10,6 +10,7 @@ A tap svlaunch created is remembered and deleted on ``close()``; one that existe
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import struct
@@ -78,6 +79,13 @@ class Tap:
                 hint = f"tap {ifname} exists without multi_queue: delete it or use queues=1"
             elif e.errno == 22:
                 hint = f"tap {ifname} exists with multi_queue: delete it or use queues>1"
+            elif e.errno == errno.EBUSY:
+                # A single-queue tap takes one opener: another VM or program holds it.
+                raise HostError(
+                    f"tap {ifname} is in use by another process (a running VM or program holds it)",
+                    hint="give this VM its own tap name, or stop what holds it "
+                    f"(ls -l /proc/*/fd 2>/dev/null | grep tun; ip -d link show {ifname})",
+                ) from None
             raise HostError(f"cannot attach to tap {ifname}: {e.strerror}", hint=hint) from None
         tap = cls(ifname, fds, created=created)
         try:

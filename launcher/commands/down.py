@@ -118,5 +118,7 @@ def run(args: argparse.Namespace) -> int:
             hint="the process may be stuck in the kernel (D state); check 'ps -o stat,wchan'",
         )
     vm.remove()  # what svlaunch and the engine made for it, as recorded (the pidfile too)
-    print(f"{args.name}: {how}")
+    from launcher.report import shown
+
+    print(f"{shown(args.name)}: {how}")
     return 0

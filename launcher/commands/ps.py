@@ -97,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
                 ended_text(r.get("ended")),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
+    from launcher.report import shown
+
+    # Names and paths come from folders and records anyone with write access could shape.
+    cells = [[shown(cell) for cell in line] for line in lines]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    for line in cells:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     return 0

@@ -16,6 +16,8 @@ import argparse
 import json
 from typing import Any
 
+from launcher.report import shown
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="VM name (see 'svlaunch ps')")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             value = f"{value >> 20} MiB"
         elif key == "ended":
             value = _ended_line(value)
-        print(f"{key.ljust(width)}  {value if value is not None else '-'}")
+        print(f"{key.ljust(width)}  {shown(str(value)) if value is not None else '-'}")
     return 0
 
 
@@ -87,7 +89,6 @@ def _ended_line(rec: dict[str, Any] | None) -> str | None:
         return None
     import time
 
-    from launcher.report import shown
     from launcher.runtime_ended import ended_text
 
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["ended"]))

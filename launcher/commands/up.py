@@ -25,6 +25,8 @@ import sys
 import time
 from typing import Any
 
+from launcher.report import shown
+
 ENGINE_START_TIMEOUT = 30.0
 
 
@@ -253,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
         _note_engine_files(vm, plan)
         if args.detach:
             sandboxed = f", sandbox supervisor {proc.pid}" if engine_pid != proc.pid else ""
-            print(f"{vm.name}: started (pid {engine_pid}{sandboxed}); QMP at {meta.qmp}")
+            print(
+                f"{vm.name}: started (pid {engine_pid}{sandboxed}); QMP at {shown(str(meta.qmp))}"
+            )
             if meta.serial:
                 print(f"{vm.name}: serial console: svlaunch console {vm.name}")
             return 0
@@ -319,7 +323,10 @@ def _print_log_tail(log: str, lines: int = 15) -> None:
     except OSError:
         return
     if tail:
-        sys.stderr.write("engine log (last lines):\n" + "".join(tail))
+        # The log quotes the guest and the manifest: escaped, so it cannot drive the terminal.
+        sys.stderr.write(
+            "engine log (last lines):\n" + shown("".join(tail).rstrip("\n"), lines=True) + "\n"
+        )
 
 
 def _print_ending(vm: Any) -> None:
@@ -327,7 +334,7 @@ def _print_ending(vm: Any) -> None:
 
     line = ending_line(vm)
     if line:
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
 
 
 def _resume(meta: Any) -> None:
@@ -376,7 +383,7 @@ def _foreground(
                 print(f"{vm.name}: detached; the VM keeps running (svlaunch down {vm.name})")
                 return 0
             if outcome.how == GONE:
-                print(f"{vm.name}: the VM is gone: {outcome.detail}", file=sys.stderr)
+                print(f"{vm.name}: the VM is gone: {shown(str(outcome.detail))}", file=sys.stderr)
         elif relay and meta.serial:
             from launcher.identity import check_socket_peer
 

@@ -166,6 +166,24 @@ def test_existing_tap_is_not_deleted_and_mq_needs_multi_queue(ns: str) -> None:
         assert ipr.link_lookup(ifname=tapname)
 
 
+def test_a_tap_held_by_another_vm_is_refused_in_words(ns: str) -> None:
+    """A second opener of a single-queue tap gets EBUSY: the error says who, not 'run as root'."""
+    from pyroute2 import netns
+
+    netns.pushns(ns)
+    try:
+        first = Tap.open(f"svlb{os.getpid()}"[:15], 1)
+        try:
+            with pytest.raises(HostError, match="in use by another process") as err:
+                Tap.open(first.name, 1)
+            assert "root" not in (err.value.hint or "")
+            assert "own tap name" in (err.value.hint or "")
+        finally:
+            first.close()
+    finally:
+        netns.popns()
+
+
 def test_multiqueue_ctrl_vq_pairs_set(ns: str) -> None:
     tap = open_in(ns, f"svlm{os.getpid()}"[:15], 2)
     mem = GuestMemory.anonymous([(0, 16 * MiB)])

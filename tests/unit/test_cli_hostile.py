@@ -496,3 +496,20 @@ def test_quiet():
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*test_crash_in_process*", "*svlaunch crashed*"])
+
+
+def test_an_engine_log_tail_reaches_the_terminal_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log quotes guest and manifest text: a failed start's tail cannot drive the terminal."""
+    from launcher.commands.up import _print_log_tail
+
+    log = tmp_path / "engine.log"
+    log.write_bytes(
+        b"ok line\nguest said \x1b]0;owned\x07 and \xe2\x80\xae reversed\nlast: cause\n"
+    )
+    _print_log_tail(str(log))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "\\x1b]0;owned\\x07" in err and "\\u202e" in err
+    assert err.splitlines()[-1] == "last: cause"
