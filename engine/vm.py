@@ -282,9 +282,11 @@ class Vm:
             raise _qmp().QmpError.wrong_state()
         if m.devices.ged is None:
             raise _qmp().QmpError("system_powerdown: this machine has no ACPI power button")
+        # The event goes out before the button is down: a guest that powers off at once would
+        # otherwise have its SHUTDOWN reach clients ahead of the POWERDOWN that caused it.
+        self.sink.emit("POWERDOWN")
         m.devices.ged.press_power_button()
         log.info("QMP system_powerdown: ACPI power button pressed")
-        self.sink.emit("POWERDOWN")
 
     def reset(self) -> None:
         """A microvm does not reboot (StratoVirt: system_reset is a shutdown there), so the

@@ -67,6 +67,29 @@ def test_powerdown_reaches_the_guest_and_it_powers_off(tmp_path: Path) -> None:
     assert "S5" in vm.stop_reason
 
 
+def test_the_powerdown_event_goes_out_before_the_guest_can_see_the_button(tmp_path: Path) -> None:
+    """A guest that powers off at once must not get its SHUTDOWN ahead of the POWERDOWN."""
+    plan = make_plan(write_guest(tmp_path, say(b"x") + HANG), serial_file=tmp_path / "s")
+    seen: list[int] = []
+
+    class Watch(Events):
+        def emit(self, name: str, data: dict | None = None) -> None:
+            if name == "POWERDOWN":
+                assert vm.machine is not None and vm.machine.devices.ged is not None
+                seen.append(vm.machine.devices.ged.pending)
+            super().emit(name, data)
+
+    vm = Vm(plan, sink=Watch())
+    vm.start()
+    try:
+        vm.powerdown()
+        vm.quit()
+        assert vm.wait(5) == 0
+    finally:
+        vm.close()
+    assert seen == [0]  # not yet pressed when the event was sent
+
+
 def test_a_guest_that_ignores_the_button_keeps_running(tmp_path: Path) -> None:
     plan = make_plan(write_guest(tmp_path, say(b"x") + HANG), serial_file=tmp_path / "s")
     ev = Events()
