@@ -21,11 +21,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher import tui
 from launcher.errors import HostError
 from launcher.qmpclient import QmpClient, QmpCommandError
+
+if TYPE_CHECKING:
+    from launcher.runtime_record import Meta
 
 POLL_S = 1.0
 MIN_REDRAW_S = 0.05
@@ -336,18 +339,34 @@ def _stdin_fd() -> int:
 
 
 def run_tui(
-    address: str, *, serial: str | None = None, title: str | None = None, resume: bool = False
+    address: str,
+    *,
+    serial: str | None = None,
+    title: str | None = None,
+    resume: bool = False,
+    meta: Meta | None = None,
 ) -> Outcome:
     """Show the dashboard until ``q`` (detach) or the VM ends; say how it ended.
 
+    ``meta``: the VM's runtime record; with it, the QMP and serial sockets are checked to be
+    served by that VM's own engine (a path another process took over is refused).
     ``resume``: send ``cont`` once the serial console is attached (``svlaunch up --tui`` starts
     the engine paused so that no console output is lost). When the VM ended, its last screen
     stays printed on the normal screen.
     """
-    client = QmpClient.connect(address)
+    if meta is not None:
+        from launcher.identity import connect
+
+        client = connect(meta)  # the VM's own engine answers, checked on this very connection
+    else:
+        client = QmpClient.connect(address)
     tail = SerialTail(None)
     try:
         tail = SerialTail(serial)
+        if meta is not None and tail.sock is not None and serial:
+            from launcher.identity import check_socket_peer
+
+            check_socket_peer(tail.sock, serial, meta)
         session = Session(client, title)
         # The engine accepts the serial connection in its event loop, the same loop that
         # answers QMP: once a QMP reply sent after connect() is back, the accept has happened,

@@ -37,13 +37,11 @@ def run(args: argparse.Namespace) -> int:
         hint = "check the process that served this QMP socket"
     else:
         from launcher import runtime
-        from launcher.identity import connect
 
         meta = runtime.find(args.name).meta()
         if meta is None:
             raise EngineError(f"VM {args.name!r} is still starting; try again in a moment")
-        connect(meta).close()  # its socket is served by its own engine, not someone else
-        outcome = run_tui(meta.qmp, serial=args.serial or meta.serial, title=meta.name)
+        outcome = run_tui(meta.qmp, serial=args.serial or meta.serial, title=meta.name, meta=meta)
         hint = "its engine stopped without a SHUTDOWN event (killed or crashed); 'svlaunch ps'"
         hint += " clears what it left behind"
     name = outcome.view.name

@@ -378,7 +378,7 @@ def _foreground(
         if tui:
             from launcher.tui_live import DETACHED, GONE, run_tui
 
-            outcome = run_tui(meta.qmp, serial=meta.serial, title=vm.name, resume=resume)
+            outcome = run_tui(meta.qmp, serial=meta.serial, title=vm.name, resume=resume, meta=meta)
             if outcome.how == DETACHED and proc.poll() is None:
                 print(f"{vm.name}: detached; the VM keeps running (svlaunch down {vm.name})")
                 return 0

@@ -165,6 +165,30 @@ def test_down_ps_qmp_never_talk_to_an_impostor(tmp_path: Path, env) -> None:
         impostor.wait()
 
 
+def test_the_dashboard_never_shows_an_impostor(
+    tmp_path: Path, env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``top NAME`` and ``up --tui`` check the socket they talk to, on that very connection."""
+    from launcher import runtime
+    from launcher.identity import NotTheVm
+    from launcher.tui_live import run_tui
+
+    qmp = str(tmp_path / "q.sock")
+    assert up(env, manifest(tmp_path, "a", GUEST, top=f'qmp = "{qmp}"\n')).returncode == 0
+    monkeypatch.setenv("SVLAUNCH_RUNTIME_DIR", env["SVLAUNCH_RUNTIME_DIR"])
+    meta = runtime.find("a").meta()
+    assert meta is not None
+    os.unlink(qmp)
+    impostor = start_impostor("a", qmp)
+    try:
+        with pytest.raises(NotTheVm, match=f"answered by pid {impostor.pid}"):
+            run_tui(meta.qmp, title="a", meta=meta)
+        assert impostor.poll() is None
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
 def test_down_never_signals_a_process_that_is_not_the_engine(tmp_path: Path, env) -> None:
     """A recorded pid that now names another process (start time and all, as a planted or
     stale record would) is not signalled: its command line does not run the VM's plan."""
