@@ -88,9 +88,15 @@ def test_top_pauses_and_resumes_real_qemu(qemu: Qemu, tmux: Tmux) -> None:
 def test_top_on_real_qemu_at_80x24_ends_with_it(qemu: Qemu, tmux: Tmux) -> None:
     """A reset under -no-reboot: QEMU says SHUTDOWN and quits; top exits 0, no traceback."""
     tmux.start(top(qemu), width=80, height=24)
-    screen = tmux.wait_for("state   prelaunch", "q  detach")
-    lines = screen.splitlines()
-    assert all(len(line) <= 80 for line in lines) and lines[-2].startswith(" p  pause"), screen
+
+    def fits(screen: str) -> bool:
+        """The whole frame is drawn (a capture can catch it half-painted) and fits 80 columns."""
+        lines = screen.splitlines()
+        drawn = "state   prelaunch" in screen and "q  detach" in screen
+        return drawn and len(lines) > 2 and lines[-2].startswith(" p  pause")
+
+    screen = tmux.wait_until(fits, "the whole frame", 15.0)
+    assert all(len(line) <= 80 for line in screen.splitlines()), screen
     tmux.keys("b")
     tmux.wait_for("reset? press b again to confirm")
     tmux.keys("b")
