@@ -2,15 +2,19 @@
 
 Devices, chardev backends and the QMP server register file descriptors with a callback; the
 loop calls back when they are readable. Other threads (vCPUs, QMP handlers) hand work to a loop
-with ``call_soon_threadsafe``, which wakes it through an eventfd. One loop runs per thread; the
-manifest's iothreads are extra loops (``IoThread``).
+with ``call_soon_threadsafe``, which wakes it through an eventfd. ``call_later`` runs a callback
+after a delay on the loop's own thread (the epoll timeout is the next deadline: no timerfd, no
+extra syscall). One loop runs per thread; the manifest's iothreads are extra loops (``IoThread``).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import select
 import threading
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -24,6 +28,20 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+class TimerHandle:
+    """A ``call_later`` callback; ``cancel()`` (on the loop's thread) keeps it from running."""
+
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class EventLoop:
     """Single-threaded epoll loop. All methods except ``call_soon_threadsafe``/``stop`` run on its thread."""
 
@@ -34,6 +52,8 @@ class EventLoop:
         self._writers: dict[int, Callback] = {}
         self._masks: dict[int, int] = {}  # what each fd is registered for
         self._pending: deque[Callback] = deque()
+        self._timers: list[tuple[float, int, TimerHandle]] = []
+        self._timer_seq = itertools.count()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake, select.EPOLLIN)
         self._running = False
@@ -93,6 +113,32 @@ class EventLoop:
         except OSError:
             pass  # loop closed
 
+    def call_later(self, delay: float, callback: Callback) -> TimerHandle:
+        """Run ``callback()`` on this loop's thread ``delay`` seconds from now (loop thread only)."""
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
+        return handle
+
+    def _next_timeout(self, timeout: float | None) -> float:
+        """The epoll timeout: the caller's, shortened to the next live timer's deadline."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if self._pending:
+            return 0
+        if timers:
+            due = max(0.0, timers[0][0] - time.monotonic())
+            return due if timeout is None else min(timeout, due)
+        return -1 if timeout is None else timeout
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            handle = heapq.heappop(timers)[2]
+            if not handle.cancelled:
+                self._dispatch(handle.callback)
+
     # -- running -----------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -108,7 +154,7 @@ class EventLoop:
 
     def run_once(self, timeout: float | None = 0) -> None:
         try:
-            events = self._epoll.poll(-1 if timeout is None else timeout)
+            events = self._epoll.poll(self._next_timeout(timeout))
         except InterruptedError:
             events = []
         for fd, mask in events:
@@ -126,6 +172,8 @@ class EventLoop:
                 wcb = self._writers.get(fd)
                 if wcb is not None:
                     self._dispatch(wcb)
+        if self._timers:
+            self._run_timers()
         while self._pending:
             self._dispatch(self._pending.popleft())
 

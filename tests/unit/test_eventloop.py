@@ -88,4 +88,21 @@ def test_writer_callback_fires_while_writable_and_shares_the_fd_with_a_reader() 
     assert calls.count("w") == 2
     a.close()
     b.close()
+
+
+def test_call_later_runs_in_deadline_order_and_cancel_skips() -> None:
+    import time
+
+    loop = EventLoop("t")
+    order: list[str] = []
+    start = time.monotonic()
+    loop.call_later(0.06, lambda: order.append("late"))
+    loop.call_later(0.02, lambda: order.append("early"))
+    loop.call_later(0.04, lambda: order.append("cancelled")).cancel()
+    while len(order) < 2 and time.monotonic() - start < 2:
+        loop.run_once(timeout=None)  # blocks until the next deadline, not forever
+    assert order == ["early", "late"]
+    assert time.monotonic() - start >= 0.06
+    loop.run_once(timeout=0.05)
+    assert order == ["early", "late"]
     loop.close()
