@@ -1,10 +1,13 @@
 """Character-device backends for the UART and virtconsole: stdio, pty, unix socket, file.
 
-A backend moves bytes between a device model and the host. ``write`` may be called from any
-thread (a vCPU thread writing the THR) and never blocks the guest on a slow or absent reader
-(bytes are dropped and counted, as a real UART with no cable). Input is read on an
-``EventLoop`` and handed to ``sink(bytes) -> taken`` only while ``free()`` says the device has
-room; when the device is full the backend stops polling its fd until ``resume_input()``.
+A backend moves bytes between a device model and the host. Output goes through the backend's
+``OutputQueue`` (``engine.machine.chardev_out``): ``write`` may be called from any thread (a vCPU
+thread writing the THR), only queues (at most ``room()`` bytes) and never blocks; the event loop
+the front end attached writes the queue out in chunks, and the queue's policy (docs/console.md)
+decides what a slow, stuck or absent reader costs: back-pressure for a slow one, dropped and
+counted output for an absent one. Input is read on an ``EventLoop`` and handed to
+``sink(bytes) -> taken`` only while ``free()`` says the device has room; when the device is full
+the backend stops polling its fd until ``resume_input()``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import HostError
 from engine.logsetup import get_logger
+from engine.machine.chardev_out import NO_SINK, OutputQueue
 from engine.plan import ChardevPlan
 
 if TYPE_CHECKING:
@@ -39,7 +43,7 @@ class Chardev:
         self.plan = plan
         self.out_fd: int | None = None
         self.in_fd: int | None = None
-        self.dropped = 0
+        self.output = OutputQueue(self._send, name=plan.id, on_gone=self._peer_gone)
         self._loop: Loop | None = None
         self._sink: Sink | None = None
         self._free: Free | None = None
@@ -50,24 +54,25 @@ class Chardev:
     def description(self) -> str:
         return self.plan.backend
 
-    # -- output (any thread) ------------------------------------------------------------------------
+    # -- output (any thread; written out on the attached loop) -------------------------------------
 
-    def write(self, data: bytes) -> None:
-        """Write without blocking; what the peer cannot take now is counted in ``dropped``."""
-        try:
-            n = self._send(data)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            n = 0
-            self._peer_gone()
-        if n < len(data):
-            self.dropped += len(data) - n
+    def write(self, data: bytes) -> int:
+        """Queue output without blocking; returns the bytes taken (at most ``room()``)."""
+        return self.output.write(data)
+
+    def room(self) -> int:
+        return self.output.room()
+
+    @property
+    def dropped(self) -> int:
+        """Output that never reached a reader: discarded (no reader, a stuck one) or refused."""
+        return self.output.dropped + self.output.refused
 
     def _send(self, data: bytes) -> int:
-        """Bytes the output took (0 with no output); raises ``OSError`` when it went away."""
+        """Bytes the output took now (``NO_SINK`` with no output at all); raises
+        ``BlockingIOError`` when it would block and ``OSError`` when it went away (loop thread)."""
         fd = self.out_fd
-        return 0 if fd is None else os.write(fd, data)
+        return NO_SINK if fd is None else os.write(fd, data)
 
     def _peer_gone(self) -> None:
         """The reader went away; sockets wait for the next client."""
@@ -75,8 +80,10 @@ class Chardev:
     # -- input (loop thread) ------------------------------------------------------------------------
 
     def attach(self, loop: Loop, sink: Sink, free: Free) -> None:
+        """Input to ``sink`` and output flushed, both on ``loop`` (the front end's loop)."""
         self._loop, self._sink, self._free = loop, sink, free
         self._start_polling()
+        self.output.attach(loop)
 
     def _start_polling(self) -> None:
         if self._loop is not None and self.in_fd is not None and not self._polling:
@@ -120,6 +127,11 @@ class Chardev:
         self._stop_polling()
 
     def close(self) -> None:
+        """Write out what the guest wrote (docs/console.md), then release the backend."""
+        self.output.close()
+        self._release()
+
+    def _release(self) -> None:
         self._stop_polling()
 
 
@@ -143,8 +155,8 @@ class StdioChardev(Chardev):
             attrs[1] |= termios.OPOST | termios.ONLCR
             termios.tcsetattr(0, termios.TCSANOW, attrs)
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
+        super()._release()
         if self._saved is not None:
             with contextlib.suppress(termios.error):
                 termios.tcsetattr(0, termios.TCSADRAIN, self._saved)
@@ -168,8 +180,8 @@ class PtyChardev(Chardev):
     def description(self) -> str:
         return f"pty:{self.path}"
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
+        super()._release()
         for fd in (self.out_fd, self._slave):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -247,7 +259,7 @@ class SocketChardev(Chardev):
 
     def _send(self, data: bytes) -> int:
         conn = self._conn
-        return 0 if conn is None else conn.send(data, _MSG_NOSIGNAL)  # no SIGPIPE
+        return NO_SINK if conn is None else conn.send(data, _MSG_NOSIGNAL)  # no SIGPIPE
 
     def _peer_gone(self) -> None:
         if self._loop is not None:
@@ -264,7 +276,7 @@ class SocketChardev(Chardev):
         if conn is not None:
             conn.close()
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._drop_conn()
         if self._listener is not None:
             if self._loop is not None:
@@ -290,8 +302,8 @@ class FileChardev(Chardev):
         except OSError as e:
             raise HostError(f"chardev {plan.id}: cannot open {plan.path}: {e.strerror}") from None
 
-    def close(self) -> None:
-        super().close()
+    def _release(self) -> None:
+        super()._release()
         if self.out_fd is not None:
             os.close(self.out_fd)
             self.out_fd = None

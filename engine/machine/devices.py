@@ -149,15 +149,21 @@ class DeviceManager:
         self.vm.register_irqfd(efd, plan.irq)
         loop = self.main_loop
         serial = Serial(
-            chardev.write,
+            chardev.output,  # queued on the vCPU thread, written out in chunks on the loop
             lambda: os.eventfd_write(efd, 1),
             on_space=lambda: loop.call_soon_threadsafe(chardev.resume_input),
         )
-        lock = threading.Lock()  # vCPU threads (registers) and the loop (input) share the UART
+        lock = threading.Lock()  # vCPU threads (registers) and the loop (input, room) share it
 
         def sink(data: bytes) -> int:
             with lock:
                 return serial.enqueue(data)
+
+        def room() -> None:
+            with lock:
+                serial.tx_room()
+
+        chardev.output.on_room = room
 
         self.pio.insert(
             _Locked(serial, lock),

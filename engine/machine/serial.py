@@ -1,18 +1,28 @@
 """An 8250/16550A UART model (COM1), pure: registers in, bytes and interrupts out.
 
-No fds, no threads: output goes to a ``write(bytes)`` callable, the interrupt to a
-``trigger()`` callable (an irqfd write in the engine), and input arrives through
+No fds, no threads: output goes to a transmit queue (``Transmitter``: ``put_byte`` and
+``room``; the chardev's ``OutputQueue`` in the engine, which a loop writes out in chunks), the
+interrupt to a ``trigger()`` callable (an irqfd write in the engine), and input arrives through
 ``enqueue(bytes)``. That keeps the model testable byte by byte and lets any chardev backend
-drive it. Behaviour follows vm-superio/QEMU: transmission is instant (THRE|TEMT always set),
-the IIR reports FIFOs enabled, enabling the THRE interrupt while the THR is empty raises it (Linux's
-8250 driver relies on that for interrupt-driven output), and an interrupt is raised on the edge
-from "none pending" to "pending" (the GSI is edge-triggered).
+drive it.
+
+Transmit status is honest (docs/console.md): THRE and TEMT are set while the queue has room for
+a whole FIFO (``FIFO_SIZE``), which is what Linux's 8250 driver writes after seeing THRE
+(``serial8250_tx_chars`` writes up to ``tx_loadsz`` bytes per THRE interrupt, the console writes
+a FIFO's worth after ``UART_LSR_THRE``). With less room (a slow reader) both are clear and the
+THRE interrupt waits; ``tx_room()`` (the queue has room again) sets them and raises it. A byte
+the guest writes with no room at all is lost, as on a real UART whose FIFO overflows, and
+counted. Otherwise transmission is instant, as in vm-superio/QEMU: the IIR reports FIFOs
+enabled, enabling the THRE interrupt while THRE is set raises it (Linux relies on that for
+interrupt-driven output), and an interrupt is raised on the edge from "none pending" to
+"pending" (the GSI is edge-triggered).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 DATA, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
 FCR = IIR
@@ -43,17 +53,27 @@ DEFAULT_MSR = MSR_DCD | MSR_DSR | MSR_CTS
 FIFO_SIZE = 64
 
 
+class Transmitter(Protocol):
+    """Where transmitted bytes go (``engine.machine.chardev_out.OutputQueue`` in the engine)."""
+
+    def put_byte(self, value: int) -> bool:
+        """Take one byte; False when there is no room (the byte is lost)."""
+
+    def room(self) -> int:
+        """Bytes it would take now."""
+
+
 class Serial:
     """Register-level 16550A. ``read``/``write`` take the offset from the port base (0..7)."""
 
     def __init__(
         self,
-        write_out: Callable[[bytes], None],
+        tx: Transmitter,
         trigger: Callable[[], None],
         *,
         on_space: Callable[[], None] | None = None,
     ) -> None:
-        self._out = write_out
+        self._tx = tx
         self._trigger = trigger
         self._on_space = on_space
         self.ier = 0
@@ -62,10 +82,12 @@ class Serial:
         self.scr = 0
         self.dll, self.dlm = 0x0C, 0  # 9600 baud
         self._thr_pending = False
+        self._tx_held = False  # THRE was reported clear: tx_room() must raise the interrupt
         self._overrun = False
         self._rx: deque[int] = deque()
         self._last_iir = IIR_NONE
         self.tx_bytes = 0
+        self.tx_lost = 0
         self.rx_bytes = 0
 
     # -- input from the backend ---------------------------------------------------------------------
@@ -83,6 +105,19 @@ class Serial:
         if n:
             self._update()
         return n
+
+    # -- transmit status ---------------------------------------------------------------------------
+
+    def _thre(self) -> bool:
+        """THR (and the transmitter) empty: the queue takes a whole FIFO's worth."""
+        return self._tx.room() >= FIFO_SIZE
+
+    def tx_room(self) -> None:
+        """The transmit queue has room again (the loop, under the same lock as the registers)."""
+        if self._tx_held and self._thre():
+            self._tx_held = False
+            self._thr_pending = True
+            self._update()
 
     # -- registers ----------------------------------------------------------------------------------
 
@@ -121,7 +156,11 @@ class Serial:
         if offset == MCR:
             return self.mcr
         if offset == LSR:
-            lsr = LSR_THRE | LSR_TEMT
+            if self._thre():
+                lsr = LSR_THRE | LSR_TEMT
+            else:
+                lsr = 0
+                self._tx_held = True
             if self._rx:
                 lsr |= LSR_DR
             if self._overrun:
@@ -146,10 +185,14 @@ class Serial:
             if self.mcr & MCR_LOOP:
                 if self.free_space():
                     self._rx.append(value)
+                self._thr_pending = True
             else:
-                self._out(bytes((value,)))
-                self.tx_bytes += 1
-            self._thr_pending = True
+                if self._tx.put_byte(value):
+                    self.tx_bytes += 1
+                else:
+                    self.tx_lost += 1  # written while THRE was clear and no room: overflow
+                self._thr_pending = self._thre()
+                self._tx_held = not self._thr_pending
             self._update()
         elif offset == IER:
             if self.lcr & LCR_DLAB:
@@ -158,7 +201,10 @@ class Serial:
             enabling_thre = value & IER_THRE and not self.ier & IER_THRE
             self.ier = value & IER_VALID
             if enabling_thre:
-                self._thr_pending = True
+                if self._thre():
+                    self._thr_pending = True
+                else:
+                    self._tx_held = True  # raised by tx_room() once the queue has room
             self._update()
         elif offset == FCR:
             if value & 0x02:  # clear receive FIFO

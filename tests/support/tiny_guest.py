@@ -180,3 +180,47 @@ def wait_for_power_button() -> bytes:
     """``mov dx, layout.GED_PORT; 1: in al, dx; test al, 1; jz 1b``: poll the event byte until bit 0."""
     loop = b"\xec" + b"\xa8\x01"  # in al, dx ; test al, 1
     return mov_dx(layout.GED_PORT) + loop + b"\x74" + struct.pack("<b", -(len(loop) + 2))  # jz loop
+
+
+def uart_flood(count: int, table: bytes = bytes(range(256))) -> bytes:
+    """Write ``count`` bytes of ``table`` over and over to COM1 as fast as the UART takes them,
+    polling LSR.THRE before each (a polling 8250 driver), then power off.
+
+    ``lea rsi, [table]; mov dx, LSR; mov ecx, count; xor ebx, ebx;
+    1: in al, dx; test al, 0x20; jz 1b; mov al, [rsi+rbx]; mov dx, THR; out dx, al;
+    mov dx, LSR; inc ebx; cmp ebx, len; jne 2f; xor ebx, ebx; 2: dec ecx; jnz 1b``; the
+    table follows the code.
+    """
+    lsr = COM1 + 5
+    loop = (
+        b"\xec"  # in al, dx
+        b"\xa8\x20"  # test al, 0x20 (THRE)
+        b"\x74\xfb"  # jz -5: poll again
+        b"\x8a\x04\x1e"  # mov al, [rsi+rbx]
+        + mov_dx(COM1)
+        + b"\xee"  # out dx, al
+        + mov_dx(lsr)
+        + b"\xff\xc3"  # inc ebx
+        + b"\x81\xfb"
+        + struct.pack("<I", len(table))  # cmp ebx, len
+        + b"\x75\x02"  # jne +2
+        b"\x31\xdb"  # xor ebx, ebx
+        b"\xff\xc9"  # dec ecx
+    )
+    body = (
+        mov_dx(lsr)
+        + b"\xb9"
+        + struct.pack("<I", count)  # mov ecx, count
+        + b"\x31\xdb"  # xor ebx, ebx
+        + loop
+        + b"\x75"
+        + struct.pack("<b", -(len(loop) + 2))  # jnz loop
+        + poweroff()
+    )
+    lea = b"\x48\x8d\x35" + struct.pack("<i", len(body))  # lea rsi, [rip + len(body)]
+    return lea + body + table
+
+
+def flood_pattern(count: int, table: bytes = bytes(range(256))) -> bytes:
+    """What ``uart_flood(count, table)`` writes."""
+    return table * (count // len(table)) + table[: count % len(table)]
