@@ -29,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+RELAY_CHUNK = 1 << 16  # one recv takes all the engine's socket holds, up to this
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (a terminal or pipe may take a chunk in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def relay(
     sock: socket.socket,
     fd_in: int,
@@ -37,27 +47,37 @@ def relay(
     *,
     leave_on_eof: bool = True,
 ) -> str:
-    """Copy both ways; returns why it stopped: "escape" (Ctrl-]), "closed" (the VM hung up),
-    "timeout", or "eof" (input ended; with ``leave_on_eof=False`` output goes on instead)."""
+    """Copy both ways, a chunk per wake-up (the engine writes its console in chunks, see
+    docs/console.md); returns why it stopped: "escape" (Ctrl-]), "closed" (the VM hung up),
+    "timeout", or "eof" (input ended; with ``leave_on_eof=False`` output goes on instead).
+
+    A slow ``fd_out`` (a terminal) blocks this loop, so the engine's socket fills and the
+    engine holds the guest's console back: nothing is lost on the way."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    inputs: list[socket.socket | int] = [sock, fd_in]
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(fd_in, select.POLLIN)
+    sock_fd = sock.fileno()
     while True:
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
             return "timeout"
-        ready, _, _ = select.select(inputs, [], [], wait)
-        if sock in ready:
+        ready = dict(poller.poll(None if wait is None else wait * 1000))
+        if sock_fd in ready:
             try:
-                data = sock.recv(65536)
+                data = sock.recv(RELAY_CHUNK)
             except ConnectionResetError:
                 data = b""
             if not data:
                 return "closed"
-            os.write(fd_out, data)
+            write_all(fd_out, data)
         if fd_in in ready:
-            data = os.read(fd_in, 4096)
+            try:
+                data = os.read(fd_in, 4096)
+            except OSError:  # a terminal that hung up, a closed descriptor: input ended
+                data = b""
             if not data:
-                inputs.remove(fd_in)  # keep printing the guest's answer
+                poller.unregister(fd_in)  # keep printing the guest's answer
                 if leave_on_eof and deadline is None:
                     return "eof"
                 continue
