@@ -78,6 +78,7 @@ class Machine:
     def pause(self) -> None:
         for v in self.vcpus:
             v.pause()
+        self.devices.drain_coalesced()  # what the guest wrote before the pause is handled
 
     def close(self) -> None:
         """Stop vCPUs, devices and loops, then release KVM fds before guest memory."""
@@ -216,7 +217,9 @@ def build(
                 ctx.profile = ExitProfile()
             t = VcpuThread(fd, vp.index, ctx, thread_init=thread_init)
             m.vcpus.append(t)
+        ring = dm.coalesce_serial(m.vcpus[0].fd) if m.vcpus else None
         for t in m.vcpus:
+            t.ctx.ring = ring
             t.start()
         for io in iothreads.values():
             io.start()

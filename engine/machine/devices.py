@@ -28,7 +28,7 @@ from engine.logsetup import get_logger
 from engine.machine.bus import Bus
 from engine.machine.chardev import Chardev, open_chardev
 from engine.machine.ged import GedDevice
-from engine.machine.kvm import VmFd
+from engine.machine.kvm import VcpuFd, VmFd
 from engine.machine.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
 from engine.machine.memory import GuestMemory
 from engine.machine.power import PM_PORT, PowerDevice
@@ -37,6 +37,8 @@ from engine.plan import ChardevPlan, DevicePlan, SerialPlan
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from engine.machine.coalesced import CoalescedRing, UartCoalescing
 
 log = get_logger(__name__)
 
@@ -121,6 +123,8 @@ class DeviceManager:
         self.chardevs: dict[str, Chardev] = {}
         self._chardev_users: dict[str, str] = {}
         self._fds: list[int] = []
+        self._serial_port = 0
+        self.coalescing: UartCoalescing | None = None
 
     # -- chardevs -------------------------------------------------------------------------------
 
@@ -174,7 +178,33 @@ class DeviceManager:
         )
         chardev.attach(loop, sink, serial.free_space)
         self.serial, self.serial_chardev = serial, chardev
+        self._serial_port = plan.port
         return serial
+
+    def coalesce_serial(self, vcpu: VcpuFd) -> CoalescedRing | None:
+        """THR writes through KVM's coalesced ring while they cannot raise an interrupt
+        (``engine.machine.coalesced``); the ring, or None where there is no serial or the host
+        lacks coalesced PIO. ``vcpu``'s mapping holds the ring (any vCPU of the VM would do)."""
+        from engine.machine import kvm_sys as k
+        from engine.machine.coalesced import CoalescedRing, UartCoalescing
+
+        kvm = self.vm.kvm
+        offset = kvm.check_extension(k.KVM_CAP_COALESCED_MMIO)
+        if self.serial is None or not offset or not kvm.check_extension(k.KVM_CAP_COALESCED_PIO):
+            return None
+        page = vcpu.page(offset)
+        if page is None:
+            return None
+        ring = CoalescedRing(page, self.pio.write)
+        self.coalescing = UartCoalescing(
+            self.vm, self.serial, self._serial_port, ring, self.main_loop
+        )
+        return ring
+
+    def drain_coalesced(self) -> None:
+        """Apply the THR writes KVM queued (the vCPUs are parked: a pause is complete)."""
+        if self.coalescing is not None:
+            self.coalescing.ring.drain()
 
     def attach_power(self, on_reset: Callable[[], None], on_poweroff: Callable[[], None]) -> None:
         """The ACPI power devices: the FADT PM port (guest reset/poweroff) and the GED, whose
@@ -305,6 +335,9 @@ class DeviceManager:
         return att
 
     def close(self) -> None:
+        if self.coalescing is not None:  # the guest's last bytes, before the chardevs close
+            self.coalescing.close()
+            self.coalescing = None
         for att in self.virtio:
             for kfd in att.kick_fds:
                 att.loop.remove_reader(kfd)

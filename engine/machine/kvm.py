@@ -221,6 +221,13 @@ class VmFd:
         )
         _ioctl(self.fd, k.KVM_IOEVENTFD, s, detail=f"addr {addr:#x} len {length}")
 
+    def coalesce_pio(self, port: int, size: int, *, on: bool) -> None:
+        """Let KVM queue guest writes to ``[port, port+size)`` in the coalesced ring instead of
+        exiting (``on``), or exit again (docs/console.md)."""
+        zone = ffi.from_buffer(bytearray(struct.pack("<QII", port, size, 1)))
+        req = k.KVM_REGISTER_COALESCED_MMIO if on else k.KVM_UNREGISTER_COALESCED_MMIO
+        _ioctl(self.fd, req, zone, detail=f"port {port:#x} size {size}")
+
     def create_vcpu(self, vcpu_id: int) -> VcpuFd:
         try:
             fd = _ioctl(self.fd, k.KVM_CREATE_VCPU, vcpu_id, detail=f"id {vcpu_id}")
@@ -258,6 +265,13 @@ class VcpuFd:
     def run_map(self) -> mmap.mmap:
         """The raw kvm_run page (PIO data lives at ``io.data_offset`` inside it)."""
         return self._map
+
+    def page(self, index: int) -> memoryview | None:
+        """Page ``index`` of this vCPU's mapping (the coalesced ring's), None past its end."""
+        start = index * mmap.PAGESIZE
+        if index <= 0 or start + mmap.PAGESIZE > len(self._map):
+            return None
+        return memoryview(self._map)[start : start + mmap.PAGESIZE]
 
     def run(self) -> int:
         """Enter the guest; returns the exit reason, or ``KVM_EXIT_INTR`` when kicked (EINTR)."""

@@ -177,6 +177,10 @@ KVM_SET_LAPIC = _iow(0x8F, "struct kvm_lapic_state")
 KVM_SET_CPUID2 = _iow(0x90, "struct kvm_cpuid2")
 KVM_GET_MP_STATE = _ior(0x98, "struct kvm_mp_state")
 KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
+#: struct kvm_coalesced_mmio_zone { __u64 addr; __u32 size; __u32 pio; }, packed by hand
+COALESCED_ZONE_SIZE = 16
+KVM_REGISTER_COALESCED_MMIO = _ioc(_IOC_WRITE, 0x67, COALESCED_ZONE_SIZE)
+KVM_UNREGISTER_COALESCED_MMIO = _ioc(_IOC_WRITE, 0x68, COALESCED_ZONE_SIZE)
 
 IOCTL_NAMES: dict[int, str] = {
     v: k for k, v in dict(globals()).items() if k.startswith("KVM_") and isinstance(v, int)
@@ -187,6 +191,8 @@ IOCTL_NAMES: dict[int, str] = {
 KVM_API_VERSION = 12
 
 KVM_CAP_IRQCHIP = 0
+KVM_CAP_COALESCED_MMIO = 15  # answers the ring's page offset in the vCPU mapping (0: none)
+KVM_CAP_COALESCED_PIO = 162
 KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_EXT_CPUID = 7

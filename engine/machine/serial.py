@@ -75,6 +75,9 @@ class Serial:
     ) -> None:
         self._tx = tx
         self._trigger = trigger
+        #: told (under the device lock) whether THR writes may be queued by KVM instead of
+        #: exiting: only while they cannot raise an interrupt (THRE interrupt off, no loopback)
+        self.on_coalesce: Callable[[bool], None] | None = None
         self._on_space = on_space
         self.ier = 0
         self.lcr = 0x03  # 8N1
@@ -105,6 +108,16 @@ class Serial:
         if n:
             self._update()
         return n
+
+    @property
+    def coalescable(self) -> bool:
+        """A THR write now has no effect the guest sees before its next access to this UART."""
+        return not self.ier & IER_THRE and not self.mcr & MCR_LOOP
+
+    def _mode_changed(self, before: bool) -> None:
+        now = self.coalescable
+        if now != before and self.on_coalesce is not None:
+            self.on_coalesce(now)
 
     # -- transmit status ---------------------------------------------------------------------------
 
@@ -199,7 +212,9 @@ class Serial:
                 self.dlm = value
                 return
             enabling_thre = value & IER_THRE and not self.ier & IER_THRE
+            before = self.coalescable
             self.ier = value & IER_VALID
+            self._mode_changed(before)
             if enabling_thre:
                 if self._thre():
                     self._thr_pending = True
@@ -215,6 +230,8 @@ class Serial:
         elif offset == LCR:
             self.lcr = value
         elif offset == MCR:
+            before = self.coalescable
             self.mcr = value & MCR_VALID
+            self._mode_changed(before)
         elif offset == SCR:
             self.scr = value

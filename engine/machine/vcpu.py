@@ -26,6 +26,8 @@ from engine.machine.kvm import KvmError, VcpuFd
 if TYPE_CHECKING:
     from typing import Any
 
+    from engine.machine.coalesced import CoalescedRing
+
 log = get_logger(__name__)
 
 KICK_SIGNAL = signal.SIGRTMIN + 1
@@ -99,6 +101,8 @@ class ExitContext:
     #: exits by reason number (``counts`` names them): a list index per exit, not a dict update
     exits: list[int] = field(default_factory=lambda: [0] * 256)
     profile: ExitProfile | None = None
+    #: KVM's coalesced PIO ring, applied before any PIO exit is handled (engine.machine.coalesced)
+    ring: CoalescedRing | None = None
 
     @property
     def counts(self) -> Counter[str]:
@@ -115,6 +119,9 @@ _MMIO_DATA = _RUN_UNION + 8
 
 
 def _io_exit(run_map: Any, ctx: ExitContext) -> None:
+    ring = ctx.ring
+    if ring is not None and ring.pending():
+        ring.drain()  # writes the guest made before this access come first
     direction, size, port, count, off = _IO.unpack_from(run_map, _RUN_UNION)
     if size not in (1, 2, 4) or count > 4096 or off + size * count > len(run_map):
         return  # malformed exit from KVM: ignore rather than index outside the page

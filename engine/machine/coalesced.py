@@ -1,0 +1,123 @@
+"""KVM's coalesced PIO ring: port writes KVM queues in a shared page instead of exiting to us.
+
+Why (docs/console.md): a Linux console prints a byte with an LSR read and a THR write, each a
+VM exit into the engine's Python exit path, the largest cost of a verbose boot. A THR write
+while the THRE interrupt is off has no effect the guest can see before its next UART access, so
+KVM may queue it (``KVM_REGISTER_COALESCED_MMIO`` with ``pio = 1``) and the engine applies it
+later, in order. Later is: before the engine handles any PIO exit (the LSR read that follows
+is one, so THRE and the queue's room are exact when the guest looks), when a vCPU pauses, when
+the VM closes, and on the main loop's poll for guests that write and then halt without reading
+the UART (4 ms after output, backing off to a quarter second while the ring stays empty).
+
+The ring (``struct kvm_coalesced_mmio_ring``, one page of the vCPU mapping at the page offset
+``KVM_CAP_COALESCED_MMIO`` answers): ``u32 first, last`` then entries of ``u64 phys_addr;
+u32 len; u32 pio; u8 data[8]``; KVM fills ``last``, we advance ``first``. When it is full KVM
+exits as usual, so the ring never loses a write.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine.logsetup import get_logger
+from engine.machine.kvm import KvmError
+
+if TYPE_CHECKING:
+    from engine.eventloop import EventLoop as Loop
+    from engine.machine.kvm import VmFd
+    from engine.machine.serial import Serial
+
+log = get_logger(__name__)
+
+_HEAD = struct.Struct("<II")  # first, last
+_ENTRY = struct.Struct("<QII8s")  # phys_addr, len, pio, data
+
+Write = Callable[[int, int, int], None]  # (port, size, value): the PIO bus's write
+
+
+class CoalescedRing:
+    """The VM's ring, drained by whichever thread gets there first (vCPUs, the main loop)."""
+
+    def __init__(self, page: memoryview, write: Write) -> None:
+        self._page = page
+        self._write = write
+        self._max = (len(page) - _HEAD.size) // _ENTRY.size
+        self._lock = threading.Lock()
+        self.applied = 0
+
+    def pending(self) -> bool:
+        first, last = _HEAD.unpack_from(self._page)
+        return first != last
+
+    def drain(self) -> int:
+        """Apply the queued writes in order; returns how many there were."""
+        page, n = self._page, 0
+        with self._lock:
+            first, last = _HEAD.unpack_from(page)
+            if first >= self._max or last >= self._max:
+                return 0  # not a ring KVM wrote: leave it (KVM exits once it cannot queue)
+            while first != last:
+                addr, length, pio, data = _ENTRY.unpack_from(page, _HEAD.size + first * _ENTRY.size)
+                if pio and length in (1, 2, 4):
+                    self._write(addr, length, int.from_bytes(data[:length], "little"))
+                first = (first + 1) % self._max
+                struct.pack_into("<I", page, 0, first)  # the slot is free for KVM again
+                n += 1
+            self.applied += n
+        return n
+
+    def close(self) -> None:
+        with self._lock:
+            self._page.release()
+
+
+POLL_MIN = 0.004  # after the poll found writes: look again this soon
+POLL_MAX = 0.25  # an idle ring is looked at this often at most
+
+
+class UartCoalescing:
+    """COM1's THR port through the ring while the UART says its writes may be queued
+    (``Serial.coalescable``: no THRE interrupt, no loopback), plus the main loop's poll."""
+
+    def __init__(
+        self, vm: VmFd, serial: Serial, port: int, ring: CoalescedRing, loop: Loop
+    ) -> None:
+        self._vm, self._port, self.ring, self._loop = vm, port, ring, loop
+        self._on = False
+        self._closed = False
+        self._delay = POLL_MIN
+        self._timer: Any = None
+        serial.on_coalesce = self._set  # called under the UART's lock, on a vCPU thread
+        if serial.coalescable:
+            self._set(True)
+        loop.call_soon_threadsafe(self._poll)
+
+    def _set(self, on: bool) -> None:
+        if on == self._on or self._closed:
+            return
+        try:
+            self._vm.coalesce_pio(self._port, 1, on=on)
+        except KvmError as e:  # the writes keep exiting (on) or ... see the warning
+            log.warning(
+                "COM1: %s the coalesced THR port failed: %s", "adding" if on else "removing", e
+            )
+            return
+        self._on = on
+
+    def _poll(self) -> None:
+        if self._closed:
+            return
+        n = self.ring.drain() if self.ring.pending() else 0
+        self._delay = POLL_MIN if n else min(self._delay * 2, POLL_MAX)
+        self._timer = self._loop.call_later(self._delay, self._poll)
+
+    def close(self) -> None:
+        """After the vCPUs stopped: apply what is left, then let go of the vCPU page."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.ring.drain()
+        self.ring.close()
