@@ -61,7 +61,13 @@ class Chardev:
         return self.output.write(data)
 
     def room(self) -> int:
+        """Bytes ``write`` takes now (the output queue's free space)."""
         return self.output.room()
+
+    def notify_room(self, callback: Callable[[], None]) -> None:
+        """``callback()`` on the attached loop's thread once a full queue has room again (the
+        one front end's: the UART raises THRE, virtio-console takes requests again)."""
+        self.output.on_room = callback
 
     @property
     def dropped(self) -> int:

@@ -47,21 +47,6 @@ INTERRUPT_ACK = 0x64
 SERIAL_PORTS = 8
 
 
-class _Locked:
-    """A bus device behind a lock that other threads (chardev input) also take."""
-
-    def __init__(self, dev: Serial, lock: threading.Lock) -> None:
-        self.dev, self.lock = dev, lock
-
-    def read(self, offset: int, size: int) -> int:
-        with self.lock:
-            return self.dev.read(offset, size)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        with self.lock:
-            self.dev.write(offset, size, value)
-
-
 def run_on_loop(loop: EventLoop, fn: Callable[[], None], timeout: float = 5.0) -> None:
     """Run ``fn`` on ``loop``'s thread and wait for it (directly when that is this thread or the
     loop is not running). Exceptions come back to the caller."""
@@ -167,15 +152,9 @@ class DeviceManager:
             with lock:
                 serial.tx_room()
 
-        chardev.output.on_room = room
+        chardev.notify_room(room)
 
-        self.pio.insert(
-            _Locked(serial, lock),
-            plan.port,
-            SERIAL_PORTS,
-            f"serial ({plan.chardev.id})",
-            serialize=False,
-        )
+        self.pio.insert(serial, plan.port, SERIAL_PORTS, f"serial ({plan.chardev.id})", lock=lock)
         chardev.attach(loop, sink, serial.free_space)
         self.serial, self.serial_chardev = serial, chardev
         self._serial_port = plan.port

@@ -5,10 +5,14 @@ and Linux's virtio_console driver registers it as hvc0 at once, with no control-
 handshake; on microvm each ``virtconsole`` is its own virtio-mmio device anyway, so one port per
 device loses nothing.
 
-Guest output is written to the backend as it arrives (the backend drops rather than block the
-guest), at most ``TX_MAX`` bytes of each request: Linux's hvc writes a page at most, a port
-write 32 KiB, while a hostile chain of aliasing buffers can be gigabytes long; the rest of such
-a request is dropped and counted in ``tx_dropped``. Host input goes into a bounded buffer
+Guest output: each kick's transmit buffers are read (at most ``TX_MAX`` bytes of each request:
+Linux's hvc writes a page at most, a port write 32 KiB, while a hostile chain of aliasing
+buffers can be gigabytes long; the rest of such a request is dropped and counted in
+``tx_dropped``) and handed to the backend in one write. A chardev backend queues them and
+writes them out in chunks (docs/console.md); it takes only what its bounded queue has room for,
+so a request that does not fit stays with the device, unanswered, and the device stops taking
+requests until the chardev says it has room again: the guest's hvc driver waits, nothing is
+lost, no memory grows. Host input goes into a bounded buffer
 (``RX_BUFFER``) and from there into the guest's receive buffers; when the buffer is full the
 backend stops polling (``free() == 0``) until the guest posts buffers again, so a fast producer
 can neither block the loop nor grow memory without bound.
@@ -17,9 +21,14 @@ can neither block the loop nor grow memory without bound.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from engine.virtio.chardev_io import CharBackend
 from engine.virtio.device import VIRTIO_ID_CONSOLE, Loop, VirtioDevice, bit
+
+if TYPE_CHECKING:
+    from engine.virtio.chain import DescriptorChain
+    from engine.virtio.queue import Queue
 
 VIRTIO_CONSOLE_F_SIZE = 0
 VIRTIO_CONSOLE_F_EMERG_WRITE = 2
@@ -29,6 +38,8 @@ TRANSMITQ = 1
 RX_BUFFER = 64 * 1024
 #: The most guest output one transmit request makes the host copy (the rest is dropped).
 TX_MAX = 64 * 1024
+#: The most one write hands a backend that has no bounded queue of its own (``FdBackend``).
+TX_BATCH = 256 * 1024
 
 _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr
 
@@ -48,6 +59,7 @@ class Console(VirtioDevice):
         self.config = bytearray(_CONFIG.pack(80, 25, 1, 0))
         self._rx = bytearray()
         self._attached = False
+        self._held: tuple[DescriptorChain, bytes] | None = None  # a request waiting for room
         self.tx_dropped = 0
         #: Close the backend with the device (set by the factory when it opened the backend).
         self.owns_backend = False
@@ -74,12 +86,16 @@ class Console(VirtioDevice):
     def _attach(self) -> None:
         if not self._attached and self.loop is not None:
             self.backend.attach(self.loop, self._sink, self._free)
+            notify_room = getattr(self.backend, "notify_room", None)
+            if notify_room is not None:
+                notify_room(lambda: self.guarded(self._transmit))
             self._attached = True
         elif self._attached:
             self.backend.resume_input()
 
     def on_reset(self) -> None:
         self._rx.clear()
+        self._held = None
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
@@ -103,18 +119,48 @@ class Console(VirtioDevice):
                 self.backend.resume_input()
 
     def _transmit(self) -> None:
+        """Every request the backend has room for, in one write; a request that does not fit
+        is held (unanswered) until the backend's room callback runs this again."""
         q = self.queues[TRANSMITQ]
         if not q.active:
             return
         mem = self.mem
         assert mem is not None
-        while (chain := q.pop()) is not None:
-            data = chain.read(mem, 0, TX_MAX)
-            self.tx_dropped += chain.readable_len - len(data)
-            if data:
-                self.backend.write(data)
-            self.stats.requests += 1
-            self.stats.bytes_in += len(data)
+        room_of = getattr(self.backend, "room", None)  # None: a backend that takes everything
+        room = room_of() if room_of is not None else TX_BATCH
+        parts: list[bytes] = []
+        taken: list[DescriptorChain] = []
+        size = 0
+        while True:
+            if self._held is not None:
+                chain, data = self._held
+                self._held = None
+            else:
+                popped = q.pop()
+                if popped is None:
+                    break
+                chain, data = popped, popped.read(mem, 0, TX_MAX)
+                self.tx_dropped += chain.readable_len - len(data)
+                self.stats.requests += 1
+                self.stats.bytes_in += len(data)
+            if size + len(data) > room:
+                if room_of is not None:
+                    self._held = (chain, data)  # waits for room: the guest waits for its buffer
+                    break
+                self._write(parts, taken, q)  # a batch's worth for a backend without a queue
+                parts, taken, size = [], [], 0
+            parts.append(data)
+            taken.append(chain)
+            size += len(data)
+        self._write(parts, taken, q)
+
+    def _write(self, parts: list[bytes], taken: list[DescriptorChain], q: Queue) -> None:
+        if not taken:
+            return
+        data = b"".join(parts)
+        if data:
+            self.backend.write(data)
+        for chain in taken:
             q.add_used(chain, 0)
         self.signal(TRANSMITQ)
 
