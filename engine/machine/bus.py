@@ -49,18 +49,27 @@ class Bus:
         self._entries: list[tuple[BusRange, BusDevice, threading.Lock | None]] = []
         self._lock = threading.Lock()
         self.unhandled = 0
-        #: addr -> entry for addresses guests used: a dict hit instead of a bisect per exit
-        #: (a guest's PIO/MMIO exits hit a handful of registers). Replaced, not mutated, on any
-        #: change to the ranges; bounded, so a guest sweeping a window cannot grow it forever.
-        self._cache: dict[int, tuple[BusRange, BusDevice, threading.Lock | None]] = {}
+        #: addr -> (base, end, device, lock) for addresses guests used: a dict hit instead of
+        #: a bisect per exit (a guest's PIO/MMIO exits hit a handful of registers). Replaced,
+        #: not mutated, on any change to the ranges; bounded, so a guest sweeping a window
+        #: cannot grow it forever.
+        self._cache: dict[int, tuple[int, int, BusDevice, threading.Lock | None]] = {}
 
     def insert(
-        self, device: BusDevice, base: int, length: int, name: str, *, serialize: bool = True
+        self,
+        device: BusDevice,
+        base: int,
+        length: int,
+        name: str,
+        *,
+        serialize: bool = True,
+        lock: threading.Lock | None = None,
     ) -> None:
         """Place ``device`` at ``[base, base+length)``; ``serialize`` gives it its own lock.
 
         A lock per device keeps vCPU threads from interleaving inside a device model that is
-        not thread-safe (the UART); a device that locks for itself can pass ``serialize=False``.
+        not thread-safe; ``lock`` is that lock when other threads share it too (the UART's
+        input and output callbacks); a device that locks for itself passes ``serialize=False``.
         """
         if length <= 0:
             raise BusError(f"{self.name} bus: {name} has an empty range at {base:#x}")
@@ -76,7 +85,9 @@ class Bus:
                             f"{r.name} [{r.base:#x}, {r.end:#x})"
                         )
             self._starts.insert(i, base)
-            self._entries.insert(i, (new, device, threading.Lock() if serialize else None))
+            if lock is None and serialize:
+                lock = threading.Lock()
+            self._entries.insert(i, (new, device, lock))
             self._cache = {}
 
     def replace(self, base: int, device: BusDevice, name: str) -> BusDevice:
@@ -115,39 +126,41 @@ class Bus:
                 return entry
         return None
 
-    def _cached(self, addr: int) -> tuple[BusRange, BusDevice, threading.Lock | None] | None:
-        cache = self._cache
-        entry = cache.get(addr)
+    def _fill(self, addr: int) -> tuple[int, int, BusDevice, threading.Lock | None] | None:
+        """The cache entry for ``addr`` (a bisect the first time a guest uses an address)."""
+        entry = self.lookup(addr)
         if entry is None:
-            entry = self.lookup(addr)
-            if entry is not None:
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                cache[addr] = entry
-        return entry
+            return None
+        rng, dev, lock = entry
+        hit = (rng.base, rng.end, dev, lock)
+        cache = self._cache
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[addr] = hit
+        return hit
 
     def read(self, addr: int, size: int) -> int:
-        entry = self._cached(addr)
-        if entry is None or addr + size > entry[0].end:
+        hit = self._cache.get(addr) or self._fill(addr)
+        if hit is None or addr + size > hit[1]:
             self.unhandled += 1
             return (1 << (8 * size)) - 1
-        rng, dev, lock = entry
+        base, _end, dev, lock = hit
         if lock is None:
-            return dev.read(addr - rng.base, size)
+            return dev.read(addr - base, size)
         with lock:
-            return dev.read(addr - rng.base, size)
+            return dev.read(addr - base, size)
 
     def write(self, addr: int, size: int, value: int) -> None:
-        entry = self._cached(addr)
-        if entry is None or addr + size > entry[0].end:
+        hit = self._cache.get(addr) or self._fill(addr)
+        if hit is None or addr + size > hit[1]:
             self.unhandled += 1
             return
-        rng, dev, lock = entry
+        base, _end, dev, lock = hit
         if lock is None:
-            dev.write(addr - rng.base, size, value)
+            dev.write(addr - base, size, value)
             return
         with lock:
-            dev.write(addr - rng.base, size, value)
+            dev.write(addr - base, size, value)
 
     def ranges(self) -> list[BusRange]:
         return [e[0] for e in self._entries]

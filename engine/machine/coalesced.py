@@ -43,14 +43,15 @@ class CoalescedRing:
 
     def __init__(self, page: memoryview, write: Write) -> None:
         self._page = page
+        self._heads = page[: _HEAD.size].cast("I")  # first, last: one check per PIO exit
         self._write = write
         self._max = (len(page) - _HEAD.size) // _ENTRY.size
         self._lock = threading.Lock()
         self.applied = 0
 
     def pending(self) -> bool:
-        first, last = _HEAD.unpack_from(self._page)
-        return first != last
+        heads = self._heads
+        return heads[0] != heads[1]
 
     def drain(self) -> int:
         """Apply the queued writes in order; returns how many there were."""
@@ -71,6 +72,7 @@ class CoalescedRing:
 
     def close(self) -> None:
         with self._lock:
+            self._heads.release()
             self._page.release()
 
 

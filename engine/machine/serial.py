@@ -148,6 +148,18 @@ class Serial:
         self._last_iir = iir
 
     def read(self, offset: int, size: int = 1) -> int:
+        if offset == LSR:  # first: a polling driver reads it before every byte
+            if self._tx.room() >= FIFO_SIZE:
+                lsr = LSR_THRE | LSR_TEMT
+            else:
+                lsr = 0
+                self._tx_held = True
+            if self._rx:
+                lsr |= LSR_DR
+            if self._overrun:
+                lsr |= LSR_OE
+                self._overrun = False
+            return lsr
         if offset == DATA:
             if self.lcr & LCR_DLAB:
                 return self.dll
@@ -168,18 +180,6 @@ class Serial:
             return self.lcr
         if offset == MCR:
             return self.mcr
-        if offset == LSR:
-            if self._thre():
-                lsr = LSR_THRE | LSR_TEMT
-            else:
-                lsr = 0
-                self._tx_held = True
-            if self._rx:
-                lsr |= LSR_DR
-            if self._overrun:
-                lsr |= LSR_OE
-                self._overrun = False
-            return lsr
         if offset == MSR:
             if self.mcr & MCR_LOOP:
                 m = self.mcr

@@ -116,6 +116,7 @@ _RUN_UNION = 32
 _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MMIO_DATA = _RUN_UNION + 8
+_IO_OUT = k.KVM_EXIT_IO_OUT
 
 
 def _io_exit(run_map: Any, ctx: ExitContext) -> None:
@@ -123,6 +124,12 @@ def _io_exit(run_map: Any, ctx: ExitContext) -> None:
     if ring is not None and ring.pending():
         ring.drain()  # writes the guest made before this access come first
     direction, size, port, count, off = _IO.unpack_from(run_map, _RUN_UNION)
+    if count == 1 and size == 1 and off < len(run_map):  # one byte: the UART's hot path
+        if direction == _IO_OUT:
+            ctx.pio.write(port, 1, run_map[off])
+        else:
+            run_map[off] = ctx.pio.read(port, 1) & 0xFF
+        return
     if size not in (1, 2, 4) or count > 4096 or off + size * count > len(run_map):
         return  # malformed exit from KVM: ignore rather than index outside the page
     if direction == k.KVM_EXIT_IO_OUT:
@@ -327,14 +334,18 @@ class VcpuThread:
             return
         run, run_map, fd, ctx = self.fd.run_struct, self.fd.run_map, self.fd, self.ctx
         exits, running = ctx.exits, VcpuState.RUNNING
-        mmio, intr = k.KVM_EXIT_MMIO, k.KVM_EXIT_INTR
+        mmio, io, intr = k.KVM_EXIT_MMIO, k.KVM_EXIT_IO, k.KVM_EXIT_INTR
         # ``_want`` is read without the lock while running: a pause or stop sets it, then kicks
         # (immediate_exit + signal), so KVM_RUN returns at once and the next turn sees it.
         while self._want is running or self._wait_until_running():
             reason = fd.run()
-            if reason == mmio:  # the hot exit (virtio registers): no dispatch layer
+            if reason == mmio:  # the hot exits (virtio registers, the UART): no dispatch layer
                 exits[mmio] += 1
                 _mmio_exit(run_map, ctx)
+                continue
+            if reason == io:
+                exits[io] += 1
+                _io_exit(run_map, ctx)
                 continue
             if reason == intr:
                 fd.set_immediate_exit(False)
