@@ -275,11 +275,23 @@ def _print_exit_profiles(vm: Any) -> None:
     m = vm.machine
     if m is None:
         return
+    profiled = False
     for v in m.vcpus:
         prof = v.ctx.profile
         if prof is not None:
             v.pause(timeout=1.0)
             sys.stderr.write("".join(f"exit-stats {line}\n" for line in prof.lines(v.index)))
+            profiled = True
+    if profiled:  # where console output went (docs/console.md)
+        for name, chardev in m.devices.chardevs.items():
+            q = chardev.output
+            sys.stderr.write(
+                f"exit-stats chardev {name}: {q.sent} bytes in {q.writes} writes, "
+                f"{q.dropped} dropped, {q.refused} refused\n"
+            )
+        if m.devices.coalescing is not None:
+            ring = m.devices.coalescing.ring
+            sys.stderr.write(f"exit-stats coalesced PIO writes applied: {ring.applied}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

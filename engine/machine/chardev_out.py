@@ -8,8 +8,12 @@ per ``delay``. The policy, which docs/console.md states for users:
 - **Bounded.** At most ``limit`` bytes wait. ``room()`` says how many more a front end may queue
   and ``write`` never takes more: the UART clears THRE when the room is below its FIFO, so a
   guest that honours THRE never loses a byte it was told was sent.
-- **Off the writer's thread.** A newline or ``flush_size`` waiting bytes wake the loop at once;
-  otherwise the loop flushes ``delay`` after the first waiting byte.
+- **Off the writer's thread, few wake-ups.** A newline wakes the loop to write at once, unless
+  the last write was less than ``gap`` ago; ``flush_size`` waiting bytes always do. Otherwise
+  the first waiting byte arms a ``delay`` timer; when it fires, a partial line that is still
+  growing (a line being printed) waits another ``delay``, up to ``max_wait``, so a line costs
+  one write and one wake-up of the reader, not one per timer tick; a prompt that stopped
+  growing goes out at once.
 - **Slow sink** (EAGAIN, short writes): the bytes stay queued and are retried every ``retry``;
   the queue fills, the front end holds the guest back (as a real UART at a slow baud rate) and
   no thread blocks. ``on_room`` tells the front end when half the queue is free again.
@@ -38,7 +42,9 @@ NO_SINK = -1
 
 LIMIT = 64 * 1024  # bytes waiting at most per chardev (one unix-socket or pipe buffer's worth)
 FLUSH_SIZE = 4096  # this many waiting bytes flush at once, newline or not
-DELAY = 0.004  # a partial line (a prompt, an echo) waits at most this long
+DELAY = 0.01  # the timer a burst of output arms (a prompt or an echo waits 1-2 of these)
+GAP = 0.01  # a newline writes at once unless the last write is younger than this
+MAX_WAIT = 0.1  # a growing partial line is held this long at most
 RETRY = 0.005  # a sink that would block is tried again this often
 STALL = 2.0  # a sink that takes nothing this long counts as absent until it reads again
 DRAIN = 2.0  # at close, wait this long at most for a slow sink to take the last bytes
@@ -71,6 +77,8 @@ class OutputQueue:
         limit: int = LIMIT,
         flush_size: int = FLUSH_SIZE,
         delay: float = DELAY,
+        gap: float = GAP,
+        max_wait: float = MAX_WAIT,
         retry: float = RETRY,
         stall: float = STALL,
         clock: Callable[[], float] = time.monotonic,
@@ -81,6 +89,11 @@ class OutputQueue:
         self.limit = limit
         self._flush_size = flush_size
         self._delay = delay
+        self._gap = gap
+        self._max_wait = max_wait
+        self._last_flush = float("-inf")
+        self._armed_at = 0.0  # when the current burst's timer was armed
+        self._tick_len = 0  # the queue's length at the last tick (is a line still growing?)
         self._retry = retry
         self._stall = stall
         self._clock = clock
@@ -146,7 +159,10 @@ class OutputQueue:
         loop = self._loop
         if loop is None or self._blocked_since is not None:
             return None  # attach flushes; a blocked sink has its retry timer
-        if (newline or len(self._buf) >= self._flush_size) and not self._urgent:
+        full = len(self._buf) >= self._flush_size
+        if (full or (newline and self._clock() - self._last_flush >= self._gap)) and not (
+            self._urgent
+        ):
             self._urgent = self._scheduled = True
             return lambda: loop.call_soon_threadsafe(self.flush)
         if not self._scheduled:
@@ -167,10 +183,24 @@ class OutputQueue:
 
     def _arm(self, delay: float | None = None) -> None:
         if self._timer is None and self._loop is not None:
+            self._armed_at = self._clock()
+            self._tick_len = len(self._buf)
             self._timer = self._loop.call_later(self._delay if delay is None else delay, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
+        with self._lock:
+            n = len(self._buf)
+            growing = (
+                self._blocked_since is None
+                and self._tick_len < n < self._flush_size
+                and 0x0A not in self._buf
+                and self._clock() - self._armed_at < self._max_wait
+            )
+        if growing and self._loop is not None:  # a line being printed: wait for its end
+            self._tick_len = n
+            self._timer = self._loop.call_later(self._delay, self._tick)
+            return
         self.flush()
 
     def flush(self) -> None:
@@ -181,6 +211,7 @@ class OutputQueue:
         with self._lock:
             self._scheduled = self._urgent = False
         freed = self._write_out()
+        self._last_flush = self._clock()
         if freed:
             self._notify_room()
 

@@ -82,6 +82,46 @@ def test_a_partial_line_goes_out_after_the_delay(loop) -> None:
     assert bytes(sink.got) == b"login: " and time.monotonic() - start >= 0.05
 
 
+def test_newlines_closer_than_the_gap_share_a_write(loop) -> None:
+    sink = Sink()
+    q = make(loop, sink, gap=10.0, delay=0.02)
+    q.write(b"first\n")
+    loop.run_once(timeout=0)
+    q.write(b"second\n")  # within the gap: no wake-up of its own, the timer takes it
+    q.write(b"third\n")
+    loop.run_once(timeout=0)
+    assert bytes(sink.got) == b"first\n" and sink.writes == 1
+    assert turn(loop, lambda: sink.writes == 2)
+    assert bytes(sink.got) == b"first\nsecond\nthird\n"
+
+
+def test_a_line_still_being_printed_is_held_until_its_newline(loop) -> None:
+    """The timer finds a partial line that grew since it was armed: it waits for more rather
+    than writing the line in pieces (each piece a wake-up of the reader)."""
+    sink = Sink()
+    q = make(loop, sink, delay=0.02, max_wait=5.0)
+    q.write(b"[    0.1")
+    loop.run_once(timeout=0)  # arms the timer
+    for piece in (b"23456] calling ", b"acpi_init", b"+0x0/0x2b0 @ 1"):
+        q.write(piece)
+        loop.run_once(timeout=0.05)  # a tick passes; the line grew: held
+    assert not sink.got
+    q.write(b"\n")
+    loop.run_once(timeout=0)
+    assert bytes(sink.got) == b"[    0.123456] calling acpi_init+0x0/0x2b0 @ 1\n"
+    assert sink.writes == 1
+
+
+def test_a_prompt_that_stopped_growing_goes_out_at_the_next_tick(loop) -> None:
+    sink = Sink()
+    q = make(loop, sink, delay=0.02, max_wait=5.0)
+    q.write(b"login")
+    loop.run_once(timeout=0)
+    q.write(b": ")  # grew before the first tick: held once
+    assert turn(loop, lambda: sink.got)
+    assert bytes(sink.got) == b"login: "
+
+
 def test_flush_size_bytes_flush_at_once(loop) -> None:
     sink = Sink()
     q = make(loop, sink, delay=10.0, flush_size=100)
@@ -139,7 +179,7 @@ def test_a_slow_sink_holds_bytes_back_and_says_when_there_is_room(loop) -> None:
 def test_a_stuck_sink_is_dropped_after_the_stall_and_taken_back_when_it_reads(loop) -> None:
     sink = Sink()
     sink.blocked = True
-    q = make(loop, sink, limit=1000, retry=0.01, stall=0.1)
+    q = make(loop, sink, limit=1000, retry=0.01, stall=0.1, gap=0)
     rooms = []
     q.on_room = lambda: rooms.append(q.room())
     q.write(b"x" * 1000)
@@ -161,7 +201,7 @@ def test_a_stuck_sink_is_dropped_after_the_stall_and_taken_back_when_it_reads(lo
 def test_no_sink_drops_and_counts_without_holding_the_guest_back(loop) -> None:
     sink = Sink()
     sink.absent = True
-    q = make(loop, sink, limit=100)
+    q = make(loop, sink, limit=100, gap=0)
     for _ in range(50):
         assert q.write(b"nobody listens\n") == 15
         loop.run_once(timeout=0)
