@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.logsetup import get_logger
 from engine.machine.kvm import KvmError
+from engine.machine.serial import LSR
 
 if TYPE_CHECKING:
     from engine.eventloop import EventLoop as Loop
@@ -34,41 +35,89 @@ log = get_logger(__name__)
 
 _HEAD = struct.Struct("<II")  # first, last
 _ENTRY = struct.Struct("<QII8s")  # phys_addr, len, pio, data
+_ENTRY_HEAD = struct.Struct("<QII")  # the entry without its data
+_DATA = _ENTRY_HEAD.size
 
 Write = Callable[[int, int, int], None]  # (port, size, value): the PIO bus's write
+WriteBytes = Callable[[int, bytes], None]  # (port, bytes): a run of one-byte writes to a port
+
+#: queued writes a lazy read lets wait (a batch applied at once costs less per byte)
+BATCH = 64
 
 
 class CoalescedRing:
-    """The VM's ring, drained by whichever thread gets there first (vCPUs, the main loop)."""
+    """The VM's ring, drained by whichever thread gets there first (vCPUs, the main loop).
 
-    def __init__(self, page: memoryview, write: Write) -> None:
+    ``lazy_reads``: ports whose reads do not depend on the queued writes beyond what
+    ``count()`` lets the device account for (the UART's LSR: THRE is computed with the queued
+    bytes counted as sent); a read there applies the ring only once ``BATCH`` writes wait.
+    """
+
+    def __init__(
+        self, page: memoryview, write: Write, write_bytes: WriteBytes | None = None
+    ) -> None:
         self._page = page
         self._heads = page[: _HEAD.size].cast("I")  # first, last: one check per PIO exit
         self._write = write
+        self._write_bytes = write_bytes
         self._max = (len(page) - _HEAD.size) // _ENTRY.size
         self._lock = threading.Lock()
+        self.lazy_reads: frozenset[int] = frozenset()
         self.applied = 0
 
     def pending(self) -> bool:
         heads = self._heads
         return heads[0] != heads[1]
 
+    def count(self) -> int:
+        """Writes waiting (as KVM left them; a bogus head counts as none)."""
+        first, last = self._heads[0], self._heads[1]
+        return (last - first) % self._max if first < self._max and last < self._max else 0
+
+    def before_exit(self, port: int, is_read: bool) -> None:
+        """What a PIO exit to ``port`` needs first: the queued writes, unless it is a lazy read
+        and fewer than ``BATCH`` wait."""
+        if is_read and port in self.lazy_reads and self.count() < BATCH:
+            return
+        self.drain()
+
     def drain(self) -> int:
         """Apply the queued writes in order; returns how many there were."""
-        page, n = self._page, 0
+        page, heads, size = self._page, self._heads, _ENTRY.size
         with self._lock:
-            first, last = _HEAD.unpack_from(page)
+            first, last = heads[0], heads[1]
             if first >= self._max or last >= self._max:
                 return 0  # not a ring KVM wrote: leave it (KVM exits once it cannot queue)
+            n = 0
+            run_port, run = -1, bytearray()  # consecutive one-byte writes to one port
             while first != last:
-                addr, length, pio, data = _ENTRY.unpack_from(page, _HEAD.size + first * _ENTRY.size)
-                if pio and length in (1, 2, 4):
-                    self._write(addr, length, int.from_bytes(data[:length], "little"))
+                at = _HEAD.size + first * size
+                addr, length, pio = _ENTRY_HEAD.unpack_from(page, at)
+                if pio and length == 1:
+                    if addr != run_port:
+                        self._apply_run(run_port, run)
+                        run_port, run = addr, bytearray()
+                    run.append(page[at + _DATA])
+                elif pio and length in (2, 4):
+                    self._apply_run(run_port, run)
+                    run_port, run = -1, bytearray()
+                    value = int.from_bytes(page[at + _DATA : at + _DATA + length], "little")
+                    self._write(addr, length, value)
                 first = (first + 1) % self._max
-                struct.pack_into("<I", page, 0, first)  # the slot is free for KVM again
                 n += 1
+            self._apply_run(run_port, run)
+            heads[0] = first  # the slots are KVM's again (read before: x86 keeps store order)
             self.applied += n
         return n
+
+    def _apply_run(self, port: int, run: bytearray) -> None:
+        if not run:
+            return
+        if self._write_bytes is not None:
+            self._write_bytes(port, bytes(run))
+            return
+        for value in run:
+            self._write(port, 1, value)
 
     def close(self) -> None:
         with self._lock:
@@ -88,6 +137,8 @@ class UartCoalescing:
         self, vm: VmFd, serial: Serial, port: int, ring: CoalescedRing, loop: Loop
     ) -> None:
         self._vm, self._port, self.ring, self._loop = vm, port, ring, loop
+        ring.lazy_reads = frozenset({port + LSR})  # THRE counts the queued bytes as sent
+        serial.tx_queued = ring.count
         self._on = False
         self._closed = False
         self._delay = POLL_MIN

@@ -109,6 +109,7 @@ class DeviceManager:
         self._chardev_users: dict[str, str] = {}
         self._fds: list[int] = []
         self._serial_port = 0
+        self._serial_lock = threading.Lock()
         self.coalescing: UartCoalescing | None = None
 
     # -- chardevs -------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ class DeviceManager:
         self.pio.insert(serial, plan.port, SERIAL_PORTS, f"serial ({plan.chardev.id})", lock=lock)
         chardev.attach(loop, sink, serial.free_space)
         self.serial, self.serial_chardev = serial, chardev
-        self._serial_port = plan.port
+        self._serial_port, self._serial_lock = plan.port, lock
         return serial
 
     def coalesce_serial(self, vcpu: VcpuFd) -> CoalescedRing | None:
@@ -174,7 +175,17 @@ class DeviceManager:
         page = vcpu.page(offset)
         if page is None:
             return None
-        ring = CoalescedRing(page, self.pio.write)
+        serial, lock, thr = self.serial, self._serial_lock, self._serial_port
+
+        def write_bytes(port: int, data: bytes) -> None:
+            if port != thr:
+                for value in data:
+                    self.pio.write(port, 1, value)
+                return
+            with lock:
+                serial.write_thr(data)
+
+        ring = CoalescedRing(page, self.pio.write, write_bytes)
         self.coalescing = UartCoalescing(
             self.vm, self.serial, self._serial_port, ring, self.main_loop
         )

@@ -62,6 +62,9 @@ class Transmitter(Protocol):
     def room(self) -> int:
         """Bytes it would take now."""
 
+    def write(self, data: bytes) -> int:
+        """Take at most ``room()`` bytes of ``data``; returns how many it took."""
+
 
 class Serial:
     """Register-level 16550A. ``read``/``write`` take the offset from the port base (0..7)."""
@@ -78,6 +81,8 @@ class Serial:
         #: told (under the device lock) whether THR writes may be queued by KVM instead of
         #: exiting: only while they cannot raise an interrupt (THRE interrupt off, no loopback)
         self.on_coalesce: Callable[[bool], None] | None = None
+        #: THR writes KVM holds for us (coalesced, not yet applied): THRE counts them as sent
+        self.tx_queued: Callable[[], int] = lambda: 0
         self._on_space = on_space
         self.ier = 0
         self.lcr = 0x03  # 8N1
@@ -149,7 +154,7 @@ class Serial:
 
     def read(self, offset: int, size: int = 1) -> int:
         if offset == LSR:  # first: a polling driver reads it before every byte
-            if self._tx.room() >= FIFO_SIZE:
+            if self._tx.room() - self.tx_queued() >= FIFO_SIZE:
                 lsr = LSR_THRE | LSR_TEMT
             else:
                 lsr = 0
@@ -188,6 +193,20 @@ class Serial:
         if offset == SCR:
             return self.scr
         return 0xFF
+
+    def write_thr(self, data: bytes) -> None:
+        """THR writes KVM queued for us (coalesced PIO), applied as one run: what the same
+        writes one by one would do (``coalescable`` held while KVM queued them)."""
+        if self.lcr & LCR_DLAB or self.mcr & MCR_LOOP or self.ier & IER_THRE:
+            for value in data:
+                self.write(DATA, 1, value)
+            return
+        taken = self._tx.write(data)
+        self.tx_bytes += taken
+        self.tx_lost += len(data) - taken
+        self._thr_pending = self._thre()
+        self._tx_held = not self._thr_pending
+        self._update()
 
     def write(self, offset: int, size: int, value: int) -> None:
         value &= 0xFF

@@ -120,10 +120,10 @@ _IO_OUT = k.KVM_EXIT_IO_OUT
 
 
 def _io_exit(run_map: Any, ctx: ExitContext) -> None:
+    direction, size, port, count, off = _IO.unpack_from(run_map, _RUN_UNION)
     ring = ctx.ring
     if ring is not None and ring.pending():
-        ring.drain()  # writes the guest made before this access come first
-    direction, size, port, count, off = _IO.unpack_from(run_map, _RUN_UNION)
+        ring.before_exit(port, direction != _IO_OUT)  # queued writes come first
     if count == 1 and size == 1 and off < len(run_map):  # one byte: the UART's hot path
         if direction == _IO_OUT:
             ctx.pio.write(port, 1, run_map[off])

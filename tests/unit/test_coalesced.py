@@ -64,3 +64,54 @@ def test_the_uart_allows_queued_thr_writes_only_while_they_cannot_interrupt() ->
     uart.write(s.MCR, 1, s.MCR_LOOP)  # loopback: a write is received data
     uart.write(s.MCR, 1, 0x08)
     assert modes == [False, True, False, True]
+
+
+def test_a_lazy_read_lets_a_short_run_wait_and_applies_a_batch_as_one_run() -> None:
+    from engine.machine.coalesced import BATCH
+
+    page = bytearray(PAGE)
+    runs: list[tuple[int, bytes]] = []
+    singles: list[tuple[int, int, int]] = []
+    ring = CoalescedRing(
+        memoryview(page), lambda *a: singles.append(a), lambda p, d: runs.append((p, d))
+    )
+    ring.lazy_reads = frozenset({0x3FD})
+    kvm_writes(page, 0x3F8, b"a" * (BATCH - 1))
+    ring.before_exit(0x3FD, is_read=True)  # LSR: THRE counts the queued bytes, no need to apply
+    assert ring.count() == BATCH - 1 and not runs
+    kvm_writes(page, 0x3F8, b"b")
+    ring.before_exit(0x3FD, is_read=True)  # a batch's worth: applied, as one run
+    assert runs == [(0x3F8, b"a" * (BATCH - 1) + b"b")] and ring.count() == 0
+    kvm_writes(page, 0x3F8, b"xy")
+    kvm_writes(page, 0x80, b"z")  # another port breaks the run; order kept
+    ring.before_exit(0x3F9, is_read=False)  # any other exit applies everything first
+    assert runs[1:] == [(0x3F8, b"xy"), (0x80, b"z")] and not singles
+
+
+def test_thre_counts_the_writes_kvm_still_holds() -> None:
+    class Tx:
+        def __init__(self) -> None:
+            self.out = bytearray()
+
+        def put_byte(self, value: int) -> bool:
+            self.out.append(value)
+            return True
+
+        def room(self) -> int:
+            return 100 - len(self.out)
+
+        def write(self, data: bytes) -> int:
+            n = min(len(data), self.room())
+            self.out += data[:n]
+            return n
+
+    tx = Tx()
+    uart = s.Serial(tx, lambda: None)
+    held = [0]
+    uart.tx_queued = lambda: held[0]
+    assert uart.read(s.LSR) & s.LSR_THRE
+    held[0] = 40  # room 100 - 40 queued < a FIFO: the guest must wait
+    assert not uart.read(s.LSR) & s.LSR_THRE
+    held[0] = 0
+    uart.write_thr(b"x" * 120)  # the run applied: what fits is sent, the rest counted lost
+    assert bytes(tx.out) == b"x" * 100 and uart.tx_bytes == 100 and uart.tx_lost == 20
