@@ -191,6 +191,9 @@ class OutputQueue:
         self._timer = None
         with self._lock:
             n = len(self._buf)
+            if n == 0 and self._blocked_since is None:
+                self._scheduled = False  # the lookout ends: the next byte wakes the loop
+                return
             growing = (
                 self._blocked_since is None
                 and self._tick_len < n < self._flush_size
@@ -204,14 +207,21 @@ class OutputQueue:
         self.flush()
 
     def flush(self) -> None:
-        """Write what waits, as far as the sink takes it (loop thread)."""
+        """Write what waits, as far as the sink takes it (loop thread). While output flows the
+        timer stays armed (a lookout): the next line's first byte then needs no wake-up."""
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
         with self._lock:
-            self._scheduled = self._urgent = False
+            self._urgent = False
         freed = self._write_out()
         self._last_flush = self._clock()
+        with self._lock:
+            lookout = (freed or bool(self._buf)) and not self._closed
+            if not lookout and self._timer is None:
+                self._scheduled = False
+        if lookout and self._timer is None:
+            self._arm()
         if freed:
             self._notify_room()
 

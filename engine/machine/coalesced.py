@@ -4,10 +4,11 @@ Why (docs/console.md): a Linux console prints a byte with an LSR read and a THR 
 VM exit into the engine's Python exit path, the largest cost of a verbose boot. A THR write
 while the THRE interrupt is off has no effect the guest can see before its next UART access, so
 KVM may queue it (``KVM_REGISTER_COALESCED_MMIO`` with ``pio = 1``) and the engine applies it
-later, in order. Later is: before the engine handles any PIO exit (the LSR read that follows
-is one, so THRE and the queue's room are exact when the guest looks), when a vCPU pauses, when
-the VM closes, and on the main loop's poll for guests that write and then halt without reading
-the UART (4 ms after output, backing off to a quarter second while the ring stays empty).
+later, in order. Later is: before the engine handles any other PIO exit (an LSR read lets up
+to ``BATCH`` writes wait: THRE counts them as sent), when a vCPU pauses, when the VM closes,
+and on the main loop's poll for guests that write and then halt without reading
+the UART (50 ms after it found writes, backing off to a quarter second while the ring stays
+empty: every poll wakes the main thread, and a Linux guest's own exits apply the ring anyway).
 
 The ring (``struct kvm_coalesced_mmio_ring``, one page of the vCPU mapping at the page offset
 ``KVM_CAP_COALESCED_MMIO`` answers): ``u32 first, last`` then entries of ``u64 phys_addr;
@@ -125,7 +126,7 @@ class CoalescedRing:
             self._page.release()
 
 
-POLL_MIN = 0.004  # after the poll found writes: look again this soon
+POLL_MIN = 0.05  # after the poll found writes: look again this soon
 POLL_MAX = 0.25  # an idle ring is looked at this often at most
 
 
