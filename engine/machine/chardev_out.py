@@ -10,7 +10,8 @@ per ``delay``. The policy, which docs/console.md states for users:
   guest that honours THRE never loses a byte it was told was sent.
 - **Off the writer's thread, few wake-ups.** A newline wakes the loop to write at once, unless
   the last write was less than ``gap`` ago; ``flush_size`` waiting bytes always do. Otherwise
-  the first waiting byte arms a ``delay`` timer; when it fires, a partial line that is still
+  the first waiting byte after a pause arms a ``delay`` timer, which stays armed after each
+  write while output flows (so a line's first byte wakes nobody); when it fires, a partial line that is still
   growing (a line being printed) waits another ``delay``, up to ``max_wait``, so a line costs
   one write and one wake-up of the reader, not one per timer tick; a prompt that stopped
   growing goes out at once.
