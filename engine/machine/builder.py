@@ -220,6 +220,7 @@ def build(
         ring = dm.coalesce_serial(m.vcpus[0].fd) if m.vcpus else None
         for t in m.vcpus:
             t.ctx.ring = ring
+            t.ctx.fast_reads = dm.fast_reads
             t.start()
         for io in iothreads.values():
             io.start()

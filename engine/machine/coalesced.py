@@ -58,7 +58,8 @@ class CoalescedRing:
         self, page: memoryview, write: Write, write_bytes: WriteBytes | None = None
     ) -> None:
         self._page = page
-        self._heads = page[: _HEAD.size].cast("I")  # first, last: one check per PIO exit
+        #: first, last: the vCPU loop compares them on every PIO exit (no method call)
+        self.heads = page[: _HEAD.size].cast("I")
         self._write = write
         self._write_bytes = write_bytes
         self._max = (len(page) - _HEAD.size) // _ENTRY.size
@@ -67,12 +68,12 @@ class CoalescedRing:
         self.applied = 0
 
     def pending(self) -> bool:
-        heads = self._heads
+        heads = self.heads
         return heads[0] != heads[1]
 
     def count(self) -> int:
         """Writes waiting (as KVM left them; a bogus head counts as none)."""
-        first, last = self._heads[0], self._heads[1]
+        first, last = self.heads[0], self.heads[1]
         return (last - first) % self._max if first < self._max and last < self._max else 0
 
     def before_exit(self, port: int, is_read: bool) -> None:
@@ -84,7 +85,7 @@ class CoalescedRing:
 
     def drain(self) -> int:
         """Apply the queued writes in order; returns how many there were."""
-        page, heads, size = self._page, self._heads, _ENTRY.size
+        page, heads, size = self._page, self.heads, _ENTRY.size
         with self._lock:
             first, last = heads[0], heads[1]
             if first >= self._max or last >= self._max:
@@ -122,7 +123,7 @@ class CoalescedRing:
 
     def close(self) -> None:
         with self._lock:
-            self._heads.release()
+            self.heads.release()
             self._page.release()
 
 

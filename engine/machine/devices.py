@@ -32,7 +32,7 @@ from engine.machine.kvm import VcpuFd, VmFd
 from engine.machine.layout import GED_IRQ, GED_PORT, GED_PORT_SIZE, VIRTIO_MMIO_SIZE
 from engine.machine.memory import GuestMemory
 from engine.machine.power import PM_PORT, PowerDevice
-from engine.machine.serial import Serial
+from engine.machine.serial import LSR, Serial
 from engine.plan import ChardevPlan, DevicePlan, SerialPlan
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class DeviceManager:
         self._serial_port = 0
         self._serial_lock = threading.Lock()
         self.coalescing: UartCoalescing | None = None
+        #: port -> lock-free one-byte read for the vCPU loop (``ExitContext.fast_reads``)
+        self.fast_reads: dict[int, Callable[[], int]] = {}
 
     # -- chardevs -------------------------------------------------------------------------------
 
@@ -159,6 +161,7 @@ class DeviceManager:
         chardev.attach(loop, sink, serial.free_space)
         self.serial, self.serial_chardev = serial, chardev
         self._serial_port, self._serial_lock = plan.port, lock
+        self.fast_reads[plan.port + LSR] = serial.lsr_unlocked  # read before every console byte
         return serial
 
     def coalesce_serial(self, vcpu: VcpuFd) -> CoalescedRing | None:

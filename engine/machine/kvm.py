@@ -9,10 +9,11 @@ module that issues KVM ioctls; callers pass and receive plain Python values or c
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from engine.errors import EngineError, HostError
@@ -275,13 +276,23 @@ class VcpuFd:
 
     def run(self) -> int:
         """Enter the guest; returns the exit reason, or ``KVM_EXIT_INTR`` when kicked (EINTR)."""
-        r = libc.ioctl(self.fd, k.KVM_RUN, _ARG_ZERO)
-        if r < 0:
-            err = ffi.errno
-            if err in (errno.EINTR, errno.EAGAIN):
-                return k.KVM_EXIT_INTR
-            raise KvmError("KVM_RUN", err, f"vcpu {self.id}")
+        if libc.ioctl(self.fd, k.KVM_RUN, _ARG_ZERO) < 0:
+            return self.run_failed()
         return _EXIT_REASON.unpack_from(self._map, 8)[0]  # kvm_run.exit_reason, no cdata
+
+    def entry(self) -> tuple[Callable[[], int], Callable[[Any, int], tuple[int]]]:
+        """``run()`` in two parts for the vCPU loop: ``enter()`` (KVM_RUN's return value) and
+        the exit reason's unpacker (``(run_map, 8)``); ``run_failed()`` when ``enter() < 0``."""
+        return functools.partial(
+            libc.ioctl, self.fd, k.KVM_RUN, _ARG_ZERO
+        ), _EXIT_REASON.unpack_from
+
+    def run_failed(self) -> int:
+        """KVM_RUN returned < 0: ``KVM_EXIT_INTR`` when kicked (EINTR, EAGAIN), else raise."""
+        err = ffi.errno
+        if err in (errno.EINTR, errno.EAGAIN):
+            return k.KVM_EXIT_INTR
+        raise KvmError("KVM_RUN", err, f"vcpu {self.id}")
 
     def set_immediate_exit(self, value: bool) -> None:
         self.run_struct.immediate_exit = 1 if value else 0

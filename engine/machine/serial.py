@@ -152,6 +152,14 @@ class Serial:
             self._trigger()
         self._last_iir = iir
 
+    def lsr_unlocked(self) -> int:
+        """LSR for the vCPU loop without the device lock, when reading it changes nothing:
+        THRE set (room for a FIFO), nothing received, no overrun to clear; else -1 (the caller
+        takes the locked ``read``). Races with the loop only move the read a moment earlier."""
+        if self._rx or self._overrun or self._tx.room() - self.tx_queued() < FIFO_SIZE:
+            return -1
+        return LSR_THRE | LSR_TEMT
+
     def read(self, offset: int, size: int = 1) -> int:
         if offset == LSR:  # first: a polling driver reads it before every byte
             if self._tx.room() - self.tx_queued() >= FIFO_SIZE:

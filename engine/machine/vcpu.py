@@ -103,6 +103,9 @@ class ExitContext:
     profile: ExitProfile | None = None
     #: KVM's coalesced PIO ring, applied before any PIO exit is handled (engine.machine.coalesced)
     ring: CoalescedRing | None = None
+    #: port -> a device's lock-free answer to a one-byte read, or -1 when it needs the bus's
+    #: locked path (the UART's LSR while THRE is set and nothing was received: docs/console.md)
+    fast_reads: dict[int, Callable[[], int]] = field(default_factory=dict)
 
     @property
     def counts(self) -> Counter[str]:
@@ -122,13 +125,19 @@ _IO_OUT = k.KVM_EXIT_IO_OUT
 def _io_exit(run_map: Any, ctx: ExitContext) -> None:
     direction, size, port, count, off = _IO.unpack_from(run_map, _RUN_UNION)
     ring = ctx.ring
-    if ring is not None and ring.pending():
-        ring.before_exit(port, direction != _IO_OUT)  # queued writes come first
+    if ring is not None:
+        heads = ring.heads
+        if heads[0] != heads[1]:
+            ring.before_exit(port, direction != _IO_OUT)  # queued writes come first
     if count == 1 and size == 1 and off < len(run_map):  # one byte: the UART's hot path
         if direction == _IO_OUT:
             ctx.pio.write(port, 1, run_map[off])
-        else:
-            run_map[off] = ctx.pio.read(port, 1) & 0xFF
+            return
+        fast = ctx.fast_reads.get(port)
+        value = -1 if fast is None else fast()
+        if value < 0:
+            value = ctx.pio.read(port, 1)
+        run_map[off] = value & 0xFF
         return
     if size not in (1, 2, 4) or count > 4096 or off + size * count > len(run_map):
         return  # malformed exit from KVM: ignore rather than index outside the page
@@ -335,10 +344,11 @@ class VcpuThread:
         run, run_map, fd, ctx = self.fd.run_struct, self.fd.run_map, self.fd, self.ctx
         exits, running = ctx.exits, VcpuState.RUNNING
         mmio, io, intr = k.KVM_EXIT_MMIO, k.KVM_EXIT_IO, k.KVM_EXIT_INTR
+        enter, exit_reason = fd.entry()  # VcpuFd.run without a method call per exit
         # ``_want`` is read without the lock while running: a pause or stop sets it, then kicks
         # (immediate_exit + signal), so KVM_RUN returns at once and the next turn sees it.
         while self._want is running or self._wait_until_running():
-            reason = fd.run()
+            reason = exit_reason(run_map, 8)[0] if enter() >= 0 else fd.run_failed()
             if reason == mmio:  # the hot exits (virtio registers, the UART): no dispatch layer
                 exits[mmio] += 1
                 _mmio_exit(run_map, ctx)

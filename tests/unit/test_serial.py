@@ -321,3 +321,19 @@ def test_socket_server_takes_a_client_that_connected_before_attach(tmp_path) -> 
         cl.close()
         c.close()
         loop.close()
+
+
+def test_the_unlocked_lsr_answers_only_when_reading_it_changes_nothing() -> None:
+    u = Uart(limit=4 * s.FIFO_SIZE)
+    assert u.dev.lsr_unlocked() == s.LSR_THRE | s.LSR_TEMT == u.dev.read(s.LSR)
+    u.dev.enqueue(b"k")  # received data: DR is the locked read's business
+    assert u.dev.lsr_unlocked() == -1 and u.dev.read(s.LSR) & s.LSR_DR
+    u.dev.read(s.DATA)
+    u.dev.enqueue(bytes(s.FIFO_SIZE + 1))  # an overrun: reading LSR clears OE
+    assert u.dev.lsr_unlocked() == -1
+    u.dev.write(s.FCR, 1, 0x02)
+    assert u.dev.read(s.LSR) & s.LSR_OE
+    assert u.dev.lsr_unlocked() == s.LSR_THRE | s.LSR_TEMT
+    for _ in range(3 * s.FIFO_SIZE + 1):  # room below a FIFO: THRE clear, the locked path
+        u.dev.write(s.DATA, 1, 0x41)
+    assert u.dev.lsr_unlocked() == -1 and not u.dev.read(s.LSR) & s.LSR_THRE
