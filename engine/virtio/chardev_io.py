@@ -31,8 +31,10 @@ class CharBackend(Protocol):
     def attach(self, loop: Loop, sink: Sink, free: Free) -> None:
         """Start polling input on ``loop``; call ``sink(data)`` with at most ``free()`` bytes."""
 
-    def write(self, data: bytes) -> None:
-        """Output from the guest; must not block (drop and count when the reader is slow)."""
+    def write(self, data: bytes) -> object:
+        """Output from the guest; must not block. A backend with a bounded queue (``Chardev``)
+        returns the bytes it took and has ``room()``/``notify_room()``; a plain one drops and
+        counts what the reader cannot take now."""
 
     def resume_input(self) -> None:
         """The device has room again (called on the loop's thread)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from engine.machine.chardev_out import LIMIT as OUTPUT_LIMIT
 from engine.virtio.chardev_io import CharBackend
 from engine.virtio.device import VIRTIO_ID_CONSOLE, Loop, VirtioDevice, bit
 
@@ -36,8 +37,10 @@ VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 RECEIVEQ = 0
 TRANSMITQ = 1
 RX_BUFFER = 64 * 1024
-#: The most guest output one transmit request makes the host copy (the rest is dropped).
-TX_MAX = 64 * 1024
+#: The most guest output one transmit request makes the host copy (the rest is dropped): Linux's
+#: largest port write, and no more than the room a full chardev queue announces when it drains
+#: (half its limit), so a held request always fits once the chardev calls back.
+TX_MAX = min(32 * 1024, OUTPUT_LIMIT // 2)
 #: The most one write hands a backend that has no bounded queue of its own (``FdBackend``).
 TX_BATCH = 256 * 1024
 

@@ -18,11 +18,14 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.errors import GuestMemoryError
 from engine.machine.memory import GuestMemory
 from engine.virtio.queue import ChainError, Queue, QueueError
+
+if TYPE_CHECKING:
+    from engine.machine.chardev_out import Timer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Loop(Protocol):
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
     def remove_reader(self, fd: int) -> None: ...
     def call_soon_threadsafe(self, callback: Callable[[], None]) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
 
 
 @dataclass

@@ -195,3 +195,50 @@ def test_transmit_batches_a_kick_into_one_write_and_holds_what_does_not_fit() ->
         lt.call(t.close)
         lt.stop()
         mem.close()
+
+
+def test_requests_larger_than_a_draining_queue_announces_still_go_out(tmp_path: Path) -> None:
+    """A request is cut to TX_MAX (half the chardev queue), so a held one always fits once the
+    queue calls back: a reader that keeps up gets every byte the device kept, in order."""
+    assert C.TX_MAX * 2 <= C.OUTPUT_LIMIT
+    lt = LoopThread()
+    mem = GuestMemory.anonymous([(0, 16 * MiB)])
+    path = str(tmp_path / "con.sock")
+    chardev = open_chardev(ChardevPlan("con0", "socket", path=path, server=True, nowait=True))
+    dev = C.Console("console0", chardev, loop=lt.loop)
+    t = MmioTransport(dev, mem)
+    drv = Driver(t, mem, Allocator(0x1000, 16 * MiB))
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    size, count = C.TX_MAX + 8 * 1024, 24  # longer than Linux writes: the tail is cut
+    requests = [bytes([0x41 + i]) * size for i in range(count)]
+    try:
+        client.connect(path)
+        lt.call(drv.start)
+        tx = drv.queues[C.TRANSMITQ]
+
+        def send():
+            for r in requests:
+                tx.add([r], [])
+            tx.kick()
+
+        lt.call(send)  # far more than the socket buffer and the queue hold: requests wait
+        time.sleep(0.3)
+        answered = len(lt.call(tx.collect))
+        assert answered < count  # held back, unanswered, not dropped
+        want = b"".join(r[: C.TX_MAX] for r in requests)
+        got = bytearray()
+        client.settimeout(10)
+        while len(got) < len(want):
+            got += client.recv(1 << 16)
+        assert bytes(got) == want
+        assert dev.tx_dropped == count * (size - C.TX_MAX)
+        assert chardev.dropped == 0
+        while answered < count:  # every request answered once the chardev took it
+            answered += len(wait_for(lambda: lt.call(tx.collect)))
+        assert answered == count
+    finally:
+        client.close()
+        lt.call(t.close)
+        chardev.close()
+        lt.stop()
+        mem.close()
