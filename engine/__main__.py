@@ -103,19 +103,27 @@ def guarded(body: Callable[[], int]) -> int:
     """``body()`` as ``boot`` runs ``main`` (shared with the engines ``engine.pool`` forks)."""
     gc.disable()
     try:
+        return crash_guard(body)
+    finally:
+        gc.enable()
+
+
+def crash_guard(body: Callable[[], int], who: str = "engine") -> int:
+    """``body()``; a bug in it exits ``EXIT_INTERNAL`` with its traceback on stderr and in
+    ``$SVLAUNCH_CRASH_DIR`` (the engine, the sandbox supervisor and the pool alike: exit 1 would
+    read as a host error in the VM's exit record)."""
+    try:
         return body()
     except Exception:
         import traceback
 
         traceback.print_exc()
-        print("engine: internal error (a bug): please report the traceback above", file=sys.stderr)
-        _record_crash(traceback.format_exc())
+        print(f"{who}: internal error (a bug): please report the traceback above", file=sys.stderr)
+        _record_crash(traceback.format_exc(), who)
         return EXIT_INTERNAL
-    finally:
-        gc.enable()
 
 
-def _record_crash(text: str) -> None:
+def _record_crash(text: str, who: str = "engine") -> None:
     """With ``$SVLAUNCH_CRASH_DIR`` set (test suites, CI), also keep the traceback in a file
     there, as ``svlaunch`` does: an engine's crash is noticed even though its stderr went to a
     log nobody reads. A folder the engine cannot write (a jail) is skipped silently."""
@@ -125,9 +133,9 @@ def _record_crash(text: str) -> None:
     import tempfile
 
     try:
-        fd, _ = tempfile.mkstemp(prefix=f"engine-crash-{os.getpid()}-", suffix=".txt", dir=folder)
+        fd, _ = tempfile.mkstemp(prefix=f"{who}-crash-{os.getpid()}-", suffix=".txt", dir=folder)
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(f"engine {sys.argv!r}\n{text}")
+            f.write(f"{who} {sys.argv!r}\n{text}")
     except OSError:
         pass
 

@@ -93,6 +93,7 @@ def _cold_backends(devices: Sequence[DevicePlan]) -> list[Backend]:
                 read_only=d.readonly,
                 direct=d.direct,
                 iops=d.iops,
+                discard=d.discard,
             )
             found.append(Backend("blk", spec.node_name, spec, user=d.id))
         elif isinstance(d, NetPlan) and not d.vhost:
@@ -278,6 +279,7 @@ class HotReplace:
                     aio=rules.default_aio(bool(s.direct)),
                     serial=extra.get("serial"),
                     iops=s.iops,
+                    discard=s.discard,
                     num_queues=1 if queues is None else int(queues),
                     drive_id=b.id,
                     **common,

@@ -156,4 +156,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.__main__ import crash_guard
+
+    sys.exit(crash_guard(main, "svlaunch-ozone"))

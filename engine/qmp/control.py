@@ -94,6 +94,7 @@ class BlockdevSpec:
     read_only: bool = False
     direct: bool = True
     iops: int | None = None
+    discard: str = "ignore"  # QEMU's default; "unmap" passes the guest's discards to the file
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,9 @@ def _blockdev_add(d: Dispatcher, a: dict[str, Any]) -> None:
             "it would complete the guest's flushes without writing: data the guest believes "
             "safe could be lost; drop it and the engine flushes as asked",
         )
-    if a.get("discard", "unmap") != "unmap":
-        raise _unsupported("blockdev-add", "discard", "discards are always passed to the file")
+    discard = a.get("discard", "ignore")
+    if discard not in ("ignore", "unmap"):
+        raise QmpError(f"Parameter 'discard' expects 'ignore' or 'unmap', not {discard!r}")
     if a.get("backing") is not None:
         raise _unsupported("blockdev-add", "backing", "raw images have no backing file")
     for key in ("read-zeros", "id", "options"):
@@ -69,6 +70,7 @@ def _blockdev_add(d: Dispatcher, a: dict[str, Any]) -> None:
             read_only=a.get("read-only", False),
             direct=cache.get("direct", True),
             iops=a.get("throttling.iops-total"),
+            discard=discard,
         )
     )
 

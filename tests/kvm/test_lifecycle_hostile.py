@@ -33,10 +33,18 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def down_all(env):
-    """Stop whatever VM a case left running (a failed assertion must not leak engines)."""
+    """After every case, each VM that survived it still answers ``query-status`` on a fresh
+    connection within 100 ms; then whatever a case left running is stopped (a failed assertion
+    must not leak engines)."""
     yield
-    for row in json.loads(svl(env, "ps", "--json").stdout or "[]"):
-        svl(env, "down", "--force", row["name"], "--timeout", "1")
+    rows = json.loads(svl(env, "ps", "--json").stdout or "[]")
+    try:
+        for row in rows:
+            if row["state"] in ("running", "paused"):
+                assert_answers(row["qmp"], row["name"])
+    finally:
+        for row in rows:
+            svl(env, "down", "--force", row["name"], "--timeout", "1")
 
 
 def socket_serial(path: Path | str) -> str:

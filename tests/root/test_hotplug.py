@@ -157,6 +157,28 @@ def test_block_hot_replace_is_seen_by_the_guest(tmp_path) -> None:
         vm.close()
 
 
+def test_a_hot_added_disk_offers_discard_only_when_asked(tmp_path) -> None:
+    """blockdev-add's discard reaches the device: "unmap" offers VIRTIO_BLK_F_DISCARD (holes are
+    punched in the file), the default "ignore" does not, as QEMU."""
+    plan, _serial = slot_plan(tmp_path)
+    vm, _ev = start(plan)
+    try:
+        for node, discard in (("d-unmap", "unmap"), ("d-ignore", "ignore")):
+            disk = tmp_path / f"{node}.img"
+            disk.write_bytes(b"\1" * (1 << 20))
+            vm.blockdev_add(BlockdevSpec(node, str(disk), discard=discard))
+            vm.device_add(DeviceSpec(node, "virtio-blk-device", "blk", 1))
+            att = vm.machine.devices.attached(node)
+            assert att.spec.discard == discard
+            assert att.transport.device.can_punch is (discard == "unmap")
+            vm.device_del(node)
+            vm.blockdev_del(node)
+        vm.quit()
+        assert vm.wait(10) == 0
+    finally:
+        vm.close()
+
+
 def test_a_cold_plugged_disk_is_replaced_like_a_hot_plugged_one(tmp_path) -> None:
     """The manifest's disk has a backend too: device_del, blockdev-del, blockdev-add, device_add
     (what a GitOps live update of a drive sends) swap it for another file in the same slot."""

@@ -169,7 +169,7 @@ def test_refusals_are_errors_with_the_reason_and_unlisted(qmp) -> None:
                 {"node-name": "n", "file": {"filename": "/x"}, "cache": {"no-flush": True}},
             )
         for bad, words in (
-            ({"discard": "ignore"}, "discard"),
+            ({"discard": "always"}, "'ignore' or 'unmap'"),
             ({"read-zeros": True}, "read-zeros"),
             ({"driver": "qcow2"}, "raw images only"),
         ):

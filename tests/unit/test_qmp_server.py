@@ -209,9 +209,6 @@ def test_quit_replies_then_shutdown_then_vm_quits(server: QmpServer, vm: FakeVm)
     assert vm.quit_called.wait(5)
 
 
-# The server still logs a traceback ("protocol misuse on our side") for this input: issue 13
-# item 6, which the QMP rework fixes; remove this marker with it.
-@pytest.mark.traceback_ok
 def test_bad_input_gets_errors_and_others_keep_being_served(server: QmpServer) -> None:
     r = Raw(sock_path(server))
     r.line()
