@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._result import result  # noqa: E402
+
 MANIFEST = ROOT / "examples" / "quickstart.toml"
 TARGET_MS = 60.0
 FORBIDDEN = ("engine", "cffi", "rich", "pyroute2", "jsonschema")
@@ -26,13 +30,13 @@ FORBIDDEN = ("engine", "cffi", "rich", "pyroute2", "jsonschema")
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def median_ms(cmd: list[str], runs: int) -> float:
+def times_ms(cmd: list[str], runs: int) -> list[float]:
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, env=ENV, check=True, stdout=subprocess.DEVNULL)
         samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+    return samples
 
 
 def import_profile() -> list[tuple[int, str]]:
@@ -57,9 +61,10 @@ def import_profile() -> list[tuple[int, str]]:
 def main() -> int:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     svlaunch = [sys.executable, "-m", "launcher.cli", "cmdline", str(MANIFEST)]
-    median_ms(svlaunch, 1)  # warm-up: writes the bytecode caches
-    bare = median_ms([sys.executable, "-c", "pass"], runs)
-    cold = median_ms(svlaunch, runs)
+    times_ms(svlaunch, 1)  # warm-up: writes the bytecode caches
+    bare_runs = times_ms([sys.executable, "-c", "pass"], runs)
+    cold_runs = times_ms(svlaunch, runs)
+    bare, cold = statistics.median(bare_runs), statistics.median(cold_runs)
     print(f"python -c pass                         median {bare:6.1f} ms  ({runs} runs)")
     print(f"svlaunch cmdline examples/quickstart   median {cold:6.1f} ms  ({runs} runs)")
     print(f"svlaunch's own cost                           {cold - bare:6.1f} ms")
@@ -77,6 +82,8 @@ def main() -> int:
 
     bad = sorted({n for _, n in rows if n.split(".")[0] in FORBIDDEN and n not in CONTRACT_MODULES})
     print(f"\nforbidden imports: {', '.join(bad) if bad else 'none'}")
+    result("cmdline_startup", runs=runs, cmdline_median_ms=cold, cmdline_min_ms=min(cold_runs),
+           python_median_ms=bare, python_min_ms=min(bare_runs), own_ms=cold - bare)  # fmt: skip
     return 1 if bad else 0
 
 

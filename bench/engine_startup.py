@@ -30,11 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
+from bench._result import result  # noqa: E402
+
 
 @dataclass
 class Samples:
     name: str
     argv: list[str]
+    key: str = ""  # its RESULT lines' variant= (none: no RESULT line)
     first: list[float] = field(default_factory=list)  # ms, exec -> first serial byte
     exit: list[float] = field(default_factory=list)  # ms, exec -> reaped
     cpu: list[float] = field(default_factory=list)  # ms, child user+sys
@@ -119,6 +122,19 @@ def report(s: Samples) -> None:
     print(f"{s.name:<34} {fmt(s.first)} {fmt(s.exit)} {min(s.cpu):6.1f}  {max(s.rss):5d}   {s.rc}")
 
 
+def first_values(s: Samples) -> dict[str, float]:
+    """min and median of exec -> first instruction (nothing when the guest never wrote)."""
+    if not s.first:
+        return {}
+    return {"first_min_ms": min(s.first), "first_median_ms": statistics.median(s.first)}
+
+
+def result_line(bench: str, s: Samples) -> None:
+    result(bench, variant=s.key, n=len(s.exit), **first_values(s), exit_min_ms=min(s.exit),
+           exit_median_ms=statistics.median(s.exit), cpu_min_ms=min(s.cpu),
+           rss_max_mib=max(s.rss), rc=s.rc)  # fmt: skip
+
+
 def qemu_microvm(tmp: Path, memory: str = "128M", char: bytes = b"!") -> list[str] | None:
     """QEMU microvm with a 16-byte "BIOS" that writes ``char`` to COM1 and exits (None: no QEMU)."""
     qemu = shutil.which("qemu-system-x86_64")
@@ -155,10 +171,14 @@ def main() -> int:
     py = sys.executable
     engines = [
         Samples(
-            "engine: python -m engine", [py, "-m", "engine", "run", "--plan", f"{tmp}/plan.json"]
+            "engine: python -m engine",
+            [py, "-m", "engine", "run", "--plan", f"{tmp}/plan.json"],
+            "python-m-engine",
         ),
-        Samples("engine: engine_argv (-I -S)", engine_argv(f"{tmp}/plan.json")),
-        Samples("engine: engine_argv, seccomp on", engine_argv(f"{tmp}/plan-seccomp.json")),
+        Samples("engine: engine_argv (-I -S)", engine_argv(f"{tmp}/plan.json"), "exec"),
+        Samples(
+            "engine: engine_argv, seccomp on", engine_argv(f"{tmp}/plan-seccomp.json"), "seccomp"
+        ),
     ]
     if before:
         # -m engine resolves against the current directory first: run it from the old tree.
@@ -167,12 +187,12 @@ def main() -> int:
         argv = [py, "-c", script, "run", "--plan", f"{tmp}/plan.json"]
         engines.insert(0, Samples("before: python -m engine", argv))
     floors = [
-        Samples("floor: python -c pass", [py, "-c", "pass"]),
-        Samples("floor: python -I -S -c pass", [py, "-I", "-S", "-c", "pass"]),
+        Samples("floor: python -c pass", [py, "-c", "pass"], "python"),
+        Samples("floor: python -I -S -c pass", [py, "-I", "-S", "-c", "pass"], "python-I-S"),
     ]
     argv = qemu_microvm(tmp)
     if argv:
-        engines.append(Samples("qemu microvm (trivial bios)", argv))
+        engines.append(Samples("qemu microvm (trivial bios)", argv, "qemu"))
     with open(os.devnull, "w") as null:
         saved = os.dup(2)
         os.dup2(null.fileno(), 2)  # the engines' PVM notice and QEMU's CPUID warnings
@@ -197,6 +217,9 @@ def main() -> int:
         print(f"  {phase:<46} {lo:6.1f}   {med:6.1f}")
     shutil.rmtree(tmp, ignore_errors=True)
     print("goal: engine exec->first instruction <= 30 ms and <= 20 MiB over the Python floor")
+    for s in engines + floors:
+        if s.key:
+            result_line("engine_startup", s)
     return 0
 
 

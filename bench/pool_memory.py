@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
+from bench._result import result  # noqa: E402
 from bench.engine_startup import qemu_microvm  # noqa: E402
 from bench.pool_startup import QUIET, become_subreaper, machine, start_pool  # noqa: E402
 
@@ -193,6 +194,15 @@ def main() -> int:
     print(f"{'the pool itself (once a host)':<30} {1:3d}  {pool_row.uss:6.2f} {'':6}  "
           f"{pool_row.pss:6.2f}")  # fmt: skip
     print("goal: <= 4 MiB USS per VM beyond guest RAM (StratoVirt's claim)")
+    keys = {"pool: forked engine": "pool", "exec: engine_argv": "exec", "qemu microvm -S": "qemu"}
+    for name, rows in results.items():
+        values: dict[str, float] = {}
+        for field in ("uss", "pss", "uss_vmm", "pss_vmm"):
+            column = [getattr(r, field) for r in rows]
+            values[f"{field}_median_mib"] = statistics.median(column)
+            values[f"{field}_max_mib"] = max(column)
+        result("pool_memory", variant=keys[name], n=len(rows), guest_mib=GUEST >> 20, **values)
+    result("pool_memory", variant="pool-itself", n=1, uss_mib=pool_row.uss, pss_mib=pool_row.pss)
     return 0
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
-from bench.engine_startup import Samples, fmt, qemu_microvm, run_once  # noqa: E402
+from bench._result import result  # noqa: E402
+from bench.engine_startup import Samples, first_values, fmt, qemu_microvm, run_once  # noqa: E402
 
 MARK = b"\x06"  # the guest's first byte: no log line contains it
 QUIET = 0.25  # seconds without a request before a "ready pool" request
@@ -62,6 +63,7 @@ def start_pool(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
 class PoolSamples:
     name: str
     plan: str
+    key: str = ""  # its RESULT line's variant=
     first: list[float] = dataclasses.field(default_factory=list)  # ms, request -> marker
     reply: list[float] = dataclasses.field(default_factory=list)  # ms, request -> reply (pid)
     phases: dict[str, list[float]] = dataclasses.field(default_factory=dict)
@@ -122,17 +124,21 @@ def main() -> int:
     (tmp / "plan-seccomp.json").write_text(dataclasses.replace(plan, seccomp=True).dumps())
     pool, sock = start_pool(tmp)
     pooled = [
-        PoolSamples("pool: request -> engine", str(tmp / "plan.json")),
-        PoolSamples("pool: request -> engine, seccomp", str(tmp / "plan-seccomp.json")),
-        PoolSamples("pool: back to back (no spare)", str(tmp / "plan.json")),
+        PoolSamples("pool: request -> engine", str(tmp / "plan.json"), "pool"),
+        PoolSamples(
+            "pool: request -> engine, seccomp", str(tmp / "plan-seccomp.json"), "pool-seccomp"
+        ),
+        PoolSamples("pool: back to back (no spare)", str(tmp / "plan.json"), "pool-back-to-back"),
     ]
     execs = [
-        Samples("exec: engine_argv (-I -S)", engine_argv(f"{tmp}/plan.json")),
-        Samples("exec: engine_argv, seccomp on", engine_argv(f"{tmp}/plan-seccomp.json")),
+        Samples("exec: engine_argv (-I -S)", engine_argv(f"{tmp}/plan.json"), "exec"),
+        Samples(
+            "exec: engine_argv, seccomp on", engine_argv(f"{tmp}/plan-seccomp.json"), "seccomp"
+        ),
     ]
     qemu = qemu_microvm(tmp, char=MARK)
     if qemu:
-        execs.append(Samples("qemu microvm (trivial bios)", qemu))
+        execs.append(Samples("qemu microvm (trivial bios)", qemu, "qemu"))
     try:
         with open(os.devnull, "w") as null:
             saved = os.dup(2)
@@ -172,6 +178,12 @@ def main() -> int:
         print(f"  {phase:<46} {min(values):6.1f}   {statistics.median(values):6.1f}")
     shutil.rmtree(tmp, ignore_errors=True)
     print("goal: request -> first guest instruction through the pool <= 5 ms")
+    for p in pooled:
+        result("pool_startup", variant=p.key, n=len(p.first), first_min_ms=min(p.first),
+               first_median_ms=statistics.median(p.first), reply_min_ms=min(p.reply),
+               reply_median_ms=statistics.median(p.reply))  # fmt: skip
+    for s in execs:
+        result("pool_startup", variant=s.key, n=len(s.exit), **first_values(s))
     return 0
 
 

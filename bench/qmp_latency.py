@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+
+from bench._result import result  # noqa: E402
+
 PER_CONNECTION = 90
 DRAIN_S = 1.0  # the bucket empties at 100/s
 
@@ -102,7 +105,8 @@ def measure(path: str, samples: int) -> list[float]:
     return out
 
 
-def report(label: str, us: list[float]) -> None:
+def report(label: str, us: list[float]) -> dict[str, float]:
+    """Print one row; return its figures for the RESULT line."""
     us = sorted(us)
     p99 = us[min(len(us) - 1, int(len(us) * 0.99))]
     verdict = "ok" if p99 <= 1000 else "over the 1 ms goal"
@@ -110,6 +114,7 @@ def report(label: str, us: list[float]) -> None:
         f"{label:<28} n={len(us):<6} median {statistics.median(us):8.1f} us   "
         f"p99 {p99:8.1f} us   max {us[-1]:8.1f} us   ({verdict})"
     )
+    return {"min_us": us[0], "median_us": statistics.median(us), "p99_us": p99, "max_us": us[-1]}
 
 
 def main() -> int:
@@ -118,11 +123,12 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="svl-qmp-bench-"))
     rc = 0
+    figures: dict[str, dict[str, float]] = {}
     try:
         proc, ours = start_engine(tmp)
         try:
             measure(ours, PER_CONNECTION)  # warm-up
-            report("svlaunch engine (paused VM)", measure(ours, args.samples))
+            figures["svlaunch"] = report("svlaunch engine (paused VM)", measure(ours, args.samples))
         finally:
             _quit(ours)
             proc.wait(15)
@@ -150,7 +156,7 @@ def main() -> int:
             )
             try:
                 measure(qsock, PER_CONNECTION)
-                report("QEMU (-machine none -S)", measure(qsock, args.samples))
+                figures["qemu"] = report("QEMU (-machine none -S)", measure(qsock, args.samples))
             finally:
                 qp.kill()
                 qp.wait()
@@ -159,6 +165,9 @@ def main() -> int:
         rc = 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for server, values in figures.items():
+        result("qmp_latency", server=server, command="query-status", load="idle",
+               n=args.samples, **values)  # fmt: skip
     return rc
 
 

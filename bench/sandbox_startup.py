@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._result import result  # noqa: E402
+
 PROBE = [sys.executable, "-m", "engine.ozone.probe"]
 #: pivot_root (a normal host) and MS_MOVE + chroot (what an initramfs root such as the rig's L1 gets)
 MODES = ("pivot", "move")
@@ -127,6 +129,9 @@ def main() -> int:
         print(f"  [{m}] jailed payload running (realize -> first line):  {to_run:7.1f} ms")
         print(f"  [{m}] added by the sandbox:                             {to_run - base:7.1f} ms")
         print(f"  [{m}] teardown:                                         {down:7.1f} ms")
+        result("sandbox_startup", mode=m, runs=args.runs, plain_median_ms=base,
+               setup_median_ms=to_exec, running_median_ms=to_run, added_median_ms=to_run - base,
+               teardown_median_ms=down)  # fmt: skip
     return 0
 
 

@@ -21,6 +21,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench._result import result  # noqa: E402
 
 MICROVM = """\
 name = "vm-{i}"
@@ -150,6 +153,12 @@ def main() -> int:
     bare = min(cold["python -c pass"])
     own = min(cold["svlaunch cmdline examples/quickstart.toml"]) - bare
     print(f"cmdline's own cost (min - min python -c pass): {own * 1e3:.0f} ms")
+    result("validate_many", measure="many", count=args.count, runs=args.runs,
+           min_s=f"{best:.3f}", median_s=f"{statistics.median(many):.3f}")  # fmt: skip
+    keys = dict(zip(cold, ("python", "validate_one", "cmdline"), strict=True))
+    for name, samples in cold.items():
+        result("validate_many", measure=keys[name], runs=args.cold_runs,
+               min_ms=min(samples) * 1e3, median_ms=statistics.median(samples) * 1e3)  # fmt: skip
     return 0
 
 
