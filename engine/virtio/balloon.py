@@ -22,6 +22,7 @@ import struct
 from array import array
 from collections.abc import Callable, Iterable
 
+from engine.device_rules import DEFAULT_QUEUE_SIZE
 from engine.errors import GuestMemoryError
 from engine.virtio.device import VIRTIO_ID_BALLOON, Loop, VirtioDevice, bit
 from engine.virtio.queue import DescriptorChain
@@ -82,7 +83,7 @@ class Balloon(VirtioDevice):
         deflate_on_oom: bool = False,
         free_page_reporting: bool = False,
         memory_size: int | None = None,
-        queue_size: int = 256,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
         loop: Loop | None = None,
         on_change: Callable[[int], None] | None = None,
     ) -> None:

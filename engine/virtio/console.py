@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from engine.device_rules import DEFAULT_QUEUE_SIZE
 from engine.machine.chardev_out import LIMIT as OUTPUT_LIMIT
 from engine.virtio.chardev_io import CharBackend
 from engine.virtio.device import VIRTIO_ID_CONSOLE, Loop, VirtioDevice, bit
@@ -53,7 +54,12 @@ class Console(VirtioDevice):
     device_id = VIRTIO_ID_CONSOLE
 
     def __init__(
-        self, name: str, backend: CharBackend, *, queue_size: int = 256, loop: Loop | None = None
+        self,
+        name: str,
+        backend: CharBackend,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        loop: Loop | None = None,
     ) -> None:
         super().__init__(
             name, [queue_size, queue_size], bit(VIRTIO_CONSOLE_F_EMERG_WRITE), loop=loop

@@ -38,6 +38,7 @@ import struct
 import threading
 from functools import partial
 
+from engine.device_rules import DEFAULT_QUEUE_SIZE
 from engine.errors import HostError
 from engine.virtio.device import (
     VIRTIO_F_RING_EVENT_IDX,
@@ -170,7 +171,7 @@ class Net(VirtioDevice):
         *,
         mac: str | None = None,
         queue_pairs: int = 1,
-        queue_size: int = 256,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
         vhost: bool = False,
         vhostfds: tuple[int, ...] = (),
         offloads: bool = True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 
+from engine.device_rules import DEFAULT_QUEUE_SIZE
 from engine.errors import HostError
 from engine.virtio.device import VIRTIO_ID_RNG, Loop, VirtioDevice
 from engine.virtio.throttle import RateTimer, TokenBucket
@@ -36,7 +37,7 @@ class Rng(VirtioDevice):
         *,
         max_bytes: int | None = None,
         period_ms: int | None = None,
-        queue_size: int = 256,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
         loop: Loop | None = None,
     ) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+from engine.device_rules import DEFAULT_QUEUE_SIZE
 from engine.errors import HostError
 from engine.virtio.device import VIRTIO_ID_VSOCK, Loop, VirtioDevice, bit
 from engine.virtio.vhost import VhostBackend, open_vhost
@@ -37,7 +38,7 @@ class Vsock(VirtioDevice):
         guest_cid: int,
         *,
         vhostfd: int | None = None,
-        queue_size: int = 256,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
         loop: Loop | None = None,
     ) -> None:
         if not CID_MIN <= guest_cid <= CID_MAX:
