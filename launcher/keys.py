@@ -46,32 +46,50 @@ VM_NAME = "vm-name"  # the VM name (engine.names)
 
 
 class Apply:
-    """How a change of a key reaches a running VM: when it next starts, or live over QMP."""
+    """How a change of a key reaches a running VM: when it next starts, live over QMP, or not
+    at all because the key is svlaunch's own (where the VM runs, its restart policy)."""
 
-    __slots__ = ("note", "qmp")
+    __slots__ = ("host", "note", "qmp")
 
-    def __init__(self, qmp: tuple[str, ...] = (), note: str = "") -> None:
+    def __init__(self, qmp: tuple[str, ...] = (), note: str = "", host: bool = False) -> None:
         self.qmp = qmp  # the QMP commands that apply the change, in order; () = restart
         self.note = note  # when the live path applies, or what a restart means
+        self.host = host  # svlaunch's own setting: the running VM is not touched
 
     @property
     def live(self) -> bool:
         return bool(self.qmp)
 
+    @property
+    def restarts(self) -> bool:
+        """The change takes effect only when the VM starts again."""
+        return not self.qmp and not self.host
+
     def __str__(self) -> str:
-        return f"live: {', '.join(self.qmp)}" if self.qmp else "restart"
+        if self.qmp:
+            return f"live: {', '.join(self.qmp)}"
+        return "none" if self.host else "restart"
 
     def __repr__(self) -> str:
         return f"Apply({self})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Apply) and (self.qmp, self.note) == (other.qmp, other.note)
+        return isinstance(other, Apply) and (self.qmp, self.note, self.host) == (
+            other.qmp,
+            other.note,
+            other.host,
+        )
 
     def __hash__(self) -> int:
-        return hash(self.qmp)
+        return hash((self.qmp, self.host))
 
 
 RESTART = Apply(note="takes effect when the VM next starts")
+#: svlaunch's own keys (which hosts run the VM, its restart and update policy, its
+#: dependencies): a change is recorded, nothing in the running VM changes
+HOST_ONLY = Apply(note="svlaunch's own setting: the running VM is not touched", host=True)
+#: the balloon target is set with QMP ``balloon`` (the guest's driver gives the memory back)
+BALLOON_TARGET = Apply(("balloon",), "QMP balloon: the guest's balloon driver follows the target")
 #: a disk in one of microvm's virtio-mmio block slots is unplugged (device_del, blockdev-del)
 #: and plugged (blockdev-add, device_add) without a restart: a changed drive is replaced, an
 #: added or removed one is plugged or unplugged

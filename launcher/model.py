@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from launcher.keys import (
+    HOST_ONLY,
     HOT_REPLACE_DISK,
     HOT_REPLACE_NIC,
     LIST,
@@ -45,7 +46,9 @@ from launcher.model_enums import (  # re-exported: the model's value sets are im
     NetType,
     NumaPolicy,
     PanicAction,
+    RestartPolicy,
     Transport,
+    UpdateMode,
 )
 from launcher.model_machine import Boot, Cpu, Machine, Memory, Numa, Topology
 
@@ -93,8 +96,10 @@ __all__ = [
     "Numa",
     "NumaPolicy",
     "PanicAction",
+    "RestartPolicy",
     "Topology",
     "Transport",
+    "UpdateMode",
     "Usb",
     *_LAZY,
 ]
@@ -235,6 +240,29 @@ class Manifest:
         kind=SOCKETS,
         sv="-qmp unix:<path>,server,nowait",
         plan="Plan.qmp",
+    )
+    hosts: tuple[str, ...] = key(
+        (),
+        "The hosts that run this VM under svlaunch apply/agent (host names, as --host gives"
+        " them; default the hostname). Absent: every host that applies the source.",
+        apply=HOST_ONLY,
+    )
+    depends_on: tuple[str, ...] = key(
+        (),
+        "VMs on the same host that svlaunch apply starts before this one (and stops after it).",
+        apply=HOST_ONLY,
+    )
+    restart: RestartPolicy = key(
+        RestartPolicy.ON_FAILURE,
+        "What the GitOps agent does when the VM ends: always start it again, only after a"
+        " failure (a crash, a signal, a guest panic), or never.",
+        apply=HOST_ONLY,
+    )
+    update: UpdateMode = key(
+        UpdateMode.LIVE_OR_RESTART,
+        "How svlaunch apply carries out a changed manifest: live over QMP where the key allows"
+        " it and a restart otherwise, always a restart, or manual (report only).",
+        apply=HOST_ONLY,
     )
     machine: Machine = key(Machine, "Machine type and global switches.", sv="-machine")
     cpu: Cpu = key(

@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import device_rules as rules
-from launcher.keys import FDS, HOT_REPLACE_DISK, HOT_REPLACE_NIC, PATH, PCI, REQUIRED, key
+from launcher.keys import (
+    BALLOON_TARGET,
+    FDS,
+    HOT_REPLACE_DISK,
+    HOT_REPLACE_NIC,
+    PATH,
+    PCI,
+    REQUIRED,
+    SIZE,
+    key,
+)
 from launcher.model_enums import Aio, Discard, NetType, Transport
 
 BOOTINDEX = rules.IntRange(0, 255)
@@ -337,6 +347,13 @@ class Balloon:
     )
     transport: Transport | None = transport()
     pci: PciAddress | None = placement()
+    target: int | None = key(
+        None,
+        "The guest memory svlaunch asks the balloon to leave the guest (QMP balloon, right"
+        " after start and live on a change; at most memory.size). Absent: no ballooning.",
+        kind=SIZE,
+        apply=BALLOON_TARGET,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ def diff(old: m.Manifest, new: m.Manifest) -> list[Change]:
 
 def needs_restart(changes: list[Change]) -> bool:
     """Whether some change only takes effect when the VM restarts."""
-    return any(not c.live for c in changes)
+    return any(c.apply.restarts for c in changes)
 
 
 def _walk(old: Any, new: Any, path: Path, out: list[Change], man: m.Manifest) -> None:

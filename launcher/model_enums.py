@@ -69,3 +69,19 @@ class PanicAction(StrEnum):
     POWEROFF = "poweroff"  # the VM stops: SHUTDOWN reason guest-panic, exit code 7
     PAUSE = "pause"  # the vCPUs stop; state guest-panicked until quit or system_reset
     RUN = "run"  # only the event
+
+
+class RestartPolicy(StrEnum):
+    """What the GitOps agent does when a VM's engine ends (docs/gitops.md)."""
+
+    ALWAYS = "always"  # start it again, however it ended
+    ON_FAILURE = "on-failure"  # start it again after a crash, a signal or a guest panic
+    NEVER = "never"  # leave it stopped (reported as drift)
+
+
+class UpdateMode(StrEnum):
+    """How ``svlaunch apply`` carries out a changed manifest on a running VM."""
+
+    LIVE_OR_RESTART = "live-or-restart"  # QMP for live keys; a restart for anything else
+    RESTART = "restart"  # every change restarts the VM
+    MANUAL = "manual"  # report the change, touch nothing

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
     from launcher import runtime
     from launcher.compile.engine_plan import compile_plan
 
-    plan = compile_plan(_load_for_this_host(args.manifest))
+    man = _load_for_this_host(args.manifest)
+    plan = compile_plan(man)
     if args.tui:
         from launcher.tui_live import require_terminal
 
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
         )
         vm.write_meta(meta)
         _note_engine_files(vm, plan)
+        _set_balloon_target(meta, man)
         if args.detach:
             sandboxed = f", sandbox supervisor {proc.pid}" if engine_pid != proc.pid else ""
             print(
@@ -273,6 +275,19 @@ def run(args: argparse.Namespace) -> int:
         claim.release()  # the engine holds its own copy of the lock for as long as it lives
         if proc is None or proc.poll() is not None:
             vm.remove()
+
+
+def _set_balloon_target(meta: Any, man: Any) -> None:
+    """``balloon.target``: the engine's plan has no balloon target (nor has StratoVirt's argv),
+    so svlaunch asks for it over QMP as soon as the engine answers; the guest's driver follows
+    once it loads."""
+    target = man.balloon.target if man.balloon is not None else None
+    if target is None:
+        return
+    from launcher.identity import connect
+
+    with connect(meta) as c:
+        c.execute("balloon", {"value": target})
 
 
 def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: bool) -> Any:

@@ -21,12 +21,13 @@ from launcher.validate import (
     memory,
     ozone,
     pci,
+    placement,
 )
 from launcher.validate.base import RULES, Context
 
 __all__ = ["RULES", "check_model"]
 
-_AREAS = (general, machine, cpu, memory, limits, blk_net, chardev, pci, devices, ozone)
+_AREAS = (general, machine, cpu, memory, limits, blk_net, chardev, pci, devices, ozone, placement)
 
 
 def check_model(manifest: m.Manifest, target: str = "engine") -> list[Issue]:

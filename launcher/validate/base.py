@@ -185,6 +185,26 @@ RULES: dict[str, tuple[str, str]] = {
     "ozone-cgroup": ("ozone", "cgroup values are non-empty, without '=' or spaces."),
     "ozone-numa": ("ozone", "cpuset.cpus should come with ozone.numa (warning)."),
     "ozone-name": ("ozone", "The sandbox name is a path component: no '/', at most 255 bytes."),
+    # svlaunch's own keys (hosts, depends-on, the balloon target)
+    "hosts-entry": ("placement", "A hosts entry is a host name (dot-separated labels), listed once."),
+    "depends-on": ("placement", "depends-on names other VMs, each once."),
+    "balloon-target": (
+        "placement",
+        "balloon.target is at most memory.size (set over QMP: StratoVirt's argv has no option).",
+    ),
+    # across manifests, per host (svlaunch validate DIR, diff, apply)
+    "cross-duplicate": (
+        "run",
+        "Two VMs on one host share a MAC, vsock CID, tap, socket path or writable disk.",
+    ),
+    "cross-depends-on": (
+        "run",
+        "depends-on names a VM that does not run on the same host, or a cycle.",
+    ),
+    "inventory": (
+        "run",
+        "The host inventory: unknown hosts, over-committed vCPUs or memory (warnings).",
+    ),
     # host (svlaunch check)
     "host-file": ("host", "A file the VM needs is missing or unreadable."),
     "host-kvm": ("host", "/dev/kvm is missing or cannot be opened."),

@@ -1356,6 +1356,15 @@ CASES: list[tuple[str, str, str, str]] = [
         "drives.root.bogus",
     ),
     ("yaml-name-list.yaml", ymv().replace("name: vm", "name: @@[vm]"), "wrong-type", "name"),
+    # -- svlaunch's own keys (launcher/validate/placement.py) ------------------------------------
+    ("hosts-bad-name.toml", mv(top='hosts = ["h1", @@"h_2"]'), "hosts-entry", "hosts[1]"),
+    ("depends-on-self.toml", mv(top='depends-on = [@@"vm"]'), "depends-on", "depends-on[0]"),
+    (
+        "balloon-target-big.toml",
+        mv("[balloon]\ntarget = @@\"1G\"\n"),
+        "balloon-target",
+        "balloon.target",
+    ),
 ]
 
 

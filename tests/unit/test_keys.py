@@ -73,7 +73,7 @@ def test_live_keys_name_commands_the_engine_answers() -> None:
     from engine.qmp.commands import HANDLERS
 
     live = {s.decl.apply for _, s in SPECS if s.decl.apply.live}
-    assert live == {k.HOT_REPLACE_DISK, k.HOT_REPLACE_NIC}
+    assert live == {k.HOT_REPLACE_DISK, k.HOT_REPLACE_NIC, k.BALLOON_TARGET}
     assert {q for a in live for q in a.qmp} - set(HANDLERS) == set()
 
 

@@ -268,6 +268,9 @@ def test_every_used_code_is_catalogued_and_every_rule_is_tested() -> None:
         - host
         - {
             "vm-name-duplicate",
+            "cross-duplicate",  # rules across manifests: tests/unit/test_gitops_validate.py
+            "cross-depends-on",
+            "inventory",
             "key-type",
             "file-unreadable",
             "unknown-format",
