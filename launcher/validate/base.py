@@ -186,7 +186,10 @@ RULES: dict[str, tuple[str, str]] = {
     "ozone-numa": ("ozone", "cpuset.cpus should come with ozone.numa (warning)."),
     "ozone-name": ("ozone", "The sandbox name is a path component: no '/', at most 255 bytes."),
     # svlaunch's own keys (hosts, depends-on, the balloon target)
-    "hosts-entry": ("placement", "A hosts entry is a host name (dot-separated labels), listed once."),
+    "hosts-entry": (
+        "placement",
+        "A hosts entry is a host name (dot-separated labels), listed once.",
+    ),
     "depends-on": ("placement", "depends-on names other VMs, each once."),
     "balloon-target": (
         "placement",

@@ -1361,7 +1361,7 @@ CASES: list[tuple[str, str, str, str]] = [
     ("depends-on-self.toml", mv(top='depends-on = [@@"vm"]'), "depends-on", "depends-on[0]"),
     (
         "balloon-target-big.toml",
-        mv("[balloon]\ntarget = @@\"1G\"\n"),
+        mv('[balloon]\ntarget = @@"1G"\n'),
         "balloon-target",
         "balloon.target",
     ),
