@@ -62,6 +62,8 @@ COMMANDS: dict[str, CommandInfo] = {
     "events": CommandInfo("launcher.commands.events", "stream a VM's QMP events"),
     "top": CommandInfo("launcher.commands.top", "live terminal UI for a VM or any QMP endpoint"),
     "pool": CommandInfo("launcher.commands.pool", "start, inspect or stop the engine pool"),
+    "diff": CommandInfo("launcher.commands.diff", "show what 'apply SOURCE' would change here"),
+    "apply": CommandInfo("launcher.commands.apply", "make this host run what SOURCE says"),
 }
 
 TOP_EPILOG = """\

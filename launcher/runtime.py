@@ -54,7 +54,7 @@ from launcher.runtime_root import (  # noqa: F401  (re-exported)
 MAX_STATE_BYTES = 1 << 20  # meta.json / record.json larger than this are not svlaunch's
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: scratch names of the atomic writes; a crash may leave them
-SCRATCH = (".meta.json.tmp", ".record.json.tmp")
+SCRATCH = (".meta.json.tmp", ".record.json.tmp", ".gitops.json.tmp")
 #: ``<root>/<name>.last.exit.json``: the exit record of a VM that has gone
 LAST_EXIT = ".last.exit.json"
 
@@ -229,6 +229,13 @@ class VmDir:
         self.note(
             Made("meta.json", "file", "svlaunch", ident), Made("pid", "file", "svlaunch", pid)
         )
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Write (or replace) a file of the folder atomically, recorded for clean-up (the
+        GitOps record, ``launcher.gitops.state``)."""
+        with self.opened() as d:
+            ident = self._replace(d, name, data)
+        self.note(Made(name, "file", "svlaunch", ident))
 
     def create(self, name: str, data: bytes = b"", mode: int = FILE_MODE) -> int:
         """Make a new file of the folder (``O_EXCL``: never an existing one), recorded; its
