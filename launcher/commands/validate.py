@@ -6,9 +6,14 @@ examples:
   svlaunch validate --format json vms/ | jq '.files[] | select(.valid | not)'
   svlaunch validate --target stratovirt vm.toml  # rules for a real StratoVirt (QMP required)
   svlaunch validate --strict vm.yaml             # warnings fail too
+  svlaunch validate --inventory hosts.toml vms/  # CPUs and memory per host: over-commit
 
 Each issue shows file:line:col, the key path, the rule code, the source line with a caret, and
-a hint. Nothing on this host is touched (see `svlaunch check` for host checks).
+a hint. Across the files, per host (the manifests' 'hosts'; absent: every host): unique VM
+names, MACs, vsock CIDs, taps, socket paths and output files, and no disk writable by two VMs;
+depends-on names VMs of the same host. A folder's .svlaunch/hosts.toml (or --inventory) lists
+hosts' CPUs and memory: over-commit is a warning. Nothing on this host is touched (see
+`svlaunch check` for host checks).
 exit codes: 0 all valid, 1 something invalid, 2 usage error
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from launcher.errors import EXIT_INTERNAL, EXIT_INVALID, Issue, Mark
 from launcher.report import MAX_ISSUES
@@ -38,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "always", "never"),
         default="auto",
         help="rich summary table on terminals (auto)",
+    )
+    p.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="host inventory (default: .svlaunch/hosts.toml in a folder given)",
     )
     p.add_argument(
         "--max-issues",
@@ -103,19 +114,19 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 def validate_files(
     files: list[str], target: str = "engine", strict: bool = False
 ) -> list[tuple[str, list[Issue]]]:
-    """(file, issues) for each file, with VM names checked across the whole run."""
+    """(file, issues) for each file, with the rules across files checked per host."""
     return _validate(files, target, strict)[0]
 
 
 def _validate(
-    files: list[str], target: str, strict: bool
+    files: list[str], target: str, strict: bool, inventory: str | None = None
 ) -> tuple[list[tuple[str, list[Issue]]], int]:
     """``validate_files`` and how many files crashed svlaunch: one file's bug never stops the
     rest (it is reported with its traceback and makes the exit code 3)."""
     from launcher.manifest.load import load_file_full
 
     results: list[tuple[str, list[Issue]]] = []
-    names: dict[str, str] = {}
+    loaded: list[tuple[str, Any, Any]] = []  # (file, manifest, source map)
     crashed = 0
     for f in files:
         try:
@@ -127,23 +138,57 @@ def _validate(
             crashed += 1
             results.append((f, [_crash_issue(f)]))
             continue
-        issues = r.issues
-        if strict:
-            issues = [Issue(i.message, i.path, i.hint, i.mark, "error", i.code) for i in issues]
+        issues = _strict(r.issues, strict)
         if r.manifest is not None:
-            name = r.manifest.name
-            if name in names:
-                issue = Issue(
-                    f"VM name {name!r} is also used by {names[name]}",
-                    "name",
-                    "give every VM its own name",
-                    code="vm-name-duplicate",
-                )
-                issues = [*issues, *r.smap.locate([issue])]
-            else:
-                names[name] = f
+            loaded.append((f, r.manifest, r.smap))
         results.append((f, issues))
+    results = _across(results, loaded, inventory, strict)
     return results, crashed
+
+
+def _across(
+    results: list[tuple[str, list[Issue]]],
+    loaded: list[tuple[str, Any, Any]],
+    inventory: str | None,
+    strict: bool,
+) -> list[tuple[str, list[Issue]]]:
+    """The rules across manifests, per host, and the inventory's (``launcher.gitops``)."""
+    if not loaded and inventory is None:
+        return results
+    from launcher.gitops.inventory import check_inventory, cross_check, facts
+
+    items = [(f, facts(man)) for f, man, _ in loaded]
+    smaps = {f: smap for f, _, smap in loaded}
+    extra: dict[str, list[Issue]] = dict(cross_check(items))
+    if inventory is not None:
+        inv = _inventory(inventory)
+        own, per_file = check_inventory(inv, items) if not inv.issues else ([], {})
+        for f, issues in per_file.items():
+            extra.setdefault(f, []).extend(issues)
+        results = [*results, (inventory, [*inv.issues, *_strict(own, strict)])]
+    out = []
+    for f, issues in results:
+        more = extra.get(f, [])
+        if more and f in smaps:
+            more = smaps[f].locate(more)
+        out.append((f, [*issues, *_strict(more, strict)]))
+    return out
+
+
+def _strict(issues: list[Issue], strict: bool) -> list[Issue]:
+    if not strict:
+        return issues
+    return [Issue(i.message, i.path, i.hint, i.mark, "error", i.code) for i in issues]
+
+
+def _inventory(path: str) -> Any:
+    from launcher.gitops.inventory import Inventory, load_inventory
+    from launcher.manifest.load import read_source
+
+    text, issues = read_source(path)
+    if text is None:
+        return Inventory(path, issues=issues)
+    return load_inventory(text, path)
 
 
 def _crash_issue(file: str) -> Issue:
@@ -166,7 +211,15 @@ def run(args: argparse.Namespace) -> int:
             "svlaunch: no manifests (*.toml, *.yaml, *.yml) found in " + ", ".join(args.paths)
         )
         return EXIT_INVALID
-    results, crashed = _validate(files, args.target, args.strict)
+    inventory = args.inventory or next(
+        (
+            os.path.join(p, ".svlaunch", "hosts.toml")
+            for p in args.paths
+            if os.path.isfile(os.path.join(p, ".svlaunch", "hosts.toml"))
+        ),
+        None,
+    )
+    results, crashed = _validate(files, args.target, args.strict, inventory)
     invalid = sum(1 for _, iss in results if any(i.is_error for i in iss))
     status = EXIT_INTERNAL if crashed else EXIT_INVALID if invalid or problems else 0
     if args.format == "json":
@@ -189,5 +242,5 @@ def run(args: argparse.Namespace) -> int:
             from launcher.report import print_rich_summary
 
             print_rich_summary(results, sys.stdout)
-        print(summary_line(len(results), invalid, errors, warnings))
+        print(summary_line(len(files), invalid, errors, warnings))
     return status

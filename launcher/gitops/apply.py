@@ -202,9 +202,7 @@ class Applier:
         except subprocess.TimeoutExpired:
             raise EngineError(f"svlaunch up did not finish within {START_TIMEOUT:g} s") from None
         if res.returncode != 0:
-            lines = [line for line in res.stderr.splitlines() if line.strip()]
-            why = " / ".join(lines[-4:]) or f"exit {res.returncode}"
-            raise EngineError(f"start failed: {why}")
+            raise EngineError("start failed: " + _why(res.stderr, res.returncode))
 
     def _stop_vm(self, name: str) -> str:
         from launcher import runtime
@@ -317,3 +315,12 @@ class Applier:
                 if name not in wanted and name not in running and not st.created:
                     del state.vms[name]
             save_state(state)
+
+
+def _why(stderr: str, code: int) -> str:
+    """The lines of ``svlaunch up``'s error output that say what went wrong: its error lines
+    (file:line:col: error[...]) and hints, else its last lines."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = [line for line in lines if "error" in line or line.startswith("hint:")]
+    said = [line for line in said if not line.startswith("svlaunch: ")] or lines[-3:]
+    return " / ".join(said[:4]) or f"exit {code}"

@@ -292,15 +292,15 @@ def check_inventory(
     for host, (cpus, memory) in sorted(inv.hosts.items()):
         on = [f for _, f in items if runs_on(f, host)]
         want_cpus, want_mem = sum(f["vcpus"] for f in on), sum(f["memory"] for f in on)
-        for have, want, what, show in (
-            (cpus, want_cpus, "vCPUs", str),
-            (memory, want_mem, "memory", lambda b: f"{b >> 20} MiB"),
+        for have, want, show in (
+            (cpus, want_cpus, lambda n: f"{n} vCPUs"),
+            (memory, want_mem, lambda b: f"{b >> 20} MiB of memory"),
         ):
             if have is not None and want > have:
                 own.append(
                     Issue(
                         f"host {host!r} is over-committed: its {len(on)} VMs ask for"
-                        f" {show(want)} of {what}, it has {show(have)} ({want / have:.2f}x)",
+                        f" {show(want)}, it has {show(have)} ({want / have:.2f}x)",
                         mark=inv.marks[host],
                         severity="warning",
                         code="inventory",
