@@ -64,6 +64,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "pool": CommandInfo("launcher.commands.pool", "start, inspect or stop the engine pool"),
     "diff": CommandInfo("launcher.commands.diff", "show what 'apply SOURCE' would change here"),
     "apply": CommandInfo("launcher.commands.apply", "make this host run what SOURCE says"),
+    "agent": CommandInfo("launcher.commands.agent", "keep this host running what SOURCE says"),
 }
 
 TOP_EPILOG = """\

@@ -15,7 +15,7 @@ from typing import Any
 
 from launcher.gitops.state import VmRecord, read_record
 
-QMP_TIMEOUT = 3.0
+QMP_TIMEOUT = 10.0
 WORKERS = 16
 
 

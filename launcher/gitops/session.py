@@ -17,7 +17,7 @@ from launcher.errors import HostError, UsageError
 from launcher.gitops.desired import Desired, build
 from launcher.gitops.observe import Observed, observe
 from launcher.gitops.plan import Plan, make_plan
-from launcher.gitops.source import FETCH_TIMEOUT, SourceSpec, snapshot
+from launcher.gitops.source import FETCH_TIMEOUT, Snapshot, SourceSpec, snapshot
 from launcher.gitops.state import HostState, gitops_dir, load_state
 
 LOCK_FILE = "apply.lock"
@@ -51,12 +51,14 @@ class Inputs:
 
 def look(
     spec: SourceSpec, host: str, *, prune: bool, clean: bool = False,
-    timeout: float = FETCH_TIMEOUT,
+    timeout: float = FETCH_TIMEOUT, snap: Snapshot | None = None,
 ) -> Inputs:  # fmt: skip
     """Fetch, validate, observe, diff. ``clean``: dead VMs' folders are removed after their exit
-    records were taken into the state (apply and the agent; a diff changes nothing)."""
+    records were taken into the state (apply and the agent; a diff changes nothing). ``snap``:
+    a revision already read (the agent's last good one) instead of a fetch."""
     workdir = gitops_dir(create=True)
-    snap = snapshot(spec, workdir, timeout)
+    if snap is None:
+        snap = snapshot(spec, workdir, timeout)
     desired = build(snap, host, workdir)
     state = load_state(host, repair=clean)
     observed = observe(ask=True, clean=clean)

@@ -148,6 +148,21 @@ def snapshot(spec: SourceSpec, workdir: Path, timeout: float = FETCH_TIMEOUT) ->
     return snap
 
 
+def snapshot_at(spec: SourceSpec, workdir: Path, commit: str) -> Snapshot | None:
+    """An earlier revision of a git source, from the cache alone (no fetch): the agent's last
+    good revision while the newest is invalid. None for a folder or a commit not cached."""
+    if spec.kind != "git" or not _SHA.fullmatch(commit):
+        return None
+    repo = workdir / "git" / f"{spec.key}.git"
+    try:
+        git(str(repo), "cat-file", "-e", commit + "^{commit}")
+    except SourceError:
+        return None
+    snap = Snapshot(spec, commit, str(workdir / "trees" / spec.key), [], _repo=str(repo))
+    _list_tree(snap, commit)
+    return snap
+
+
 # -- git ----------------------------------------------------------------------------------------
 
 
