@@ -219,6 +219,9 @@ class Applier:
         how = stop_vm(meta, force=False, guest_timeout=self.stop_timeout, say=notes.append)
         if how == "still running":
             raise EngineError(f"VM {name!r} survived SIGKILL")
+        from launcher.gitops.supervise import reap
+
+        reap(meta.pid)  # the agent is the subreaper of the engines it started
         vm.remove()
         return how
 

@@ -76,6 +76,7 @@ class Supervisor:
         for fd, w in list(self.by_fd.items()):
             if wanted.get(w.name) != (w.pid, w.start):
                 self._drop(fd)
+                reap(w.pid)  # stopped by an apply: not left a zombie of this process
         have = self.names()
         for name, (pid, start) in wanted.items():
             if name in have:
