@@ -65,6 +65,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "diff": CommandInfo("launcher.commands.diff", "show what 'apply SOURCE' would change here"),
     "apply": CommandInfo("launcher.commands.apply", "make this host run what SOURCE says"),
     "agent": CommandInfo("launcher.commands.agent", "keep this host running what SOURCE says"),
+    "export": CommandInfo("launcher.commands.export", "write systemd units (agent, one VM)"),
 }
 
 TOP_EPILOG = """\
