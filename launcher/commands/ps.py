@@ -3,9 +3,10 @@
 Each row: name, state (asked over QMP of the VM's own engine; "unresponsive" when QMP does not
 answer, "impostor" when another process serves its socket), the engine's pid, the sandbox
 supervisor's pid (sandboxed VMs: the unconfined process svlaunch started), vCPUs, memory,
-uptime, and how the name's last run ended (its exit record: guest-shutdown, guest-panic...,
-docs/lifecycle.md). State left behind by crashed engines is cleaned up on the way; -a also
-lists VMs that have stopped.
+uptime, how the name's last run ended (its exit record: guest-shutdown, guest-panic...,
+docs/lifecycle.md), and for VMs that 'svlaunch apply' or the agent started the source revision
+they run and whether they drifted from it (paused, other disks, a change still owed). State left
+behind by crashed engines is cleaned up on the way; -a also lists VMs that have stopped.
 
 examples:
   svlaunch ps
@@ -30,33 +31,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def vm_state(meta: Any) -> str:
     """The VM's run state, asked of its own engine; "unresponsive" when it does not answer,
     "not its engine" when something else serves its QMP socket."""
+    return _ask(meta)[0]
+
+
+def _ask(meta: Any) -> tuple[str, dict[str, str] | None]:
+    """The run state and the disks (device id -> file) of the VM's own engine."""
     from launcher.errors import SvlaunchError
     from launcher.identity import NotTheVm, connect
 
     try:
         with connect(meta, timeout=1.0) as c:
-            return str(c.execute("query-status").get("status", "unknown"))
+            state = str(c.execute("query-status").get("status", "unknown"))
+            blocks = c.try_execute("query-block")
     except NotTheVm:
-        return "impostor"
+        return "impostor", None
     except SvlaunchError:
-        return "unresponsive"
+        return "unresponsive", None
+    if not isinstance(blocks, list):
+        return state, None
+    return state, {
+        str(b.get("qdev")): str((b.get("inserted") or {}).get("file", ""))
+        for b in blocks
+        if isinstance(b, dict) and b.get("qdev")
+    }
 
 
 def rows(stopped: bool = False) -> list[dict[str, Any]]:
     from launcher import runtime
+    from launcher.gitops.fleet import agent_rows, gitops_columns
     from launcher.runtime_ended import last_record, stopped_vms
 
     out: list[dict[str, Any]] = []
+    agent = agent_rows()
     vms = runtime.all_vms()
     for vm in vms:
         meta = vm.meta()
         if meta is None:
             out.append({"name": vm.name, "state": "starting", "pid": None})
             continue
+        state, blk = _ask(meta)
         out.append(
             {
                 "name": meta.name,
-                "state": vm_state(meta),
+                "state": state,
                 "pid": meta.engine_pid or meta.pid,
                 "supervisor_pid": meta.supervisor_pid,
                 "vcpus": meta.vcpus,
@@ -66,6 +83,7 @@ def rows(stopped: bool = False) -> list[dict[str, Any]]:
                 "qmp": meta.qmp,
                 "serial": meta.serial,
                 "ended": last_record(vm),
+                **gitops_columns(vm, state, blk, agent),
             }
         )
     if stopped:
@@ -81,7 +99,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
-    header = ("NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME", "ENDED")
+    from launcher.report import shown
+
+    header = (
+        "NAME",
+        "STATE",
+        "PID",
+        "SUPERVISOR",
+        "VCPUS",
+        "MEMORY",
+        "UPTIME",
+        "ENDED",
+        "REVISION",
+        "DRIFT",
+    )
     lines = [header]
     for r in table:
         mem = f"{r.get('memory', 0) >> 20}M" if r.get("memory") else "-"
@@ -95,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
                 mem,
                 r.get("uptime", "-"),
                 ended_text(r.get("ended")),
+                r.get("revision") or "-",
+                shown(_drift_text(r.get("drift"))),
             )
         )
     from launcher.report import shown
@@ -105,3 +138,10 @@ def run(args: argparse.Namespace) -> int:
     for line in cells:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
     return 0
+
+
+def _drift_text(drift: str | None) -> str:
+    """ "-" for a VM svlaunch apply does not manage, "no" when it runs as applied."""
+    if drift is None:
+        return "-"
+    return drift or "no"

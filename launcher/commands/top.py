@@ -1,6 +1,8 @@
-"""live terminal UI for a VM or any QMP endpoint
+"""live terminal UI for a VM or any QMP endpoint; without one, every VM of this host
 
-Shows the VM's name, state, uptime, vCPUs, memory and balloon, a device table with live
+Without a name: the fleet, one row per VM (state, uptime, vCPUs, memory, the source revision it
+runs and whether it drifted from it), refreshed every second; Up/Down select, Enter opens that
+VM's view (q there comes back), q quits. With a name (or --qmp): shows the VM's name, state, uptime, vCPUs, memory and balloon, a device table with live
 statistics (builtin engine only; other QMP servers show a note instead), the QMP event log and
 the tail of the serial console. Keys (shown on screen): p pause, r resume, o powerdown,
 b reset (press twice), q detach (the VM keeps running). Talks QMP only, so it attaches to the
@@ -8,6 +10,7 @@ builtin engine, StratoVirt or QEMU alike. Exits 0 when you detach or the VM shut
 SHUTDOWN event), 1 when the VM vanishes without one (its engine was killed).
 
 examples:
+  svlaunch top
   svlaunch top web1
   svlaunch top --qmp unix:/run/stratovirt/qmp.sock
   qemu-system-x86_64 -machine none -qmp unix:/tmp/q.sock,server,nowait -S &
@@ -29,9 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from launcher.errors import EngineError, UsageError
     from launcher.tui_live import DETACHED, SHUTDOWN, require_terminal, run_tui
 
-    if bool(args.name) == bool(args.qmp):
-        raise UsageError("give a VM name or --qmp ADDRESS (one of them)")
+    if args.name and args.qmp:
+        raise UsageError("give a VM name or --qmp ADDRESS, not both")
     require_terminal("top")
+    if not args.name and not args.qmp:
+        if args.serial:
+            raise UsageError("--serial needs a VM name or --qmp")
+        from launcher.tui_fleet import run_fleet
+
+        return run_fleet()
     if args.qmp:
         outcome = run_tui(args.qmp, serial=args.serial)
         hint = "check the process that served this QMP socket"

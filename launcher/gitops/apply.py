@@ -280,7 +280,7 @@ class Applier:
             base_dir=w.base_dir, created=True if st is None else st.created or self._created(name),
             applied=time.time(), started=meta.started if meta else 0.0,
             devices=devices_of(man), slots=slots,
-            balloon=man.balloon.target if man.balloon is not None else None,
+            balloon=man.balloon.target if man.balloon is not None else None, paused=man.paused,
         )  # fmt: skip
         write_record(vm, record)
 

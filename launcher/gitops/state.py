@@ -217,6 +217,7 @@ class VmRecord:
     devices: dict[str, dict[str, str]] = field(default_factory=dict)  # kind -> {id: file}
     slots: dict[str, list[str | None]] = field(default_factory=dict)  # kind -> device id/slot
     balloon: int | None = None  # the balloon target asked for
+    paused: bool = False  # the manifest says the VM stays paused
 
     def to_json(self) -> bytes:
         return json.dumps({"version": STATE_VERSION, **asdict(self)}, indent=1).encode()

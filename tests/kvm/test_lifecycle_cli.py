@@ -155,11 +155,13 @@ def test_ps_text_and_json(fake_vm, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     header, row = out.splitlines()
     assert header.split() == [
-        "NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME", "ENDED",
+        "NAME", "STATE", "PID", "SUPERVISOR", "VCPUS", "MEMORY", "UPTIME", "ENDED", "REVISION",
+        "DRIFT",
     ]  # fmt: skip
     assert row.split()[:6] == ["web1", "running", str(proc.pid), "-", "2", "256M"]
     assert row.split()[6].startswith("0:01:0")
     assert row.split()[7] == "-"  # no earlier run of this name
+    assert row.split()[8:] == ["-", "-"]  # not started by svlaunch apply
     code, out, _ = cli(capsys, "ps", "--json")
     [entry] = json.loads(out)
     assert entry["name"] == "web1" and entry["state"] == "running" and entry["pid"] == proc.pid

@@ -223,7 +223,7 @@ def test_top_without_a_terminal_is_one_clear_error(tmp_path: Path) -> None:
     manifest.write_text(
         'name = "piped"\nserial = "stdio"\n[boot]\nkernel = "vmlinux"\ninitrd = "initrd"\n'
     )
-    for args in (["top", "web1"], ["up", "--tui", str(manifest)]):
+    for args in (["top"], ["top", "web1"], ["up", "--tui", str(manifest)]):
         p = subprocess.run(
             [sys.executable, "-m", "launcher.cli", *args],
             cwd=ROOT,
