@@ -14,8 +14,6 @@ agent) finishes from, never a VM stopped and forgotten.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +62,15 @@ class Applier:
     # -- the schedule ---------------------------------------------------------------------------
 
     def run(self) -> list[Outcome]:
+        """Every fix of the plan. ``svlaunch up``'s own lines ("started ...") are not the
+        apply's output: standard output is set aside meanwhile (events go to ``say``)."""
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self._run()
+
+    def _run(self) -> list[Outcome]:
         rows = {r.name: r for r in self.plan.rows}
         for r in self.plan.rows:
             if r.skip and r.action in ("restart", "update-live", "drift"):
@@ -193,16 +200,20 @@ class Applier:
     # -- helpers --------------------------------------------------------------------------------
 
     def _up(self, manifest_file: str) -> None:
-        argv = [sys.executable, "-m", "launcher.cli", "up", "-d", manifest_file]
+        """``svlaunch up -d FILE``, in this process (no interpreter start per VM): the same
+        host checks, the engine pool when one serves, the same wait for the engine's QMP."""
+        import argparse
+
+        from launcher.commands import up
+
+        args = argparse.Namespace(
+            manifest=manifest_file, detach=True, paused=False, name=None, tui=False,
+            timeout=START_TIMEOUT,
+        )  # fmt: skip
         try:
-            res = subprocess.run(
-                argv, capture_output=True, text=True, timeout=START_TIMEOUT,
-                stdin=subprocess.DEVNULL, check=False,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            raise EngineError(f"svlaunch up did not finish within {START_TIMEOUT:g} s") from None
-        if res.returncode != 0:
-            raise EngineError("start failed: " + _why(res.stderr, res.returncode))
+            up.run(args)
+        except SvlaunchError as exc:
+            raise EngineError("start failed: " + _why(exc), hint=exc.hint) from None
 
     def _stop_vm(self, name: str) -> str:
         from launcher import runtime
@@ -320,10 +331,13 @@ class Applier:
             save_state(state)
 
 
-def _why(stderr: str, code: int) -> str:
-    """The lines of ``svlaunch up``'s error output that say what went wrong: its error lines
-    (file:line:col: error[...]) and hints, else its last lines."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    said = [line for line in lines if "error" in line or line.startswith("hint:")]
-    said = [line for line in said if not line.startswith("svlaunch: ")] or lines[-3:]
-    return " / ".join(said[:4]) or f"exit {code}"
+def _why(exc: SvlaunchError) -> str:
+    """What ``up`` refused, in one line: the located errors of a manifest the host cannot run
+    (file:line:col: error[code]: message), else its message."""
+    from launcher.errors import InvalidInput
+
+    if isinstance(exc, InvalidInput):
+        errors = [i for i in exc.issues if i.is_error][:3]
+        return " / ".join(f"{i.mark}: error[{i.code}]: {i.message}" if i.mark else i.message
+                          for i in errors) or exc.message  # fmt: skip
+    return exc.message

@@ -1,6 +1,7 @@
 """What a source says this host runs: every manifest validated, the host's VMs picked out.
 
-Every manifest of the revision is loaded and validated, whatever host it names: an invalid
+Every manifest of the revision is loaded, validated and compiled to an engine plan (a manifest
+the builtin engine cannot run is as invalid here as a broken one), whatever host it names: an invalid
 manifest anywhere blocks the apply (``Desired.errors``), because a broken file may be the one
 that moved a VM to this host. The rules across manifests (``launcher.gitops.inventory``) then
 run for this host.
@@ -204,6 +205,13 @@ def _load(
     r = load_text_full(text, fmt, shown, base_dir)
     if r.manifest is None:
         return None, [i for i in r.issues if i.is_error]
+    from launcher.compile.engine_plan import compile_plan
+    from launcher.errors import InvalidInput
+
+    try:  # valid, and something the builtin engine runs (not q35, not pflash...)
+        compile_plan(r.manifest)
+    except InvalidInput as exc:
+        return None, r.smap.locate([i for i in exc.issues if i.is_error])
     f = facts(r.manifest)
     f["hash"] = model_hash(r.manifest)
     out._manifests[shown] = r.manifest

@@ -9,11 +9,14 @@ trusted), many VMs at a time. Nothing here changes anything.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.gitops.state import VmRecord, read_record
+from launcher.gitops.state import RECORD_FILE, VmRecord
 
 QMP_TIMEOUT = 10.0
 WORKERS = 16
@@ -29,7 +32,6 @@ class Running:
     plan_sha: str = ""  # of the plan.json it was started with
     state: str = "unknown"  # QMP run state, "unresponsive" or "impostor"
     blk: dict[str, str] | None = None  # device id -> file, from query-block (None: not asked)
-    balloon: int | None = None  # query-balloon's actual
 
     @property
     def engine(self) -> dict[str, Any]:
@@ -51,20 +53,74 @@ def observe(ask: bool = True, clean: bool = False) -> Observed:
     """The host's VMs; with ``ask``, each live VM is asked for its run state and disks. The
     folders of VMs whose engine ended give their exit records; with ``clean`` they are then
     removed (as ``ps`` does): the caller keeps the record (the host state's ``last_exit``)."""
+    from launcher.gitops.state import VmRecord
+    from launcher.runtime import Meta
+
     out = Observed()
-    for vm in _all_with_exits(out, clean):
-        meta = vm.meta()
-        raw = vm.read("plan.json")
-        out.running[vm.name] = Running(
-            vm.name,
-            meta,
-            read_record(vm),
-            hashlib.sha256(raw).hexdigest() if raw is not None else "",
+    for name, files in _read_folders(_all_with_exits(out, clean)).items():
+        meta, plan, rec = (files.get(f) for f in ("meta.json", "plan.json", RECORD_FILE))
+        out.running[name] = Running(
+            name,
+            Meta.from_json(_json(meta)),
+            VmRecord.from_json(_json(rec)),
+            hashlib.sha256(plan).hexdigest() if plan is not None else "",
         )
     if ask and out.running:
         with ThreadPoolExecutor(min(WORKERS, len(out.running))) as pool:
             list(pool.map(_ask, out.running.values()))
     return out
+
+
+def _json(raw: bytes | None) -> Any:
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _read_folders(vms: list[Any]) -> dict[str, dict[str, bytes]]:
+    """The state files of each VM's folder: the root opened once, each folder once (checked
+    as ``VmDir.opened`` does), each file relative to it, never through a symlink."""
+    from launcher.errors import HostError
+    from launcher.runtime import MAX_STATE_BYTES, open_dir, open_root
+
+    out: dict[str, dict[str, bytes]] = {}
+    root = open_root(create=False)
+    if root is None:
+        return out
+    try:
+        for vm in vms:
+            files: dict[str, bytes] = {}
+            try:
+                d = open_dir(vm.name, "runtime entry", dir_fd=root, shown=vm.path)
+            except (OSError, HostError):
+                continue
+            try:
+                for name in ("meta.json", "plan.json", RECORD_FILE):
+                    raw = _read_at(d, name, MAX_STATE_BYTES)
+                    if raw is not None:
+                        files[name] = raw
+            finally:
+                os.close(d)
+            out[vm.name] = files
+    finally:
+        os.close(root)
+    return out
+
+
+def _read_at(d: int, name: str, limit: int) -> bytes | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit + 1)[:limit]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _all_with_exits(out: Observed, clean: bool) -> list[Any]:
@@ -106,29 +162,37 @@ def _dead_folders(runtime: Any, live: set[str]) -> list[Any]:
 
 
 def _ask(r: Running) -> None:
+    """Run state and disks, in one pipelined exchange with the VM's own engine: the listener
+    must be the recorded engine (``SO_PEERCRED``) and ``query-name`` must give its name, as
+    ``launcher.identity.connect`` checks; else the VM is reported as an ``impostor``."""
+    from engine.ownfiles import peer_pid
     from launcher.errors import SvlaunchError
-    from launcher.identity import NotTheVm, connect
+    from launcher.qmpclient import QmpClient
 
     if r.meta is None:
         r.state = "starting"
         return
     try:
-        with connect(r.meta, timeout=QMP_TIMEOUT) as c:
-            r.state = str(c.execute("query-status").get("status", "unknown"))
-            blocks = c.try_execute("query-block")
-            if isinstance(blocks, list):
-                r.blk = {
-                    str(b.get("qdev")): str((b.get("inserted") or {}).get("file", ""))
-                    for b in blocks
-                    if isinstance(b, dict) and b.get("qdev")
-                }
-            bal = c.try_execute("query-balloon")
-            if isinstance(bal, dict) and isinstance(bal.get("actual"), int):
-                r.balloon = bal["actual"]
-    except NotTheVm:
-        r.state = "impostor"
+        with QmpClient.connect(r.meta.qmp, timeout=QMP_TIMEOUT) as c:
+            if peer_pid(c.sock) != (r.meta.engine_pid or r.meta.pid):
+                r.state = "impostor"
+                return
+            name, status, blocks = c.pipeline(
+                [("query-name", {}), ("query-status", {}), ("query-block", {})]
+            )
     except SvlaunchError:
         r.state = "unresponsive"
+        return
+    if not isinstance(name, dict) or name.get("name") != r.name:
+        r.state = "impostor"
+        return
+    r.state = str(status.get("status", "unknown")) if isinstance(status, dict) else "unknown"
+    if isinstance(blocks, list):
+        r.blk = {
+            str(b.get("qdev")): str((b.get("inserted") or {}).get("file", ""))
+            for b in blocks
+            if isinstance(b, dict) and b.get("qdev")
+        }
 
 
 def failed(exit_record: dict[str, Any] | None) -> bool:
