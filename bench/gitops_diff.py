@@ -30,35 +30,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path.insert(0, str(ROOT))
+from bench import validate_many  # noqa: E402
+
 HOST = "bench"
 
-MICROVM = """\
-name = "vm-{i}"
-serial = "pty"
-iothreads = ["io0"]
+#: bench/validate_many.py's microvm manifests, with their QMP sockets in each VM's runtime folder
+#: (the bench serves them), and a drive as the root file system
+MICROVM = validate_many.MICROVM.replace('qmp = "/run/svlaunch/vm-{i}.qmp"\n', "")
 
-[cpu]
-cpus = {cpus}
-
-[memory]
-size = "{mem}M"
-
-[boot]
-kernel = "/images/vmlinux"
-initrd = "/images/initrd.img"
-cmdline = "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda"
-
-[drives.rootfs]
-file = "/images/rootfs-{i}.ext4"
-iothread = "io0"
-
-[nets.net0]
-ifname = "tap{i}"
-mac = "52:54:00:{a:02x}:{b:02x}:01"
-
-[vsock]
-guest-cid = {cid}
-"""
 
 #: every fourth VM: YAML, a balloon, two drives (one read-only), a console
 YAML = """\

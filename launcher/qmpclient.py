@@ -151,37 +151,20 @@ class QmpClient:
 
     def execute(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
         """Run one command and return its ``return`` value (events seen meanwhile are queued)."""
-        cid = f"svl-{next(self._ids)}"
-        try:
-            data = self.conn.send(Command(name, arguments or {}, cid))
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise HostError(f"QMP connection to {self.path} failed: {exc}") from None
-        deadline = time.monotonic() + self.timeout
-        while True:
-            ev = self._next(deadline)
-            if ev is None:
-                raise HostError(
-                    f"QMP command '{name}' got no reply within {self.timeout:g}s from {self.path}"
-                )
-            if isinstance(ev, Event):
-                self.events.append(ev)
-            elif isinstance(ev, Reply):
-                return ev.value
-            elif isinstance(ev, ErrorReply):
-                raise QmpCommandError(name, ev.error_class, ev.desc)
+        (reply,) = self.pipeline([(name, arguments or {})])
+        if isinstance(reply, QmpCommandError):
+            raise reply
+        return reply
 
     def pipeline(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Any]:
         """Send every command at once, then read their replies in order: one write and one
         wake-up instead of a round trip each (``svlaunch diff`` asks 1,000 VMs). A refused
-        command's place holds its ``QmpCommandError``."""
-        ids = []
-        data = b""
-        for name, arguments in commands:
-            cid = f"svl-{next(self._ids)}"
-            ids.append(cid)
-            data += self.conn.send(Command(name, arguments, cid))
+        command's place holds its ``QmpCommandError``; events seen meanwhile are queued."""
         try:
+            data = b"".join(
+                self.conn.send(Command(name, arguments, f"svl-{next(self._ids)}"))
+                for name, arguments in commands
+            )
             self.sock.sendall(data)
         except OSError as exc:
             raise HostError(f"QMP connection to {self.path} failed: {exc}") from None
@@ -191,7 +174,8 @@ class QmpClient:
             ev = self._next(deadline)
             if ev is None:
                 raise HostError(
-                    f"QMP replies from {self.path} did not come within {self.timeout:g}s"
+                    f"QMP command '{commands[len(out)][0]}' got no reply within"
+                    f" {self.timeout:g}s from {self.path}"
                 )
             if isinstance(ev, Event):
                 self.events.append(ev)

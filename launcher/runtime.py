@@ -59,6 +59,23 @@ SCRATCH = (".meta.json.tmp", ".record.json.tmp", ".gitops.json.tmp")
 LAST_EXIT = ".last.exit.json"
 
 
+def read_at(d: int, name: str) -> bytes | None:
+    """A regular file ``name`` of the open folder ``d`` (at most ``MAX_STATE_BYTES``; never
+    through a symlink, never blocking on a FIFO), or None."""
+    try:
+        fd = os.open(name, _READ, dir_fd=d)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, MAX_STATE_BYTES + 1)[:MAX_STATE_BYTES]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def check_name(name: str) -> str:
     if not is_vm_name(name):
         raise UsageError(f"invalid VM name {name!r}", hint=VM_NAME_HINT)
@@ -155,17 +172,9 @@ class VmDir:
         """A regular file of the folder (at most ``MAX_STATE_BYTES``), or None."""
         try:
             with self.opened() as d:
-                fd = os.open(name, _READ, dir_fd=d)
+                return read_at(d, name)
         except OSError:
             return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            return os.read(fd, MAX_STATE_BYTES + 1)[:MAX_STATE_BYTES]
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
 
     def _json(self, name: str) -> Any:
         raw = self.read(name)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +81,7 @@ def _read_folders(vms: list[Any]) -> dict[str, dict[str, bytes]]:
     """The state files of each VM's folder: the root opened once, each folder once (checked
     as ``VmDir.opened`` does), each file relative to it, never through a symlink."""
     from launcher.errors import HostError
-    from launcher.runtime import MAX_STATE_BYTES, open_dir, open_root
+    from launcher.runtime import open_dir, open_root, read_at
 
     out: dict[str, dict[str, bytes]] = {}
     root = open_root(create=False)
@@ -97,7 +96,7 @@ def _read_folders(vms: list[Any]) -> dict[str, dict[str, bytes]]:
                 continue
             try:
                 for name in ("meta.json", "plan.json", RECORD_FILE):
-                    raw = _read_at(d, name, MAX_STATE_BYTES)
+                    raw = read_at(d, name)
                     if raw is not None:
                         files[name] = raw
             finally:
@@ -106,21 +105,6 @@ def _read_folders(vms: list[Any]) -> dict[str, dict[str, bytes]]:
     finally:
         os.close(root)
     return out
-
-
-def _read_at(d: int, name: str, limit: int) -> bytes | None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit + 1)[:limit]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _all_with_exits(out: Observed, clean: bool) -> list[Any]:

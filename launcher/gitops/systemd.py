@@ -50,6 +50,19 @@ TasksMax=infinity
 """
 
 
+#: the end of both units: the runtime root (kept across restarts: the VMs live there), the
+#: hardening, and the install target
+COMMON = f"""\
+Environment=SVLAUNCH_RUNTIME_DIR={RUNTIME_DIR}
+RuntimeDirectory=svlaunch
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
+{HARDENING}
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def quote(arg: str) -> str:
     """One ``ExecStart=`` argument: systemd's own quoting, ``%`` and ``$`` doubled (no
     specifier or variable expansion of user text)."""
@@ -92,14 +105,7 @@ Restart=always
 RestartSec=5s
 # the VMs outlive the agent: stopping or restarting this unit stops the agent only
 KillMode=process
-Environment=SVLAUNCH_RUNTIME_DIR={RUNTIME_DIR}
-RuntimeDirectory=svlaunch
-RuntimeDirectoryMode=0700
-RuntimeDirectoryPreserve=yes
-{HARDENING}
-[Install]
-WantedBy=multi-user.target
-"""
+{COMMON}"""
 
 
 def vm_unit(folder: str) -> str:
@@ -121,11 +127,4 @@ KillSignal=SIGINT
 TimeoutStopSec=45s
 Restart=on-failure
 RestartSec=5s
-Environment=SVLAUNCH_RUNTIME_DIR={RUNTIME_DIR}
-RuntimeDirectory=svlaunch
-RuntimeDirectoryMode=0700
-RuntimeDirectoryPreserve=yes
-{HARDENING}
-[Install]
-WantedBy=multi-user.target
-"""
+{COMMON}"""
