@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rigutil import GUEST, REPO, parse_reports, run_rig_raw
+from rigutil import GUEST, L1_JOB, REPO, parse_reports, run_rig_raw
 
 pytestmark = pytest.mark.rig
 
@@ -47,7 +47,7 @@ def boot(stdout: str, n: int) -> str:
 def test_a_live_change_and_a_restart_reach_the_guest(guest: Path) -> None:
     kernel, initrd = guest / "vmlinuz", guest / "initrd.img"
     cmd = f"python3 {DRIVER} --kernel {kernel} --initrd {initrd} --wait 60"
-    res = run_rig_raw(cmd, files=[DRIVER, kernel, initrd], timeout=1200)
+    res = run_rig_raw(cmd, files=[DRIVER, L1_JOB, kernel, initrd], timeout=1200)
     explain = res.explain()
     assert res.returncode == 0, explain
     s = steps(res.stdout)

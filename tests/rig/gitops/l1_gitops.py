@@ -14,6 +14,8 @@ Every step prints ``GITOPS {json}`` (the diff, the apply, the engine's pid); the
 files come last between ``GITOPS-BOOT n`` markers so the test parses each boot's SVREPORTs.
 
     python3 l1_gitops.py --kernel K --initrd I [--wait S]
+
+tests/rig/devices/l1_job.py travels with it (its ``wait_for`` watches the guest's files).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import json
 import os
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "devices"))
+from l1_job import wait_for  # noqa: E402
 
 SRC = "/tmp/gitops-src"
 HVC = "/tmp/gitops-hvc.txt"
@@ -58,19 +62,6 @@ def manifest(kernel: str, initrd: str, wait: int, memory: str, target: str, seri
     )
 
 
-def wait_text(path: str, text: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(path, "rb") as f:
-                if text.encode() in f.read():
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
 def step(label: str) -> None:
     """Diff (JSON) and apply the source as it is now; report both and the engine's pid."""
     d = svlaunch("diff", SRC, "--host", "l1", "--format", "json")
@@ -98,15 +89,15 @@ def main() -> int:
     try:
         write("256M", "", SERIAL[0])
         step("create")
-        ready = wait_text(HVC, "gitops-ready", 400)
+        ready = wait_for(HVC, "gitops-ready", 400)
         say(step="guest-ready", ok=ready)
         write("256M", 'target = "128M"\n', SERIAL[0])
         step("balloon")
-        reported = wait_text(SERIAL[0], "SVREPORT balloon", args.wait + 240)
+        reported = wait_for(SERIAL[0], "SVREPORT balloon", args.wait + 240)
         say(step="guest-balloon", ok=reported)
         write("384M", "", SERIAL[1])
         step("memory")
-        booted = wait_text(SERIAL[1], "SVREPORT done", 400)
+        booted = wait_for(SERIAL[1], "SVREPORT done", 400)
         say(step="guest-restarted", ok=booted)
         step("again")  # a second apply: no changes
     finally:
