@@ -27,7 +27,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "devices"))
-from l1_job import wait_for  # noqa: E402
+from l1_job import wait_for
 
 SRC = "/tmp/gitops-src"
 HVC = "/tmp/gitops-hvc.txt"
