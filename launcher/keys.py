@@ -45,16 +45,14 @@ LIST = "list"  # tuple of items written as a list of tables: [[pflash]]
 VM_NAME = "vm-name"  # the VM name (engine.names)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class Apply:
     """How a change of a key reaches a running VM: when it next starts, live over QMP, or not
     at all because the key is svlaunch's own (where the VM runs, its restart policy)."""
 
-    __slots__ = ("host", "note", "qmp")
-
-    def __init__(self, qmp: tuple[str, ...] = (), note: str = "", host: bool = False) -> None:
-        self.qmp = qmp  # the QMP commands that apply the change, in order; () = restart
-        self.note = note  # when the live path applies, or what a restart means
-        self.host = host  # svlaunch's own setting: the running VM is not touched
+    qmp: tuple[str, ...] = ()  # the QMP commands that apply the change, in order; () = restart
+    note: str = ""  # when the live path applies, or what a restart means
+    host: bool = False  # svlaunch's own setting: the running VM is not touched
 
     @property
     def live(self) -> bool:
@@ -69,19 +67,6 @@ class Apply:
         if self.qmp:
             return f"live: {', '.join(self.qmp)}"
         return "none" if self.host else "restart"
-
-    def __repr__(self) -> str:
-        return f"Apply({self})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Apply) and (self.qmp, self.note, self.host) == (
-            other.qmp,
-            other.note,
-            other.host,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.qmp, self.host))
 
 
 RESTART = Apply(note="takes effect when the VM next starts")

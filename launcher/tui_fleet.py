@@ -95,6 +95,9 @@ def render_fleet(view: FleetView, height: int | None = None) -> Any:
     return Group(*body)
 
 
+_SINGLE = {b"k": "up", b"j": "down", b"\r": "enter", b"\n": "enter", b"q": "q", b"Q": "q"}
+
+
 def keys_of(data: bytes) -> list[str]:
     """Terminal input as fleet actions: up, down, enter, q (other keys ignored)."""
     out: list[str] = []
@@ -107,11 +110,9 @@ def keys_of(data: bytes) -> list[str]:
                 i += len(seq)
                 break
         else:
-            ch = data[i : i + 1]
-            action = {b"k": "up", b"j": "down", b"\r": "enter", b"\n": "enter", b"q": "q",
-                      b"Q": "q"}.get(ch)  # fmt: skip
-            if action:
-                out.append(action)
+            single = _SINGLE.get(data[i : i + 1])
+            if single:
+                out.append(single)
             i += 1
     return out
 
@@ -132,8 +133,9 @@ def run_fleet() -> int:
                 size = screen.size()
                 screen.live.update(render_fleet(view, size.height), refresh=True)
                 wait = max(0.0, next_poll - time.monotonic())
-                ready = select.select([fd_in], [], [], wait)[0] if fd_in >= 0 else time.sleep(wait)
-                if ready:
+                if fd_in < 0:
+                    time.sleep(wait)
+                elif select.select([fd_in], [], [], wait)[0]:
                     data = os.read(fd_in, 64)
                     if not data:
                         fd_in = -1

@@ -169,13 +169,13 @@ class Agent:
         for name, how in self.supervisor.watch(running):
             self._note_exit(name, how)
             self.wake_now = True
-        registered = set(sel.get_map())
+        for key in list(sel.get_map().values()):
+            if key.data == "vm" and key.fd not in self.supervisor.by_fd:
+                sel.unregister(key.fd)
+        registered = {key.fd for key in sel.get_map().values()}
         for fd in self.supervisor.by_fd:
             if fd not in registered:
                 sel.register(fd, selectors.EVENT_READ, "vm")
-        for fd in registered:
-            if fd not in self.supervisor.by_fd and sel.get_map()[fd].data == "vm":
-                sel.unregister(fd)
 
     # -- one look -------------------------------------------------------------------------------
 

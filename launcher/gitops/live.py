@@ -64,10 +64,11 @@ def apply_live(
                 ) from None
             sent.append(command)
 
-        for kind, before, after in (
+        pairs: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             ("blk", {d.id: d for d in old.drives}, {d.id: d for d in new.drives}),
             ("net", {n.id: n for n in old.nets}, {n.id: n for n in new.nets}),
-        ):
+        ]
+        for kind, before, after in pairs:
             changed = [i for i in [*before, *after] if before.get(i) != after.get(i)]
             changed = list(dict.fromkeys(changed))
             freed: dict[str, int] = {}
