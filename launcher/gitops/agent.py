@@ -106,19 +106,18 @@ class Agent:
                   interval=self.interval, subreaper=reaper)  # fmt: skip
         try:
             while not self.stopping:
-                now = time.time()
-                if self.wake_now or now >= self.next_look:
-                    self.wake_now = False
-                    self._look()
-                    self._rewatch(sel)
-                    continue
-                timeout = max(0.0, self.next_look - time.time())
-                for key, _ in sel.select(timeout):
+                due = self.wake_now or time.time() >= self.next_look
+                timeout = 0.0 if due else max(0.0, self.next_look - time.time())
+                for key, _ in sel.select(timeout):  # ended VMs are noted before a look
                     if key.data == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(r, 512)
                     else:
                         self._ended(sel, key.fd)
+                if not self.stopping and (self.wake_now or time.time() >= self.next_look):
+                    self.wake_now = False
+                    self._look()
+                    self._rewatch(sel)
         finally:
             self.emit("agent-stop", pid=os.getpid())
             self.status["result"] = "stopped"
@@ -231,8 +230,9 @@ class Agent:
             if st.next_restart:
                 self.next_look = min(self.next_look, st.next_restart)
         self._write_status()
+        held = {r.name: r.skip for r in plan.rows if r.skip and r.action != "unchanged"}
         self.emit("look", revision=plan.revision, result=self.status["result"],
-                  took=round(time.monotonic() - started, 3))  # fmt: skip
+                  took=round(time.monotonic() - started, 3), **({"held": held} if held else {}))  # fmt: skip
 
     def _inputs(self) -> Inputs | None:
         """This look's inputs: the newest revision when it is good, else the last good one

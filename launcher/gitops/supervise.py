@@ -69,14 +69,16 @@ class Supervisor:
         from launcher.identity import pid_alive
 
         gone: list[tuple[str, dict[str, Any] | None]] = []
-        wanted = {}
+        wanted: dict[str, tuple[int, int | None]] = {}
         for name, r in running.items():
             if r.meta is not None:
                 wanted[name] = (r.meta.pid, r.meta.pid_start)
         for fd, w in list(self.by_fd.items()):
-            if wanted.get(w.name) != (w.pid, w.start):
+            if wanted.get(w.name) != (w.pid, w.start):  # stopped by an apply, or it ended
                 self._drop(fd)
-                reap(w.pid)  # stopped by an apply: not left a zombie of this process
+                how = reap(w.pid)  # not left a zombie of this process
+                if not pid_alive(w.pid, w.start):
+                    gone.append((w.name, how))
         have = self.names()
         for name, (pid, start) in wanted.items():
             if name in have:

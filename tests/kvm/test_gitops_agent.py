@@ -58,7 +58,8 @@ class AgentProc:
             seen = len(self.events)
             assert self.proc.poll() is None, f"agent {self.host} exited: {self.stderr}"
             time.sleep(0.1)
-        raise AssertionError(f"agent {self.host}: no such event; saw {self.events[-20:]}")
+        told = [e for e in self.events if e["event"] != "look"]  # what happened, looks aside
+        raise AssertionError(f"agent {self.host}: no such event; saw {told} {self.events[-3:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:

@@ -120,7 +120,7 @@ def test_create_then_no_changes_then_restart_and_live(tmp_path: Path, env, repo:
     assert actions(data)["a"] == "update-live"
     before = pids(env)["a"]
     out = apply(env, repo)
-    assert "a: update-live: live: device_del, blockdev-add, device_add" in out
+    assert "a: update-live: live: device_del, blockdev-del, blockdev-add, device_add" in out
     assert pids(env)["a"] == before
     qmp = next(r["qmp"] for r in ps(env) if r["name"] == "a")
     with QmpClient.connect(qmp) as c:
