@@ -96,7 +96,8 @@ def ps(env: dict[str, str]) -> list[dict]:
 
 
 def running(env: dict[str, str]) -> dict[str, int]:
-    return {r["name"]: r["pid"] for r in ps(env)}
+    """The VMs that run (a VM still starting has no engine pid yet: not counted)."""
+    return {r["name"]: r["pid"] for r in ps(env) if r.get("pid")}
 
 
 def converge(envs: dict[str, dict[str, str]], want: dict[str, set[str]]) -> dict[str, dict]:
