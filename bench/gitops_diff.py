@@ -109,7 +109,7 @@ for name, w in sorted(desired.vms.items()):
     claim = runtime.claim(name)
     claims.append(claim)
     vm = claim.vm
-    plan = desired_plan(man, None)
+    plan = desired_plan(man)
     os.close(vm.create("plan.json", json.dumps(plan).encode()))
     qmp = plan["qmp"][0]
     fake = FakeVm(name, man.cpu.cpus, man.memory.size)

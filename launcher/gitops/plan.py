@@ -242,7 +242,7 @@ def _drift(row: Row, w: Wanted, run: Running) -> Row:
 def _adopted(row: Row, w: Wanted, run: Running, desired: Desired) -> Row:
     """A running VM svlaunch apply did not start (no record): unchanged when it runs the plan
     this manifest gives, else a restart (per its update mode)."""
-    want = desired_plan(desired.manifest(row.name), run.meta)
+    want = desired_plan(desired.manifest(row.name))
     have = _running_plan(row.name)
     if have is None or want == have:
         row.fix, row.reason = "record", "adopted: it runs this manifest"
@@ -255,7 +255,7 @@ def _adopted(row: Row, w: Wanted, run: Running, desired: Desired) -> Row:
     return row
 
 
-def desired_plan(man: Any, meta: Any) -> dict[str, Any]:
+def desired_plan(man: Any) -> dict[str, Any]:
     """The engine plan ``svlaunch up -d`` would write for ``man`` (as JSON data)."""
     from launcher import runtime
     from launcher.commands.up import prepare_plan
