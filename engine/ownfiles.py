@@ -216,11 +216,25 @@ def plan_chardevs(plan: Any) -> list[Any]:
     return chardevs
 
 
+def tap_hold(ifname: str, netns: str | None = None) -> str:
+    """The held path that stands for tap ``ifname``: its /sys/class/net entry, or for a VM in
+    another network namespace (a sandbox's netns file) a name under that file, so two VMs in
+    different namespaces may each have a tap of that name."""
+    return os.path.join(netns, ifname) if netns else os.path.join("/sys/class/net", ifname)
+
+
 def plan_made_paths(plan: Any) -> list[tuple[str, str]]:
     """(absolute path, role) of every host path the VM of ``plan`` creates or writes, that a
     second running VM must not use: QMP and listening chardev sockets ("socket"), file chardevs
-    and the pidfile ("file"), writable drives ("drive")."""
+    and the pidfile ("file"), writable drives ("drive"), and taps by name ("tap", ``tap_hold``:
+    Linux lets a second process attach to a multi-queue tap, so two VMs would share it)."""
     out: list[tuple[str, str]] = [(q, "socket") for q in plan.qmp]
+    netns = plan.sandbox.netns if plan.sandbox is not None else None
+    out += [
+        (tap_hold(d.ifname, netns), "tap")
+        for d in plan.devices
+        if getattr(d, "kind", "") == "net" and getattr(d, "ifname", None)
+    ]
     for c in plan_chardevs(plan):
         if c.path and c.backend == "socket" and c.server:
             out.append((c.path, "socket"))

@@ -372,6 +372,28 @@ def claim(name: str, holds: list[tuple[str, str]] | None = None) -> Claim:
     return Claim(vm, fd)
 
 
+def change_holds(
+    name: str, add: list[tuple[str, str]], drop: list[tuple[str, str]] | None = None
+) -> None:
+    """Take ``add`` for the running VM ``name`` (refused, like a claim, when another running VM
+    holds one) and let go of ``drop``: a device hot-replaced over QMP changes what it holds."""
+    from launcher.runtime_clean import check_holds
+
+    vm = find(name)
+    root = open_root(create=False)
+    if root is None:
+        raise HostError(f"the runtime folder {runtime_root()} is gone")
+    try:
+        with root_locked(root):
+            check_holds(vm, add, root)
+            record = vm.record() or Record(name)
+            kept = [h for h in record.holds if h not in (drop or [])]
+            record.holds = kept + [h for h in add if h not in kept]
+            vm.write_record(record)
+    finally:
+        os.close(root)
+
+
 def _take_lock(vm: VmDir, d: int) -> int:
     try:
         fd = create_or_open("lock", d, os.O_RDWR)

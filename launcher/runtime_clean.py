@@ -168,9 +168,10 @@ def check_holds(vm: VmDir, holds: list[tuple[str, str]], root: int) -> None:
     for path, role in holds:
         for name, theirs in owners:
             if any(_same_path(path, p) for p, _ in theirs):
+                what = f"tap {os.path.basename(path)}" if role == "tap" else f"{path} ({role})"
                 raise HostError(
-                    f"{path} ({role}) belongs to the running VM {name!r}",
-                    hint="give each VM its own sockets, pidfile, chardev files and disks",
+                    f"{what} belongs to the running VM {name!r}",
+                    hint="give each VM its own sockets, pidfile, chardev files, disks and taps",
                 )
         if role != "socket":
             continue

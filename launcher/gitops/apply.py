@@ -177,7 +177,8 @@ class Applier:
         return "recorded"
 
     def _live(self, row: Row) -> str:
-        from launcher.gitops.live import LiveError, apply_live
+        from launcher import runtime
+        from launcher.gitops.live import LiveError, apply_live, device_holds
         from launcher.manifest.load import load_text_full
 
         run = self.inputs.observed.running[row.name]
@@ -186,6 +187,9 @@ class Applier:
         old = load_text_full(rec.text, rec.format, rec.path, rec.base_dir).manifest
         new = self.inputs.desired.manifest(row.name)
         assert old is not None
+        # a tap or disk the new devices use is taken first: refused while another VM holds it
+        was, will = device_holds(old), device_holds(new)
+        runtime.change_holds(row.name, sorted(will - was))
         try:
             sent, slots = apply_live(self._meta(row.name), old, new, rec.slots)
         except LiveError as exc:
@@ -193,6 +197,7 @@ class Applier:
                 raise
             self.say({"event": "vm-live-refused", "vm": row.name, "detail": exc.message})
             return f"live change refused ({exc.message}); " + self._restart(row)
+        runtime.change_holds(row.name, [], sorted(was - will))
         self._write_record(row.name, self._meta(row.name), slots=slots)
         self._update(row.name, pending="")
         return "live: " + (", ".join(dict.fromkeys(sent)) or "recorded")

@@ -40,6 +40,18 @@ def devices_of(man: m.Manifest) -> dict[str, dict[str, str]]:
     return {"blk": {d.device_name: d.file for d in man.drives if d.attached}}
 
 
+def device_holds(man: m.Manifest) -> set[tuple[str, str]]:
+    """The runtime holds (``engine.ownfiles.plan_made_paths``) of the devices a live change may
+    replace: taps by name and writable disks."""
+    import os
+
+    from engine.ownfiles import tap_hold
+
+    netns = man.ozone.netns if man.ozone is not None else None
+    taps = {(tap_hold(n.ifname, netns), "tap") for n in man.nets if n.ifname}
+    return taps | {(os.path.abspath(d.file), "drive") for d in man.drives if not d.readonly}
+
+
 def apply_live(
     meta: Any, old: m.Manifest, new: m.Manifest, slots: dict[str, list[str | None]]
 ) -> tuple[list[str], dict[str, list[str | None]]]:

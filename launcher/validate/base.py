@@ -211,13 +211,21 @@ RULES: dict[str, tuple[str, str]] = {
     # host (svlaunch check)
     "host-file": ("host", "A file the VM needs is missing or unreadable."),
     "host-kvm": ("host", "/dev/kvm is missing or cannot be opened."),
-    "host-tap": ("host", "A tap device is missing and cannot be created."),
+    "host-tap": (
+        "host",
+        "A tap device is missing and cannot be created, or a running VM holds it.",
+    ),
     "host-hugetlbfs": ("host", "memory.path is not on a hugetlbfs mount (warning)."),
     "host-numa": ("host", "A host NUMA node named by the manifest does not exist."),
     "host-vhost": ("host", "A vhost device (/dev/vhost-net, /dev/vhost-vsock) is missing."),
     "host-socket": (
         "host",
-        "A socket path's folder is missing, or something live or not a socket is there.",
+        "A socket path's folder is missing, or something live or not a socket is there (the "
+        "VM's own engine, when it runs, is no conflict).",
+    ),
+    "host-running": (
+        "host",
+        "The VM of this manifest's name runs; its own sockets and taps are in use (warning).",
     ),
     "host-sandbox": (
         "host",

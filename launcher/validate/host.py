@@ -33,6 +33,17 @@ class _Checks:
         self.host = host
         self.target = target
         self.issues: list[Issue] = []
+        self._vms: list[_RunningVm] | None = None
+
+    def running(self) -> list[_RunningVm]:
+        """svlaunch's live VMs on this host (read once; nothing is cleaned up here)."""
+        if self._vms is None:
+            self._vms = _running_vms()
+        return self._vms
+
+    def itself(self) -> _RunningVm | None:
+        """The running VM of this manifest's name: its sockets and taps are not conflicts."""
+        return next((v for v in self.running() if v.name == self.man.name), None)
 
     def add(self, code: str, path: Path, message: str, hint: str, severity: str = "error") -> None:
         self.issues.append(Issue(message, format_path(path), hint, None, severity, code))
@@ -50,6 +61,15 @@ class _Checks:
     def run(self) -> list[Issue]:
         man = self.man
         self.kvm()
+        me = self.itself()
+        if me is not None:
+            self.add(
+                "host-running",
+                ("name",),
+                f"VM {me.name!r} is running (pid {me.pids[0]}): its own sockets and taps are in use",
+                f"'svlaunch up' starts it again once it stopped ('svlaunch down {me.name}')",
+                "warning",
+            )
         self.file(("boot", "kernel"), man.boot.kernel, "kernel", block_ok=False)
         self.file(("boot", "initrd"), man.boot.initrd, "initrd", block_ok=False)
         for d in man.drives:
@@ -168,14 +188,20 @@ class _Checks:
                 pid = listener_pid(sock)
             except OSError:
                 continue
-            if pid is not None:
-                who = f"process {pid}" if pid else "another process"
-                self.add(
-                    "host-socket",
-                    path,
-                    f"socket {sock} is in use by {who}",
-                    "stop that VM ('svlaunch ps' lists VMs), or choose another path",
-                )
+            if pid is None:
+                continue
+            vm = next((v for v in self.running() if pid in v.pids), None)
+            if vm is not None and vm.name == self.man.name:
+                continue  # this VM runs: the socket is its own (the warning above says so)
+            who = f"process {pid}" if pid else "another process"
+            if vm is not None:
+                who = f"the running VM {vm.name!r} (pid {pid})"
+            self.add(
+                "host-socket",
+                path,
+                f"socket {sock} is in use by {who}",
+                "stop that VM ('svlaunch ps' lists VMs), or choose another path",
+            )
 
     def sandbox(self) -> None:
         """The sandbox's own checks (``engine.ozone.spec.build_spec``, the rules the supervisor
@@ -190,9 +216,24 @@ class _Checks:
         self.issues += [i for i in host_issues(self.man, self.host.is_root) if i.path not in taken]
 
     def taps(self) -> None:
+        from engine.ownfiles import tap_hold
+
         tun = os.path.join(self.host.dev, "net", "tun")
+        netns = self.man.ozone.netns if self.man.ozone is not None else None
         for n in self.man.nets:
             if n.type is not m.NetType.TAP or not n.ifname:
+                continue
+            held = tap_hold(n.ifname, netns)
+            other = next(
+                (v for v in self.running() if v.name != self.man.name and held in v.taps), None
+            )
+            if other is not None:
+                self.add(
+                    "host-tap",
+                    ("nets", n.id, "ifname"),
+                    f"tap {n.ifname} belongs to the running VM {other.name!r}",
+                    "give each VM its own tap (ifname), or stop that VM",
+                )
                 continue
             if os.path.exists(os.path.join(self.host.sys, "class/net", n.ifname)):
                 continue
@@ -274,6 +315,32 @@ class _Checks:
             dev = os.path.join(self.host.dev, "vhost-vsock")
             if not os.path.exists(dev):
                 self.add("host-vhost", ("vsock",), f"{dev} is missing", "modprobe vhost_vsock")
+
+
+@dataclass(frozen=True)
+class _RunningVm:
+    name: str
+    pids: tuple[int, ...]  # the process svlaunch started first, then the engine inside a sandbox
+    taps: frozenset[str]  # its held taps (``engine.ownfiles.tap_hold``)
+
+
+def _running_vms() -> list[_RunningVm]:
+    from launcher import runtime
+    from launcher.errors import SvlaunchError
+
+    try:
+        vms = runtime.all_vms(clean=False)
+    except SvlaunchError:
+        return []  # an untrusted runtime root: 'svlaunch ps' says why
+    out = []
+    for vm in vms:
+        meta, record = vm.meta(), vm.record()
+        if meta is None:
+            continue
+        pids = (meta.pid,) + ((meta.engine_pid,) if meta.engine_pid else ())
+        taps = frozenset(p for p, role in record.holds if role == "tap") if record else frozenset()
+        out.append(_RunningVm(meta.name, pids, taps))
+    return out
 
 
 def check_host(

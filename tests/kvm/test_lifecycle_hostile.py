@@ -72,7 +72,11 @@ def test_a_second_vm_on_a_live_qmp_path_is_refused_before_its_engine_starts(
     res = up(env, b)
     assert res.returncode == 1 and "started" not in res.stdout
     engine = ps(env)["a"]["pid"]
-    assert f"error[host-socket]: socket {qmp} is in use by process {engine}" in res.stderr
+    taken = f"error[host-socket]: socket {qmp} is in use by the running VM 'a' (pid {engine})"
+    assert taken in res.stderr
+    mine = svl(env, "check", str(a))  # the running VM's own manifest: its socket is no conflict
+    assert mine.returncode == 0 and "host-socket" not in mine.stderr, mine.stderr
+    assert "warning[host-running]: VM 'a' is running" in mine.stderr
     assert not (tmp_path / "rt" / "b").exists()  # a refused claim leaves nothing
     assert_answers(qmp, "a")  # the first VM's socket is intact and still its own
     gone = svl(env, "down", "--force", "b")

@@ -56,6 +56,9 @@ def test_a_changed_nic_is_hot_replaced(tmp_path: Path) -> None:
         (row,) = json.loads(svl(env, "ps", "--json").stdout)
         assert row["pid"] == pid  # no restart
         assert new in taps()
+        holds = json.loads((tmp_path / "rt" / "nicvm" / "record.json").read_text())["holds"]
+        held = {h["path"] for h in holds if h["role"] == "tap"}
+        assert held == {f"/sys/class/net/{new}"}  # the new tap is held, the old one let go
         with QmpClient.connect(qmp, timeout=10) as c:
             devices = c.execute("x-svlaunch-query-stats")["devices"]
         assert any(d["id"] == "n0" and d["kind"] == "net" for d in devices), devices
