@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+from bench._result import result  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -39,7 +41,9 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def measure(repo_source: str, env: dict[str, str], interval: float, window: float) -> str:
+def measure(
+    repo_source: str, env: dict[str, str], interval: float, window: float
+) -> tuple[str, dict[str, str | float | int]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher.cli", "agent", repo_source, "--host", "bench",
          "--interval", f"{interval}s"],
@@ -72,10 +76,16 @@ def measure(repo_source: str, env: dict[str, str], interval: float, window: floa
         proc.terminate()
         proc.wait(60)
     per = f"{used / n * 1000:7.1f} ms per look" if n else "no look in the window"
-    return (
+    text = (
         f"interval {interval:5.0f} s: {used:6.3f} s CPU in {wall:5.0f} s = {used / wall * 100:6.3f}%"
         f" of one CPU; {n} looks, {per}; RSS {rss:5.1f} MiB"
     )
+    figures: dict[str, str | float | int] = {
+        "interval_s": int(interval), "window_s": round(wall), "looks": n,
+        "cpu_pct": f"{used / wall * 100:.3f}", "per_look_ms": used / n * 1000 if n else 0.0,
+        "rss_mib": rss,
+    }  # fmt: skip
+    return text, figures
 
 
 def main() -> int:
@@ -88,7 +98,7 @@ def main() -> int:
     from lifecycle import manifest
     from tiny_guest import HANG, say
 
-    lines = []
+    lines: list[tuple[str, dict[str, str | float | int]]] = []
     with tempfile.TemporaryDirectory(prefix="svl-bench-") as tmp_s:
         tmp = Path(tmp_s)
         img = tmp / "img"
@@ -111,8 +121,10 @@ def main() -> int:
                                cwd=ROOT, env=env, capture_output=True)  # fmt: skip
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"idle agent, {args.vms} paused VMs, {args.window:.0f} s window, load average {load}")
-    for line in lines:
-        print(line)
+    for text, _ in lines:
+        print(text)
+    for _, figures in lines:
+        result("gitops_agent_idle", vms=args.vms, **figures)
     return 0
 
 

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+from bench._result import result  # noqa: E402
 
 
 def run(cmd: list[str], env: dict[str, str]) -> float:
@@ -75,6 +76,7 @@ def main() -> int:
 
     cli = [sys.executable, "-m", "launcher.cli"]
     results: list[tuple[str, float]] = []
+    keyed: dict[str, float] = {}  # the RESULT line's figures
     with tempfile.TemporaryDirectory(prefix="svl-bench-") as tmp_s:
         tmp = Path(tmp_s)
         img = tmp / "img"
@@ -98,6 +100,7 @@ def main() -> int:
                      "--parallel", str(args.parallel), "--stop-timeout", "0"]  # fmt: skip
             took = run(apply, env)
             assert count_running(env) == args.count
+            keyed[f"apply_pool_{pool}_s"] = took
             results.append((f"svlaunch apply: {args.count} VMs created (pool {pool})", took))
             took = run(apply, env)
             results.append((f"svlaunch apply again: no changes (pool {pool})", took))
@@ -118,13 +121,13 @@ def main() -> int:
         t0 = time.perf_counter()
         for name in texts:
             run([*cli, "up", "-d", str(repo.work / f"{name}.toml")], env)
-        results.append(
-            (f"{args.count} x svlaunch up -d, one after the other", time.perf_counter() - t0)
-        )
+        keyed["up_loop_s"] = time.perf_counter() - t0
+        results.append((f"{args.count} x svlaunch up -d, one after the other", keyed["up_loop_s"]))
         for name in texts:
             run([*cli, "down", name, "--force"], env)
         q = qemu_loop(tmp, args.count)
         if q is not None:
+            keyed["qemu_loop_s"] = q
             results.append(
                 (f"{args.count} x qemu-system-x86_64 -M microvm -S, one after the other", q)
             )
@@ -132,6 +135,7 @@ def main() -> int:
     print(f"{args.count} paused tiny VMs, --parallel {args.parallel}, load average {load}")
     for name, took in results:
         print(f"{name:64s} {took:7.2f} s  ({took / args.count * 1000:6.1f} ms per VM)")
+    result("gitops_apply", vms=args.count, parallel=args.parallel, **keyed)
     return 0
 
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 sys.path.insert(0, str(ROOT))
 from bench import validate_many  # noqa: E402
+from bench._result import result  # noqa: E402
 
 HOST = "bench"
 
@@ -199,6 +200,10 @@ def main() -> int:
     ok = min(warm) <= 1.0
     print(f"goal: svlaunch diff of {args.count} VMs with no change <= 1 s: "
           f"{'met' if ok else 'NOT met'} (min {min(warm):.3f} s)")  # fmt: skip
+    med = statistics.median
+    result("gitops_diff", vms=args.count, runs=args.runs, warm_min_s=min(warm),
+           warm_median_s=med(warm), cold_median_s=med(cold),
+           validate_median_s=med(validate))  # fmt: skip
     return 0
 
 

@@ -68,6 +68,9 @@ RESULT qmp_latency server=qemu command=query-status load=idle n=20 min_us=105.25
 RESULT sandbox_startup mode=pivot runs=2 plain_median_ms=50.58 setup_median_ms=47.73 running_median_ms=107.19 added_median_ms=56.61 teardown_median_ms=82.10
 RESULT rig_boot vmm=qemu-microvm kernel=vmlinux cpus=2 mem_mib=512 runs=1 min_s=9.40 median_s=9.40
 RESULT rig_boot vmm=svlaunch-builtin kernel=vmlinux cpus=2 mem_mib=512 runs=1 min_s=9.10 median_s=9.10
+RESULT gitops_diff vms=1000 runs=2 warm_min_s=0.81 warm_median_s=0.85 cold_median_s=2.10 validate_median_s=0.40
+RESULT gitops_apply vms=50 parallel=4 apply_pool_off_s=10.00 apply_pool_on_s=5.00 up_loop_s=20.00 qemu_loop_s=2.50
+RESULT gitops_agent_idle vms=5 interval_s=30 window_s=120 looks=4 cpu_pct=0.052 per_look_ms=15.00 rss_mib=40.00
 """
 
 
@@ -132,3 +135,13 @@ def test_result_lines_are_one_word_per_value(capsys: pytest.CaptureFixture[str])
     for bad in ("two words", "", "k=v"):
         with pytest.raises(ValueError, match="must be one word"):
             result("demo", a=bad)
+
+
+def test_gitops_rows(tmp_path: Path) -> None:
+    (diff,) = rows_of("gitops_diff", tmp_path)
+    assert diff[1:] == ("0.81 s", "-", "-") and "1,000 running VMs, no change" in diff[0]
+    off, on = rows_of("gitops_apply", tmp_path)
+    assert off[1:] == ("10.00 s", "2.50 s", "0.25×") and "engine pool off" in off[0]
+    assert on[1:] == ("5.00 s", "2.50 s", "0.50×") and "engine pool on" in on[0]
+    (idle,) = rows_of("gitops_agent_idle", tmp_path)
+    assert idle[1:] == ("0.052 % of one CPU", "-", "-") and "a look every 30 s" in idle[0]
