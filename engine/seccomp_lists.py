@@ -72,6 +72,23 @@ BLK_MAINTENANCE: dict[str, str] = {
     "fallocate": "virtio-blk discard/write-zeroes",
 }
 
+#: virtio-blk's asynchronous back ends (engine/io): submitting, reaping, and waiting for what is
+#: in flight (a device reset drains on the vCPU thread that wrote the status register; closing a
+#: drive drains on whichever thread closes it)
+BLK_ASYNC: dict[str, str] = {
+    "io_submit": "aio=native: a batch of requests",
+    "io_getevents": "aio=native: completions, and draining at reset or close",
+    "io_destroy": "aio=native: closing a drive (hot-unplug, replace)",
+    "io_uring_enter": "aio=io_uring: a batch of requests, and draining at reset or close",
+}
+
+#: setting up a drive's asynchronous back end: at start-up, and on the main thread for hot-plug
+BLK_SETUP: dict[str, str] = {
+    "io_setup": "aio=native: a hot-plugged drive's AIO context",
+    "io_uring_setup": "aio=io_uring: a hot-plugged drive's ring",
+    "io_uring_register": "aio=io_uring: its file, eventfd and restrictions",
+}
+
 #: the main thread: QMP, lifecycle, thread creation, hot-plug
 MAIN: dict[str, str] = {
     "accept4": "QMP: a client connects",
@@ -93,6 +110,8 @@ MAIN: dict[str, str] = {
     "pwrite64": "virtio-blk served on the main loop",
     **DATA_PATH,
     **BLK_MAINTENANCE,
+    **BLK_ASYNC,
+    **BLK_SETUP,
     "timerfd_create": "rate limiters (rng max-bytes, blk iops) of devices on the main loop",
     "timerfd_settime": "rate limiters of devices on the main loop",
     "socket": "netdev_add of a tap: pyroute2's IPRoute opens a NETLINK_ROUTE socket",
@@ -112,6 +131,7 @@ VCPU: dict[str, str] = {
     "pwrite64": "virtio-blk requests kicked from the vCPU",
     **DATA_PATH,
     **BLK_MAINTENANCE,  # a request served in place may be a flush or a discard, too
+    **BLK_ASYNC,
     "sendto": "UART output to a socket chardev, written in place by the vCPU that stored THR",
     "sendmsg": "UART output to a socket chardev (socket.sendall may use sendmsg)",
     "recvfrom": "UART input polled from a socket chardev when the guest reads RBR",
@@ -123,6 +143,7 @@ IO: dict[str, str] = {
     "pwrite64": "virtio-blk",
     **DATA_PATH,
     **BLK_MAINTENANCE,
+    **BLK_ASYNC,
     "recvfrom": "socket chardevs",
     "sendto": "socket chardevs",
     "accept4": "socket chardev server",
