@@ -1,46 +1,46 @@
-"""virtio-blk (virtio 1.2 §5.2) over a raw file or block device.
+"""virtio-blk (virtio 1.2 §5.2) over a raw file or block device, the kernel doing the I/O.
 
-Data moves straight between the file and guest memory: one preadv/pwritev per request over a
-host iovec array of the chain's buffers (``DescriptorChain.host_iovec``, made and checked by
-``GuestMemory``), on the device's event loop (the main loop or its iothread), never on a vCPU
-thread. One request moves at most ``seg_max * size_max`` data bytes, the limits the config
-space advertises (a larger one fails with IOERR), and costs Python work per buffer, of which a
-chain has at most 1024: that is what a guest can make the host do per request.
+A kick pops every request the ring holds (each chain through the queue's validator, each
+request's header, range and size checked here), hands the reads, writes and flushes to the
+drive's back end in one batch (``engine/io``: ``aio`` off, native or io_uring), and completes
+them as the back end reports them, in whatever order the kernel finishes them: the status byte
+and the used entry of a request are written only after its I/O completed (a write after the
+host write returned, a flush after ``fdatasync``), and the driver gets one interrupt per batch
+of completions (EVENT_IDX decides whether it wants it). Data moves straight between the file
+and guest memory (host iovecs made and checked by ``GuestMemory``), never on a vCPU thread.
 
-With ``direct`` the file is opened O_DIRECT; guest buffers that are not aligned for it go
-through a page-aligned bounce buffer (read-modify-write at unaligned edges). ``readonly`` opens
-the file O_RDONLY, offers VIRTIO_BLK_F_RO and fails writes with IOERR. ``discard`` offers
-DISCARD and WRITE_ZEROES, served by punching holes (fallocate), when the file system can punch
-them; without it the guest sees neither, as on StratoVirt v2.2. ``iops_total`` is a token
-bucket: when it is empty the device stops popping and a timer resumes it, so requests wait in
-the ring and are never dropped.
+What one request may cost the host: ``seg_max * size_max`` data bytes (``max_request``; more
+fails with IOERR), at most 1024 buffers. What a queue may have in flight: its size; a driver
+that posts faster than the host completes waits in its ring (the device pops again as requests
+complete), so nothing is dropped and memory stays bounded. I/O errors the host sees are logged
+in the operator's terms (``blk_errors``) and the guest gets IOERR.
+
+``direct`` opens the file O_DIRECT (buffers it cannot take go through ``blk_sync``'s bounce
+buffer); ``readonly`` offers VIRTIO_BLK_F_RO and fails writes; ``discard`` offers DISCARD and
+WRITE_ZEROES, served by punching holes, when the file system can; ``iops_total`` is a token
+bucket: when it is empty the device stops popping and a timer resumes it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import mmap
 import os
 import struct
 import time
 
 from engine.errors import HostError
 from engine.hostfiles import open_host_file
+from engine.io import FLUSH, READ, WRITE, Backend, IoRequest, open_backend
 from engine.virtio.blk_accounting import BlkAccounting
+from engine.virtio.blk_errors import BlkProfile, ErrorLog, backend_refused
+from engine.virtio.blk_sync import SyncPath
 from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
 from engine.virtio.iov import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE,
     IOV_MAX,
-    copy_in,
-    copy_out,
     fallocate,
-    preadv_full,
-    preadv_raw,
-    pwritev_full,
-    pwritev_raw,
 )
 from engine.virtio.queue import DescriptorChain
 from engine.virtio.throttle import RateTimer, TokenBucket
@@ -69,7 +69,6 @@ SECTOR = 512
 ID_BYTES = 20
 SIZE_MAX = 1 << 20  # largest single buffer we advertise
 MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per discard / write-zeroes request
-BOUNCE_SIZE = 1 << 20
 
 #: request type -> QEMU accounting kind (write-zeroes is a write, discard an unmap, as QEMU)
 _ACCOUNTED = {
@@ -79,9 +78,22 @@ _ACCOUNTED = {
     VIRTIO_BLK_T_DISCARD: "unmap",
     VIRTIO_BLK_T_WRITE_ZEROES: "wr",
 }
+_KIND = {READ: "rd", WRITE: "wr", FLUSH: "flush"}
 _HDR = struct.Struct("<IIQ")
 _SEG = struct.Struct("<QII")  # discard / write-zeroes segment: sector, num_sectors, flags
 _CONFIG = struct.Struct("<QII4xI8xBxHIIIIIB3x")
+
+
+class BlkRequest(IoRequest):
+    """A read, write or flush on its way through the back end, with what completing it needs."""
+
+    __slots__ = ("chain", "length", "queue", "t0")
+
+    def __init__(self, op: int, offset: int, iov: object, chain: DescriptorChain, queue: int,
+                 length: int) -> None:  # fmt: skip
+        IoRequest.__init__(self, op, offset, iov)  # type: ignore[arg-type]
+        self.chain, self.queue, self.length = chain, queue, length
+        self.t0 = time.perf_counter_ns()
 
 
 class Blk(VirtioDevice):
@@ -96,6 +108,7 @@ class Blk(VirtioDevice):
         *,
         readonly: bool = False,
         direct: bool = False,
+        aio: str = "off",
         discard: bool = False,
         serial: str = "",
         iops_total: int | None = None,
@@ -117,14 +130,19 @@ class Blk(VirtioDevice):
         self.fd = open_host_file(
             path, what=f"virtio-blk {name}: drive", write=not readonly, direct=direct
         )
-        self.path = path
-        self.readonly = readonly
-        self.direct = direct
+        try:
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            self.backend: Backend = open_backend(aio, self.fd, num_queues * queue_size)
+        except OSError as e:
+            os.close(self.fd)
+            if isinstance(e, HostError):
+                raise
+            raise backend_refused(name, path, aio, e) from None
+        self.path, self.readonly, self.direct, self.aio = path, readonly, direct, aio
         self.serial = serial_b
-        self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self.capacity = self.size // SECTOR
-        self.align = SECTOR
-        self._bounce: mmap.mmap | None = None
+        self.sync = SyncPath(self.fd, direct)
+        self.errors = ErrorLog(name, path)
         self.can_punch = discard and not readonly and self._probe_punch_hole()
         features = (
             bit(VIRTIO_BLK_F_SEG_MAX)
@@ -163,7 +181,12 @@ class Blk(VirtioDevice):
         self._throttled_since = 0.0
         self.flushes = 0
         self.accounting = BlkAccounting()
-        self._last_status, self._io_failed = -1, False
+        #: requests each queue has in the back end (at most the queue's size)
+        self.in_flight = [0] * num_queues
+        self._full: set[int] = set()  # queues that stopped popping at that bound
+        self._watching = False
+        #: ``SVLAUNCH_BLK_STATS=1``: batch sizes, wake-ups and latencies, logged at close
+        self.profile = BlkProfile(name, aio) if os.environ.get("SVLAUNCH_BLK_STATS") else None
 
     def _probe_punch_hole(self) -> bool:
         """Punch a hole past EOF (KEEP_SIZE: touches no data) to learn if the file system can."""
@@ -178,37 +201,107 @@ class Blk(VirtioDevice):
     def on_activate(self) -> None:
         if self.bucket is not None:
             self._timer.start(self.loop)
+        if self.backend.event_fd is not None and self.loop is not None and not self._watching:
+            self.on_loop(self._watch)
+
+    def _watch(self) -> None:
+        efd = self.backend.event_fd
+        if efd is not None and self.loop is not None and not self._watching and self.fd >= 0:
+            self.loop.add_reader(efd, lambda: self.guarded(self._on_completions))
+            self._watching = True
 
     def on_reset(self) -> None:
         self._timer.cancel()
         self._throttled.clear()
+        self.quiesce()
+        self._full.clear()
+
+    def quiesce(self) -> None:
+        """Wait until the back end has nothing in flight; the requests it held are dropped
+        (a reset: the driver forgets them). Their I/O is finished before guest memory can go."""
+        with self.lock:
+            self.backend.drain()
+            self.in_flight = [0] * len(self.in_flight)
 
     def close(self) -> None:
         self._timer.close()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self._bounce is not None:
-            self._bounce.close()
+        if self.fd < 0:
+            return
+        if self.profile is not None:
+            self.profile.log()
+        efd = self.backend.event_fd
+        if self._watching and efd is not None and self.loop is not None:
+            self.loop.remove_reader(efd)
+            self._watching = False
+        with self.lock:
+            self.backend.close()
+        os.close(self.fd)
+        self.fd = -1
+        self.sync.close()
 
     # -- queue processing --------------------------------------------------------------------------
 
     def process_queue(self, index: int) -> None:
+        if self.profile is not None:
+            self.profile.event(f"q{index} kick")
         q = self.queues[index]
         if not q.active or index in self._throttled:
             return
-        mem = self.mem
-        assert mem is not None
         bucket = self.bucket
-        while (chain := q.pop()) is not None:
+        room = q.size - self.in_flight[index]
+        batch: list[IoRequest] = []
+        while room > 0 and (chain := q.pop()) is not None:
             if bucket is not None:
                 wait = bucket.take(1)
                 if wait:
                     q.undo_pop()
                     self._throttle(index, wait)
                     break
-            q.add_used(chain, self._served(chain))
+            req = self._start(chain, index)
+            if req is not None:
+                batch.append(req)
+                room -= 1
+        else:
+            if room <= 0:
+                self._full.add(index)  # popped again as requests complete
+        if batch:
+            self.in_flight[index] += len(batch)
+            if self.profile is not None:
+                self.profile.batches.append(len(batch))
+                self.profile.event(
+                    f"q{index} submit " + ",".join(f"{r.op}:{r.length >> 10}k" for r in batch)
+                )
+            done = self.backend.submit(batch)
+            if self.loop is None and self.backend.in_flight:
+                done += self.backend.drain()  # no loop to wake us (unit tests): wait here
+            touched = self._complete(done)
+            touched.discard(index)
+            for i in touched:
+                self.signal(i)
         self.signal(index)
+
+    def _on_completions(self) -> None:
+        """The back end's eventfd fired: complete what finished, one interrupt per queue."""
+        done = self.backend.reap()
+        if self.profile is not None:
+            self.profile.wakes.append(len(done))
+            self.profile.event("wake " + ",".join(f"{r.op}:{r.length >> 10}k" for r in done))
+        for i in self._complete(done):
+            self.signal(i)
+        for i in sorted(self._full):
+            if self.in_flight[i] < self.queues[i].size:
+                self._full.discard(i)
+                self.process_queue(i)
+
+    def _complete(self, done: list[IoRequest]) -> set[int]:
+        """Status and used entry for each completed request; the queues they belong to."""
+        touched: set[int] = set()
+        for r in done:
+            assert isinstance(r, BlkRequest)
+            self.in_flight[r.queue] -= 1
+            touched.add(r.queue)
+            self._finish(r)
+        return touched
 
     def _throttle(self, index: int, wait: float) -> None:
         if not self._throttled:
@@ -229,194 +322,164 @@ class Blk(VirtioDevice):
         for i in queues:
             self.guarded(self.process_queue, i)
 
-    def _served(self, chain: DescriptorChain) -> int:
-        """``_serve`` with QEMU's per-operation accounting (``engine/virtio/blk_accounting.py``)."""
-        mem = self.mem
-        assert mem is not None
-        kind, nbytes, end = None, 0, 0
-        if chain.readable_len >= _HDR.size and chain.writable_len >= 1:
-            rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
-            kind = _ACCOUNTED.get(rtype)
-            if rtype == VIRTIO_BLK_T_IN:
-                nbytes = chain.writable_len - 1
-            elif rtype == VIRTIO_BLK_T_OUT:
-                nbytes = chain.readable_len - _HDR.size
-                end = sector * SECTOR + nbytes
-            elif kind is not None and chain.readable_len - _HDR.size == _SEG.size:
-                first, count, _ = _SEG.unpack(chain.read(mem, _HDR.size, _SEG.size))
-                nbytes, end = count * SECTOR, (first + count) * SECTOR
-        self._last_status, self._io_failed = -1, False
-        t0 = time.perf_counter_ns()
-        used = self._serve(chain)
-        if kind is not None and self._last_status >= 0:
-            ok = self._last_status == VIRTIO_BLK_S_OK
-            ns = time.perf_counter_ns() - t0
-            self.accounting.record(
-                kind, ok=ok, failed=self._io_failed, nbytes=nbytes, end=end, ns=ns
-            )
-        return used
+    # -- one request -------------------------------------------------------------------------------
 
-    def _serve(self, chain: DescriptorChain) -> int:
-        """Do one request; returns the used length (data written to the guest + status byte)."""
+    def _start(self, chain: DescriptorChain, index: int) -> BlkRequest | None:
+        """Check one request; a read, write or flush for the back end, or None when it is
+        already answered (refused, GET_ID, discard, a transfer the back end cannot take)."""
         mem = self.mem
         assert mem is not None
         self.stats.requests += 1
-        if chain.writable_len < 1:
+        wlen = chain.writable_len
+        if wlen < 1:
             self.stats.errors += 1
-            return 0  # nowhere to put a status: nothing we can tell the driver
+            self.queues[index].add_used(chain, 0)  # nowhere to put a status
+            return None
         if chain.readable_len < _HDR.size:
-            return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
+            return self._answer(chain, index, VIRTIO_BLK_S_IOERR)
         rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
-        data_in = chain.writable_len - 1
-        data_out = chain.readable_len - _HDR.size
-        if max(data_in, data_out) > self.max_request:  # more than seg_max * size_max
-            return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
-        try:
-            if rtype == VIRTIO_BLK_T_IN:
-                if not self._in_range(sector, data_in):
-                    return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
-                if not self._rw_iovec(False, sector * SECTOR, chain, 0, data_in):
-                    self._rw(False, sector * SECTOR, chain.write_views(mem, 0, data_in))
-                self.stats.bytes_out += data_in
-                return self._status(chain, VIRTIO_BLK_S_OK, data_in)
-            if rtype == VIRTIO_BLK_T_OUT:
-                if self.readonly or not self._in_range(sector, data_out):
-                    return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
-                if not self._rw_iovec(True, sector * SECTOR, chain, _HDR.size, data_out):
-                    self._rw(True, sector * SECTOR, chain.read_views(mem, _HDR.size, data_out))
-                self.stats.bytes_in += data_out
-                return self._status(chain, VIRTIO_BLK_S_OK, 0)
-            if rtype == VIRTIO_BLK_T_FLUSH:
-                if not self.readonly:
-                    os.fdatasync(self.fd)
-                    self.flushes += 1
-                return self._status(chain, VIRTIO_BLK_S_OK, 0)
-            if rtype == VIRTIO_BLK_T_GET_ID:
-                n = min(ID_BYTES, data_in)
-                chain.write(mem, self.serial.ljust(ID_BYTES, b"\0")[:n])
-                return self._status(chain, VIRTIO_BLK_S_OK, n)
-            if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES) and self.can_punch:
-                status = self._discard(chain, rtype, data_out)
-                return self._status(chain, status, 0)
-        except OSError as e:
-            if e.errno == errno.EINVAL and self.direct and self.align < 4096:
-                self.align = 4096  # the file system wants page alignment: bounce from now on
-                return self._serve_again(chain)
-            self.stats.errors += 1
-            self._io_failed = True
-            return self._status(chain, VIRTIO_BLK_S_IOERR, 0)
-        return self._status(chain, VIRTIO_BLK_S_UNSUPP, 0)
+        if rtype == VIRTIO_BLK_T_IN:
+            n = wlen - 1
+            if n > self.max_request or not self._in_range(sector, n):
+                return self._refused(chain, index, "rd")
+            iov = chain.host_iovec(mem, True, 0, n)
+            if self._backend_can(iov, sector, n):
+                return BlkRequest(READ, sector * SECTOR, iov, chain, index, n)
+            return self._now(chain, index, READ, sector * SECTOR, n)
+        if rtype == VIRTIO_BLK_T_OUT:
+            n = chain.readable_len - _HDR.size
+            if self.readonly or n > self.max_request or not self._in_range(sector, n):
+                return self._refused(chain, index, "wr")
+            iov = chain.host_iovec(mem, False, _HDR.size, n)
+            if self._backend_can(iov, sector, n):
+                return BlkRequest(WRITE, sector * SECTOR, iov, chain, index, n)
+            return self._now(chain, index, WRITE, sector * SECTOR, n)
+        if rtype == VIRTIO_BLK_T_FLUSH:
+            if self.readonly:  # nothing of ours to make durable
+                self.accounting.record("flush", ok=True, failed=False, nbytes=0, end=0, ns=0)
+                return self._answer(chain, index, VIRTIO_BLK_S_OK)
+            return BlkRequest(FLUSH, 0, None, chain, index, 0)
+        if rtype == VIRTIO_BLK_T_GET_ID:
+            n = min(ID_BYTES, wlen - 1)
+            chain.write(mem, self.serial.ljust(ID_BYTES, b"\0")[:n])
+            return self._answer(chain, index, VIRTIO_BLK_S_OK, n)
+        if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES) and self.can_punch:
+            return self._discard(chain, index, rtype)
+        return self._answer(chain, index, VIRTIO_BLK_S_UNSUPP)
 
-    def _serve_again(self, chain: DescriptorChain) -> int:
-        self.stats.requests -= 1
-        return self._serve(chain)
+    def _backend_can(self, iov: object, sector: int, length: int) -> bool:
+        """One iovec array of at most IOV_MAX entries, aligned for O_DIRECT when direct."""
+        count, total = iov.count, iov.total  # type: ignore[attr-defined]
+        if not 0 < count <= IOV_MAX or total != length:
+            return False
+        a = self.sync.align
+        return not self.direct or (not (sector * SECTOR) % a and iov.aligned(a))  # type: ignore[attr-defined]
 
     def _in_range(self, sector: int, length: int) -> bool:
         if length % SECTOR:
             return False
         return sector <= self.capacity and sector + length // SECTOR <= self.capacity
 
-    def _status(self, chain: DescriptorChain, status: int, data_len: int) -> int:
-        """Write the status byte (the chain's last writable byte) and return the used length."""
+    def _answer(self, chain: DescriptorChain, index: int, status: int, data_len: int = 0) -> None:
+        """Write the status byte (the chain's last writable byte) and return the chain."""
         assert self.mem is not None
-        self._last_status = status
         if status != VIRTIO_BLK_S_OK:
             self.stats.errors += 1
         chain.write(self.mem, bytes([status]), chain.writable_len - 1)
-        return data_len + 1
+        self.queues[index].add_used(chain, data_len + 1)
+        return None
 
-    def _discard(self, chain: DescriptorChain, rtype: int, data_out: int) -> int:
+    def _refused(
+        self, chain: DescriptorChain, index: int, kind: str, status: int = VIRTIO_BLK_S_IOERR
+    ) -> None:
+        """A request the device refuses before any I/O (QEMU counts it as invalid)."""
+        self.accounting.record(kind, ok=False, failed=False, nbytes=0, end=0, ns=0)
+        return self._answer(chain, index, status)
+
+    def _now(self, chain: DescriptorChain, index: int, op: int, offset: int, n: int) -> None:
+        """A transfer the back end cannot take, done here and now (``blk_sync``)."""
+        req = BlkRequest(op, offset, None, chain, index, n)
+        req.res = self._sync_rest(req, 0)
+        self._finish(req)
+        return None
+
+    def _sync_rest(self, req: BlkRequest, done: int) -> int:
+        """Move bytes ``[done, length)`` of ``req`` through the synchronous path; ``res``."""
+        mem = self.mem
+        assert mem is not None
+        chain, n = req.chain, req.length - done
+        try:
+            if req.op == READ:
+                self.sync.rw(False, req.offset + done, chain.write_views(mem, done, n))
+            else:
+                self.sync.rw(True, req.offset + done, chain.read_views(mem, _HDR.size + done, n))
+        except OSError as e:
+            if e.errno == errno.EINVAL and self.direct and self.sync.align < 4096:
+                self.sync.align = 4096  # the file system wants page alignment: bounce from now on
+                return self._sync_rest(req, done)
+            return -(e.errno or errno.EIO)
+        return req.length
+
+    def _finish(self, req: BlkRequest) -> None:
+        """The back end is done with ``req``: its status, used entry and accounting."""
+        res, op = req.res, req.op
+        if op != FLUSH and 0 <= res < req.length:  # short: end of file, a full disk...
+            res = self._sync_rest(req, res)
+        elif res in (-errno.EINVAL, -errno.EAGAIN) and op != FLUSH and self.direct:
+            res = self._sync_rest(req, 0)  # refused by O_DIRECT or out of AIO resources
+        ok = res >= 0
+        if ok:
+            if op == READ:
+                self.stats.bytes_out += req.length
+            elif op == WRITE:
+                self.stats.bytes_in += req.length
+            else:
+                self.flushes += 1
+        else:
+            self.errors.report(op, req.offset, req.length, -res)
+        end = req.offset + req.length if op == WRITE else 0
+        ns = time.perf_counter_ns() - req.t0
+        if self.profile is not None:
+            self.profile.latency_ns.append(ns)
+            self.profile.event(f"done {op}:{req.length >> 10}k res={res} in {ns // 1000}us")
+        self.accounting.record(_KIND[op], ok=ok, failed=not ok, nbytes=req.length, end=end, ns=ns)
+        self._answer(
+            req.chain,
+            req.queue,
+            VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR,
+            req.length if ok and op == READ else 0,
+        )
+
+    def _discard(self, chain: DescriptorChain, index: int, rtype: int) -> None:
         assert self.mem is not None
+        kind = _ACCOUNTED[rtype]
+        data_out = chain.readable_len - _HDR.size
         if self.readonly:
-            return VIRTIO_BLK_S_IOERR
+            return self._refused(chain, index, kind)
         if data_out != _SEG.size:  # max_discard_seg = max_write_zeroes_seg = 1
-            return VIRTIO_BLK_S_UNSUPP
+            return self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
         sector, count, flags = _SEG.unpack(chain.read(self.mem, _HDR.size, _SEG.size))
         if flags & ~1 or (rtype == VIRTIO_BLK_T_DISCARD and flags):
-            return VIRTIO_BLK_S_UNSUPP
+            return self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
         if not self._in_range(sector, count * SECTOR):
-            return VIRTIO_BLK_S_IOERR
+            return self._refused(chain, index, kind)
         mode = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
         if rtype == VIRTIO_BLK_T_WRITE_ZEROES and not flags:
             mode = FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
+        offset, length = sector * SECTOR, count * SECTOR
+        t0 = time.perf_counter_ns()
         try:
-            fallocate(self.fd, mode, sector * SECTOR, count * SECTOR)
-        except OSError as e:
-            if e.errno != errno.EOPNOTSUPP or mode & FALLOC_FL_PUNCH_HOLE:
-                raise
-            fallocate(
-                self.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, sector * SECTOR, count * SECTOR
-            )
-        return VIRTIO_BLK_S_OK
-
-    # -- data path ---------------------------------------------------------------------------------
-
-    def _rw_iovec(
-        self, write: bool, offset: int, chain: DescriptorChain, skip: int, length: int
-    ) -> bool:
-        """The whole transfer in one preadv/pwritev over a host iovec array (no view per page).
-
-        False when the view path must do it: more than IOV_MAX pieces (a buffer that spans
-        adjacent regions is two), O_DIRECT alignment is not met, or the transfer came up short
-        (end of file).
-        """
-        assert self.mem is not None
-        iov = chain.host_iovec(self.mem, not write, skip, length)
-        if not 0 < iov.count <= IOV_MAX or iov.total != length:
-            return False
-        if self.direct and (offset % self.align or not iov.aligned(self.align)):
-            return False
-        io = pwritev_raw if write else preadv_raw
-        return io(self.fd, iov.data, iov.count, offset) == iov.total
-
-    def _rw(self, write: bool, offset: int, views: list[memoryview]) -> None:
-        if self.direct and not self._aligned(offset, views):
-            self._bounced(write, offset, views)
-            return
-        if write:
-            pwritev_full(self.fd, views, offset)
-        else:
-            n = preadv_full(self.fd, views, offset)
-            want = sum(map(len, views))
-            if n < want:  # file shrank under us: the rest of the request is zeros
-                copy_in(views, n, memoryview(bytes(want - n)))
-
-    def _aligned(self, offset: int, views: list[memoryview]) -> bool:
-        a = self.align
-        if offset % a:
-            return False
-        for v in views:
-            if len(v) % a or ctypes.addressof(ctypes.c_char.from_buffer(v)) % a:
-                return False
-        return True
-
-    def _bounced(self, write: bool, offset: int, views: list[memoryview]) -> None:
-        """O_DIRECT I/O through a page-aligned buffer, in chunks, read-modify-write at the edges."""
-        if self._bounce is None:
-            self._bounce = mmap.mmap(-1, BOUNCE_SIZE + 2 * 4096)
-        a = self.align
-        total = sum(len(v) for v in views)
-        pos = 0
-        while pos < total:
-            n = min(BOUNCE_SIZE, total - pos)
-            start = offset + pos
-            a0 = start - start % a
-            a1 = -(-(start + n) // a) * a
-            buf = memoryview(self._bounce)[: a1 - a0]
-            head = start - a0
             try:
-                if write:
-                    if head or a1 != start + n:
-                        got = preadv_full(self.fd, [buf], a0)
-                        if got < len(buf):
-                            buf[got:] = bytes(len(buf) - got)
-                    copy_out(views, pos, buf[head : head + n])
-                    pwritev_full(self.fd, [buf], a0)
-                else:
-                    got = preadv_full(self.fd, [buf], a0)
-                    if got < len(buf):
-                        buf[got:] = bytes(len(buf) - got)
-                    copy_in(views, pos, buf[head : head + n])
-            finally:
-                buf.release()
-            pos += n
+                fallocate(self.fd, mode, offset, length)
+            except OSError as e:
+                if e.errno != errno.EOPNOTSUPP or mode & FALLOC_FL_PUNCH_HOLE:
+                    raise
+                fallocate(self.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
+        except OSError as e:
+            self.errors.report(rtype, offset, length, e.errno or errno.EIO)
+            self.accounting.record(kind, ok=False, failed=True, nbytes=0, end=0, ns=0)
+            return self._answer(chain, index, VIRTIO_BLK_S_IOERR)
+        end = offset + length if kind == "wr" else 0
+        ns = time.perf_counter_ns() - t0
+        self.accounting.record(kind, ok=True, failed=False, nbytes=length, end=end, ns=ns)
+        return self._answer(chain, index, VIRTIO_BLK_S_OK)

@@ -52,6 +52,7 @@ def create_device(
             spec.file,
             readonly=spec.readonly,
             direct=spec.direct,
+            aio=spec.aio,
             discard=spec.discard == "unmap",
             serial=spec.serial or "",
             iops_total=spec.iops,

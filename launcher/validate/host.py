@@ -58,6 +58,28 @@ class _Checks:
         if problem is not None:
             self.add("host-file", path, problem.message, problem.hint)
 
+    def drive(self, d: m.Drive) -> None:
+        """The engine's own opening of the image (O_DIRECT when ``direct``) and its ``aio`` back
+        end set up on it (``engine.io.probe``): a file system without O_DIRECT, io_uring
+        disabled by sysctl or seccomp, Linux AIO out of events are reported here."""
+        if not d.file:
+            return
+        if self.target != "engine":  # StratoVirt opens and serves its drives itself
+            self.file(("drives", d.id, "file"), d.file, "drive image", write=not d.readonly)
+            return
+        from engine import device_rules as rules
+        from engine.io.probe import check_drive
+
+        aio = str(d.aio) if d.aio else rules.default_aio(d.direct)
+        if rules.aio_problem(aio, d.direct) is not None:  # validation reports that one
+            aio = "off"
+        found = check_drive(
+            d.file, what="drive image", aio=aio, direct=d.direct, write=not d.readonly
+        )
+        if found is not None:
+            key, problem = found
+            self.add("host-file", ("drives", d.id, key), problem.message, problem.hint)
+
     def run(self) -> list[Issue]:
         man = self.man
         self.kvm()
@@ -73,7 +95,7 @@ class _Checks:
         self.file(("boot", "kernel"), man.boot.kernel, "kernel", block_ok=False)
         self.file(("boot", "initrd"), man.boot.initrd, "initrd", block_ok=False)
         for d in man.drives:
-            self.file(("drives", d.id, "file"), d.file, "drive image", write=not d.readonly)
+            self.drive(d)
         for i, p in enumerate(man.pflash):
             self.file(("pflash", i, "file"), p.file, "pflash image", write=not p.readonly)
         for r in man.rngs:

@@ -79,12 +79,13 @@ class DriverQueue:
         *,
         indirect: bool = False,
         in_align: int = 16,
+        out_align: int = 16,
     ) -> int:
         """Post a chain: device-readable ``outs`` then device-writable buffers of ``ins`` bytes."""
         mem, a = self.mem, self.drv.alloc
         bufs: list[tuple[int, int, int]] = []
         for data in outs:
-            addr = a.alloc(max(1, len(data)))
+            addr = a.alloc(max(1, len(data)), out_align if len(data) >= out_align else 16)
             mem.write(addr, data)
             bufs.append((addr, len(data), 0))
         in_bufs = []

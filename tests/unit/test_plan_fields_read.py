@@ -20,9 +20,6 @@ ENGINE = Path(__file__).resolve().parents[2] / "engine"
 NOT_USES = {ENGINE / "plan.py", ENGINE / "device_rules.py"}
 
 KNOWN_UNREAD = {
-    # issue 11 (I/O): the engine serves every drive synchronously whatever aio says; the I/O
-    # engineer implements native/io_uring for real
-    ("BlkPlan", "aio"): "issue 11",
     # svlaunch up detaches the engine itself and clears it (launcher/commands/up.py)
     ("Plan", "daemonize"): "cleared by svlaunch up",
     # never set: compile_plan refuses incoming as engine-unsupported

@@ -197,13 +197,13 @@ def test_direct_io_with_aligned_and_unaligned_guest_buffers(disk) -> None:
         r.q.kick()
         (c,) = r.q.collect()
         assert c.data[:-1] == data[4096 : 4096 + 8192] and c.data[-1] == 0
-        assert r.dev._bounce is None
+        assert r.dev.sync._bounce is None
         # Unaligned guest buffers (16-byte aligned) need the bounce buffer, reads and writes.
         r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 3)], [1536, 1], in_align=16)
         r.q.kick()
         (c,) = r.q.collect()
         assert c.data[:-1] == data[1536 : 1536 + 1536]
-        assert r.dev._bounce is not None
+        assert r.dev.sync._bounce is not None
         payload = os.urandom(2048)
         status, _, _ = r.request(B.VIRTIO_BLK_T_OUT, 5, out=payload)
         assert status == 0
