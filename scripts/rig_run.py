@@ -227,8 +227,13 @@ def l1_kernel() -> Path:
     return GUEST / "vmlinuz"
 
 
-def execute(spec: RunSpec, timeout: float, keep: bool = False, l1_cpus: int = 1) -> RunResult:
-    """Boot L1, run the spec, write back; the inner VMM's output goes to our stdout."""
+def execute(
+    spec: RunSpec, timeout: float, keep: bool = False, l1_cpus: int = 1, icount: int | None = None
+) -> RunResult:
+    """Boot L1, run the spec, write back; the inner VMM's output goes to our stdout.
+
+    ``icount``: L1's virtual clock advances 2**icount ns per instruction executed (and skips
+    ahead while L1 idles), so what L1 and L2 time is work done, not how busy this host is."""
     t_start = time.monotonic()
     kernel = l1_kernel()
     kversion = (GUEST / "kernel-version").read_text().strip()
@@ -257,6 +262,8 @@ def execute(spec: RunSpec, timeout: float, keep: bool = False, l1_cpus: int = 1)
     cmd += ["-m", "2048", "-smp", str(l1_cpus), "-nodefaults", "-no-user-config"]
     cmd += ["-nographic", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd)]
     cmd += ["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"]
+    if icount is not None:
+        cmd += ["-icount", f"shift={icount},sleep=on"]
     cmd += ["-chardev", f"file,id=con,path=/dev/fd/{con_w}", "-serial", "chardev:con"]
     cmd += ["-chardev", f"file,id=out,path=/dev/fd/{out_w}", "-serial", "chardev:out"]
     if wb_img is not None:
