@@ -1,244 +1,278 @@
-"""virtio-blk read throughput inside the nested rig: svlaunch's builtin engine next to QEMU microvm.
+"""virtio-blk in the nested rig, measured with fio in the guest: svlaunch's builtin engine next to
+QEMU microvm, on the same guest, kernel and disk image, in the same L1 boot.
 
-Both inner VMMs boot the same VM on L1's KVM (the test guest's kernel, an initrd whose /init is
-replaced by a small busybox script, 1 vCPU, 256 MiB) with the same raw disk image, which L1
-holds in RAM (tmpfs: the host file system is out of the picture; O_DIRECT is unavailable there,
-so both engines read through L1's page cache: QEMU with its default cache=writeback, the
-builtin engine with direct=off). Inside L2 busybox ``dd`` measures, on /dev/vda:
+For each aio mode asked for, one L1 run boots the VM alternately under each VMM (``--rounds``
+times each, ABBA order) and fio runs the same job file in the guest each time
+(bench/rig_blk_parts.py): random and sequential, 4 KiB and 1 MiB, queue depths 1 and 32, reads
+and writes, and random 4 KiB writes with an fsync after each, O_DIRECT in the guest. The data
+disk is a raw image in an ext4 file system L1 loop-mounts from its RAM, so O_DIRECT works and
+both VMMs read and write the same file the same way:
 
-- ``seq 1M``:  sequential 1 MiB reads over the disk (O_DIRECT in L2, so every read reaches the
-               device), MiB/s;
-- ``seq 4K``:  sequential 4 KiB reads (O_DIRECT), one ``dd`` process: per-request cost, IOPS;
-- ``rand 4K``: 4 KiB reads at random offsets, one ``dd`` process each (busybox has no random
-               reader); the same loop reading /dev/zero is timed too and subtracted, so the
-               figure is the device's share. IOPS.
+    mode       builtin engine                QEMU
+    off        aio = "off", direct = false   aio=threads, cache.direct=off (its page cache)
+    native     aio = "native", direct = true aio=native, cache.direct=on
+    io_uring   aio = "io_uring", direct=true aio=io_uring, cache.direct=on
 
-Everything in the rig runs under TCG, so absolute numbers are far below bare metal; the ratio
-between the engines is the point (goal: builtin >= 0.8 x QEMU on sequential reads).
+Each table row is one job: the builtin engine's and QEMU's medians over the rounds, the ratio of
+the medians, and the lowest and highest ratio of a builtin run to the QEMU run next to it in time.
+Everything runs under TCG on this host, so absolute figures are far below bare metal; the ratio
+is the point. ``--save`` writes the output to bench/results/ (scripts/readme-numbers reads it).
 
-    python bench/rig_blk.py [--boots N] [--runs N] [--mib N] [--rand N] [--engines qemu,builtin]
+    python bench/rig_blk.py [--modes off,native,io_uring] [--rounds 2] [--runtime 4]
+                            [--jobs goals|all|NAME,...] [--iothread] [--save]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
-import re
+import platform
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-GUEST = REPO / "build" / "guest"
-WORK = REPO / "build" / "rig-blk"
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rig_cpio import CpioWriter  # noqa: E402
+from rig_blk_parts import (
+    GOALS,
+    GUEST,
+    JOBS,
+    MOUNT,
+    REPO,
+    WORK,
+    Job,
+    JobResult,
+    Setup,
+    bench_initrd,
+    data_image,
+    job_file,
+    loop_module,
+    manifest_text,
+    parse,
+    qemu_argv,
+)
 
-MIB = 2**20
-BENCH_INIT = r"""#!/bin/sh
-# bench/rig_blk.py's guest init (replaces the test guest's /init): time reads of /dev/vda with
-# busybox dd, print SVBENCH lines, power off.
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in $(cat /etc/svreport-modules); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
-arg() { for a in $(cat /proc/cmdline); do case $a in "svbench.$1="*) echo "${a#*=}"; return ;; esac; done; echo "$2"; }
-now() { set -- $(adjtimex | awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {print s, u}'); echo $(($1 * 1000000 + $2)); }
-out() { echo "SVBENCH $*"; }
-runs=$(arg runs 3); mib=$(arg mib 64); nrand=$(arg rand 200)
-dev=/dev/vda
-blocks=$(($(cat /sys/block/vda/size) / 8))
-flag=iflag=direct
-dd if=$dev of=/dev/null bs=4096 count=1 $flag 2>/dev/null || flag=
-q=/sys/block/vda/queue
-out "setup blocks=$blocks direct=${flag:+yes} max_segments=$(cat $q/max_segments) max_sectors_kb=$(cat $q/max_sectors_kb)"
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-dd if=$dev of=/dev/null bs=1048576 count=4 $flag 2>/dev/null  # warm up the path
-i=0
-while [ $i -lt "$runs" ]; do
-	drop; set -- $(cat /sys/block/vda/stat); r0=$1; t0=$(now)
-	dd if=$dev of=/dev/null bs=1048576 count="$mib" $flag 2>/dev/null
-	t1=$(now); set -- $(cat /sys/block/vda/stat)
-	out "seq1m bytes=$((mib * 1048576)) us=$((t1 - t0)) requests=$(($1 - r0))"
-	n=$((mib * 64))
-	drop; t0=$(now)
-	dd if=$dev of=/dev/null bs=4096 count=$n $flag 2>/dev/null
-	t1=$(now)
-	out "seq4k reads=$n us=$((t1 - t0))"
-	awk -v n="$nrand" -v max="$blocks" -v seed=$((i + 1)) \
-		'BEGIN {srand(seed); for (k = 0; k < n; k++) print int(rand() * max)}' >/tmp/offs
-	drop; t0=$(now)
-	for o in $(cat /tmp/offs); do dd if=/dev/zero of=/dev/null bs=4096 count=1 2>/dev/null; done
-	t1=$(now)
-	for o in $(cat /tmp/offs); do dd if=$dev of=/dev/null bs=4096 count=1 skip="$o" $flag 2>/dev/null; done
-	t2=$(now)
-	out "rand4k reads=$nrand us=$((t2 - t1)) base_us=$((t1 - t0))"
-	i=$((i + 1))
-done
-out done
-sync
-if grep -qs _S5_ /sys/firmware/acpi/tables/DSDT; then poweroff -f; fi
-reboot -f
-"""
+MODES = {
+    "off": Setup("off", direct=False),
+    "native": Setup("native", direct=True),
+    "io_uring": Setup("io_uring", direct=True),
+}
+NAMES = {"builtin": "builtin", "qemu": "QEMU"}
 
 
-def bench_initrd(dest: Path) -> Path:
-    """The test guest's initrd with our /init appended (a later cpio entry replaces an earlier)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    with open(tmp, "wb") as out:
-        out.write((GUEST / "initrd.img").read_bytes())
-        w = CpioWriter(out)
-        w.file("init", BENCH_INIT.encode(), 0o755)
-        w.close()
-    os.replace(tmp, dest)
-    return dest
+def l1_script(runs: list[tuple[str, str]], data_img: Path, loop_ko: Path) -> str:
+    """The shell L1 runs: loop-mount the data image, then each VMM run between markers."""
+    lines = [
+        f"insmod {loop_ko} 2>/dev/null; mkdir -p {MOUNT}",
+        f"mount -t ext4 -o loop {data_img} {MOUNT} || {{ echo 'SVRUN-fail mount'; exit 1; }}",
+    ]
+    for label, cmd in runs:
+        lines.append(f"echo SVRUN-start {label}; {cmd} </dev/null 2>&1; echo SVRUN-end {label} $?")
+    lines.append(f"umount {MOUNT}")
+    return "\n".join(lines)
 
 
-def disk_image(path: Path, mib: int) -> Path:
-    """A raw image of ``mib`` MiB of random bytes (kept between runs when the size matches)."""
-    if not path.exists() or path.stat().st_size != mib * MIB:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            for _ in range(mib):
-                f.write(os.urandom(MIB))
-    return path
+def split_runs(stdout: str) -> dict[str, tuple[str, int | None]]:
+    """Each run's output and exit status, by label."""
+    out: dict[str, tuple[str, int | None]] = {}
+    label, buf = None, []
+    for line in stdout.splitlines():
+        if line.startswith("SVRUN-start "):
+            label, buf = line.split()[1], []
+        elif line.startswith("SVRUN-end ") and label is not None:
+            rc = line.split()[2] if len(line.split()) > 2 else ""
+            out[label] = ("\n".join(buf), int(rc) if rc.isdigit() else None)
+            label = None
+        elif label is not None:
+            buf.append(line)
+    return out
 
 
-def manifest_text(initrd: Path, disk: Path, cmdline: str) -> str:
+def host_line() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
-        'name = "rig-blk-bench"\nserial = "stdio"\n\n[machine]\ntype = "microvm"\n\n'
-        '[cpu]\ncpus = 1\n\n[memory]\nsize = "256M"\n\n'
-        f'[boot]\nkernel = "{GUEST / "vmlinuz"}"\ninitrd = "{initrd}"\ncmdline = "{cmdline}"\n\n'
-        f'[drives.disk0]\nfile = "{disk}"\nreadonly = true\n'
-        "direct = false  # L1 holds the image in tmpfs (no O_DIRECT); QEMU uses its page cache too\n"
+        f"host: {model}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+        f"load average {load}; {now}"
     )
 
 
-@dataclass
-class Result:
-    """Per-run measurements of one engine (None when a run failed)."""
+def run_mode(a: argparse.Namespace, setup: Setup, jobs: list[Job], files: dict[str, Path]) -> str:
+    """One L1 run for ``setup``; returns the printed section (also printed as it goes)."""
+    cmdline = "console=ttyS0 quiet reboot=k panic=1"
+    kernel, initrd, tools = files["kernel"], files["initrd"], files["tools"]
+    engines = a.engines.split(",")
+    out: list[str] = []
 
-    seq1m_mib_s: list[float] = field(default_factory=list)
-    seq4k_iops: list[float] = field(default_factory=list)
-    rand4k_iops: list[float] = field(default_factory=list)
-    rand4k_raw_iops: list[float] = field(default_factory=list)
-    inner_s: float | None = None
-    error: str | None = None
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        out.append(text)
 
-
-LINE = re.compile(r"SVBENCH (\S+)(.*)")
-
-
-def parse(stdout: str, res: Result) -> None:
-    for line in stdout.splitlines():
-        m = LINE.search(line)
-        if not m:
+    with tempfile.TemporaryDirectory(prefix="rig-blk-") as tmp:
+        manifest = Path(tmp) / f"bench-{setup.aio}.toml"
+        manifest.write_text(manifest_text(setup, kernel, initrd, tools, cmdline))
+        env = " ".join(shlex.quote(e) for e in a.engine_env)
+        log = f"/run/svlaunch/rig-blk-{setup.aio}.last.log"
+        cmds = {
+            # the engine's log (warnings, SVLAUNCH_EXIT_STATS) after the run, marked
+            "builtin": f"{env} python3 -m launcher.cli up {manifest}; rc=$?; "
+            f"sed 's/^/engine-log| /' {log} 2>/dev/null; rm -f {log}; (exit $rc)",
+            "qemu": shlex.join(qemu_argv(setup, kernel, initrd, tools, cmdline)),
+        }
+        runs = []
+        for r in range(a.rounds):
+            order = engines if r % 2 == 0 else engines[::-1]
+            runs += [(f"{eng}.{r}", cmds[eng]) for eng in order]
+        script = l1_script(runs, files["data"], files["loop"])
+        rig = [sys.executable, str(REPO / "scripts" / "rig"), "--l2-cmd", script, "--qemu"]
+        rig += ["--timeout", str(a.timeout), "--l1-cpus", str(a.l1_cpus)]
+        if a.icount is not None:
+            rig += ["--icount", str(a.icount)]
+        for f in (*files.values(), manifest):
+            rig += ["--file", str(f)]
+        proc = subprocess.run(rig, capture_output=True, text=True, errors="replace")
+    (WORK / f"last-{setup.aio}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    runs_out = split_runs(proc.stdout)
+    results: dict[str, list[dict[str, JobResult]]] = {eng: [] for eng in engines}
+    setup_line: dict[str, str] = {}
+    failed = []
+    for label, _ in runs:
+        eng = label.split(".")[0]
+        text, rc = runs_out.get(label, ("", None))
+        res, s_line, errors = parse(text, jobs)
+        setup_line = setup_line or s_line
+        results[eng].append(res)
+        if a.verbose:
+            for line in text.splitlines():
+                if "SVBENCH" not in line and line.strip():
+                    print(f"   {label}| {line}", flush=True)
+        if rc != 0 or errors or len(res) != len(jobs):
+            tail = "\n    ".join((errors or text.strip().splitlines())[-6:])
+            failed.append(f"  {label}: exit {rc}, {len(res)}/{len(jobs)} jobs\n    {tail}")
+    q = setup.qemu_drive
+    say(
+        f"== aio mode {setup.aio}: builtin aio={setup.aio} direct={'on' if setup.direct else 'off'} "
+        f"iothreads={'1 (io0)' if setup.iothread else 'none (main loop)'} queue-size="
+        f"{setup.queue_size}; QEMU virtio-blk-device {q}"
+        f"{', iothread io0' if setup.iothread else ''}"
+    )
+    if setup_line:
+        say(
+            f"   guest: /dev/{setup_line.get('dev')} {int(setup_line.get('sectors', 0)) // 2048} "
+            f"MiB, {setup_line.get('fio')}, scheduler {setup_line.get('sched')}, nr_requests "
+            f"{setup_line.get('nr_requests')}, write cache {setup_line.get('wc')}"
+        )
+    if proc.returncode != 0:
+        say(f"   rig exit {proc.returncode}: " + " | ".join(proc.stderr.strip().splitlines()[-4:]))
+    for f in failed:
+        say("   FAILED" + f)
+    say(
+        f"   {'job':34s} {'unit':>5s} {'builtin':>9s} {'QEMU':>9s} {'ratio':>6s} "
+        f"{'pairs min-max':>14s} {'lat us b/q':>13s}"
+    )
+    for job in jobs:
+        b = [r[job.name] for r in results.get("builtin", []) if job.name in r]
+        qv = [r[job.name] for r in results.get("qemu", []) if job.name in r]
+        if not b or not qv:
+            say(f"   {job.label:34s} {job.unit:>5s} {'-':>9s} {'-':>9s}")
             continue
-        f = dict(w.partition("=")[::2] for w in m.group(2).split())
-        kind = m.group(1)
-        if kind == "seq1m":
-            res.seq1m_mib_s.append(int(f["bytes"]) / MIB / (int(f["us"]) / 1e6))
-        elif kind == "seq4k":
-            res.seq4k_iops.append(int(f["reads"]) / (int(f["us"]) / 1e6))
-        elif kind == "rand4k":
-            n, us, base = int(f["reads"]), int(f["us"]), int(f["base_us"])
-            res.rand4k_raw_iops.append(n / (us / 1e6))
-            if us > base:
-                res.rand4k_iops.append(n / ((us - base) / 1e6))
-
-
-def run_engine(vmm: str, manifest: Path, timeout: float) -> Result:
-    cmd = [sys.executable, str(REPO / "scripts" / "rig"), str(manifest), "--vmm", vmm]
-    cmd += ["--timeout", str(timeout)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    res = Result()
-    parse(proc.stdout, res)
-    m = re.search(r"rig: inner boot took ([\d.]+) s", proc.stderr)
-    res.inner_s = float(m.group(1)) if m else None
-    if proc.returncode != 0 or "SVBENCH done" not in proc.stdout:
-        tail = "\n  ".join((proc.stdout + proc.stderr).strip().splitlines()[-8:])
-        res.error = f"exit {proc.returncode}\n  {tail}"
-    return res
-
-
-def best(xs: list[float]) -> str:
-    return f"{max(xs):9.1f}" if xs else f"{'-':>9}"
+        bm = statistics.median(x.value for x in b)
+        qm = statistics.median(x.value for x in qv)
+        pairs = [x.value / y.value for x, y in zip(b, qv, strict=False) if y.value]
+        goal = " *" if job.name in GOALS else ""
+        lat = f"{statistics.median(x.lat_us for x in b):.0f}/{statistics.median(x.lat_us for x in qv):.0f}"
+        say(
+            f"   {job.label:34s} {job.unit:>5s} {bm:9.1f} {qm:9.1f} {bm / qm:6.2f} "
+            f"{min(pairs):6.2f}-{max(pairs):<6.2f} {lat:>13s}{goal}"
+        )
+    return "\n".join(out)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=3, help="measurement rounds inside one boot")
-    p.add_argument("--boots", type=int, default=2, help="boots per engine, alternating engines")
-    p.add_argument("--mib", type=int, default=64, help="MiB read per sequential pass")
-    p.add_argument("--disk-mib", type=int, default=128, help="size of the disk image")
-    p.add_argument("--rand", type=int, default=200, help="random 4 KiB reads per round")
-    p.add_argument("--engines", default="qemu,builtin")
-    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--modes", default="off,native,io_uring", help="aio modes, comma-separated")
+    p.add_argument("--rounds", type=int, default=2, help="boots per VMM and mode")
+    p.add_argument("--runtime", type=int, default=4, help="seconds per fio job (after ramp)")
+    p.add_argument("--ramp", type=int, default=1, help="seconds of each job not measured")
+    p.add_argument("--jobs", default="all", help="all, goals, or job names (e.g. randread-4k-qd1)")
+    p.add_argument("--disk-mib", type=int, default=256, help="size of the data disk")
+    p.add_argument("--engines", default="builtin,qemu")
+    p.add_argument("--iothread", action="store_true", help="serve the data disk on an iothread")
+    p.add_argument("--l1-cpus", type=int, default=1)
+    p.add_argument(
+        "--icount",
+        type=int,
+        metavar="SHIFT",
+        help="L1 counts instructions as time (scripts/rig --icount): figures measure work, "
+        "not this host's load",
+    )
+    p.add_argument("--engine-env", action="append", default=[], metavar="K=V")
+    p.add_argument("--timeout", type=float, default=3000)
+    p.add_argument("-v", "--verbose", action="store_true", help="print the VMMs' other output")
+    p.add_argument("--save", action="store_true", help="also write bench/results/rig_blk-DATE.txt")
     a = p.parse_args(argv)
-    if a.mib > a.disk_mib:
-        p.error(f"--mib {a.mib} is larger than --disk-mib {a.disk_mib}")
+    modes = [m for m in a.modes.split(",") if m]
+    if bad := [m for m in modes if m not in MODES]:
+        p.error(f"unknown aio mode(s) {bad}; choose from {', '.join(MODES)}")
+    if a.jobs == "all":
+        jobs = JOBS
+    elif a.jobs == "goals":
+        jobs = [j for j in JOBS if j.name in GOALS]
+    else:
+        wanted = a.jobs.split(",")
+        jobs = [j for j in JOBS if j.name in wanted]
+        if len(jobs) != len(wanted):
+            p.error(f"unknown job(s); known: {', '.join(j.name for j in JOBS)}")
     subprocess.run([str(REPO / "scripts" / "build-guest")], check=True)
-    initrd = bench_initrd(WORK / "initrd-bench.img")
-    disk = disk_image(WORK / "disk.img", a.disk_mib)
-    cmdline = (
-        f"console=ttyS0 quiet reboot=k panic=1 svbench.runs={a.runs} svbench.mib={a.mib} "
-        f"svbench.rand={a.rand}"
-    )
-    engines = a.engines.split(",")
-    names = {"qemu": "qemu-microvm", "builtin": "svlaunch-builtin"}
-    print(
-        f"rig_blk: virtio-blk reads in L2 (busybox dd on /dev/vda, {a.disk_mib} MiB raw image in "
-        f"L1 RAM, 1 vCPU, 256 MiB); {a.boots} boot(s) per engine, alternating, {a.runs} "
-        "rounds each; best of all rounds (other load on the host only ever slows a round down)"
-    )
-    results = {eng: Result() for eng in engines}
-    failed = 0
-    with tempfile.TemporaryDirectory(prefix="rig-blk-") as tmp:
-        manifest = Path(tmp) / "bench.toml"
-        manifest.write_text(manifest_text(initrd, disk, cmdline))
-        for i in range(a.boots):
-            for eng in engines:
-                res = run_engine(eng, manifest, a.timeout)
-                acc = results[eng]
-                acc.seq1m_mib_s += res.seq1m_mib_s
-                acc.seq4k_iops += res.seq4k_iops
-                acc.rand4k_iops += res.rand4k_iops
-                acc.rand4k_raw_iops += res.rand4k_raw_iops
-                seq = ", ".join(f"{x:.0f}" for x in res.seq1m_mib_s) or "-"
-                line = f"  boot {i + 1} {names.get(eng, eng):18s} seq 1M MiB/s per round: {seq}"
-                if res.inner_s is not None:
-                    line += f" (boot+run {res.inner_s:.1f} s)"
-                print(line, flush=True)
-                if res.error:
-                    failed += 1
-                    print(f"    FAILED: {res.error}")
-    print(
-        f"{'engine':18s} {'seq 1M MiB/s':>12s} {'seq 4K IOPS':>12s} {'rand 4K IOPS':>12s} "
-        f"{'(raw, w/ dd spawn)':>18s}"
-    )
-    for eng in engines:
-        r = results[eng]
-        print(
-            f"{names.get(eng, eng):18s} {best(r.seq1m_mib_s):>12s} {best(r.seq4k_iops):>12s} "
-            f"{best(r.rand4k_iops):>12s} {best(r.rand4k_raw_iops):>18s}"
-        )
-    q, b = results.get("qemu"), results.get("builtin")
-    if q and b and q.seq1m_mib_s and b.seq1m_mib_s:
-        ratio = max(b.seq1m_mib_s) / max(q.seq1m_mib_s)
-        verdict = "meets" if ratio >= 0.8 else "below"
-        print(f"builtin / qemu, sequential 1 MiB reads: {ratio:.2f} ({verdict} the 0.8 goal)")
-        for label, bx, qx in (
-            ("sequential 4 KiB", b.seq4k_iops, q.seq4k_iops),
-            ("random 4 KiB", b.rand4k_iops, q.rand4k_iops),
-        ):
-            if bx and qx:
-                print(f"builtin / qemu, {label} reads: {max(bx) / max(qx):.2f}")
-    return 1 if failed else 0
+    files = {
+        "kernel": GUEST / "vmlinuz",
+        "initrd": bench_initrd(WORK / "initrd-bench.img", job_file(jobs, a.runtime, a.ramp)),
+        "tools": GUEST / "tools.ext4",
+        "data": data_image(a.disk_mib),
+        "loop": loop_module(),
+    }
+    kversion = (GUEST / "kernel-version").read_text().strip()
+    header = [
+        "rig_blk: virtio-blk under fio in L2, builtin engine vs QEMU microvm in the same L1 run",
+        host_line(),
+        f"rig: L1 = QEMU TCG (EPYC, +svm, +npt), {a.l1_cpus} vCPU, 2 GiB; L2 on L1's KVM"
+        + (
+            f"; L1 clock = instructions (-icount shift={a.icount}: 2^{a.icount} ns each)"
+            if a.icount is not None
+            else "; L1 clock = host wall clock"
+        ),
+        f"guest: Debian {kversion}, 1 vCPU, 256 MiB, busybox init + fio from tools.ext4; "
+        f"fio direct=1, libaio (psync for fsync), {a.runtime} s per job after {a.ramp} s ramp",
+        f"disk: {a.disk_mib} MiB raw image on ext4, loop-mounted in L1 from RAM (tmpfs); "
+        "both VMMs open the same file",
+        f"{a.rounds} boot(s) per VMM and mode, ABBA order; * = goal (builtin >= 1.0 x QEMU)",
+    ]
+    text = list(header)
+    for line in header:
+        print(line, flush=True)
+    for mode in modes:
+        setup = MODES[mode]
+        if a.iothread:
+            setup = Setup(setup.aio, setup.direct, iothread=True)
+        text.append(run_mode(a, setup, jobs, files))
+    if a.save:
+        results = REPO / "bench" / "results"
+        name = f"rig_blk-{datetime.date.today().isoformat()}-{'-'.join(modes)}.txt"
+        (results / name).write_text("\n".join(text) + "\n")
+        print(f"saved bench/results/{name}")
+    return 0
 
 
 if __name__ == "__main__":
