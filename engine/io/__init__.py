@@ -1,4 +1,5 @@
-"""Block I/O back ends: how a disk's reads, writes and flushes reach the host kernel (docs/io.md).
+"""Block I/O back ends: how a disk's reads, writes and flushes reach the host kernel
+(docs/virtio.md, "virtio-blk's data path").
 
 A drive's ``aio`` picks one (StratoVirt's values):
 

@@ -137,6 +137,7 @@ class LinuxAio(Backend):
     # -- completion --------------------------------------------------------------------------------
 
     def reap(self) -> list[IoRequest]:
+        assert self.event_fd is not None
         try:
             os.eventfd_read(self.event_fd)  # first: a completion after this signals again
         except BlockingIOError:

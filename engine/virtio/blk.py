@@ -84,6 +84,10 @@ _SEG = struct.Struct("<QII")  # discard / write-zeroes segment: sector, num_sect
 _CONFIG = struct.Struct("<QII4xI8xBxHIIIIIB3x")
 
 
+def _kib(r: IoRequest) -> int:
+    return r.length >> 10 if isinstance(r, BlkRequest) else -1
+
+
 class BlkRequest(IoRequest):
     """A read, write or flush on its way through the back end, with what completing it needs."""
 
@@ -249,7 +253,7 @@ class Blk(VirtioDevice):
             return
         bucket = self.bucket
         room = q.size - self.in_flight[index]
-        batch: list[IoRequest] = []
+        batch: list[BlkRequest] = []
         while room > 0 and (chain := q.pop()) is not None:
             if bucket is not None:
                 wait = bucket.take(1)
@@ -271,7 +275,7 @@ class Blk(VirtioDevice):
                 self.profile.event(
                     f"q{index} submit " + ",".join(f"{r.op}:{r.length >> 10}k" for r in batch)
                 )
-            done = self.backend.submit(batch)
+            done = self.backend.submit(list[IoRequest](batch))
             if self.loop is None and self.backend.in_flight:
                 done += self.backend.drain()  # no loop to wake us (unit tests): wait here
             touched = self._complete(done)
@@ -285,7 +289,7 @@ class Blk(VirtioDevice):
         done = self.backend.reap()
         if self.profile is not None:
             self.profile.wakes.append(len(done))
-            self.profile.event("wake " + ",".join(f"{r.op}:{r.length >> 10}k" for r in done))
+            self.profile.event("wake " + ",".join(f"{r.op}:{_kib(r)}k" for r in done))
         for i in self._complete(done):
             self.signal(i)
         for i in sorted(self._full):
@@ -336,36 +340,45 @@ class Blk(VirtioDevice):
             self.queues[index].add_used(chain, 0)  # nowhere to put a status
             return None
         if chain.readable_len < _HDR.size:
-            return self._answer(chain, index, VIRTIO_BLK_S_IOERR)
+            self._answer(chain, index, VIRTIO_BLK_S_IOERR)
+            return None
         rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
         if rtype == VIRTIO_BLK_T_IN:
             n = wlen - 1
             if n > self.max_request or not self._in_range(sector, n):
-                return self._refused(chain, index, "rd")
+                self._refused(chain, index, "rd")
+                return None
             iov = chain.host_iovec(mem, True, 0, n)
             if self._backend_can(iov, sector, n):
                 return BlkRequest(READ, sector * SECTOR, iov, chain, index, n)
-            return self._now(chain, index, READ, sector * SECTOR, n)
+            self._now(chain, index, READ, sector * SECTOR, n)
+            return None
         if rtype == VIRTIO_BLK_T_OUT:
             n = chain.readable_len - _HDR.size
             if self.readonly or n > self.max_request or not self._in_range(sector, n):
-                return self._refused(chain, index, "wr")
+                self._refused(chain, index, "wr")
+                return None
             iov = chain.host_iovec(mem, False, _HDR.size, n)
             if self._backend_can(iov, sector, n):
                 return BlkRequest(WRITE, sector * SECTOR, iov, chain, index, n)
-            return self._now(chain, index, WRITE, sector * SECTOR, n)
+            self._now(chain, index, WRITE, sector * SECTOR, n)
+            return None
         if rtype == VIRTIO_BLK_T_FLUSH:
             if self.readonly:  # nothing of ours to make durable
                 self.accounting.record("flush", ok=True, failed=False, nbytes=0, end=0, ns=0)
-                return self._answer(chain, index, VIRTIO_BLK_S_OK)
+                self._answer(chain, index, VIRTIO_BLK_S_OK)
+                return None
             return BlkRequest(FLUSH, 0, None, chain, index, 0)
         if rtype == VIRTIO_BLK_T_GET_ID:
             n = min(ID_BYTES, wlen - 1)
             chain.write(mem, self.serial.ljust(ID_BYTES, b"\0")[:n])
-            return self._answer(chain, index, VIRTIO_BLK_S_OK, n)
+            self._answer(chain, index, VIRTIO_BLK_S_OK, n)
+            return None
         if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES) and self.can_punch:
-            return self._discard(chain, index, rtype)
-        return self._answer(chain, index, VIRTIO_BLK_S_UNSUPP)
+            self._discard(chain, index, rtype)
+            return None
+        self._answer(chain, index, VIRTIO_BLK_S_UNSUPP)
+        return None
 
     def _backend_can(self, iov: object, sector: int, length: int) -> bool:
         """One iovec array of at most IOV_MAX entries, aligned for O_DIRECT when direct."""
@@ -387,21 +400,19 @@ class Blk(VirtioDevice):
             self.stats.errors += 1
         chain.write(self.mem, bytes([status]), chain.writable_len - 1)
         self.queues[index].add_used(chain, data_len + 1)
-        return None
 
     def _refused(
         self, chain: DescriptorChain, index: int, kind: str, status: int = VIRTIO_BLK_S_IOERR
     ) -> None:
         """A request the device refuses before any I/O (QEMU counts it as invalid)."""
         self.accounting.record(kind, ok=False, failed=False, nbytes=0, end=0, ns=0)
-        return self._answer(chain, index, status)
+        self._answer(chain, index, status)
 
     def _now(self, chain: DescriptorChain, index: int, op: int, offset: int, n: int) -> None:
         """A transfer the back end cannot take, done here and now (``blk_sync``)."""
         req = BlkRequest(op, offset, None, chain, index, n)
         req.res = self._sync_rest(req, 0)
         self._finish(req)
-        return None
 
     def _sync_rest(self, req: BlkRequest, done: int) -> int:
         """Move bytes ``[done, length)`` of ``req`` through the synchronous path; ``res``."""
@@ -455,14 +466,18 @@ class Blk(VirtioDevice):
         kind = _ACCOUNTED[rtype]
         data_out = chain.readable_len - _HDR.size
         if self.readonly:
-            return self._refused(chain, index, kind)
+            self._refused(chain, index, kind)
+            return None
         if data_out != _SEG.size:  # max_discard_seg = max_write_zeroes_seg = 1
-            return self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
+            self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
+            return None
         sector, count, flags = _SEG.unpack(chain.read(self.mem, _HDR.size, _SEG.size))
         if flags & ~1 or (rtype == VIRTIO_BLK_T_DISCARD and flags):
-            return self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
+            self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
+            return None
         if not self._in_range(sector, count * SECTOR):
-            return self._refused(chain, index, kind)
+            self._refused(chain, index, kind)
+            return None
         mode = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
         if rtype == VIRTIO_BLK_T_WRITE_ZEROES and not flags:
             mode = FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
@@ -478,8 +493,9 @@ class Blk(VirtioDevice):
         except OSError as e:
             self.errors.report(rtype, offset, length, e.errno or errno.EIO)
             self.accounting.record(kind, ok=False, failed=True, nbytes=0, end=0, ns=0)
-            return self._answer(chain, index, VIRTIO_BLK_S_IOERR)
+            self._answer(chain, index, VIRTIO_BLK_S_IOERR)
+            return None
         end = offset + length if kind == "wr" else 0
         ns = time.perf_counter_ns() - t0
         self.accounting.record(kind, ok=True, failed=False, nbytes=length, end=end, ns=ns)
-        return self._answer(chain, index, VIRTIO_BLK_S_OK)
+        self._answer(chain, index, VIRTIO_BLK_S_OK)
