@@ -240,6 +240,35 @@ def test_a_batch_is_one_submission_completed_in_reverse_with_one_interrupt(image
         r.close()
 
 
+@pytest.mark.parametrize("aio", ["off", "io_uring"])
+def test_a_completed_batch_interrupts_only_when_used_event_asks(image, aio) -> None:
+    """EVENT_IDX: a batch whose completions stay short of ``used_event`` raises no interrupt; the
+    batch that crosses it raises exactly one (virtio 1.2 §2.7.7.2)."""
+    path, _ = image
+    r = LoopRig(path, aio=aio, event_idx=True)
+    try:
+        held = r.hold()
+
+        def batch(n: int) -> None:
+            for i in range(n):
+                r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
+            r.kick()
+            held.settle(n)
+            held.release()
+
+        r.q.set_used_event(9)  # "interrupt me when the used index passes 9"
+        irqs = r.drv.interrupts
+        batch(6)
+        r.wait_used(6)
+        assert r.drv.interrupts == irqs  # used index 6: not there yet
+        batch(6)
+        r.wait_used(6)
+        assert r.drv.interrupts == irqs + 1  # used index 6 -> 12 crossed 9: one interrupt
+        assert held.submits == [6, 6]
+    finally:
+        r.close()
+
+
 @pytest.mark.parametrize(("aio", "direct"), MODES, ids=IDS)
 def test_a_flush_is_acknowledged_only_when_the_backend_completed_it(image, aio, direct) -> None:
     path, _ = image
