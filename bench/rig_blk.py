@@ -16,7 +16,8 @@ both VMMs read and write the same file the same way:
 Each table row is one job: the builtin engine's and QEMU's medians over the rounds, the ratio of
 the medians, and the lowest and highest ratio of a builtin run to the QEMU run next to it in time.
 Everything runs under TCG on this host, so absolute figures are far below bare metal; the ratio
-is the point. ``--save`` writes the output to bench/results/ (scripts/readme-numbers reads it).
+is the point. ``--save`` writes the output to bench/results/rig_blk-DATE.txt; its ``RESULT``
+lines are what scripts/readme-numbers turns into README rows.
 
     python bench/rig_blk.py [--modes off,native,io_uring] [--rounds 2] [--runtime 4]
                             [--jobs goals|all|NAME,...] [--iothread] [--save]
@@ -53,6 +54,8 @@ from rig_blk_parts import (
     loop_module,
     manifest_text,
     parse,
+    profile_summary,
+    py_spy,
     qemu_argv,
 )
 
@@ -102,15 +105,22 @@ def host_line() -> str:
     except OSError:
         pass
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"host: {model}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
         f"load average {load}; {now}"
     )
 
 
-def run_mode(a: argparse.Namespace, setup: Setup, jobs: list[Job], files: dict[str, Path]) -> str:
-    """One L1 run for ``setup``; returns the printed section (also printed as it goes)."""
+def run_mode(
+    a: argparse.Namespace,
+    setup: Setup,
+    jobs: list[Job],
+    files: dict[str, Path],
+    results_out: list[str],
+) -> str:
+    """One L1 run for ``setup``; returns the printed section (also printed as it goes) and adds
+    its ``RESULT`` lines (scripts/readme-numbers reads them) to ``results_out``."""
     cmdline = "console=ttyS0 quiet reboot=k panic=1"
     kernel, initrd, tools = files["kernel"], files["initrd"], files["tools"]
     engines = a.engines.split(",")
@@ -132,12 +142,32 @@ def run_mode(a: argparse.Namespace, setup: Setup, jobs: list[Job], files: dict[s
             "qemu": shlex.join(qemu_argv(setup, kernel, initrd, tools, cmdline)),
         }
         runs = []
+        profiles: dict[str, Path] = {}
         for r in range(a.rounds):
             order = engines if r % 2 == 0 else engines[::-1]
-            runs += [(f"{eng}.{r}", cmds[eng]) for eng in order]
+            for eng in order:
+                label = f"{eng}.{r}"
+                cmd = cmds[eng]
+                if eng == "builtin" and a.profile is not None:
+                    # the engine itself under py-spy (20 Hz: it shares L1's CPU with what it
+                    # measures), its stderr (SVLAUNCH_EXIT_STATS, SVLAUNCH_BLK_STATS) inline
+                    prof = profiles[label] = WORK / f"profile-{setup.aio}-{label}.txt"
+                    prof.write_text("")
+                    plan = f"/tmp/plan-{setup.aio}-{label}.json"
+                    cmd = (
+                        f"python3 -m launcher.cli plan {manifest} > {plan} && {env} "
+                        f"SVLAUNCH_EXIT_STATS=1 SVLAUNCH_BLK_STATS=1 {a.profile} record "
+                        f"--nonblocking -r 20 -f raw -o {prof} -- python3 -m engine run "
+                        f"--plan {plan} 2>&1 | sed 's/^/engine-log| /'"
+                    )
+                runs.append((label, cmd))
         script = l1_script(runs, files["data"], files["loop"])
         rig = [sys.executable, str(REPO / "scripts" / "rig"), "--l2-cmd", script, "--qemu"]
         rig += ["--timeout", str(a.timeout), "--l1-cpus", str(a.l1_cpus)]
+        for prof in profiles.values():
+            rig += ["--writeback", str(prof)]
+        if a.profile is not None:
+            rig += ["--file", str(a.profile)]
         if a.icount is not None:
             rig += ["--icount", str(a.icount)]
         for f in (*files.values(), manifest):
@@ -197,6 +227,13 @@ def run_mode(a: argparse.Namespace, setup: Setup, jobs: list[Job], files: dict[s
             f"   {job.label:34s} {job.unit:>5s} {bm:9.1f} {qm:9.1f} {bm / qm:6.2f} "
             f"{min(pairs):6.2f}-{max(pairs):<6.2f} {lat:>13s}{goal}"
         )
+        results_out.append(
+            f"RESULT rig_blk aio={setup.aio} job={job.name} unit={job.unit} builtin={bm:.1f} "
+            f"qemu={qm:.1f} ratio={bm / qm:.2f} goal={int(bool(goal))}"
+        )
+    for label, prof in profiles.items():
+        for line in profile_summary(prof):
+            say(f"   profile {label}: {line}")
     return "\n".join(out)
 
 
@@ -219,10 +256,19 @@ def main(argv: list[str]) -> int:
         "not this host's load",
     )
     p.add_argument("--engine-env", action="append", default=[], metavar="K=V")
+    p.add_argument(
+        "--profile",
+        action="store_const",
+        const=True,
+        help="run the builtin engine under py-spy in L1 (and SVLAUNCH_EXIT_STATS=1, "
+        "SVLAUNCH_BLK_STATS=1): collapsed stacks in build/rig-blk/profile-*.txt, a summary here",
+    )
     p.add_argument("--timeout", type=float, default=3000)
     p.add_argument("-v", "--verbose", action="store_true", help="print the VMMs' other output")
     p.add_argument("--save", action="store_true", help="also write bench/results/rig_blk-DATE.txt")
     a = p.parse_args(argv)
+    if a.profile:
+        a.profile = py_spy()
     modes = [m for m in a.modes.split(",") if m]
     if bad := [m for m in modes if m not in MODES]:
         p.error(f"unknown aio mode(s) {bad}; choose from {', '.join(MODES)}")
@@ -259,19 +305,25 @@ def main(argv: list[str]) -> int:
         "both VMMs open the same file",
         f"{a.rounds} boot(s) per VMM and mode, ABBA order; * = goal (builtin >= 1.0 x QEMU)",
     ]
+    header.insert(1, "command: " + shlex.join(["python3", "bench/rig_blk.py", *argv]))
     text = list(header)
     for line in header:
         print(line, flush=True)
+    results: list[str] = []
     for mode in modes:
         setup = MODES[mode]
         if a.iothread:
             setup = Setup(setup.aio, setup.direct, iothread=True)
-        text.append(run_mode(a, setup, jobs, files))
+        text.append(run_mode(a, setup, jobs, files, results))
+    tail = ["", "scripts/readme-numbers reads these (medians):", *results]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    tail.append(f"load average at the end: {load}")
+    for line in tail:
+        print(line, flush=True)
     if a.save:
-        results = REPO / "bench" / "results"
-        name = f"rig_blk-{datetime.date.today().isoformat()}-{'-'.join(modes)}.txt"
-        (results / name).write_text("\n".join(text) + "\n")
-        print(f"saved bench/results/{name}")
+        path = REPO / "bench" / "results" / f"rig_blk-{datetime.date.today().isoformat()}.txt"
+        path.write_text("\n".join(text + tail) + "\n")
+        print(f"saved {path.relative_to(REPO)}")
     return 0
 
 

@@ -11,6 +11,7 @@ StratoVirt default, and what aio=native needs) reaches the loop device without L
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,35 @@ def parse(text: str, jobs: list[Job]) -> tuple[dict[str, JobResult], dict[str, s
         value = kib_s / 1024 if job.unit == "MiB/s" else iops
         results[job.name] = JobResult(value, lat)
     return results, setup, errors
+
+
+def py_spy() -> Path:
+    """py-spy's static binary (bench/rig_net.py fetches it from its PyPI wheel), for --profile."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from rig_net import py_spy as fetch
+
+    return fetch()
+
+
+def profile_summary(path: Path, top: int = 14) -> list[str]:
+    """The functions py-spy saw most (raw collapsed stacks): samples in them and under them."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \(.*/|:\d+\)$", lambda m: " (" if "/" in m[0] else ")", f)
+                  for f in stack.split(";")]  # fmt: skip
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return ["no samples"]
+    out = [f"{total} samples; by own samples (own/under):"]
+    for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]:
+        out.append(f"  {n:6d} / {inclusive[f]:6d}  {f}")
+    return out
