@@ -106,23 +106,16 @@ IO_URING_OP_SUPPORTED = 1
 
 def build_ffi(*, out_of_line: bool = False) -> Any:
     """A cffi ``FFI`` parsed from ``CDEF`` (the slow path; also what generates ``_aio_ffi``)."""
-    from cffi import FFI
+    from engine import cffi_gen
 
-    f = FFI()
-    f.cdef(CDEF)
-    if out_of_line:
-        f.set_source(FFI_MODULE, None)
-    return f
+    return cffi_gen.build_ffi(CDEF, FFI_MODULE if out_of_line else None)
 
 
 def write_ffi_module(path: str) -> None:
     """Regenerate ``_aio_ffi.py`` (``python -m engine.io.aio_sys``) after editing ``CDEF``."""
-    import io
+    from engine import cffi_gen
 
-    buf = io.StringIO()
-    build_ffi(out_of_line=True).emit_python_code(buf)
-    with open(path, "w") as f:
-        f.write(FFI_HEADER + buf.getvalue())
+    cffi_gen.write_ffi_module(CDEF, FFI_MODULE, FFI_HEADER, path)
 
 
 try:  # the pre-built FFI: no C parsing at start-up

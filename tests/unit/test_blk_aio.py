@@ -378,3 +378,21 @@ def test_backends_report_errors_as_negative_errno(tmp_path: Path) -> None:
     finally:
         os.close(fd)
         mem.close()
+
+
+def test_generated_aio_ffi_module_matches_cdef(tmp_path: Path) -> None:
+    """``_aio_ffi.py`` (pre-built, so importing the back ends parses no C) follows ``CDEF``."""
+    from engine.io import _aio_ffi, aio_sys
+
+    out = tmp_path / "ffi.py"
+    aio_sys.write_ffi_module(str(out))
+    assert Path(_aio_ffi.__file__).read_text() == out.read_text(), (
+        "run: python -m engine.io.aio_sys"
+    )
+    assert aio_sys.ffi is _aio_ffi.ffi
+    parsed = aio_sys.build_ffi()
+    for name in ("struct iocb", "struct io_event", "struct io_uring_sqe", "struct io_uring_params"):
+        assert aio_sys.ffi.sizeof(name) == parsed.sizeof(name)
+    assert (
+        aio_sys.ffi.sizeof("struct iocb") == 64 and aio_sys.ffi.sizeof("struct io_uring_sqe") == 64
+    )
