@@ -255,6 +255,7 @@ class HostFile:
 
     path: str
     role: str  # kernel | initrd | drive | chardev | mem-path | rng | trace | qmp | pidfile | log
+    # | snapshot (the folder incoming restores from)
     writable: bool = False
 
 

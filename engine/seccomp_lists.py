@@ -123,6 +123,13 @@ MAIN: dict[str, str] = {
     "sched_getaffinity": "os.cpu_count",
     "prlimit64": "resource queries",
     "uname": "platform queries in logging",
+    # QMP migrate to file:DIR (engine/snapshot/save.py: its writer thread inherits this list)
+    "mkdir": "QMP migrate: the snapshot folder",
+    "mkdirat": "QMP migrate: the snapshot folder (glibc may use the at variant)",
+    "ftruncate": "QMP migrate: the memory file is sized before its holes are left",
+    "rename": "QMP migrate: the finished files take their names",
+    "renameat": "QMP migrate: the finished files take their names (relative to the folder)",
+    "renameat2": "QMP migrate: glibc's renameat may be renameat2",
 }
 
 #: a vCPU thread: KVM_RUN and the MMIO/PIO it handles in place

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         RunState,
         VmStats,
     )
+    from engine.snapshot.save import Migration
 
 log = get_logger(__name__)
 
@@ -84,6 +85,8 @@ class Vm:
         self._hot: HotReplace | None = None
         #: time.monotonic() of the first resume (the guest's first instruction), for start-up marks
         self.first_run_at: float | None = None
+        #: the snapshot QMP ``migrate`` is writing or wrote (engine.snapshot.save), once asked
+        self._migration: Migration | None = None
 
     @property
     def hot(self) -> HotReplace:
@@ -101,7 +104,18 @@ class Vm:
     # -- life -------------------------------------------------------------------------------------
 
     def start(self, *, paused: bool = False) -> None:
-        self.machine = build(self.plan, self, **self._build_kwargs)
+        """Build the VM (or, with the plan's ``incoming``, restore it: every check of the
+        snapshot runs before KVM is touched) and run it unless ``paused``."""
+        if self.plan.incoming:
+            from engine.snapshot.restore import load
+
+            loaded = load(self.plan)
+            try:
+                self.machine = build(self.plan, self, snapshot=loaded, **self._build_kwargs)
+            finally:
+                loaded.close()  # the guest's RAM mappings keep the file
+        else:
+            self.machine = build(self.plan, self, **self._build_kwargs)
         self._started_at = time.monotonic()
         balloon = self._device("balloon")
         if balloon is not None:  # the guest moved the balloon: BALLOON_CHANGED (any thread)
@@ -127,6 +141,8 @@ class Vm:
         return self.exit_code if self._stopping else None
 
     def close(self) -> None:
+        if self._migration is not None:
+            self._migration.cancel()  # the writer reads guest RAM: it stops before RAM goes
         if self.machine is not None:
             self.machine.close()
             self.machine.loop.close()
@@ -260,6 +276,10 @@ class Vm:
             raise _qmp().QmpError(NEEDS_RESET)
         if self._state not in (PAUSED, PRELAUNCH) or self.machine is None:
             raise _qmp().QmpError.wrong_state()
+        if self._migration is not None and self._migration.active:
+            raise _qmp().QmpError(
+                "a snapshot is being written: the VM resumes once query-migrate says completed"
+            )
         self.machine.resume()
         self._state = RUNNING
         self._ran()
@@ -269,6 +289,45 @@ class Vm:
         """QMP ``quit`` (its handler has sent ``SHUTDOWN`` host-qmp-quit already)."""
         if self._claim(Cause.HOST_QMP_QUIT, "QMP quit"):
             self._shutdown(Cause.HOST_QMP_QUIT, event=False)
+
+    # -- snapshots (QMP migrate; engine.snapshot) -------------------------------------------------
+
+    def migrate(self, uri: str) -> None:
+        """``migrate`` to ``file:DIR``: snapshot the paused VM (StratoVirt's template)."""
+        from engine.errors import SvlaunchError
+        from engine.snapshot.format import snapshot_folder
+        from engine.snapshot.save import Migration, SnapshotRefused
+
+        q = _qmp()
+        try:
+            folder = snapshot_folder(uri)
+        except ValueError:
+            raise q.QmpError(
+                f"migrate: {uri!r}: the builtin engine writes snapshots to a folder only "
+                "(file:DIR); unix: and tcp: live migration are not supported"
+            ) from None
+        if self.machine is None or self._stopping:
+            raise q.QmpError.wrong_state()
+        if self._state not in (PAUSED, PRELAUNCH):
+            raise q.QmpError("migrate: the VM is running; pause it first (stop)")
+        if self._migration is None:
+            self._migration = Migration()
+        if self._migration.active:
+            raise q.QmpError("migrate: a snapshot is already being written (query-migrate)")
+        try:
+            self._migration.start(self.machine, folder)
+        except SnapshotRefused as e:
+            raise q.QmpError(f"migrate: this VM cannot be snapshotted: {e}") from None
+        except SvlaunchError as e:
+            raise q.QmpError(f"migrate: {e.message}") from None
+        log.info("snapshot of %s to %s: started", self.plan.name, folder)
+
+    def query_migrate(self) -> dict[str, Any]:
+        return {"status": "none"} if self._migration is None else self._migration.query()
+
+    def migrate_cancel(self) -> None:
+        if self._migration is not None:
+            self._migration.cancel()
 
     def powerdown(self) -> None:
         """``system_powerdown``: press the ACPI power button (the GED); the guest decides.

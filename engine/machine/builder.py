@@ -16,6 +16,12 @@ depends on the ones before it:
    tables, zero page with E820, then the GDT/IDT/page tables;
 7. vCPUs: created with id = APIC id, CPUID set before MSRs (KVM filters MSRs by CPUID), then
    registers; each gets a thread that starts parked. ``Machine.resume()`` lets them run.
+
+A restore (``snapshot=``, checked by ``engine.snapshot.restore.load``) follows the same steps,
+except that guest RAM is the snapshot's memory file (step 2), no kernel or boot data is loaded
+(step 6: it is all in RAM), each vCPU gets its saved state instead of boot registers (step 7,
+after the CPUID this host gives it is checked against the saved one), and then the irqchip,
+PIT, legacy devices, virtio devices and kvmclock get theirs (``apply_machine``).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from engine.plan import Plan
 
 if TYPE_CHECKING:
     from typing import Any
+
+    from engine.snapshot.restore import LoadedSnapshot
 
 log = get_logger(__name__)
 
@@ -164,15 +172,25 @@ def build(
     kvm_path: str = "/dev/kvm",
     progress: Progress | None = None,
     thread_init: Any = None,
+    snapshot: LoadedSnapshot | None = None,
 ) -> Machine:
-    """Build the VM of ``plan`` with every vCPU paused. ``events`` receives poweroff/reset/fatal."""
+    """Build the VM of ``plan`` with every vCPU paused. ``events`` receives poweroff/reset/fatal.
+    With ``snapshot`` the VM is the snapshot's, ready to resume where it was taken."""
     pvm = is_pvm_host()
     install_kick_handler()
     kvm = Kvm(kvm_path)  # 1
     cleanup: list[Any] = [kvm]
     try:
         _check_host(kvm, plan)
-        mem = create_guest_memory(plan.memory, progress=progress)  # 2
+        supported = kvm.supported_cpuid()
+        tables = [vcpu_cpuid(supported, vp, plan.topology, pvm=pvm) for vp in plan.vcpus]
+        source = None
+        if snapshot is not None:
+            from engine.snapshot import restore
+
+            restore.check_cpuid(snapshot.folder, snapshot.snap, _rows(tables))
+            source = (snapshot.memory.fd, restore.file_offsets(snapshot.snap))
+        mem = create_guest_memory(plan.memory, progress=progress, from_file=source)  # 2
         cleanup.append(mem)
         vm = kvm.create_vm()  # 3
         cleanup.append(vm)
@@ -205,18 +223,24 @@ def build(
             except BaseException:
                 device.close()  # not the manager's yet: a tap it created goes with it
                 raise
-        m.kernel = _load_boot_data(m)  # 6
-        supported = kvm.supported_cpuid()  # 7
-        profile = profiling_requested()
-        for vp in plan.vcpus:
+        if snapshot is None:
+            m.kernel = _load_boot_data(m)  # 6
+        profile = profiling_requested()  # 7
+        for i, (vp, table) in enumerate(zip(plan.vcpus, tables, strict=True)):
             fd = vm.create_vcpu(vp.apic_id)
-            fd.set_cpuid2(vcpu_cpuid(supported, vp, plan.topology, pvm=pvm))
-            regs.configure_vcpu(fd, m.kernel.entry)
+            if snapshot is not None:
+                restore.apply_vcpu(fd, snapshot.snap.vcpus[i])
+            else:
+                assert m.kernel is not None
+                fd.set_cpuid2(table)
+                regs.configure_vcpu(fd, m.kernel.entry)
             ctx = ExitContext(pio=pio, mmio=mmio, events=events, pvm=pvm)
             if profile:
                 ctx.profile = ExitProfile()
             t = VcpuThread(fd, vp.index, ctx, thread_init=thread_init)
             m.vcpus.append(t)
+        if snapshot is not None:
+            restore.apply_machine(m, snapshot)
         ring = dm.coalesce_serial(m.vcpus[0].fd) if m.vcpus else None
         for t in m.vcpus:
             t.ctx.ring = ring
@@ -232,6 +256,10 @@ def build(
             except Exception:  # the build's own error is the one to report
                 pass
         raise
+
+
+def _rows(tables: list[list[Any]]) -> list[list[tuple[int, ...]]]:
+    return [[(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in t] for t in tables]
 
 
 def boot(plan: Plan, events: VmEvents, **kwargs: Any) -> Machine:

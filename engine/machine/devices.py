@@ -103,13 +103,14 @@ class DeviceManager:
         self.iothread_loops = iothread_loops or {}
         self.virtio: list[AttachedDevice] = []
         self.serial: Serial | None = None
+        #: the lock vCPU threads and the chardev's input share with the UART (snapshot takes it)
+        self.serial_lock = threading.Lock()
         self.serial_chardev: Chardev | None = None
         self.ged: GedDevice | None = None
         self.chardevs: dict[str, Chardev] = {}
         self._chardev_users: dict[str, str] = {}
         self._fds: list[int] = []
         self._serial_port = 0
-        self._serial_lock = threading.Lock()
         self.coalescing: UartCoalescing | None = None
         #: port -> lock-free one-byte read for the vCPU loop (``ExitContext.fast_reads``)
         self.fast_reads: dict[int, Callable[[], int]] = {}
@@ -145,7 +146,7 @@ class DeviceManager:
             lambda: os.eventfd_write(efd, 1),
             on_space=lambda: loop.call_soon_threadsafe(chardev.resume_input),
         )
-        lock = threading.Lock()  # vCPU threads (registers) and the loop (input, room) share it
+        lock = self.serial_lock  # vCPU threads (registers) and the loop (input, room) share it
 
         def sink(data: bytes) -> int:
             with lock:
@@ -160,7 +161,7 @@ class DeviceManager:
         self.pio.insert(serial, plan.port, SERIAL_PORTS, f"serial ({plan.chardev.id})", lock=lock)
         chardev.attach(loop, sink, serial.free_space)
         self.serial, self.serial_chardev = serial, chardev
-        self._serial_port, self._serial_lock = plan.port, lock
+        self._serial_port = plan.port
         self.fast_reads[plan.port + LSR] = serial.lsr_unlocked  # read before every console byte
         return serial
 
@@ -178,7 +179,7 @@ class DeviceManager:
         page = vcpu.page(offset)
         if page is None:
             return None
-        serial, lock, thr = self.serial, self._serial_lock, self._serial_port
+        serial, lock, thr = self.serial, self.serial_lock, self._serial_port
 
         def write_bytes(port: int, data: bytes) -> None:
             if port != thr:

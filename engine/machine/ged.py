@@ -45,6 +45,14 @@ class GedDevice:
             self.events_raised += 1
         self._raise_irq()
 
+    def snapshot_state(self) -> int:
+        """The latched event bits (a snapshot keeps a press the guest has not read yet)."""
+        return self.pending
+
+    def restore_state(self, pending: int) -> None:
+        with self._lock:
+            self._pending = pending & 0xFF
+
     def press_power_button(self) -> None:
         self.notify(EVENT_POWER_BUTTON)
 

@@ -1,6 +1,7 @@
 """Thin, checked wrappers over the KVM ioctls: ``Kvm`` → ``VmFd`` → ``VcpuFd`` (kvm-ioctls style).
 
-Each type holds one fd and only the ioctls that apply to it. Every failure raises ``KvmError``
+Each type holds one fd and only the ioctls that apply to it (the state a snapshot saves and
+restores is in ``kvm_state.py``, mixed into ``VmFd`` and ``VcpuFd``). Every failure raises ``KvmError``
 naming the ioctl, the errno and what it usually means on this kind of call, so "KVM_CREATE_VCPU
 failed: EINVAL" arrives with "the vCPU id is above the host's limit" attached. This is the only
 module that issues KVM ioctls; callers pass and receive plain Python values or cffi structs.
@@ -16,9 +17,12 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from engine.errors import EngineError, HostError
+from engine.errors import HostError
 from engine.machine import kvm_sys as k
 from engine.machine.cpuid import CpuidEntry, CpuidLike
+from engine.machine.kvm_ioctl import KvmError
+from engine.machine.kvm_ioctl import ioctl as _ioctl
+from engine.machine.kvm_state import VcpuStateIoctls, VmStateIoctls
 
 if TYPE_CHECKING:
     from typing import Any
@@ -27,77 +31,6 @@ ffi, libc = k.ffi, k.libc
 #: KVM_RUN's argument and the exit-reason field, made once: the vCPU loop's hot path
 _ARG_ZERO = ffi.cast("unsigned long", 0)
 _EXIT_REASON = struct.Struct("<I")
-
-#: errno → meaning, per ioctl (falls back to the generic table).
-_MEANINGS: dict[str, dict[int, str]] = {
-    "open /dev/kvm": {
-        errno.ENOENT: "/dev/kvm does not exist: the kvm module is not loaded or virtualization is off",
-        errno.EACCES: "/dev/kvm is not permitted for this user",
-        errno.EPERM: "/dev/kvm is not permitted for this user",
-        errno.ENXIO: "the kvm module is loaded but has no hardware backend",
-    },
-    "KVM_CREATE_VM": {
-        errno.ENOMEM: "the host is out of memory",
-        errno.EINVAL: "the host refuses the VM type",
-        errno.EMFILE: "this process has too many open files",
-    },
-    "KVM_CREATE_VCPU": {
-        errno.EINVAL: "the vCPU id is above the host's limit (KVM_CAP_MAX_VCPU_ID) or too many vCPUs",
-        errno.EEXIST: "a vCPU with this id already exists",
-        errno.ENOMEM: "the host is out of memory",
-    },
-    "KVM_SET_USER_MEMORY_REGION": {
-        errno.EEXIST: "the range overlaps another memory slot",
-        errno.EINVAL: "the address or size is not page-aligned, or the slot number is too high",
-        errno.EFAULT: "the host mapping is not valid user memory",
-    },
-    "KVM_GET_SUPPORTED_CPUID": {errno.E2BIG: "more CPUID entries than the buffer holds"},
-    "KVM_SET_CPUID2": {
-        errno.E2BIG: "too many CPUID entries",
-        errno.EINVAL: "the CPUID table is inconsistent (e.g. XSAVE sizes)",
-    },
-    "KVM_SET_MSRS": {errno.EINVAL: "an MSR value is not accepted"},
-    "KVM_CREATE_IRQCHIP": {errno.EEXIST: "the VM already has an irqchip"},
-    "KVM_CREATE_PIT2": {errno.EEXIST: "the VM already has a PIT", errno.ENOENT: "no irqchip yet"},
-    "KVM_IRQFD": {errno.EBUSY: "the eventfd is already bound to an interrupt"},
-    "KVM_IOEVENTFD": {errno.EEXIST: "an ioeventfd with the same address/datamatch exists"},
-    "KVM_RUN": {
-        errno.EINTR: "interrupted by a signal (a kick)",
-        errno.EFAULT: "guest memory mapping went away",
-        errno.ENOEXEC: "the vCPU state is invalid for entry",
-    },
-}
-_GENERIC: dict[int, str] = {
-    errno.ENOMEM: "the host is out of memory",
-    errno.EBADF: "the file descriptor is closed",
-    errno.ENOTTY: "the host KVM does not support this ioctl",
-    errno.EFAULT: "bad pointer passed to the kernel",
-}
-
-
-class KvmError(EngineError):
-    """A KVM call failed: carries the ioctl name, the errno and its meaning."""
-
-    def __init__(self, ioctl: str, err: int, detail: str = "", hint: str = "") -> None:
-        meaning = _MEANINGS.get(ioctl, {}).get(err) or _GENERIC.get(err) or os.strerror(err)
-        name = errno.errorcode.get(err, str(err))
-        extra = f" ({detail})" if detail else ""
-        super().__init__(f"{ioctl} failed{extra}: {name}: {meaning}", hint=hint)
-        self.ioctl = ioctl
-        self.errno = err
-        self.meaning = meaning
-
-
-def _ioctl(fd: int, req: int, arg: Any = None, *, detail: str = "") -> int:
-    if arg is None:
-        r = libc.ioctl(fd, req, ffi.cast("unsigned long", 0))
-    elif isinstance(arg, int):
-        r = libc.ioctl(fd, req, ffi.cast("unsigned long", arg))
-    else:
-        r = libc.ioctl(fd, req, arg)
-    if r < 0:
-        raise KvmError(k.IOCTL_NAMES.get(req, hex(req)), ffi.errno, detail)
-    return r
 
 
 class Kvm:
@@ -149,7 +82,7 @@ class Kvm:
             self.fd = -1
 
 
-class VmFd:
+class VmFd(VmStateIoctls):
     """One VM: memory slots, irqchip, PIT, eventfds, vCPU creation."""
 
     def __init__(self, fd: int, kvm: Kvm) -> None:
@@ -251,7 +184,7 @@ class VmFd:
             self.fd = -1
 
 
-class VcpuFd:
+class VcpuFd(VcpuStateIoctls):
     """One vCPU: register state, CPUID, LAPIC, and ``run()`` over its shared ``kvm_run`` page."""
 
     def __init__(self, fd: int, vcpu_id: int, mmap_size: int) -> None:

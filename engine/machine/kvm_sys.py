@@ -66,6 +66,57 @@ CDEF = """
     struct kvm_irq_level { uint32_t irq; uint32_t level; };
     struct kvm_mp_state { uint32_t mp_state; };
 
+    struct kvm_msr_list { uint32_t nmsrs; uint32_t indices[]; };
+    struct kvm_xsave { uint32_t region[1024]; };
+    struct kvm_xcr { uint32_t xcr; uint32_t reserved; uint64_t value; };
+    struct kvm_xcrs {
+        uint32_t nr_xcrs; uint32_t flags; struct kvm_xcr xcrs[16]; uint64_t padding[16];
+    };
+    struct kvm_debugregs {
+        uint64_t db[4]; uint64_t dr6; uint64_t dr7; uint64_t flags; uint64_t reserved[9];
+    };
+    struct kvm_vcpu_events_exception {
+        uint8_t injected; uint8_t nr; uint8_t has_error_code; uint8_t pending;
+        uint32_t error_code;
+    };
+    struct kvm_vcpu_events_interrupt { uint8_t injected; uint8_t nr; uint8_t soft; uint8_t shadow; };
+    struct kvm_vcpu_events_nmi { uint8_t injected; uint8_t pending; uint8_t masked; uint8_t pad; };
+    struct kvm_vcpu_events_smi {
+        uint8_t smm; uint8_t pending; uint8_t smm_inside_nmi; uint8_t latched_init;
+    };
+    struct kvm_vcpu_events {
+        struct kvm_vcpu_events_exception exception;
+        struct kvm_vcpu_events_interrupt interrupt;
+        struct kvm_vcpu_events_nmi nmi;
+        uint32_t sipi_vector; uint32_t flags;
+        struct kvm_vcpu_events_smi smi;
+        uint8_t triple_fault_pending; uint8_t reserved[26]; uint8_t exception_has_payload;
+        uint64_t exception_payload;
+    };
+    struct kvm_pic_state {
+        uint8_t last_irr, irr, imr, isr, priority_add, irq_base, read_reg_select, poll;
+        uint8_t special_mask, init_state, auto_eoi, rotate_on_auto_eoi;
+        uint8_t special_fully_nested_mode, init4, elcr, elcr_mask;
+    };
+    struct kvm_ioapic_state {
+        uint64_t base_address; uint32_t ioregsel; uint32_t id; uint32_t irr; uint32_t pad;
+        uint64_t redirtbl[24];
+    };
+    struct kvm_irqchip {
+        uint32_t chip_id; uint32_t pad;
+        union { uint8_t dummy[512]; struct kvm_pic_state pic; struct kvm_ioapic_state ioapic; } chip;
+    };
+    struct kvm_pit_channel_state {
+        uint32_t count; uint16_t latched_count; uint8_t count_latched; uint8_t status_latched;
+        uint8_t status; uint8_t read_state; uint8_t write_state; uint8_t write_latch;
+        uint8_t rw_mode; uint8_t mode; uint8_t bcd; uint8_t gate; int64_t count_load_time;
+    };
+    struct kvm_pit_state2 { struct kvm_pit_channel_state channels[3]; uint32_t flags; uint32_t reserved[9]; };
+    struct kvm_clock_data {
+        uint64_t clock; uint32_t flags; uint32_t pad0; uint64_t realtime; uint64_t host_tsc;
+        uint32_t pad[4];
+    };
+
     struct kvm_exit_io { uint8_t direction; uint8_t size; uint16_t port; uint32_t count;
                          uint64_t data_offset; };
     struct kvm_exit_mmio { uint64_t phys_addr; uint8_t data[8]; uint32_t len; uint8_t is_write; };
@@ -174,6 +225,26 @@ KVM_SET_MP_STATE = _iow(0x99, "struct kvm_mp_state")
 COALESCED_ZONE_SIZE = 16
 KVM_REGISTER_COALESCED_MMIO = _ioc(_IOC_WRITE, 0x67, COALESCED_ZONE_SIZE)
 KVM_UNREGISTER_COALESCED_MMIO = _ioc(_IOC_WRITE, 0x68, COALESCED_ZONE_SIZE)
+# snapshot and restore (engine/snapshot/): VM-wide and per-vCPU state the guest depends on
+KVM_GET_MSR_INDEX_LIST = _iowr(0x02, "struct kvm_msr_list")
+KVM_GET_IRQCHIP = _iowr(0x62, "struct kvm_irqchip")
+KVM_SET_IRQCHIP = _ior(0x63, "struct kvm_irqchip")
+KVM_SET_CLOCK = _iow(0x7B, "struct kvm_clock_data")
+KVM_GET_CLOCK = _ior(0x7C, "struct kvm_clock_data")
+KVM_GET_PIT2 = _ior(0x9F, "struct kvm_pit_state2")
+KVM_SET_PIT2 = _iow(0xA0, "struct kvm_pit_state2")
+KVM_GET_VCPU_EVENTS = _ior(0x9F, "struct kvm_vcpu_events")
+KVM_SET_VCPU_EVENTS = _iow(0xA0, "struct kvm_vcpu_events")
+KVM_GET_DEBUGREGS = _ior(0xA1, "struct kvm_debugregs")
+KVM_SET_DEBUGREGS = _iow(0xA2, "struct kvm_debugregs")
+KVM_SET_TSC_KHZ = _io(0xA2)
+KVM_GET_TSC_KHZ = _io(0xA3)
+KVM_GET_XSAVE = _ior(0xA4, "struct kvm_xsave")
+KVM_SET_XSAVE = _iow(0xA5, "struct kvm_xsave")
+KVM_GET_XCRS = _ior(0xA6, "struct kvm_xcrs")
+KVM_SET_XCRS = _iow(0xA7, "struct kvm_xcrs")
+KVM_GET_XSAVE2 = _ior(0xCF, "struct kvm_xsave")
+KVM_GET_CPUID2 = _iowr(0x91, "struct kvm_cpuid2")
 
 IOCTL_NAMES: dict[int, str] = {
     v: k for k, v in dict(globals()).items() if k.startswith("KVM_") and isinstance(v, int)
@@ -196,6 +267,24 @@ KVM_CAP_IRQFD = 32
 KVM_CAP_PIT2 = 33
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_MAX_VCPU_ID = 128
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_VCPU_EVENTS = 41
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_XSAVE = 55
+KVM_CAP_XCRS = 56
+KVM_CAP_TSC_CONTROL = 60
+KVM_CAP_GET_TSC_KHZ = 61
+KVM_CAP_XSAVE2 = 208
+
+KVM_IRQCHIP_PIC_MASTER = 0
+KVM_IRQCHIP_PIC_SLAVE = 1
+KVM_IRQCHIP_IOAPIC = 2
+#: kvm_clock_data.flags: KVM_GET_CLOCK says which fields it filled; KVM_SET_CLOCK takes REALTIME
+KVM_CLOCK_TSC_STABLE = 2
+KVM_CLOCK_REALTIME = 4
+KVM_CLOCK_HOST_TSC = 8
+#: KVM_GET_MSR_INDEX_LIST: room for the host's list (~100 on current kernels; E2BIG if short)
+MAX_MSR_INDICES = 1024
 
 KVM_PIT_SPEAKER_DUMMY = 1
 KVM_IOEVENTFD_FLAG_DATAMATCH = 1

@@ -11,6 +11,10 @@ because each step depends on the previous one:
 3. ``MADV_DONTDUMP`` when ``dump-guest-core`` is off, so host core dumps leave guest RAM out;
 4. ``mbind`` each host binding, *before* any page is touched (first touch places pages);
 5. ``prealloc``: fault every page in now (``MADV_POPULATE_WRITE``, chunked, with progress).
+
+A restore (``engine/snapshot/restore.py``) maps each range from the snapshot's memory file
+instead (``from_file``): ``MAP_PRIVATE``, so pages are read when the guest first touches them
+and its writes are copy-on-write, never reaching the template's file.
 """
 
 from __future__ import annotations
@@ -111,7 +115,10 @@ def create_guest_memory(
     *,
     progress: Progress | None = None,
     sysfs_node_root: str = "/sys/devices/system/node",
+    from_file: tuple[int, dict[int, int]] | None = None,
 ) -> GuestMemory:
+    """Guest RAM for ``plan``. ``from_file``: (a snapshot memory file, {guest address: file
+    offset} for every range): each range is that file's pages, mapped private."""
     if plan.bindings:  # lazy: the NUMA helpers pull in pathlib
         from engine.numa.host import check_host_nodes
 
@@ -134,6 +141,17 @@ def create_guest_memory(
             fd, _page = _open_backing(plan.mem_path, plan.size)
         offset = 0
         for addr, size in ranges:
+            if from_file is not None:
+                src, offsets = from_file
+                m = mmap.mmap(
+                    src,
+                    size,
+                    flags=mmap.MAP_PRIVATE,
+                    prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                    offset=offsets[addr],
+                )
+                regions.append(GuestRegion(addr, size, m, file_backed=True))
+                continue
             if fd >= 0:
                 flags = mmap.MAP_SHARED if plan.shared else mmap.MAP_PRIVATE
                 m = mmap.mmap(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 DATA, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -66,6 +67,25 @@ class Transmitter(Protocol):
         """Take at most ``room()`` bytes of ``data``; returns how many it took."""
 
 
+@dataclass(frozen=True, slots=True)
+class SerialState:
+    """Every register and the receive FIFO, as a snapshot keeps them (engine/snapshot/)."""
+
+    ier: int
+    lcr: int
+    mcr: int
+    scr: int
+    dll: int
+    dlm: int
+    thr_pending: bool
+    overrun: bool
+    last_iir: int
+    rx: bytes
+    #: THRE was reported clear (the output queue was full): the restored UART raises it once
+    #: its own queue has room (``tx_room``), or a guest waiting for that interrupt would hang
+    tx_held: bool = False
+
+
 class Serial:
     """Register-level 16550A. ``read``/``write`` take the offset from the port base (0..7)."""
 
@@ -97,6 +117,32 @@ class Serial:
         self.tx_bytes = 0
         self.tx_lost = 0
         self.rx_bytes = 0
+
+    # -- snapshot (the caller holds the UART's lock) ------------------------------------------------
+
+    def snapshot_state(self) -> SerialState:
+        return SerialState(
+            self.ier,
+            self.lcr,
+            self.mcr,
+            self.scr,
+            self.dll,
+            self.dlm,
+            self._thr_pending,
+            self._overrun,
+            self._last_iir,
+            bytes(self._rx),
+            self._tx_held,
+        )
+
+    def restore_state(self, st: SerialState) -> None:
+        """Registers and FIFO as saved; no interrupt is raised (the irqchip's restored state
+        already holds any the guest had not taken)."""
+        self.ier, self.lcr, self.mcr = st.ier & IER_VALID, st.lcr & 0xFF, st.mcr & MCR_VALID
+        self.scr, self.dll, self.dlm = st.scr & 0xFF, st.dll & 0xFF, st.dlm & 0xFF
+        self._thr_pending, self._overrun, self._last_iir = st.thr_pending, st.overrun, st.last_iir
+        self._rx = deque(st.rx[:FIFO_SIZE])
+        self._tx_held = st.tx_held
 
     # -- input from the backend ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ KVM_RUN goes through cffi (returns EINTR once; ``fcntl.ioctl`` retries on 3.14+)
 from __future__ import annotations
 
 import enum
+import errno
 import signal
 import struct
 import threading
@@ -289,6 +290,8 @@ class VcpuThread:
         self._want = VcpuState.PAUSED
         self._parked = False
         self._done = False
+        #: work to run on this thread while it is parked (``call_parked``): (fn, result box)
+        self._calls: list[tuple[Callable[[], Any], list[Any]]] = []
         self.halted = False
         self.native_id = 0
         ctx.get_rip = self._rip
@@ -325,10 +328,60 @@ class VcpuThread:
         with self._cond:
             while self._want is VcpuState.PAUSED:
                 self._parked = True
+                self._run_calls()
                 self._cond.notify_all()
                 self._cond.wait()
             self._parked = False
             return self._want is not VcpuState.STOPPED
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, box = self._calls.pop(0)
+            try:
+                box.append((True, fn()))
+            except Exception as e:  # handed back to the caller of call_parked
+                box.append((False, e))
+
+    def call_parked(self, fn: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run ``fn`` on this vCPU's own thread while it is parked and return its result (a
+        snapshot reads the vCPU's state there, after ``settle``). Raises ``RuntimeError`` when
+        the vCPU is not parked (running or gone)."""
+        with self._cond:
+            if not self._parked or self._done or self._want is not VcpuState.PAUSED:
+                raise RuntimeError(f"vcpu {self.index} is not paused")
+            box: list[Any] = []
+            self._calls.append((fn, box))
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: box or self._done, timeout=timeout):
+                raise RuntimeError(f"vcpu {self.index} did not answer within {timeout:g} s")
+            if not box:
+                raise RuntimeError(f"vcpu {self.index} stopped")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def settle(self) -> None:
+        """Complete an I/O exit KVM still holds (on this vCPU's thread, parked): KVM_RUN with
+        immediate_exit finishes the instruction whose PIO/MMIO the VMM served and returns
+        before any guest instruction runs (api.rst, KVM_RUN: "userspace should ensure that
+        the operation is completed before performing a live migration")."""
+        self.fd.set_immediate_exit(True)
+        try:
+            for _ in range(8):  # an MMIO access split across pages comes back once per piece
+                reason = self.fd.run()
+                if reason == k.KVM_EXIT_INTR:
+                    return
+                if reason not in (k.KVM_EXIT_IO, k.KVM_EXIT_MMIO):
+                    raise KvmError(
+                        "KVM_RUN", errno.EIO, f"vcpu {self.index}: exit {reason} while settling"
+                    )
+                handle_exit(reason, self.fd.run_struct, self.fd.run_map, self.ctx)
+            raise KvmError(
+                "KVM_RUN", errno.EIO, f"vcpu {self.index}: I/O did not complete while settling"
+            )
+        finally:
+            self.fd.set_immediate_exit(False)
 
     def _halt(self) -> None:
         """The guest halted this vCPU: park it, unless a resume or stop was asked meanwhile."""

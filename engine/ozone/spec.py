@@ -23,7 +23,7 @@ from engine.ozone.cgroup import Limits, parse_limits
 from engine.ozone.layout import Bind, Device, can_access, device_spec
 from engine.ozone.runtime import Runtime
 
-FILE_ROLES = ("kernel", "initrd", "drive", "mem-path", "rng", "trace")
+FILE_ROLES = ("kernel", "initrd", "drive", "mem-path", "rng", "trace", "snapshot")
 CREATABLE_ROLES = ("chardev", "log")  # files the engine writes: created for it when missing
 DEFAULT_RLIMITS = (("RLIMIT_CORE", 0, 0), ("RLIMIT_NOFILE", 4096, 4096))
 

@@ -195,6 +195,10 @@ def become_engine(plan_path: str, options: dict[str, Any], fds: dict[str, int]) 
             print(f"engine: {e}", file=sys.stderr)
             _record(kept, ending.encode(ending.record(1, None, reason=f"bad plan: {e}")))
             _exit(1)
+        if options.get("incoming") and plan.incoming is None:  # a restore request (protocol.py)
+            import dataclasses
+
+            plan = dataclasses.replace(plan, incoming=options["incoming"])
         module = "engine" if plan.sandbox is None else "engine.ozone"
         proctitle.set_cmdline([sys.executable, "-m", module, "run", "--plan", plan_path])
         if plan.sandbox is None:

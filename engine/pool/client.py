@@ -113,8 +113,11 @@ def start(path: str, plan_file: str, fds: dict[str, int], options: dict[str, Any
     return Started(reply["pid"], reply.get("pid_start"), got[0])
 
 
-def client_options(*, paused: bool = False, name: str | None = None) -> dict[str, Any]:
-    """What an exec'd engine would inherit from this process: ``SVLAUNCH_*``, cwd, umask."""
+def client_options(
+    *, paused: bool = False, name: str | None = None, incoming: str | None = None
+) -> dict[str, Any]:
+    """What an exec'd engine would inherit from this process: ``SVLAUNCH_*``, cwd, umask;
+    ``incoming`` (file:/abs/DIR) makes the request a restore."""
     umask = os.umask(0)
     os.umask(umask)
     opts: dict[str, Any] = {
@@ -126,4 +129,6 @@ def client_options(*, paused: bool = False, name: str | None = None) -> dict[str
         opts["paused"] = True
     if name:
         opts["name"] = name
+    if incoming:
+        opts["incoming"] = incoming
     return opts

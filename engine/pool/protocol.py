@@ -17,7 +17,8 @@ stdout and stderr), ``exit`` (a file the engine, or its sandbox supervisor, fill
 its exit record when it ends, ``engine.ending``). ``engine`` is the client's ``engine`` package folder: a pool
 that runs other code refuses (``wrong-engine``) and the client starts the engine itself.
 ``options`` (``START_OPTIONS``) carry what the exec path gets from its command line and
-environment; a later restore request will add its own option here.
+environment. A restore is a start with ``"incoming": "file:/abs/DIR"``: the VM is built from that
+snapshot instead of booting (the plan's own ``incoming``, when it has one, must be the same).
 
 Replies: ``{"ok": true, ...}`` (``start``: ``pid``, ``pid_start``, with the engine's pidfd as
 the one SCM_RIGHTS fd) or ``{"ok": false, "error": CODE, "message": ..., "hint": ...}``.
@@ -43,6 +44,7 @@ START_OPTIONS: dict[str, type | tuple[type, ...]] = {
     "cwd": str,
     "umask": int,
     "name": str,  # a process name for host tools (``comm``), e.g. the VM's name
+    "incoming": str,  # file:/abs/DIR: restore that snapshot (docs/snapshot.md)
 }
 ENV_PREFIX = "SVLAUNCH_"
 
@@ -142,6 +144,15 @@ def parse(data: bytes, flags: int, nfds: int) -> dict[str, Any]:
             )
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise RequestError("bad-option", f"option {key!r} has the wrong type")
+    incoming = options.get("incoming")
+    if incoming is not None:
+        scheme, _, folder = incoming.partition(":")
+        if scheme.lower() != "file" or not folder.startswith("/") or "\0" in folder:
+            raise RequestError(
+                "bad-option",
+                f"option 'incoming' must be file:/absolute/folder, not {incoming[:200]!r}",
+                "the pool restores snapshots from a folder (svlaunch snapshot NAME DIR)",
+            )
     env = options.get("env", {})
     if not all(isinstance(k, str) and k.startswith(ENV_PREFIX) and isinstance(v, str)
                and "\0" not in k + v for k, v in env.items()):  # fmt: skip

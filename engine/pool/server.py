@@ -247,6 +247,19 @@ class Pool:
             raise RequestError(
                 "bad-plan", str(e)[:500], "make the plan with 'svlaunch plan'"
             ) from None
+        incoming = req.get("options", {}).get("incoming")
+        if incoming is not None and plan.incoming not in (None, incoming):
+            raise RequestError(
+                "bad-option",
+                f"the plan restores {plan.incoming[:200]}, the request asks {incoming[:200]}",
+            )
+        if incoming is not None and plan.incoming is None and plan.sandbox is not None:
+            raise RequestError(
+                "bad-option",
+                "a sandboxed VM restores only from its plan's incoming (its jail must hold the "
+                "snapshot)",
+                "svlaunch up --restore DIR puts it in the plan",
+            )
         del plan  # checked here for a clear reply; the engine reads its own copy
         return self._hand_to_spare(req["plan"], req.get("options", {}), fds)
 

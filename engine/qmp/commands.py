@@ -8,8 +8,8 @@ module registers the whole table: hot-plug lives in ``hotplug_commands.py``, the
 and iothread queries in ``queries.py``.
 
 No made-up answers (docs/qmp.md): where StratoVirt v2.2.0 stubs a query the answer comes from
-the running VM in QEMU's QAPI shapes; what the engine does not do (``block-commit``, migration,
-SEV) is an error that says so; ``query-commands`` lists this table and nothing else,
+the running VM in QEMU's QAPI shapes; what the engine does not do (``block-commit``, live
+migration, SEV) is an error that says so; ``query-commands`` lists this table and nothing else,
 ``query-events`` exactly the events the engine emits.
 
 Deliberate differences from StratoVirt (docs/stratovirt.md, "QMP"), each a fix a client can only
@@ -210,22 +210,28 @@ def _block_jobs(d: Dispatcher, a: dict[str, Any]) -> list[Any]:
     return []  # the engine runs no block jobs
 
 
+# -- snapshots (StratoVirt: migrate to file:DIR; docs/snapshot.md) ------------------------
+
+
+@command("migrate")
+def _migrate(d: Dispatcher, a: dict[str, Any]) -> None:
+    for flag in ("blk", "inc", "resume"):
+        if a.get(flag):
+            raise QmpError(f"migrate: '{flag}' is not supported (a snapshot holds RAM and state)")
+    d.control.migrate(a["uri"])
+
+
 @command("query-migrate")
-def _query_migrate(d: Dispatcher, a: dict[str, Any]) -> dict[str, str]:
-    return {"status": "none"}  # no migration has been started (none can be)
+def _query_migrate(d: Dispatcher, a: dict[str, Any]) -> dict[str, Any]:
+    return d.control.query_migrate()
 
 
 @command("migrate_cancel")
 def _migrate_cancel(d: Dispatcher, a: dict[str, Any]) -> None:
-    return None  # nothing to cancel: QEMU's no-op
+    d.control.migrate_cancel()  # nothing running: QEMU's no-op
 
 
 # -- what the engine does not do: an honest error, never a silent success -------------------
-
-
-@command("migrate", refused=True)
-def _migrate(d: Dispatcher, a: dict[str, Any]) -> None:
-    raise QmpError("migration is not supported by the builtin engine")
 
 
 @command("block-commit", refused=True)

@@ -235,6 +235,15 @@ class VmControl(Protocol):
 
     def query_iothreads(self) -> list[IoThreadInfo]: ...
 
+    def migrate(self, uri: str) -> None:
+        """Snapshot the paused VM to ``file:DIR`` (written in the background)."""
+
+    def query_migrate(self) -> dict[str, Any]:
+        """``query-migrate``'s answer in QEMU's shape (``{"status": "none"}`` before any)."""
+
+    def migrate_cancel(self) -> None:
+        """Stop a snapshot being written (its files are removed); nothing otherwise."""
+
 
 class EventSink(Protocol):
     """Where the VM reports QMP events (``QmpServer`` is one). Callable from any thread."""

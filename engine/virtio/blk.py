@@ -27,6 +27,7 @@ import errno
 import os
 import struct
 import time
+from dataclasses import dataclass
 
 from engine.errors import HostError
 from engine.hostfiles import open_host_file
@@ -100,10 +101,19 @@ class BlkRequest(IoRequest):
         self.t0 = time.perf_counter_ns()
 
 
+@dataclass(frozen=True, slots=True)
+class BlkState:
+    """The disk size the guest's driver read at probe: a restore needs the same (StratoVirt:
+    "only the previous file or a copy of it")."""
+
+    capacity: int
+
+
 class Blk(VirtioDevice):
     """One virtio-blk device; ``num_queues`` > 1 offers VIRTIO_BLK_F_MQ."""
 
     device_id = VIRTIO_ID_BLOCK
+    state_type = BlkState
 
     def __init__(
         self,
@@ -242,6 +252,27 @@ class Blk(VirtioDevice):
         os.close(self.fd)
         self.fd = -1
         self.sync.close()
+
+    # -- snapshot (engine/snapshot/) ---------------------------------------------------------------
+
+    def on_freeze(self) -> None:
+        """A snapshot keeps rings, not requests: what the back end has in flight completes
+        first (its status and used entry are in guest memory, its interrupt raised, before the
+        state is taken). Lock held. ``thaw`` then pops what the full queues left in the ring."""
+        done = self.backend.drain() if self.backend.in_flight else []
+        for i in self._complete(done):
+            self.signal(i)
+
+    def snapshot_state(self) -> BlkState:
+        return BlkState(self.capacity)
+
+    def restore_state(self, state: BlkState) -> None:
+        if state.capacity != self.capacity:  # checked before the build too (engine/snapshot)
+            raise HostError(
+                f"virtio-blk {self.name}: {self.path} has {self.capacity} sectors, the snapshot's "
+                f"disk had {state.capacity}",
+                hint="restore with the drive file the snapshot was taken with (or a copy)",
+            )
 
     # -- queue processing --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ can neither block the loop nor grow memory without bound.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.device_rules import DEFAULT_QUEUE_SIZE
@@ -48,10 +49,18 @@ TX_BATCH = 256 * 1024
 _CONFIG = struct.Struct("<HHII")  # cols, rows, max_nr_ports, emerg_wr
 
 
+@dataclass(frozen=True, slots=True)
+class ConsoleState:
+    """Host input received and not yet given to the guest."""
+
+    rx: bytes
+
+
 class Console(VirtioDevice):
     """One virtconsole port on a character backend."""
 
     device_id = VIRTIO_ID_CONSOLE
+    state_type = ConsoleState
 
     def __init__(
         self,
@@ -77,7 +86,7 @@ class Console(VirtioDevice):
 
     def _free(self) -> int:
         with self.lock:
-            if self.mem is None or self.broken:
+            if self.mem is None or self.broken or self.frozen:
                 return 0
             return RX_BUFFER - len(self._rx)
 
@@ -110,6 +119,23 @@ class Console(VirtioDevice):
         close = getattr(self.backend, "close", None)
         if self.owns_backend and close is not None:
             close()
+
+    def on_freeze(self) -> None:
+        """A held transmit request goes back to the ring (the last chain popped): a snapshot
+        keeps the ring, not the request, and the restored device pops it again."""
+        if self._held is not None:
+            chain, data = self._held
+            self._held = None
+            self.queues[TRANSMITQ].undo_pop()
+            self.stats.requests -= 1
+            self.stats.bytes_in -= len(data)
+            self.tx_dropped -= chain.readable_len - len(data)
+
+    def snapshot_state(self) -> ConsoleState:
+        return ConsoleState(bytes(self._rx))
+
+    def restore_state(self, state: ConsoleState) -> None:
+        self._rx[:] = state.rx[:RX_BUFFER]
 
     def write_config(self, offset: int, data: bytes) -> None:
         """The driver's emergency write (``emerg_wr`` at offset 8): one character out."""

@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from engine.errors import GuestMemoryError
 from engine.machine.memory import GuestMemory
@@ -90,6 +90,8 @@ class VirtioDevice:
     device_id: int = 0
     #: Queues served by a vhost kernel back end: their kicks and interrupts bypass Python.
     kernel_queues: frozenset[int] = frozenset()
+    #: The dataclass ``snapshot_state`` returns (None: the transport's state is all there is).
+    state_type: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -111,6 +113,8 @@ class VirtioDevice:
         self.queues: list[Queue] = []
         self.interrupt: Interrupt | None = None
         self.broken = False
+        #: While a snapshot is taken or restored the device touches no guest memory (``freeze``).
+        self.frozen = False
 
     # -- what the transport calls -------------------------------------------------------------
 
@@ -172,7 +176,7 @@ class VirtioDevice:
     def guarded(self, fn: Callable[..., None], *args: object) -> None:
         """Run queue work under the device lock; a guest-provoked failure breaks only this device."""
         with self.lock:
-            if self.mem is None or self.broken:
+            if self.mem is None or self.broken or self.frozen:
                 return
             try:
                 fn(*args)
@@ -203,6 +207,41 @@ class VirtioDevice:
             fn()
         else:
             self.loop.call_soon_threadsafe(fn)
+
+    # -- snapshot and restore (engine/snapshot/; on the device's loop thread) ----------------------
+
+    def freeze(self) -> None:
+        """Stop touching guest memory and the rings until ``thaw``: a snapshot is being taken
+        (or applied). Queue work that arrives meanwhile is skipped, not lost: ``thaw`` looks at
+        every queue once."""
+        with self.lock:
+            self.frozen = True
+            if self.mem is not None:
+                self.on_freeze()
+
+    def thaw(self) -> None:
+        """Serve the device again, looking at every queue once (kicks while frozen were skipped)."""
+        with self.lock:
+            self.frozen = False
+            if self.mem is None:
+                return
+            self.on_thaw()
+            for i in range(len(self.queues)):
+                if i not in self.kernel_queues:
+                    self.guarded(self.process_queue, i)
+
+    def snapshot_state(self) -> Any:
+        """The device's own state beyond the transport's (a ``state_type``), or None."""
+        return None
+
+    def restore_state(self, state: Any) -> None:
+        """Put back what ``snapshot_state`` gave (called after activation, while frozen)."""
+
+    def on_freeze(self) -> None:
+        """Hook: stop host-side sources of work (tap polling, vhost rings). Lock held."""
+
+    def on_thaw(self) -> None:
+        """Hook: undo ``on_freeze``. Lock held; ``thaw`` then processes every queue."""
 
     # -- what subclasses implement ---------------------------------------------------------------
 

@@ -36,6 +36,7 @@ import os
 import random
 import struct
 import threading
+from dataclasses import dataclass
 from functools import partial
 
 from engine.device_rules import DEFAULT_QUEUE_SIZE
@@ -159,10 +160,18 @@ def vhost_net_features(acked: int) -> int:
     return acked & VHOST_NET_PASS | bit(VIRTIO_F_VERSION_1)
 
 
+@dataclass(frozen=True, slots=True)
+class NetState:
+    """What a snapshot keeps of a NIC beyond its transport: the pairs the driver enabled."""
+
+    active_pairs: int
+
+
 class Net(VirtioDevice):
     """One virtio-net device with ``queue_pairs`` pairs on one tap."""
 
     device_id = VIRTIO_ID_NET
+    state_type = NetState
 
     def __init__(
         self,
@@ -287,6 +296,18 @@ class Net(VirtioDevice):
         for vh in self._vhost:
             vh.close()
         self.tap.close()
+
+    # -- snapshot (engine/snapshot/; vhost-net is refused there, as by StratoVirt) ---------------
+
+    def on_freeze(self) -> None:
+        for pair in sorted(self._polling):
+            self._poll(pair, False)  # frames wait in the tap; ``thaw`` polls again
+
+    def snapshot_state(self) -> NetState:
+        return NetState(self.active_pairs)
+
+    def restore_state(self, state: NetState) -> None:
+        self.active_pairs = max(1, min(state.active_pairs, self.pairs))
 
     def _start_vhost(self) -> None:
         assert self.mem is not None and self.interrupt is not None

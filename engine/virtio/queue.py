@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from dataclasses import dataclass
 from itertools import compress
 from typing import TypeVar
 
@@ -76,6 +77,20 @@ class QueueError(Exception):
 
 class ChainError(Exception):
     """One malformed descriptor chain: that request fails, the queue goes on."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """A queue's registers and ring positions, as a snapshot keeps them (engine/snapshot/)."""
+
+    size: int
+    ready: bool
+    desc_addr: int
+    avail_addr: int
+    used_addr: int
+    next_avail: int
+    next_used: int
+    signalled_used: int
 
 
 class Queue:
@@ -202,6 +217,37 @@ class Queue:
                 self.errors += 1
                 log.debug("virtqueue: dropping descriptor chain %d: %s", head, e)
                 self._put_used(head, 0)
+
+    def snapshot_state(self) -> QueueState:
+        return QueueState(
+            self.size,
+            self.ready,
+            self.desc_addr,
+            self.avail_addr,
+            self.used_addr,
+            self.next_avail,
+            self.next_used,
+            self._signalled_used,
+        )
+
+    def restore_state(
+        self,
+        st: QueueState,
+        mem: GuestMemory | None = None,
+        *,
+        event_idx: bool = False,
+        indirect: bool = False,
+    ) -> None:
+        """Registers and ring positions from a snapshot. With ``mem`` (the device was at
+        DRIVER_OK) a ready queue is activated too, through the same ring checks as a driver's
+        (``QueueError`` when the saved placement is not valid in this guest's RAM)."""
+        self.reset()
+        self.size, self.ready = st.size, st.ready
+        self.desc_addr, self.avail_addr, self.used_addr = st.desc_addr, st.avail_addr, st.used_addr
+        self.next_avail, self.next_used = st.next_avail & 0xFFFF, st.next_used & 0xFFFF
+        if mem is not None and st.ready:
+            self.activate(mem, event_idx=event_idx, indirect=indirect)
+        self._signalled_used = st.signalled_used & 0xFFFF
 
     def undo_pop(self) -> None:
         """Give the last popped chain back (a device that cannot serve it yet, e.g. net RX)."""

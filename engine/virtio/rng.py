@@ -71,6 +71,10 @@ class Rng(VirtioDevice):
         self._timer.cancel()
         self._waiting_since = None
 
+    def on_freeze(self) -> None:
+        """Drop a pending wait (its request is back in the ring): ``thaw`` asks the bucket again."""
+        self.on_reset()
+
     def close(self) -> None:
         self._timer.close()
         if self.fd >= 0:

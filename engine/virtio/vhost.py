@@ -127,6 +127,12 @@ class VhostBackend:
         )
         self._ioctl(VHOST_SET_VRING_CALL, _VRING_FILE.pack(index, call_fd), "VHOST_SET_VRING_CALL")
 
+    def get_vring_base(self, index: int) -> int:
+        """The kernel's next avail index of vring ``index`` (stop the device first)."""
+        buf = bytearray(_VRING_STATE.pack(index, 0))
+        self._ioctl(VHOST_GET_VRING_BASE, buf, "VHOST_GET_VRING_BASE")
+        return _VRING_STATE.unpack(buf)[1]
+
     def net_set_backend(self, index: int, tap_fd: int) -> None:
         self._ioctl(VHOST_NET_SET_BACKEND, _VRING_FILE.pack(index, tap_fd), "VHOST_NET_SET_BACKEND")
 

@@ -3,13 +3,17 @@
 The device model only negotiates and hands over: at DRIVER_OK the rx and tx rings go to
 ``/dev/vhost-vsock`` (kick = queue ioeventfd, call = irqfd, memory table from the
 ``GuestMemory`` regions' host addresses), then VHOST_VSOCK_SET_GUEST_CID and SET_RUNNING. The
-event queue stays with the VMM, which posts no events (they are for live migration). Hosts
-without ``/dev/vhost-vsock`` get one clear error naming the device and the fix.
+event queue stays with the VMM. Its one event is for snapshots: the host's connections are
+kernel state a snapshot cannot keep, so a restored device posts TRANSPORT_RESET (§5.10.6.5):
+the guest's driver drops its connections, keeps its listeners and reads the guest CID again
+(a clone gets its own). Hosts without ``/dev/vhost-vsock`` get one clear error naming the
+device and the fix.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from engine.device_rules import DEFAULT_QUEUE_SIZE
 from engine.errors import HostError
@@ -25,12 +29,22 @@ VIRTIO_VSOCK_F_SEQPACKET = 1
 #: vhost in IOTLB mode, where every ring access waits for translations this VMM never sends
 #: (the vsock stalls: connects time out); VHOST_F_LOG_ALL (26) is migration dirty logging.
 DEVICE_BITS = bit(VIRTIO_VSOCK_F_SEQPACKET)
+EVENT_QUEUE = 2
+VIRTIO_VSOCK_EVENT_TRANSPORT_RESET = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VsockState:
+    """The CID the guest had when the snapshot was taken (a restore may give another)."""
+
+    guest_cid: int
 
 
 class Vsock(VirtioDevice):
     """One vhost-vsock device; rx (0) and tx (1) are kernel queues, event (2) is ours."""
 
     device_id = VIRTIO_ID_VSOCK
+    state_type = VsockState
 
     def __init__(
         self,
@@ -58,6 +72,7 @@ class Vsock(VirtioDevice):
         self.vhost = True
         self.guest_cid = guest_cid
         self.config = bytearray(struct.pack("<Q", guest_cid))
+        self._reset_pending = False
 
     def on_activate(self) -> None:
         assert self.mem is not None and self.interrupt is not None
@@ -87,3 +102,41 @@ class Vsock(VirtioDevice):
 
     def close(self) -> None:
         self.backend.close()
+
+    # -- snapshot (engine/snapshot/) --------------------------------------------------------------
+
+    def on_freeze(self) -> None:
+        """Stop the kernel's rings and learn where it is in them (its avail index; the used
+        index is in guest memory), so the transport's queue state is the kernel's."""
+        assert self.mem is not None
+        self.backend.vsock_set_running(False)
+        for i in (0, 1):
+            q = self.queues[i]
+            q.next_avail = self.backend.get_vring_base(i)
+            q.next_used = self.mem.read_u16(q.used_addr + 2)
+
+    def on_thaw(self) -> None:
+        self.backend.vsock_set_running(True)
+
+    def snapshot_state(self) -> VsockState:
+        return VsockState(self.guest_cid)
+
+    def restore_state(self, state: VsockState) -> None:
+        self._reset_pending = True  # posted when the device thaws (process_queue)
+
+    def process_queue(self, index: int) -> None:
+        """The event queue: post TRANSPORT_RESET once after a restore, if the driver left a
+        buffer for it (Linux keeps eight there)."""
+        if index != EVENT_QUEUE or not self._reset_pending:
+            return
+        q = self.queues[EVENT_QUEUE]
+        mem = self.mem
+        if not q.active or mem is None:
+            return
+        chain = q.pop()
+        if chain is None:
+            return  # no buffer yet: the driver's next kick brings one
+        self._reset_pending = False
+        n = chain.write(mem, struct.pack("<I", VIRTIO_VSOCK_EVENT_TRANSPORT_RESET))
+        q.add_used(chain, n)
+        self.signal(EVENT_QUEUE)

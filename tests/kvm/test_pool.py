@@ -210,14 +210,15 @@ def test_bad_requests_get_an_error_reply_and_the_pool_keeps_serving(tmp_path, en
         "dir as log": start(str(plan), {"log": folder}),
         "read-only exit": start(str(plan), {"log": log, "exit": ro}),
         "unknown fd": raw_request(sock, _start_msg(plan, ["stdin"]), (log,)),
-        "option": start(str(plan), options={"incoming": "file:/x"}),
+        "option": start(str(plan), options={"no-such": True}),
+        "incoming": start(str(plan), options={"incoming": "tcp:10.0.0.1:4444"}),
         "env": start(str(plan), options={"env": {"LD_PRELOAD": "/evil.so"}}),
         "engine": start(str(plan), engine="/somewhere/else/engine"),
     }
     want = {"garbage": "bad-json", "list": "bad-request", "version": "bad-version", "op": "bad-op",
             "huge": "too-large", "relative": "bad-plan", "missing": "bad-plan",
             "not a plan": "bad-plan", "count": "bad-fds", "dir as log": "bad-fds",
-            "read-only exit": "bad-fds", "unknown fd": "bad-fds", "option": "bad-option",
+            "read-only exit": "bad-fds", "unknown fd": "bad-fds", "option": "bad-option", "incoming": "bad-option",
             "env": "bad-option", "engine": "wrong-engine"}  # fmt: skip
     assert {k: (v["ok"], v["error"]) for k, v in cases.items()} == {
         k: (False, code) for k, code in want.items()

@@ -132,6 +132,15 @@ class FakeVm:
     def query_iothreads(self) -> list[IoThreadInfo]:
         return [IoThreadInfo("io0", threading.get_native_id())]
 
+    def migrate(self, uri: str) -> None:
+        raise QmpError("migrate: the fake VM has no state to snapshot")
+
+    def query_migrate(self) -> dict[str, Any]:
+        return {"status": "none"}
+
+    def migrate_cancel(self) -> None:
+        return None
+
     def close(self) -> None:
         for spec in self.netdevs.values():
             for fd in spec.fds:

@@ -22,8 +22,6 @@ NOT_USES = {ENGINE / "plan.py", ENGINE / "device_rules.py"}
 KNOWN_UNREAD = {
     # svlaunch up detaches the engine itself and clears it (launcher/commands/up.py)
     ("Plan", "daemonize"): "cleared by svlaunch up",
-    # never set: compile_plan refuses incoming as engine-unsupported
-    ("Plan", "incoming"): "refused by compile_plan",
     # no vCPU hot-plug: the MADT lists the online vCPUs; the factors carry the product
     ("TopologyPlan", "maxcpus"): "no vCPU hot-plug",
 }

@@ -1,0 +1,102 @@
+"""Plain dataclasses ↔ JSON values, checked against the field annotations on the way back.
+
+The snapshot's state is a tree of dataclasses (``engine/snapshot/state.py`` and each device's
+own ``*State``); ``bytes`` travel as base64 text. Decoding checks every value's type against
+its annotation, so a state written by another version of the engine, or edited by hand, is one
+clear error naming the field, never a half-built object that fails later inside KVM.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any
+
+
+class StateError(ValueError):
+    """A state value does not match its declaration (names the field path)."""
+
+
+def to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    return typing.get_type_hints(tp)
+
+
+def from_json(tp: Any, data: Any, where: str = "state") -> Any:
+    """A value of type ``tp`` from its JSON form; ``StateError`` on any mismatch."""
+    if isinstance(tp, types.UnionType):
+        if data is None and type(None) in tp.__args__:
+            return None
+        args = [a for a in tp.__args__ if a is not type(None)]
+        return from_json(args[0], data, where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(data, list):
+            raise StateError(f"{where}: expected a list, found {type(data).__name__}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
+        if len(args) != len(data):
+            raise StateError(f"{where}: expected {len(args)} values, found {len(data)}")
+        return tuple(
+            from_json(a, v, f"{where}[{i}]")
+            for i, (a, v) in enumerate(zip(args, data, strict=True))
+        )
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise StateError(f"{where}: expected an object, found {type(data).__name__}")
+        return dict(data)
+    if tp is Any:
+        return data
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise StateError(f"{where}: expected an object, found {type(data).__name__}")
+        hints = _hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        extra = set(data) - names
+        if extra:
+            raise StateError(f"{where}: unknown field {sorted(extra)[0]!r}")
+        missing = names - set(data)
+        if missing:
+            raise StateError(f"{where}: field {sorted(missing)[0]!r} is missing")
+        return tp(**{n: from_json(hints[n], data[n], f"{where}.{n}") for n in names})
+    if tp is bytes:
+        if not isinstance(data, str):
+            raise StateError(f"{where}: expected base64 text, found {type(data).__name__}")
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise StateError(f"{where}: not valid base64") from None
+    if tp is bool:
+        if not isinstance(data, bool):
+            raise StateError(f"{where}: expected true or false, found {data!r:.40}")
+        return data
+    if tp is int:
+        if not isinstance(data, int) or isinstance(data, bool):
+            raise StateError(f"{where}: expected an integer, found {data!r:.40}")
+        return data
+    if tp is float:
+        if not isinstance(data, int | float) or isinstance(data, bool):
+            raise StateError(f"{where}: expected a number, found {data!r:.40}")
+        return float(data)
+    if tp is str:
+        if not isinstance(data, str):
+            raise StateError(f"{where}: expected text, found {data!r:.40}")
+        return data
+    raise StateError(f"{where}: cannot decode a {tp!r}")  # a declaration this codec lacks
