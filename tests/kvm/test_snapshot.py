@@ -176,10 +176,16 @@ def test_every_virtio_device_kind_comes_back_with_its_queues(tmp_path: Path) -> 
     try:
         atts = {a.spec.id: a for a in vm.machine.devices.virtio}
         alloc = Allocator(32 * MiB, 48 * MiB)
-        drivers = {n: Driver(atts[n].transport, vm.machine.mem, alloc) for n in ("disk0", "con0", "rng0")}
+        drivers = {
+            n: Driver(atts[n].transport, vm.machine.mem, alloc) for n in ("disk0", "con0", "rng0")
+        }
         for d in drivers.values():
             d.start()
-        blk_q, rx_q, rng_q = drivers["disk0"].queues[0], drivers["con0"].queues[0], drivers["rng0"].queues[0]
+        blk_q, rx_q, rng_q = (
+            drivers["disk0"].queues[0],
+            drivers["con0"].queues[0],
+            drivers["rng0"].queues[0],
+        )
         # one read served before the snapshot (used.idx 1) ...
         blk_q.add([hdr.pack(B.VIRTIO_BLK_T_IN, 0, 1)], [512, 1])
         os.eventfd_write(atts["disk0"].kick_fds[0], 1)
