@@ -66,6 +66,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "apply": CommandInfo("launcher.commands.apply", "make this host run what SOURCE says"),
     "agent": CommandInfo("launcher.commands.agent", "keep this host running what SOURCE says"),
     "export": CommandInfo("launcher.commands.export", "write systemd units (agent, one VM)"),
+    "snapshot": CommandInfo("launcher.commands.snapshot", "snapshot a running VM to a folder"),
 }
 
 TOP_EPILOG = """\

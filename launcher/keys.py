@@ -108,6 +108,7 @@ class Key:
     name: str = ""
     at: tuple[str, ...] = ()
     item: str = ""
+    snapshot: str = ""
 
     def sv_option(self) -> str | None:
         """The StratoVirt option or device whose property list holds this key, if any."""
@@ -131,6 +132,7 @@ def key(
     name: str = "",
     at: tuple[str, ...] = (),
     item: str = "",
+    snapshot: str = "",
 ) -> Any:
     """A model field declaring one manifest key.
 
@@ -148,12 +150,14 @@ def key(
     ``io``: for paths, ``input`` (read), ``output`` (created) or ``keep`` (a device node).
     ``what``: the value's name in messages. ``name``: the manifest key, when it is not the
     field name with ``-`` for ``_``; ``at``: the tables it sits in (``("global", ...)``).
-    ``item``: for tables and lists, one entry's doc.
+    ``item``: for tables and lists, one entry's doc. ``snapshot``: why a VM that sets this key
+    cannot be snapshotted or restored (StratoVirt's limits, docs/snapshot.md); a manifest with
+    ``incoming`` and this key set is refused at the key (rule ``snapshot-unsupported``).
     """
     declared = Key(
         default=default, doc=doc, sv=sv, plan=plan, apply=apply, kind=kind, limits=limits,
         rule=rule, values=values, nonempty=nonempty or kind in (PATH, PATHS), io=io, what=what,
-        name=name, at=at, item=item,
+        name=name, at=at, item=item, snapshot=snapshot,
     )  # fmt: skip
     meta = {"key": declared}
     if default is REQUIRED:

@@ -341,7 +341,10 @@ class Manifest:
         None, "The vhost-vsock device (one per VM).", sv="-device vhost-vsock-*"
     )
     balloon: Balloon | None = key(
-        None, "The virtio-balloon device (one per VM).", sv="-device virtio-balloon-*"
+        None,
+        "The virtio-balloon device (one per VM).",
+        sv="-device virtio-balloon-*",
+        snapshot="StratoVirt does not snapshot a virtio-balloon",
     )
     rngs: tuple[Rng, ...] = key(
         (),
@@ -379,6 +382,7 @@ class Manifest:
         kind=TABLE,
         item="A vfio-pci device.",
         sv="-device vfio-pci",
+        snapshot="a passed-through device's state lives in the hardware",
     )
     usb: Usb = key(Usb, "USB controller and devices (standard VMs).")
     monitors: tuple[Monitor, ...] = key(

@@ -200,7 +200,11 @@ class Net:
         apply=HOT_REPLACE_NIC,
     )
     vhost: bool | None = key(
-        None, "Use the vhost-net kernel backend.", sv=("-netdev", "vhost"), plan="NetPlan.vhost"
+        None,
+        "Use the vhost-net kernel backend.",
+        sv=("-netdev", "vhost"),
+        plan="NetPlan.vhost",
+        snapshot="StratoVirt does not snapshot vhost-net (its rings are kernel state)",
     )
     vhostfds: tuple[int, ...] = key(
         (),

@@ -39,6 +39,7 @@ class Machine:
         "Share guest memory with other processes (vhost-user).",
         sv=("-machine", "mem-share"),
         plan="MemoryPlan.shared",
+        snapshot="StratoVirt does not snapshot shared guest memory",
     )
     accel: str | None = key(
         None,
@@ -113,6 +114,7 @@ class Memory:
         io="input",
         sv="-mem-path",
         plan="MemoryPlan.mem_path",
+        snapshot="StratoVirt does not snapshot hugepage or file-backed guest memory",
     )
     prealloc: bool = key(
         False, "Fault in all guest RAM at start.", sv="-mem-prealloc", plan="MemoryPlan.prealloc"

@@ -223,9 +223,12 @@ def spawn_if_wanted() -> None:
         spawn()
 
 
-def start_through_pool(vm: Any, lock_fd: int, log_fd: int, *, paused: bool) -> PoolProcess | None:
+def start_through_pool(
+    vm: Any, lock_fd: int, log_fd: int, *, paused: bool, incoming: str | None = None
+) -> PoolProcess | None:
     """The VM's engine, forked by the pool; None when no pool serves (then ``up`` starts the
-    engine itself, as without a pool). On first use this starts a pool for the next VMs."""
+    engine itself, as without a pool). On first use this starts a pool for the next VMs.
+    ``incoming``: a restore request (the plan's own ``incoming``)."""
     if not enabled():
         return None
     from engine.pool import client
@@ -235,7 +238,7 @@ def start_through_pool(vm: Any, lock_fd: int, log_fd: int, *, paused: bool) -> P
     exit_fd = os.open(vm.exit_file, flags, 0o600)
     try:
         fds = {"lock": lock_fd, "log": log_fd, "exit": exit_fd}
-        options = client.client_options(paused=paused, name=vm.name)
+        options = client.client_options(paused=paused, name=vm.name, incoming=incoming)
         started = client.start(str(socket_path()), str(vm.plan_file), fds, options)
     except client.NoPool:
         _forget_exit_file(vm)

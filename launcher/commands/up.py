@@ -13,6 +13,7 @@ examples:
   svlaunch up -d examples/quickstart.toml         # background; then: svlaunch ps
   svlaunch up --paused -d vm.toml && svlaunch qmp vm cont
   svlaunch up --tui vm.toml                       # live dashboard (p pause, r resume, q detach)
+  svlaunch up -d --restore tmpl/ clone1.toml      # restore a snapshot (svlaunch snapshot)
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paused", action="store_true", help="build the VM but do not start vCPUs")
     parser.add_argument("--name", help="override the manifest's VM name")
     parser.add_argument("--tui", action="store_true", help="show the live terminal UI")
+    parser.add_argument(
+        "--restore",
+        metavar="DIR",
+        help="restore the snapshot in DIR instead of booting (the manifest's incoming)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -174,20 +180,28 @@ def _note_engine_files(vm: Any, plan: Any) -> None:
     vm.note(*made)
 
 
-def _load_for_this_host(path: str) -> Any:
+def _load_for_this_host(path: str, restore: str | None = None) -> Any:
     """The manifest, checked like ``svlaunch check``: a missing kernel or tap is a located error
-    here, before an engine process starts, not a failure in the engine's log."""
+    here, before an engine process starts, not a failure in the engine's log. ``restore``: the
+    snapshot folder of ``--restore``, which becomes the manifest's ``incoming`` (and is checked
+    against it: docs/snapshot.md)."""
     from launcher.errors import InvalidInput
     from launcher.manifest.load import load_file_full
     from launcher.validate.host import check_host
 
     r = load_file_full(path)
     issues = list(r.issues)
-    if r.manifest is not None and not any(i.is_error for i in issues):
-        issues += r.smap.locate(check_host(r.manifest))
-    if r.manifest is None or any(i.is_error for i in issues):
+    man = r.manifest
+    if man is not None and not any(i.is_error for i in issues):
+        if restore is not None:
+            from launcher.validate.snapshot import restore_issues
+
+            man = dataclasses.replace(man, incoming=f"file:{os.path.abspath(restore)}")
+            issues += r.smap.locate(restore_issues(man))
+        issues += r.smap.locate(check_host(man))
+    if man is None or any(i.is_error for i in issues):
         raise InvalidInput([i for i in issues if i.is_error])
-    return r.manifest
+    return man
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     from launcher import runtime
     from launcher.compile.engine_plan import compile_plan
 
-    man = _load_for_this_host(args.manifest)
+    man = _load_for_this_host(args.manifest, args.restore)
     plan = compile_plan(man)
     if args.tui:
         from launcher.tui_live import require_terminal
@@ -222,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         log = str(vm.log_file)
         out = vm.create("engine.log", mode=runtime.LOG_MODE)
         try:
-            proc = _spawn_engine(argv, vm, claim.lock_fd, out, paused=plan.paused)
+            proc = _spawn_engine(argv, vm, claim.lock_fd, out, plan)
         finally:
             os.close(out)
         meta = runtime.Meta(
@@ -290,14 +304,14 @@ def _set_balloon_target(meta: Any, man: Any) -> None:
         c.execute("balloon", {"value": target})
 
 
-def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, *, paused: bool) -> Any:
+def _spawn_engine(argv: list[str], vm: Any, lock_fd: int, out: int, plan: Any) -> Any:
     """The engine process: forked by the engine pool when one serves (docs/pool.md), else
     exec'd here. Either way in a new session (Ctrl-C on this terminal reaches svlaunch only,
     which stops the VM), holding the runtime lock, with its output in the runtime log, and
     given ``exit.json`` to record how the VM ended (docs/lifecycle.md)."""
     from launcher.commands.pool import start_through_pool
 
-    proc = start_through_pool(vm, lock_fd, out, paused=paused)
+    proc = start_through_pool(vm, lock_fd, out, paused=plan.paused, incoming=plan.incoming)
     if proc is not None:
         from launcher.runtime import Made
 

@@ -4,7 +4,7 @@ Pure: a validated ``Manifest`` in, a frozen ``Plan`` out. It decides the guest m
 ranges around the 32-bit MMIO hole, NUMA node ranges, host bindings: ``engine_memory``), the
 vCPUs and their APIC ids, and the virtio-mmio slot, window and IRQ of every device
 (``engine_devices``). Things the engine does not run
-(PCI, VFIO, USB, pflash, vhost-user, q35/virt, aarch64, ``incoming``) are reported all at once as
+(PCI, VFIO, USB, pflash, vhost-user, q35/virt, aarch64, live migration) are reported all at once as
 ``engine-unsupported`` issues rather than dropped: they stay valid for ``svlaunch cmdline``.
 """
 
@@ -75,8 +75,14 @@ def unsupported_features(m: Manifest) -> list[Issue]:
         issues.append(
             _unsupported("machine.type", f"machine type '{m.machine.type}'", "use type = 'microvm'")
         )
-    if m.incoming:
-        issues.append(_unsupported("incoming", "restoring a snapshot ('incoming')"))
+    if m.incoming and not m.incoming.lower().startswith("file:"):
+        issues.append(
+            _unsupported(
+                "incoming",
+                "live migration (incoming unix: or tcp:)",
+                'the engine restores snapshots: incoming = "file:/path/to/snapshot"',
+            )
+        )
     for d in m.drives:
         if d.transport is Transport.PCI:
             issues.append(_unsupported(f"drives.{d.id}.transport", "virtio-blk-pci"))
@@ -137,6 +143,8 @@ def _host_files(m: Manifest) -> list[HostFile]:
     for q in m.qmp:
         add(q, "qmp", True)
     add(m.pidfile, "pidfile", True)
+    if m.incoming and m.incoming.lower().startswith("file:"):
+        add(m.incoming.partition(":")[2], "snapshot")
     if m.log:
         add(m.log.file, "log", True)
     return files

@@ -213,7 +213,7 @@ class Applier:
 
         args = argparse.Namespace(
             manifest=manifest_file, detach=True, paused=False, name=None, tui=False,
-            timeout=START_TIMEOUT,
+            timeout=START_TIMEOUT, restore=None,
         )  # fmt: skip
         try:
             up.run(args)

@@ -22,12 +22,26 @@ from launcher.validate import (
     ozone,
     pci,
     placement,
+    snapshot,
 )
 from launcher.validate.base import RULES, Context
 
 __all__ = ["RULES", "check_model"]
 
-_AREAS = (general, machine, cpu, memory, limits, blk_net, chardev, pci, devices, ozone, placement)
+_AREAS = (
+    general,
+    machine,
+    cpu,
+    memory,
+    limits,
+    blk_net,
+    chardev,
+    pci,
+    devices,
+    ozone,
+    placement,
+    snapshot,
+)
 
 
 def check_model(manifest: m.Manifest, target: str = "engine") -> list[Issue]:

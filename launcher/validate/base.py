@@ -62,6 +62,11 @@ RULES: dict[str, tuple[str, str]] = {
     "daemonize-stdio": ("control", "daemonize cannot be combined with a stdio serial or chardev."),
     "stdio-multiple": ("control", "At most one device may use stdio."),
     "incoming-uri": ("control", "incoming must be file:PATH, unix:PATH or tcp:IPV4:PORT."),
+    "snapshot-unsupported": (
+        "snapshot",
+        "A restoring manifest (incoming) cannot have a balloon, vhost-net, VFIO, hugepage or "
+        "file-backed memory, or shared memory (StratoVirt's limits).",
+    ),
     "iothread-limit": ("control", "At most 8 iothreads."),
     "iothread-duplicate": ("control", "An iothread id is declared twice."),
     "iothread-unknown": ("references", "A device names an iothread that is not declared."),
@@ -226,6 +231,12 @@ RULES: dict[str, tuple[str, str]] = {
     "host-running": (
         "host",
         "The VM of this manifest's name runs; its own sockets and taps are in use (warning).",
+    ),
+    "host-snapshot": ("host", "The snapshot incoming names is missing, truncated or corrupted."),
+    "host-snapshot-mismatch": (
+        "host",
+        "A restoring manifest changes what the snapshot's guest depends on: memory, vCPUs, "
+        "devices and their order, kinds and queues.",
     ),
     "host-sandbox": (
         "host",

@@ -140,6 +140,10 @@ class _Checks:
         self.hugetlbfs()
         self.numa()
         self.vhost()
+        if self.target == "engine" and man.incoming:
+            from launcher.validate.snapshot import check_snapshot
+
+            self.issues += check_snapshot(man)
         for v in man.vfio:
             dev = v.sysfsdev or (
                 os.path.join(self.host.sys, "bus/pci/devices", v.host) if v.host else None

@@ -462,6 +462,24 @@ CASES: list[tuple[str, str, str, str]] = [
         "incoming",
     ),
     (
+        "snapshot-balloon.toml",
+        mv("@@[balloon]\n", top='incoming = "file:/var/lib/tmpl/vm"\n'),
+        "snapshot-unsupported",
+        "balloon",
+    ),
+    (
+        "snapshot-vhost-net.toml",
+        mv('[nets.n0]\nifname = "tap0"\nvhost = @@true\n', top='incoming = "file:/tmpl"\n'),
+        "snapshot-unsupported",
+        "nets.n0.vhost",
+    ),
+    (
+        "snapshot-mem-share.toml",
+        mv("[machine]\nmem-share = @@true\n", top='incoming = "file:/tmpl"\n'),
+        "snapshot-unsupported",
+        "machine.mem-share",
+    ),
+    (
         "iothreads-too-many.toml",
         mv(top='iothreads = @@["a","b","c","d","e","f","g","h","i"]\n'),
         "iothread-limit",

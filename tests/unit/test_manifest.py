@@ -254,7 +254,8 @@ name = "web-1"                 # required; -name
 arch = "x86_64"                # x86_64 (default) | aarch64
 seccomp = true                 # false -> -disable-seccomp
 paused = false                 # true -> -S
-incoming = "file:/var/lib/tmpl/web"   # -incoming
+# incoming = "file:/var/lib/tmpl/web"   # -incoming: restores a snapshot; not with the balloon
+#                                       # and hugepages below (snapshot-unsupported)
 daemonize = true               # -daemonize
 pidfile = "/run/web-1.pid"     # -pidfile (requires daemonize)
 trace = "trace-events.txt"     # -trace events=<file>

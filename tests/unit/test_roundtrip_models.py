@@ -218,9 +218,15 @@ def models(draw, machine: MachineType | None = None) -> Manifest:
         others = len(consoles) + (vsock is not None) + (balloon is not None) + (rng is not None)
         assume(others + sum(bool(n.vhost) for n in nets) <= 5)
     has_root = bool(drives) or bool(chardevs)
+    machine = Machine(mtype, draw(st.booleans()), draw(st.booleans()))
+    # a restoring VM has none of what StratoVirt cannot snapshot (snapshot-unsupported)
+    restorable = not (
+        balloon or memory.path or machine.mem_share or extras.get("vfio")
+        or any(n.vhost for n in nets)
+    )  # fmt: skip
     return Manifest(
         name=draw(IDENT),
-        machine=Machine(mtype, draw(st.booleans()), draw(st.booleans())),
+        machine=machine,
         cpu=cpu,
         memory=memory,
         numa=Numa(tuple(nodes), dists),
@@ -245,7 +251,7 @@ def models(draw, machine: MachineType | None = None) -> Manifest:
         trace=draw(st.sampled_from([None, "/etc/trace-events"])),
         seccomp=draw(st.booleans()),
         paused=draw(st.booleans()),
-        incoming=draw(st.sampled_from([None, "file:/var/lib/tmpl/vm"])),
+        incoming=draw(st.sampled_from([None, "file:/var/lib/tmpl/vm"])) if restorable else None,
         qmp=("/run/vm.qmp",),
         monitors=monitors,
         **extras,
