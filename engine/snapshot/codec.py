@@ -43,8 +43,8 @@ def from_json(tp: Any, data: Any, where: str = "state") -> Any:
     if isinstance(tp, types.UnionType):
         if data is None and type(None) in tp.__args__:
             return None
-        args = [a for a in tp.__args__ if a is not type(None)]
-        return from_json(args[0], data, where)
+        members = [a for a in tp.__args__ if a is not type(None)]
+        return from_json(members[0], data, where)
     origin = typing.get_origin(tp)
     if origin is tuple:
         if not isinstance(data, list):
@@ -64,7 +64,7 @@ def from_json(tp: Any, data: Any, where: str = "state") -> Any:
         return dict(data)
     if tp is Any:
         return data
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise StateError(f"{where}: expected an object, found {type(data).__name__}")
         hints = _hints(tp)

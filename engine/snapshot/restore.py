@@ -138,7 +138,7 @@ def check_plan(folder: str, snap: Snapshot, plan: Plan) -> None:
 
 def _decode_devices(folder: str, snap: Snapshot, plan: Plan) -> list[Any]:
     types = _state_types()
-    out = []
+    out: list[Any] = []
     for ds, spec in zip(snap.devices, plan.devices, strict=True):
         if ds.kind != spec.kind or ds.mmio_base != spec.mmio_base:
             raise _err(folder, f"device {spec.id}: the state holds {ds.kind} {ds.id} here")
@@ -155,9 +155,11 @@ def _decode_devices(folder: str, snap: Snapshot, plan: Plan) -> list[Any]:
 
 def _check_disks(folder: str, plan: Plan, states: list[Any]) -> None:
     """Each disk has the size the guest's driver read (StratoVirt: the previous file or a copy)."""
+    from engine.plan import BlkPlan
+
     for spec, st in zip(plan.devices, states, strict=True):
         capacity = getattr(st, "capacity", None)
-        if spec.kind != "blk" or capacity is None:
+        if not isinstance(spec, BlkPlan) or capacity is None:
             continue
         try:
             fd = os.open(spec.file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)

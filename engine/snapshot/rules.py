@@ -109,17 +109,17 @@ def plan_differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) ->
     rm, cm = recorded["memory"], current["memory"]
     same("MemoryPlan.size", "guest RAM size", rm["size"], cm["size"])
     if rm["size"] == cm["size"]:
-        ranges = ([(r["guest_addr"], r["size"]) for r in m["ranges"]] for m in (rm, cm))
-        same("MemoryPlan.ranges", "guest RAM layout", *ranges)
+        ra, rb = ([(r["guest_addr"], r["size"]) for r in m["ranges"]] for m in (rm, cm))
+        same("MemoryPlan.ranges", "guest RAM layout", ra, rb)
     rt, ct = recorded["topology"], current["topology"]
     keys = [k for k in ("cpus", "maxcpus", "sockets", "dies", "clusters", "cores", "threads")
             if rt[k] != ct[k]]  # fmt: skip
     if keys:  # one difference, at the first key: the others are mostly derived from it
-        show = (" ".join(f"{k}={t[k]}" for k in keys) for t in (rt, ct))
-        out.append(Difference(f"TopologyPlan.{keys[0]}", "vCPU topology", *show))
+        sa, sb = (" ".join(f"{k}={t[k]}" for k in keys) for t in (rt, ct))
+        out.append(Difference(f"TopologyPlan.{keys[0]}", "vCPU topology", sa, sb))
     else:
-        ids = ([v["apic_id"] for v in p["vcpus"]] for p in (recorded, current))
-        same("VcpuPlan.apic_id", "vCPU APIC ids", *ids)
+        ia, ib = ([v["apic_id"] for v in p["vcpus"]] for p in (recorded, current))
+        same("VcpuPlan.apic_id", "vCPU APIC ids", ia, ib)
     same(
         "Plan.numa",
         "guest NUMA nodes",

@@ -22,6 +22,7 @@ import hashlib
 import os
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from engine.logsetup import get_logger
@@ -141,7 +142,7 @@ def capture(m: Machine) -> Snapshot:
     devices: list[DeviceState] = []
     try:
         for att in m.devices.virtio:
-            devices.append(_on_loop(att.loop, lambda att=att: _freeze_and_capture(att)))
+            devices.append(_on_loop(att.loop, partial(_freeze_and_capture, att)))
         msrs = msr_index_list(m.kvm.fd)
         xsave_size = max(m.kvm.check_extension(k.KVM_CAP_XSAVE2), 4096)
         tables = vcpu_tables(m)

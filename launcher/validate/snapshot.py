@@ -122,7 +122,7 @@ def _device_paths(man: m.Manifest, plan: Any) -> dict[str, tuple[Path, Any]]:
         items.append((("vsock",), man.vsock))
     if man.balloon is not None:
         items.append((("balloon",), man.balloon))
-    names = {}
+    names: dict[str, tuple[Path, Any]] = {}
     for path, item in items:
         for attr in ("device_name", "device_id", "id"):
             ident = getattr(item, attr, None)
