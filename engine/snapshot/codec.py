@@ -50,6 +50,9 @@ def from_json(tp: Any, data: Any, where: str = "state") -> Any:
         if not isinstance(data, list):
             raise StateError(f"{where}: expected a list, found {type(data).__name__}")
         args = typing.get_args(tp)
+        if all(a is int for a in args) and len(args) == len(data):  # a row of ints: one pass
+            if all(type(v) is int for v in data):
+                return tuple(data)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
         if len(args) != len(data):

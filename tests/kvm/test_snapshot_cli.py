@@ -9,6 +9,7 @@ VM (or clone) says nothing until its power button is pressed, then "b".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,8 +32,10 @@ BUTTON = say(b"a") + wait_for_power_button() + say(b"b") + poweroff()
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "SVLAUNCH_RUNTIME_DIR": str(tmp_path / "rt")}
+def env(tmp_path: Path) -> object:
+    env = {**os.environ, "SVLAUNCH_RUNTIME_DIR": str(tmp_path / "rt")}
+    yield env
+    stop_everything(env)  # a failing test leaves no VM running
 
 
 def vm_manifest(tmp: Path, name: str, *, extra: str = "", top: str = "") -> tuple[Path, Path]:
@@ -134,13 +137,29 @@ def test_restore_refusals_are_located_and_start_nothing(tmp_path: Path, env) -> 
         assert json.loads(svl(env, "ps", "--json").stdout) == [], "no VM may start"
 
 
+ENGINES: list[subprocess.Popen[str]] = []
+
+
 def engine_proc(plan_path: Path, *args: str) -> subprocess.Popen[str]:
+    """An engine process; one a failing test leaves running is killed at the test's end."""
     from engine.__main__ import engine_argv
 
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         engine_argv(str(plan_path), *args), cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    ENGINES.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_engine_left() -> object:
+    yield
+    while ENGINES:
+        proc = ENGINES.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
 
 
 async def _qmp(path: str):
@@ -189,7 +208,8 @@ def test_qmp_migrate_query_migrate_and_incoming_against_the_engine(tmp_path: Pat
         with pytest.raises(ExecuteError, match="already holds a snapshot"):
             await c.execute("migrate", {"uri": f"file:{folder}"})
         await c.execute("quit")
-        await c.disconnect()
+        with contextlib.suppress(EOFError):  # the engine may close first: it is quitting
+            await c.disconnect()
 
     wait_for(lambda: read(out1) == b"a")
     asyncio.run(asyncio.wait_for(take(), 60))
@@ -208,7 +228,8 @@ def test_qmp_migrate_query_migrate_and_incoming_against_the_engine(tmp_path: Pat
         assert (await c.execute("query-status"))["status"] == "running"
         assert (await c.execute("query-name"))["name"] == "back"
         await c.execute("system_powerdown")
-        await c.disconnect()
+        with contextlib.suppress(EOFError):  # the guest powers off at once
+            await c.disconnect()
 
     asyncio.run(asyncio.wait_for(back(), 30))
     assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
