@@ -38,6 +38,21 @@ def _hints(tp: type) -> dict[str, Any]:
     return typing.get_type_hints(tp)
 
 
+def _int_rows(row: Any, data: list[Any]) -> tuple[tuple[int, ...], ...] | None:
+    """``data`` as a tuple of int tuples when ``row`` is a fixed tuple of ints and every row
+    fits it; None otherwise (the general path then names what is wrong)."""
+    if typing.get_origin(row) is not tuple:
+        return None
+    args = typing.get_args(row)
+    if not args or any(a is not int for a in args):
+        return None
+    n = len(args)
+    for v in data:
+        if type(v) is not list or len(v) != n or not all(type(x) is int for x in v):
+            return None
+    return tuple(map(tuple, data))
+
+
 def from_json(tp: Any, data: Any, where: str = "state") -> Any:
     """A value of type ``tp`` from its JSON form; ``StateError`` on any mismatch."""
     if isinstance(tp, types.UnionType):
@@ -50,10 +65,13 @@ def from_json(tp: Any, data: Any, where: str = "state") -> Any:
         if not isinstance(data, list):
             raise StateError(f"{where}: expected a list, found {type(data).__name__}")
         args = typing.get_args(tp)
-        if all(a is int for a in args) and len(args) == len(data):  # a row of ints: one pass
-            if all(type(v) is int for v in data):
-                return tuple(data)
+        ints = all(a is int for a in args) and len(args) == len(data)
+        if ints and all(type(v) is int for v in data):  # a row of ints: one pass
+            return tuple(data)
         if len(args) == 2 and args[1] is Ellipsis:
+            rows = _int_rows(args[0], data)
+            if rows is not None:  # a table of int rows (CPUID, MSRs): no call per value
+                return rows
             return tuple(from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
         if len(args) != len(data):
             raise StateError(f"{where}: expected {len(args)} values, found {len(data)}")
