@@ -1,14 +1,15 @@
 """Restore latency on this host's KVM: restore request → guest running again, for 256 MiB and
 2 GiB guests, through the engine pool and the exec path, next to a fresh boot (docs/snapshot.md).
 
-The tiny guest writes a marker byte to COM1 in a tight loop, so a restored guest writes one with
-its first instructions. The template VM (built in this process) runs a moment, its first 64 MiB
-of RAM are filled with random bytes (so the memory file is not all holes), it is paused and
-snapshotted (QMP ``migrate``'s path). Each run then starts an engine from a plan whose
-``incoming`` names that snapshot, with COM1 on a pipe: the clock starts before the request (the
-pool) or the spawn (exec) and stops when the marker arrives; the engine is then killed. A row
-for each size; variants interleaved, N times each; min and median printed, and the phases of
-the first pool row (``$SVLAUNCH_STARTUP_TRACE``, from the request).
+The tiny guest spins until a flag in its RAM is set, then writes a marker byte to COM1 and powers
+off, so a restored guest writes the marker with its first instructions and then ends. The template VM
+(built in this process) runs a moment and is paused; its first 64 MiB of RAM are filled with
+random bytes (so the memory file is not all holes) and the flag is set; it is snapshotted (QMP
+``migrate``'s path). Each run then starts an engine from a plan whose ``incoming`` names that
+snapshot, with COM1 on a pipe, exactly as ``bench/pool_startup.py`` starts a boot (its request
+and its exec path, reused): the clock starts before the request (the pool) or the spawn (exec)
+and stops when the marker arrives. A row for each size; variants interleaved, N times each; min
+and median printed, and the phases of the first pool row (``$SVLAUNCH_STARTUP_TRACE``).
 
     python bench/snapshot_restore.py [N]
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -28,12 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
-from bench.engine_startup import fmt  # noqa: E402
+from bench.engine_startup import Samples, fmt, run_once  # noqa: E402
 from bench.pool_startup import (  # noqa: E402
     QUIET,
     PoolSamples,
     become_subreaper,
     machine,
+    run_pool_once,
     start_pool,
 )
 
@@ -41,11 +42,16 @@ MARK = b"\x06"
 MiB = 1 << 20
 SIZES = {"256 MiB": 256 * MiB, "2 GiB": 2048 * MiB}
 FILLED = 64 * MiB
+FLAG = 0x200000  # a guest-physical byte the template sets before its snapshot
 
 
 def marker_loop() -> bytes:
-    """``mov dx, 0x3f8; mov al, MARK; 1: out dx, al; jmp 1b``."""
-    return b"\x66\xba\xf8\x03" + b"\xb0" + MARK + b"\xee\xeb\xfd"
+    """``1: cmp byte [FLAG], 0; je 1b``, then the marker on COM1 and power off: a restored
+    guest whose flag the template set writes the marker with its first instructions."""
+    from tiny_guest import poweroff, say
+
+    check = b"\x80\x3c\x25" + FLAG.to_bytes(4, "little") + b"\x00"  # cmp byte [abs32], 0
+    return check + b"\x74" + bytes([256 - len(check) - 2]) + say(MARK) + poweroff()
 
 
 def template(tmp: Path, size: int) -> tuple[Path, int]:
@@ -63,6 +69,7 @@ def template(tmp: Path, size: int) -> tuple[Path, int]:
         time.sleep(0.2)
         vm.pause()
         vm.machine.mem.write(16 * MiB, os.urandom(FILLED))  # RAM a guest has used
+        vm.machine.mem.write(FLAG, b"\x01")  # a restored guest powers off after its marker
         vm.migrate(f"file:{folder}")
         while vm.query_migrate()["status"] == "active":
             vm.wait(0.02)
@@ -76,83 +83,27 @@ def template(tmp: Path, size: int) -> tuple[Path, int]:
     return path, os.stat(folder / "memory").st_blocks * 512
 
 
-def _read_until_mark(r: int, what: str) -> bytes:
-    out = b""
-    while MARK not in out:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            raise SystemExit(f"{what}: the engine ended before the guest ran: {out[-800:]!r}")
-        out += chunk
-    return out
-
-
-def _phases(s: PoolSamples, out: bytes) -> None:
-    for line in out.decode(errors="replace").splitlines():
-        at = line.find("startup-trace ")
-        if at >= 0:
-            ms, _, phase = line[at + len("startup-trace ") :].strip().partition(" ms  ")
-            s.phases.setdefault(phase, []).append(float(ms))
-
-
-def pool_once(s: PoolSamples, sock: str) -> None:
-    from engine.pool import client
-
-    r, w = os.pipe()
-    options = client.client_options()
-    t0 = time.perf_counter()
-    options["env"]["SVLAUNCH_STARTUP_TRACE"] = repr(time.monotonic())
-    started = client.start(sock, s.plan, {"log": w}, options)
-    s.reply.append((time.perf_counter() - t0) * 1000)
-    os.close(w)
-    out = _read_until_mark(r, s.name)
-    s.first.append((time.perf_counter() - t0) * 1000)
-    os.kill(started.pid, signal.SIGTERM)  # the engine's quit path prints the trace
-    while chunk := os.read(r, 65536):
-        out += chunk
-    os.close(r)
-    os.waitpid(started.pid, 0)
-    os.close(started.pidfd)
-    _phases(s, out)
-
-
-def exec_once(s: PoolSamples) -> None:
-    from engine.__main__ import engine_argv
-
-    argv = engine_argv(s.plan)
-    r, w = os.pipe()
-    ir, iw = os.pipe()
-    t0 = time.perf_counter()
-    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
-        (os.POSIX_SPAWN_DUP2, ir, 0), (os.POSIX_SPAWN_DUP2, w, 1),
-        (os.POSIX_SPAWN_CLOSE, r), (os.POSIX_SPAWN_CLOSE, iw)])  # fmt: skip
-    os.close(w)
-    os.close(ir)
-    _read_until_mark(r, s.name)
-    s.first.append((time.perf_counter() - t0) * 1000)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    os.close(r)
-    os.close(iw)
-
-
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     become_subreaper()
     tmp = Path(tempfile.mkdtemp(prefix="svbench-restore-"))
+    from engine.__main__ import engine_argv
+
     rows: list[tuple[str, PoolSamples, str]] = []
     plans, disk = {}, {}
     for label, size in SIZES.items():
         plans[label], disk[label] = template(tmp, size)
     boot = tmp / "boot.json"
-    from tiny_guest import make_plan, write_guest
+    from tiny_guest import make_plan, poweroff, say, write_guest
 
-    boot.write_text(make_plan(write_guest(tmp, marker_loop(), "boot.elf"), memory=256 * MiB,
-                              serial_backend="stdio").dumps())  # fmt: skip
+    kernel = write_guest(tmp, say(MARK) + poweroff(), "boot.elf")  # no flag to wait for
+    boot.write_text(make_plan(kernel, memory=256 * MiB, serial_backend="stdio").dumps())
     pool, sock = start_pool(tmp)
     for label in SIZES:
         rows.append(("pool", PoolSamples(f"pool: restore {label}", str(plans[label])), label))
     for label in SIZES:
         rows.append(("exec", PoolSamples(f"exec: restore {label}", str(plans[label])), label))
+    execs = {id(s): Samples(s.name, engine_argv(s.plan)) for how, s, _ in rows if how == "exec"}
     rows.append(("pool", PoolSamples("pool: fresh boot 256 MiB", str(boot)), ""))
     try:
         with open(os.devnull, "w") as null:
@@ -163,9 +114,10 @@ def main() -> int:
                     for how, s, _ in rows:
                         if how == "pool":
                             time.sleep(QUIET)  # a warmed spare is ready, as between two `up`s
-                            pool_once(s, sock)
+                            run_pool_once(s, sock)
                         else:
-                            exec_once(s)
+                            run_once(execs[id(s)], serial=True)
+                            s.first = execs[id(s)].first
             finally:
                 os.dup2(saved, 2)
                 os.close(saved)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 
 import pytest
+from nettest import LoopThread, address_tap, close_in, netns, open_in, socket_in
 from virtio_driver import Allocator, Driver
 
-from engine.eventloop import EventLoop
 from engine.machine.memory import GuestMemory
 from engine.snapshot.codec import from_json, to_json
 from engine.virtio import net as N
@@ -31,68 +30,21 @@ MiB = 1 << 20
 MAC1, MAC2 = "52:54:00:5a:00:01", "52:54:00:5a:00:02"
 
 
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = EventLoop("snap-net")
-        self.th = threading.Thread(target=self.loop.run, daemon=True)
-        self.th.start()
-
-    def call(self, fn):
-        done, out = threading.Event(), []
-
-        def run() -> None:
-            try:
-                out.append(fn())
-            finally:
-                done.set()
-
-        self.loop.call_soon_threadsafe(run)
-        assert done.wait(5)
-        return out[0] if out else None
-
-    def stop(self) -> None:
-        self.loop.stop()
-        self.th.join(2)
-
-
 @pytest.fixture
 def ns():
-    from pyroute2 import netns
-
-    name = f"svsn{os.getpid()}"
-    netns.create(name)
-    try:
+    with netns(f"svsn{os.getpid()}") as name:
         yield name
-    finally:
-        netns.remove(name)
 
 
-def tap_in(ns: str, name: str, host: str, guest: str, mac: str) -> Tap:
-    """A tap inside ``ns`` at ``host``/24, with ``guest`` resolved to ``mac`` (no ARP needed)."""
-    from pyroute2 import NetNS, netns
-
-    netns.pushns(ns)
-    try:
-        tap = Tap.open(name, 1)
-    finally:
-        netns.popns()
-    with NetNS(ns) as ipr:
-        idx = ipr.link_lookup(ifname=name)[0]
-        ipr.addr("add", index=idx, address=host, prefixlen=24)
-        ipr.link("set", index=idx, state="up")
-        ipr.neigh("add", dst=guest, lladdr=mac, ifindex=idx, state=0x80)
+def tap_in(space: str, name: str, host: str, guest: str, mac: str) -> Tap:
+    """A tap inside ``space`` at ``host``/24, with ``guest`` resolved to ``mac`` (no ARP)."""
+    tap = open_in(space, name)
+    address_tap(space, name, host, guest, bytes.fromhex(mac.replace(":", "")))
     return tap
 
 
-def send_udp(ns: str, dst: str, data: bytes) -> None:
-    from pyroute2 import netns
-
-    netns.pushns(ns)
-    try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    finally:
-        netns.popns()
-    with s:
+def send_udp(space: str, dst: str, data: bytes) -> None:
+    with socket_in(space, socket.SOCK_DGRAM) as s:
         s.sendto(data, (dst, 9999))
 
 
@@ -105,16 +57,6 @@ def received(lt: LoopThread, rxq, text: bytes, timeout: float = 5.0) -> tuple[in
                 return rxq.used_idx(), c.data[12 : c.length]
         time.sleep(0.01)
     raise AssertionError(f"no frame ending in {text!r}")
-
-
-def close_in(ns: str, t: MmioTransport) -> None:
-    from pyroute2 import netns
-
-    netns.pushns(ns)
-    try:
-        t.close()
-    finally:
-        netns.popns()
 
 
 def test_a_nic_restored_onto_another_tap_with_another_mac(ns: str) -> None:
