@@ -382,7 +382,7 @@ class Manifest:
         kind=TABLE,
         item="A vfio-pci device.",
         sv="-device vfio-pci",
-        snapshot="a passed-through device's state lives in the hardware",
+        snapshot="StratoVirt does not snapshot VFIO devices (their state lives in the hardware)",
     )
     usb: Usb = key(Usb, "USB controller and devices (standard VMs).")
     monitors: tuple[Monitor, ...] = key(

@@ -1,6 +1,6 @@
 """What cannot be snapshotted, and what a restore must not change (pure: the engine's contract).
 
-StratoVirt (docs/snapshot.md, "Limitations") does not snapshot vhost-net, VFIO, balloon,
+StratoVirt (docs/stratovirt.md, "Snapshots") does not snapshot vhost-net, VFIO, balloon,
 hugepages, shared memory or a memory backend file, and a restore's ``smp``, ``m``, devices
 (number, kind, bus/addr) and some device attributes must equal the template's. The engine
 checks the same on plan values: ``snapshot_refusals`` when QMP ``migrate`` is asked and before

@@ -480,6 +480,19 @@ CASES: list[tuple[str, str, str, str]] = [
         "machine.mem-share",
     ),
     (
+        "snapshot-vfio.toml",
+        q35('@@[vfio.d0]\nhost = "0000:1a:00.3"\naddr = "0x5"\n', top='incoming = "file:/tmpl"\n'),
+        "snapshot-unsupported",
+        "vfio.d0",
+    ),
+    (
+        "snapshot-hugepages.toml",
+        'name = "vm"\nqmp = "/run/vm.qmp"\nincoming = "file:/tmpl"\n\n[memory]\nsize = "512M"\n'
+        'path = @@"/dev/hugepages"\n\n[boot]\nkernel = "vmlinux"\ninitrd = "initrd.img"\n',
+        "snapshot-unsupported",
+        "memory.path",
+    ),
+    (
         "iothreads-too-many.toml",
         mv(top='iothreads = @@["a","b","c","d","e","f","g","h","i"]\n'),
         "iothread-limit",
