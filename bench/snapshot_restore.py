@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
 
+from bench._result import result  # noqa: E402
 from bench.engine_startup import Samples, fmt, run_once  # noqa: E402
 from bench.pool_startup import (  # noqa: E402
     QUIET,
@@ -138,6 +139,13 @@ def main() -> int:
         print(f"  {phase:<46} {min(values):6.1f}   {statistics.median(values):6.1f}")
     shutil.rmtree(tmp, ignore_errors=True)
     print("goal: restore request -> guest running again <= 10 ms (this host's KVM)")
+    for how, s, label in rows:
+        variant = f"{how}-restore" if label else f"{how}-boot"
+        size = SIZES.get(label, 256 * MiB) >> 20
+        extra = {"disk_mib": disk[label] >> 20} if label else {}
+        result("snapshot_restore", variant=variant, size_mib=size, n=len(s.first),
+               first_min_ms=min(s.first), first_median_ms=statistics.median(s.first),
+               **extra)  # fmt: skip
     return 0
 
 

@@ -71,6 +71,10 @@ RESULT rig_boot vmm=svlaunch-builtin kernel=vmlinux cpus=2 mem_mib=512 runs=1 mi
 RESULT gitops_diff vms=1000 runs=2 warm_min_s=0.81 warm_median_s=0.85 cold_median_s=2.10 validate_median_s=0.40
 RESULT gitops_apply vms=50 parallel=4 apply_pool_off_s=10.00 apply_pool_on_s=5.00 up_loop_s=20.00 qemu_loop_s=2.50
 RESULT gitops_agent_idle vms=5 interval_s=30 window_s=120 looks=4 cpu_pct=0.052 per_look_ms=15.00 rss_mib=40.00
+RESULT snapshot_restore variant=pool-restore size_mib=2048 n=2 first_min_ms=5.10 first_median_ms=6.24 disk_mib=68
+RESULT snapshot_restore variant=pool-boot size_mib=256 n=2 first_min_ms=5.00 first_median_ms=5.50
+RESULT rig_snapshot vmm=svlaunch-pool n=2 restore_min_ms=38.00 restore_median_ms=40.00
+RESULT rig_snapshot vmm=qemu n=2 restore_min_ms=880.00 restore_median_ms=900.00
 """
 
 
@@ -145,3 +149,13 @@ def test_gitops_rows(tmp_path: Path) -> None:
     assert on[1:] == ("5.00 s", "2.50 s", "0.50×") and "engine pool on" in on[0]
     (idle,) = rows_of("gitops_agent_idle", tmp_path)
     assert idle[1:] == ("0.052 % of one CPU", "-", "-") and "a look every 30 s" in idle[0]
+
+
+def test_snapshot_rows(tmp_path: Path) -> None:
+    restore, boot = rows_of("snapshot_restore", tmp_path)
+    assert restore[0].startswith("snapshot restore through the engine pool: request → guest runs")
+    assert "2048 MiB guest" in restore[0] and "goal ≤ 10 ms" in restore[0]
+    assert restore[1:] == ("6.2 ms (min 5.1)", "-", "-")
+    assert boot[0].startswith("fresh boot through the engine pool")
+    (rig,) = rows_of("rig_snapshot", tmp_path)
+    assert rig[1:] == ("40.0 ms (min 38.0)", "900.0 ms (min 880.0)", "22.50×")
