@@ -210,6 +210,8 @@ def test_every_virtio_device_kind_comes_back_with_its_queues(tmp_path: Path) -> 
         assert st["status"] == "completed", st
         c.close()
     finally:
+        vm.machine.loop.stop()  # the loop's thread ends before its epoll is closed
+        loop.join(5)
         vm.close()
 
     ch2 = dataclasses.replace(plan.chardevs[0], path=str(sock2))
@@ -219,7 +221,8 @@ def test_every_virtio_device_kind_comes_back_with_its_queues(tmp_path: Path) -> 
     )
     vm2 = Vm(restored(plan, folder, name="back", chardevs=(ch2,), devices=devices))
     vm2.start(paused=True)
-    threading.Thread(target=vm2.machine.loop.run, daemon=True).start()
+    loop2 = threading.Thread(target=vm2.machine.loop.run, daemon=True)
+    loop2.start()
     try:
         _rehome(drivers, vm2)
         atts2 = {a.spec.id: a for a in vm2.machine.devices.virtio}
@@ -248,4 +251,6 @@ def test_every_virtio_device_kind_comes_back_with_its_queues(tmp_path: Path) -> 
         assert rx_q.collect()[0].data[:4] == b"two\n"
         c2.close()
     finally:
+        vm2.machine.loop.stop()
+        loop2.join(5)
         vm2.close()
