@@ -88,9 +88,9 @@ def test_the_guest_goes_on_where_it_was_snapshotted(tmp_path: Path, cpus: int) -
         vm.resume()  # the source goes on after its snapshot
         vm.powerdown()
         assert vm.wait(10) == 0 and "S5" in vm.stop_reason
-        assert out1.read_bytes().count(b"b") == 1
     finally:
-        vm.close()
+        vm.close()  # the UART queue is written out at close (docs/console.md, "Where the bytes go")
+    assert out1.read_bytes() == b"ab"
 
     vm2 = Vm(with_serial(restored(plan, folder), out2))
     vm2.start()

@@ -143,6 +143,21 @@ def test_enabling_the_thre_interrupt_while_held_waits_for_room() -> None:
     assert u.irqs == 1 and u.dev.read(s.IIR) & 0x0F == s.IIR_THRE
 
 
+def test_a_thre_held_for_room_is_raised_by_the_restored_uart() -> None:
+    """A snapshot taken while THRE waits for room: the restored UART (an empty queue of its own)
+    raises it, or a guest waiting for that interrupt would wait for ever (docs/snapshot.md)."""
+    u = Uart(limit=s.FIFO_SIZE - 1)  # never room for a FIFO: THRE stays held
+    u.dev.write(s.IER, 1, s.IER_THRE)
+    assert u.dev.read(s.IIR) & 0x0F == s.IIR_NONE
+    state = u.dev.snapshot_state()
+    assert state.tx_held
+    v = Uart()
+    v.dev.restore_state(state)
+    assert v.irqs == 0  # restoring raises nothing by itself
+    v.dev.tx_room()  # what the restore does next
+    assert v.irqs == 1 and v.dev.read(s.IIR) & 0x0F == s.IIR_THRE
+
+
 def test_linux_style_interrupt_driven_output_never_stalls() -> None:
     """serial8250_tx_chars: on each THRE interrupt, ack (IIR) and write up to 16 bytes; a reader
     that drains now and then (the loop) keeps the interrupts coming and every byte arrives."""
