@@ -22,7 +22,10 @@ verbose mode.
 
 ``--engines qemu,builtin,engine`` adds the engine alone (``python -m engine run --plan``, its
 serial on its own stdout): the builtin boot without svlaunch's relay, to see what the relay
-costs.
+costs. ``--exit-stats`` adds one more verbose boot of the engine alone, not counted, with
+``SVLAUNCH_EXIT_STATS=1``: its vCPU exits by port and what each cost, and the chardev's writes
+(docs/console.md), printed under the tables. ``RESULT`` lines at the end feed
+``scripts/readme-numbers``.
 """
 
 from __future__ import annotations
@@ -192,6 +195,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--engines", default="qemu,builtin")
     p.add_argument("--kernel", choices=("vmlinuz", "vmlinux"), default="vmlinuz")
     p.add_argument("--timeout", type=float, default=3000, help="seconds for the whole rig run")
+    p.add_argument(
+        "--exit-stats",
+        action="store_true",
+        help="one more verbose boot of the engine alone with SVLAUNCH_EXIT_STATS=1 (not counted)",
+    )
     a = p.parse_args(argv)
     modes = [m for m in a.modes.split(",") if m]
     engines = [e for e in a.engines.split(",") if e]
@@ -223,7 +231,10 @@ def main(argv: list[str]) -> int:
             path = Path(tmp) / f"{mode}.toml"
             path.write_text(manifest_text(kernel, initrd, MODES[mode]))
             manifests[mode] = path
-        plans = {m: plan_file(manifests[m]) for m in modes} if "engine" in engines else {}
+        profile = a.exit_stats and "verbose" in modes
+        plans = (
+            {m: plan_file(manifests[m]) for m in modes} if "engine" in engines or profile else {}
+        )
         files = [str(kernel), str(initrd), *map(str, manifests.values())]
         files += map(str, plans.values())
 
@@ -241,6 +252,9 @@ def main(argv: list[str]) -> int:
             for mode in modes:
                 for eng in engines if r % 2 == 0 else engines[::-1]:
                     steps.append(boot_command(f"{eng}.{mode}.{r}", command(eng, mode)))
+        if profile:
+            stats = ["env", "SVLAUNCH_EXIT_STATS=1", *command("engine", "verbose")]
+            steps.append(boot_command("engine.verbose.profile", stats))
         rig = [sys.executable, str(RIG), "--l2-cmd", "; ".join(steps), "--timeout", str(a.timeout)]
         for f in files:
             rig += ["--file", f]
@@ -255,8 +269,8 @@ def main(argv: list[str]) -> int:
     for m in TIME.finditer(err):
         label, secs, rc = m.group(1), float(m.group(2)), int(m.group(3))
         eng, mode, r = label.split(".")
-        if r == "warmup":
-            print(f"  {label:22s} {secs:7.2f} s in L1 (warm-up, not counted)", flush=True)
+        if r in ("warmup", "profile"):
+            print(f"  {label:22s} {secs:7.2f} s in L1 ({r}, not counted)", flush=True)
             continue
         if rc != 0:
             print(f"  {label}: FAILED (exit {rc})")
@@ -305,6 +319,20 @@ def main(argv: list[str]) -> int:
         "sensitive to that load. bytes: the most one boot printed. Goal: verbose builtin/qemu "
         "<= 1.00."
     )
+    profile_lines = [ln.strip() for ln in err.splitlines() if ln.lstrip().startswith("exit-stats ")]
+    if profile_lines:
+        print("\nprofile: engine alone, verbose, SVLAUNCH_EXIT_STATS=1 (the exits' cost included)")
+        print("\n".join(f"  {ln}" for ln in profile_lines))
+    print()
+    for mode in modes:  # for scripts/readme-numbers; ratio: QEMU's time over the builtin's
+        b, q = times.get(("builtin", mode)), times.get(("qemu", mode))
+        if b and q:
+            counts = [n for e in ("builtin", "qemu") for n in nbytes.get((e, mode), [])]
+            bm, qm = statistics.median(b), statistics.median(q)
+            print(
+                f"RESULT rig_console mode={mode} bytes={max(counts)} builtin={bm:.1f} "
+                f"qemu={qm:.1f} ratio={qm / bm:.2f}"
+            )
     return 1 if failed else 0
 
 
