@@ -4,13 +4,16 @@ chunks, across pause/resume and power-off, and no reader (gone, stuck) stalls it
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 
 import pytest
 from tiny_guest import flood_pattern, make_plan, uart_flood, write_guest
 
 from engine.machine.chardev_out import LIMIT, STALL
+from engine.machine.serial import LSR, LSR_TEMT, LSR_THRE
 from engine.vm import Vm
 
 pytestmark = pytest.mark.kvm
@@ -108,3 +111,64 @@ def test_a_reader_that_vanishes_or_stops_reading_never_stalls_the_guest(tmp_path
     assert worst[0] <= LIMIT
     assert serial.tx_bytes == count and serial.tx_lost == 0  # never wrote without THRE
     assert stalled and stuck_for >= STALL, "a stuck reader was not waited for, then dropped"
+
+
+def test_a_slow_reader_holds_the_guest_back_and_gets_every_byte(tmp_path) -> None:
+    """A reader slower than the guest, but reading: the socket and the queue fill, THRE goes
+    clear and the guest waits for it (no byte written without it, none dropped or refused);
+    when the reader catches up, every byte arrives, in order, and the guest powers off."""
+    count = 120_000
+    sock = str(tmp_path / "serial.sock")
+    guest = write_guest(tmp_path, uart_flood(count))
+    plan = make_plan(guest, serial_file=sock, serial_backend="socket")
+    vm = Vm(plan)
+    vm.start(paused=True)
+    worst = [0]
+    got = bytearray()
+    try:
+        serial = vm.machine.devices.serial
+        chardev = vm.machine.devices.serial_chardev
+        queue = chardev.output
+        reader = socket.socket(socket.AF_UNIX)
+        reader.connect(sock)
+        reader.setblocking(False)
+        assert run_until(vm, lambda: chardev.out_fd is not None, 5)
+        # the smallest socket buffer, so the engine's own queue is what fills (the guest is
+        # slow on this PVM host: about 10 KB/s)
+        with socket.socket(fileno=os.dup(chardev.out_fd)) as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        vm.resume()
+
+        def read(size: int) -> None:
+            worst[0] = max(worst[0], queue.pending())
+            try:
+                got.extend(reader.recv(size))
+            except BlockingIOError:
+                pass
+
+        # slow: 16 bytes a turn (a turn is 10 ms of the loop), well under the guest's pace
+        full = run_until(vm, lambda: queue.room() < 64, 60, lambda: read(16))
+        assert full, "the queue never filled: no back-pressure tested"
+        lsr = serial.read(LSR)  # what the guest reads now: not ready, not empty
+        assert lsr & (LSR_THRE | LSR_TEMT) == 0, f"LSR {lsr:#x} says ready with no room"
+        ran = run_until(vm, lambda: vm.exit_code is not None, 120, lambda: read(1 << 16))
+        assert ran, "the guest stalled"
+        # the last partial line goes out when the engine closes: read it meanwhile
+        reader.setblocking(True)
+        reader.settimeout(10)
+
+        def read_rest() -> None:
+            while len(got) < count and (chunk := reader.recv(1 << 16)):
+                got.extend(chunk)
+
+        rest = threading.Thread(target=read_rest)
+        rest.start()
+    finally:
+        vm.close()
+    rest.join(15)
+    reader.close()
+    assert vm.exit_code == 0
+    assert worst[0] <= LIMIT
+    assert serial.tx_bytes == count and serial.tx_lost == 0  # never wrote without THRE
+    assert queue.dropped == queue.refused == 0
+    assert bytes(got) == flood_pattern(count)
