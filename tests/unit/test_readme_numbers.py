@@ -75,6 +75,10 @@ RESULT snapshot_restore variant=pool-restore size_mib=2048 n=2 first_min_ms=5.10
 RESULT snapshot_restore variant=pool-boot size_mib=256 n=2 first_min_ms=5.00 first_median_ms=5.50
 RESULT rig_snapshot vmm=svlaunch-pool n=2 restore_min_ms=38.00 restore_median_ms=40.00
 RESULT rig_snapshot vmm=qemu n=2 restore_min_ms=880.00 restore_median_ms=900.00
+RESULT rig_console mode=verbose vmm=qemu-microvm bytes=102418 runs=3 min_s=22.14 median_s=23.14 cpu_median_s=20.49
+RESULT rig_console mode=verbose vmm=svlaunch-builtin bytes=102204 runs=3 min_s=22.00 median_s=23.00 cpu_median_s=20.10
+RESULT rig_console mode=quiet vmm=qemu-microvm bytes=425 runs=3 min_s=7.49 median_s=8.24 cpu_median_s=6.03
+RESULT rig_console mode=quiet vmm=svlaunch-builtin bytes=425 runs=3 min_s=7.59 median_s=7.67 cpu_median_s=6.30
 """
 
 
@@ -159,3 +163,10 @@ def test_snapshot_rows(tmp_path: Path) -> None:
     assert boot[0].startswith("fresh boot through the engine pool") and "goal" not in boot[0]
     (rig,) = rows_of("rig_snapshot", tmp_path)
     assert rig[1:] == ("40.0 ms (min 38.0)", "900.0 ms (min 880.0)", "22.50×")
+
+
+def test_rig_console_rows(tmp_path: Path) -> None:
+    verbose, quiet = rows_of("rig_console", tmp_path)
+    assert "the whole kernel log (102 KB) on ttyS0" in verbose[0]
+    assert verbose[1:] == ("23.00 s (min 22.00)", "23.14 s (min 22.14)", "1.01×")
+    assert "`quiet` on ttyS0" in quiet[0] and quiet[3] == "1.07×"
