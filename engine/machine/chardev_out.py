@@ -10,11 +10,12 @@ per ``delay``. The policy, which docs/console.md states for users:
   guest that honours THRE never loses a byte it was told was sent.
 - **Off the writer's thread, few wake-ups.** A newline wakes the loop to write at once, unless
   the last write was less than ``gap`` ago; ``flush_size`` waiting bytes always do. Otherwise
-  the first waiting byte after a pause arms a ``delay`` timer, which stays armed after each
-  write while output flows (so a line's first byte wakes nobody); when it fires, a partial line that is still
-  growing (a line being printed) waits another ``delay``, up to ``max_wait``, so a line costs
-  one write and one wake-up of the reader, not one per timer tick; a prompt that stopped
-  growing goes out at once.
+  the first waiting byte after a pause arms a ``delay`` timer; after each write the timer is
+  armed again for ``gap`` while output flows (a lookout: the next line's first byte wakes
+  nobody, and a stream of lines costs a write per ``gap``, not one per line); when it fires, a
+  partial line that is still growing (a line being printed) waits another ``delay``, up to
+  ``max_wait``, so a line is not written in pieces; a prompt that stopped growing goes out at
+  once.
 - **Slow sink** (EAGAIN, short writes): the bytes stay queued and are retried every ``retry``;
   the queue fills, the front end holds the guest back (as a real UART at a slow baud rate) and
   no thread blocks. ``on_room`` tells the front end when half the queue is free again.
@@ -44,7 +45,8 @@ NO_SINK = -1
 LIMIT = 64 * 1024  # bytes waiting at most per chardev (one unix-socket or pipe buffer's worth)
 FLUSH_SIZE = 4096  # this many waiting bytes flush at once, newline or not
 DELAY = 0.01  # the timer a burst of output arms (a prompt or an echo waits 1-2 of these)
-GAP = 0.01  # a newline writes at once unless the last write is younger than this
+GAP = 0.05  # a newline writes at once unless the last write is younger than this; output that
+# keeps flowing is written once per GAP (each write wakes the reader: docs/console.md, Measured)
 MAX_WAIT = 0.1  # a growing partial line is held this long at most
 RETRY = 0.005  # a sink that would block is tried again this often
 STALL = 2.0  # a sink that takes nothing this long counts as absent until it reads again
@@ -222,7 +224,7 @@ class OutputQueue:
             if not lookout and self._timer is None:
                 self._scheduled = False
         if lookout and self._timer is None:
-            self._arm()
+            self._arm(self._gap)  # while output flows, a write per gap at most
         if freed:
             self._notify_room()
 

@@ -98,6 +98,10 @@ def test_a_reader_that_vanishes_or_stops_reading_never_stalls_the_guest(tmp_path
         assert queue.dropped > 0  # what nobody could read was dropped, the guest went on
         stuck = socket.socket(socket.AF_UNIX)
         stuck.connect(sock)  # connects, never reads
+        assert run_until(vm, lambda: chardev._conn is not None, 5, sample)
+        # the smallest socket buffer: the queue, not the kernel, is what a stuck reader fills
+        # (how much a socket buffer holds depends on the sizes of the writes)
+        chardev._conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
         dropped = queue.dropped
         started = time.monotonic()
         assert run_until(vm, lambda: vm.exit_code is not None, 120, sample), "the guest stalled"

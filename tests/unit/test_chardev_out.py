@@ -84,15 +84,32 @@ def test_a_partial_line_goes_out_after_the_delay(loop) -> None:
 
 def test_newlines_closer_than_the_gap_share_a_write(loop) -> None:
     sink = Sink()
-    q = make(loop, sink, gap=10.0, delay=0.02)
+    q = make(loop, sink, gap=0.3, delay=0.02)
     q.write(b"first\n")
     loop.run_once(timeout=0)
     q.write(b"second\n")  # within the gap: no wake-up of its own, the timer takes it
     q.write(b"third\n")
     loop.run_once(timeout=0)
     assert bytes(sink.got) == b"first\n" and sink.writes == 1
-    assert turn(loop, lambda: sink.writes == 2)
+    assert turn(loop, lambda: sink.writes == 2)  # the lookout timer, one gap after the first
     assert bytes(sink.got) == b"first\nsecond\nthird\n"
+
+
+def test_a_stream_of_lines_costs_a_write_per_gap_not_one_per_line(loop) -> None:
+    """A boot log's pace (a line every few ms): each write wakes the reader, so lines that keep
+    coming share a write per ``gap`` (docs/console.md, Measured); none is held past it."""
+    sink = Sink()
+    q = make(loop, sink, gap=0.05, delay=0.01)
+    lines = [b"[%8.6f] a line of a verbose boot\n" % (i / 200) for i in range(100)]
+    start = time.monotonic()
+    for line in lines:  # 100 lines over about half a second
+        q.write(line)
+        loop.run_once(timeout=0.005)
+    assert turn(loop, lambda: len(sink.got) == sum(map(len, lines)))
+    elapsed = time.monotonic() - start
+    assert bytes(sink.got) == b"".join(lines)
+    assert sink.writes <= elapsed / 0.05 + 2, f"{sink.writes} writes in {elapsed:.2f} s"
+    assert sink.writes < len(lines) // 4
 
 
 def test_a_line_still_being_printed_is_held_until_its_newline(loop) -> None:
