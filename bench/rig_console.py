@@ -44,6 +44,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._result import result  # noqa: E402
+
 GUEST = REPO / "build" / "guest"
 RIG = REPO / "scripts" / "rig"
 CPUS, MEM_MIB = 1, 256
@@ -52,10 +56,11 @@ MODES = {
     "verbose": f"{BASE} ignore_loglevel initcall_debug printk.devkmsg=on",
     "quiet": f"{BASE} quiet",
 }
+#: each engine's name in RESULT lines (rig_boot's names)
 ENGINES = {
     "qemu": "qemu-microvm",
     "builtin": "svlaunch-builtin",
-    "engine": "the engine alone",  # `python -m engine run --plan`: its stdio serial, no relay
+    "engine": "svlaunch-engine",  # `python -m engine run --plan`: its stdio serial, no relay
 }
 #: L1's clock around one VMM; prints "SVTIME <label> <seconds> <rc>" on L1's console (stderr).
 TIMER = (
@@ -341,15 +346,20 @@ def main(argv: list[str]) -> int:
         print("\nprofile: engine alone, verbose, SVLAUNCH_EXIT_STATS=1 (the exits' cost included)")
         print("\n".join(f"  {ln}" for ln in profile_lines))
     print()
-    for mode in modes:  # for scripts/readme-numbers; ratio: QEMU's time over the builtin's
-        b, q = times.get(("builtin", mode)), times.get(("qemu", mode))
-        if b and q:
-            counts = [n for e in ("builtin", "qemu") for n in nbytes.get((e, mode), [])]
-            bm, qm = statistics.median(b), statistics.median(q)
-            print(
-                f"RESULT rig_console mode={mode} bytes={max(counts)} builtin={bm:.1f} "
-                f"qemu={qm:.1f} ratio={qm / bm:.2f}"
-            )
+    for mode in modes:  # for scripts/readme-numbers
+        for eng in engines:
+            x, c = times.get((eng, mode)), cpus.get((eng, mode))
+            if x:
+                result(
+                    "rig_console",
+                    mode=mode,
+                    vmm=ENGINES[eng],
+                    bytes=max(nbytes[(eng, mode)]),
+                    runs=len(x),
+                    min_s=min(x),
+                    median_s=statistics.median(x),
+                    cpu_median_s=statistics.median(c) if c else -1.0,
+                )
     return 1 if failed else 0
 
 
