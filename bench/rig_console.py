@@ -46,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.__main__ import cpu_model  # noqa: E402
 from bench._result import result  # noqa: E402
 
 GUEST = REPO / "build" / "guest"
@@ -175,17 +176,9 @@ def run_rig(argv: list[str]) -> tuple[int, bytes, str, dict[str, float]]:
 
 
 def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
-        f"host: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+        f"host: {cpu_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
         f"load average {load} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
     )
 
