@@ -39,7 +39,8 @@ sys.path[:0] = [
 from virtio_driver import DESC, Allocator, Driver  # noqa: E402
 
 from engine.machine.memory import GuestMemory  # noqa: E402
-from engine.virtio.blk import VIRTIO_BLK_T_IN, Blk  # noqa: E402
+from engine.virtio.blk import Blk  # noqa: E402
+from engine.virtio.blk_spec import VIRTIO_BLK_T_IN  # noqa: E402
 from engine.virtio.device import VIRTIO_F_RING_EVENT_IDX  # noqa: E402
 from engine.virtio.mmio import MmioTransport  # noqa: E402
 

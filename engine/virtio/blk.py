@@ -19,86 +19,47 @@ in the operator's terms (``blk_errors``) and the guest gets IOERR.
 buffer); ``readonly`` offers VIRTIO_BLK_F_RO and fails writes; ``discard`` offers DISCARD and
 WRITE_ZEROES, served by punching holes, when the file system can; ``iops_total`` is a token
 bucket: when it is empty the device stops popping and a timer resumes it.
+
+This module is the device (config, lifecycle, snapshot, batching, completions, throttling);
+one request's checks and completion are ``blk_request.py`` (a base class ``Blk`` inherits),
+the wire format ``blk_spec.py``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import struct
 import time
 from dataclasses import dataclass
 
 from engine.errors import HostError
 from engine.hostfiles import open_host_file
-from engine.io import FLUSH, READ, WRITE, Backend, IoRequest, open_backend
+from engine.io import Backend, IoRequest, open_backend
 from engine.virtio.blk_accounting import BlkAccounting
 from engine.virtio.blk_errors import BlkProfile, ErrorLog, backend_refused
-from engine.virtio.blk_sync import SyncPath
-from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, VirtioDevice, bit
-from engine.virtio.iov import (
-    FALLOC_FL_KEEP_SIZE,
-    FALLOC_FL_PUNCH_HOLE,
-    FALLOC_FL_ZERO_RANGE,
-    IOV_MAX,
-    fallocate,
+from engine.virtio.blk_request import BlkRequest, BlkRequests
+from engine.virtio.blk_spec import (
+    CONFIG,
+    ID_BYTES,
+    MAX_DISCARD_SECTORS,
+    SECTOR,
+    SIZE_MAX,
+    VIRTIO_BLK_F_BLK_SIZE,
+    VIRTIO_BLK_F_DISCARD,
+    VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_MQ,
+    VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_WRITE_ZEROES,
 )
-from engine.virtio.queue import DescriptorChain
+from engine.virtio.blk_sync import SyncPath
+from engine.virtio.device import VIRTIO_ID_BLOCK, Loop, bit
+from engine.virtio.iov import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
 from engine.virtio.throttle import RateTimer, TokenBucket
-
-VIRTIO_BLK_F_SIZE_MAX = 1
-VIRTIO_BLK_F_SEG_MAX = 2
-VIRTIO_BLK_F_RO = 5
-VIRTIO_BLK_F_BLK_SIZE = 6
-VIRTIO_BLK_F_FLUSH = 9
-VIRTIO_BLK_F_MQ = 12
-VIRTIO_BLK_F_DISCARD = 13
-VIRTIO_BLK_F_WRITE_ZEROES = 14
-
-VIRTIO_BLK_T_IN = 0
-VIRTIO_BLK_T_OUT = 1
-VIRTIO_BLK_T_FLUSH = 4
-VIRTIO_BLK_T_GET_ID = 8
-VIRTIO_BLK_T_DISCARD = 11
-VIRTIO_BLK_T_WRITE_ZEROES = 13
-
-VIRTIO_BLK_S_OK = 0
-VIRTIO_BLK_S_IOERR = 1
-VIRTIO_BLK_S_UNSUPP = 2
-
-SECTOR = 512
-ID_BYTES = 20
-SIZE_MAX = 1 << 20  # largest single buffer we advertise
-MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per discard / write-zeroes request
-
-#: request type -> QEMU accounting kind (write-zeroes is a write, discard an unmap, as QEMU)
-_ACCOUNTED = {
-    VIRTIO_BLK_T_IN: "rd",
-    VIRTIO_BLK_T_OUT: "wr",
-    VIRTIO_BLK_T_FLUSH: "flush",
-    VIRTIO_BLK_T_DISCARD: "unmap",
-    VIRTIO_BLK_T_WRITE_ZEROES: "wr",
-}
-_KIND = {READ: "rd", WRITE: "wr", FLUSH: "flush"}
-_HDR = struct.Struct("<IIQ")
-_SEG = struct.Struct("<QII")  # discard / write-zeroes segment: sector, num_sectors, flags
-_CONFIG = struct.Struct("<QII4xI8xBxHIIIIIB3x")
 
 
 def _kib(r: IoRequest) -> int:
     return r.length >> 10 if isinstance(r, BlkRequest) else -1
-
-
-class BlkRequest(IoRequest):
-    """A read, write or flush on its way through the back end, with what completing it needs."""
-
-    __slots__ = ("chain", "length", "queue", "t0")
-
-    def __init__(self, op: int, offset: int, iov: object, chain: DescriptorChain, queue: int,
-                 length: int) -> None:  # fmt: skip
-        IoRequest.__init__(self, op, offset, iov)  # type: ignore[arg-type]
-        self.chain, self.queue, self.length = chain, queue, length
-        self.t0 = time.perf_counter_ns()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +70,7 @@ class BlkState:
     capacity: int
 
 
-class Blk(VirtioDevice):
+class Blk(BlkRequests):
     """One virtio-blk device; ``num_queues`` > 1 offers VIRTIO_BLK_F_MQ."""
 
     device_id = VIRTIO_ID_BLOCK
@@ -172,7 +133,7 @@ class Blk(VirtioDevice):
             features |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES)
         super().__init__(name, [queue_size] * num_queues, features, loop=loop)
         self.config = bytearray(
-            _CONFIG.pack(
+            CONFIG.pack(
                 self.capacity,
                 SIZE_MAX,
                 queue_size - 2,  # seg_max: leave room for header and status (Firecracker)
@@ -356,177 +317,3 @@ class Blk(VirtioDevice):
         self._throttled.clear()
         for i in queues:
             self.guarded(self.process_queue, i)
-
-    # -- one request -------------------------------------------------------------------------------
-
-    def _start(self, chain: DescriptorChain, index: int) -> BlkRequest | None:
-        """Check one request; a read, write or flush for the back end, or None when it is
-        already answered (refused, GET_ID, discard, a transfer the back end cannot take)."""
-        mem = self.mem
-        assert mem is not None
-        self.stats.requests += 1
-        wlen = chain.writable_len
-        if wlen < 1:
-            self.stats.errors += 1
-            self.queues[index].add_used(chain, 0)  # nowhere to put a status
-            return None
-        if chain.readable_len < _HDR.size:
-            self._answer(chain, index, VIRTIO_BLK_S_IOERR)
-            return None
-        rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
-        if rtype == VIRTIO_BLK_T_IN:
-            n = wlen - 1
-            if n > self.max_request or not self._in_range(sector, n):
-                self._refused(chain, index, "rd")
-                return None
-            iov = chain.host_iovec(mem, True, 0, n)
-            if self._backend_can(iov, sector, n):
-                return BlkRequest(READ, sector * SECTOR, iov, chain, index, n)
-            self._now(chain, index, READ, sector * SECTOR, n)
-            return None
-        if rtype == VIRTIO_BLK_T_OUT:
-            n = chain.readable_len - _HDR.size
-            if self.readonly or n > self.max_request or not self._in_range(sector, n):
-                self._refused(chain, index, "wr")
-                return None
-            iov = chain.host_iovec(mem, False, _HDR.size, n)
-            if self._backend_can(iov, sector, n):
-                return BlkRequest(WRITE, sector * SECTOR, iov, chain, index, n)
-            self._now(chain, index, WRITE, sector * SECTOR, n)
-            return None
-        if rtype == VIRTIO_BLK_T_FLUSH:
-            if self.readonly:  # nothing of ours to make durable
-                self.accounting.record("flush", ok=True, failed=False, nbytes=0, end=0, ns=0)
-                self._answer(chain, index, VIRTIO_BLK_S_OK)
-                return None
-            return BlkRequest(FLUSH, 0, None, chain, index, 0)
-        if rtype == VIRTIO_BLK_T_GET_ID:
-            n = min(ID_BYTES, wlen - 1)
-            chain.write(mem, self.serial.ljust(ID_BYTES, b"\0")[:n])
-            self._answer(chain, index, VIRTIO_BLK_S_OK, n)
-            return None
-        if rtype in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES) and self.can_punch:
-            self._discard(chain, index, rtype)
-            return None
-        self._answer(chain, index, VIRTIO_BLK_S_UNSUPP)
-        return None
-
-    def _backend_can(self, iov: object, sector: int, length: int) -> bool:
-        """One iovec array of at most IOV_MAX entries, aligned for O_DIRECT when direct."""
-        count, total = iov.count, iov.total  # type: ignore[attr-defined]
-        if not 0 < count <= IOV_MAX or total != length:
-            return False
-        a = self.sync.align
-        return not self.direct or (not (sector * SECTOR) % a and iov.aligned(a))  # type: ignore[attr-defined]
-
-    def _in_range(self, sector: int, length: int) -> bool:
-        if length % SECTOR:
-            return False
-        return sector <= self.capacity and sector + length // SECTOR <= self.capacity
-
-    def _answer(self, chain: DescriptorChain, index: int, status: int, data_len: int = 0) -> None:
-        """Write the status byte (the chain's last writable byte) and return the chain."""
-        assert self.mem is not None
-        if status != VIRTIO_BLK_S_OK:
-            self.stats.errors += 1
-        chain.write(self.mem, bytes([status]), chain.writable_len - 1)
-        self.queues[index].add_used(chain, data_len + 1)
-
-    def _refused(
-        self, chain: DescriptorChain, index: int, kind: str, status: int = VIRTIO_BLK_S_IOERR
-    ) -> None:
-        """A request the device refuses before any I/O (QEMU counts it as invalid)."""
-        self.accounting.record(kind, ok=False, failed=False, nbytes=0, end=0, ns=0)
-        self._answer(chain, index, status)
-
-    def _now(self, chain: DescriptorChain, index: int, op: int, offset: int, n: int) -> None:
-        """A transfer the back end cannot take, done here and now (``blk_sync``)."""
-        req = BlkRequest(op, offset, None, chain, index, n)
-        req.res = self._sync_rest(req, 0)
-        self._finish(req)
-
-    def _sync_rest(self, req: BlkRequest, done: int) -> int:
-        """Move bytes ``[done, length)`` of ``req`` through the synchronous path; ``res``."""
-        mem = self.mem
-        assert mem is not None
-        chain, n = req.chain, req.length - done
-        try:
-            if req.op == READ:
-                self.sync.rw(False, req.offset + done, chain.write_views(mem, done, n))
-            else:
-                self.sync.rw(True, req.offset + done, chain.read_views(mem, _HDR.size + done, n))
-        except OSError as e:
-            if e.errno == errno.EINVAL and self.direct and self.sync.align < 4096:
-                self.sync.align = 4096  # the file system wants page alignment: bounce from now on
-                return self._sync_rest(req, done)
-            return -(e.errno or errno.EIO)
-        return req.length
-
-    def _finish(self, req: BlkRequest) -> None:
-        """The back end is done with ``req``: its status, used entry and accounting."""
-        res, op = req.res, req.op
-        if op != FLUSH and 0 <= res < req.length:  # short: end of file, a full disk...
-            res = self._sync_rest(req, res)
-        elif res in (-errno.EINVAL, -errno.EAGAIN) and op != FLUSH and self.direct:
-            res = self._sync_rest(req, 0)  # refused by O_DIRECT or out of AIO resources
-        ok = res >= 0
-        if ok:
-            if op == READ:
-                self.stats.bytes_out += req.length
-            elif op == WRITE:
-                self.stats.bytes_in += req.length
-            else:
-                self.flushes += 1
-        else:
-            self.errors.report(op, req.offset, req.length, -res)
-        end = req.offset + req.length if op == WRITE else 0
-        ns = time.perf_counter_ns() - req.t0
-        if self.profile is not None:
-            self.profile.latency_ns.append(ns)
-            self.profile.event(f"done {op}:{req.length >> 10}k res={res} in {ns // 1000}us")
-        self.accounting.record(_KIND[op], ok=ok, failed=not ok, nbytes=req.length, end=end, ns=ns)
-        self._answer(
-            req.chain,
-            req.queue,
-            VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR,
-            req.length if ok and op == READ else 0,
-        )
-
-    def _discard(self, chain: DescriptorChain, index: int, rtype: int) -> None:
-        assert self.mem is not None
-        kind = _ACCOUNTED[rtype]
-        data_out = chain.readable_len - _HDR.size
-        if self.readonly:
-            self._refused(chain, index, kind)
-            return None
-        if data_out != _SEG.size:  # max_discard_seg = max_write_zeroes_seg = 1
-            self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
-            return None
-        sector, count, flags = _SEG.unpack(chain.read(self.mem, _HDR.size, _SEG.size))
-        if flags & ~1 or (rtype == VIRTIO_BLK_T_DISCARD and flags):
-            self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
-            return None
-        if not self._in_range(sector, count * SECTOR):
-            self._refused(chain, index, kind)
-            return None
-        mode = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
-        if rtype == VIRTIO_BLK_T_WRITE_ZEROES and not flags:
-            mode = FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
-        offset, length = sector * SECTOR, count * SECTOR
-        t0 = time.perf_counter_ns()
-        try:
-            try:
-                fallocate(self.fd, mode, offset, length)
-            except OSError as e:
-                if e.errno != errno.EOPNOTSUPP or mode & FALLOC_FL_PUNCH_HOLE:
-                    raise
-                fallocate(self.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
-        except OSError as e:
-            self.errors.report(rtype, offset, length, e.errno or errno.EIO)
-            self.accounting.record(kind, ok=False, failed=True, nbytes=0, end=0, ns=0)
-            self._answer(chain, index, VIRTIO_BLK_S_IOERR)
-            return None
-        end = offset + length if kind == "wr" else 0
-        ns = time.perf_counter_ns() - t0
-        self.accounting.record(kind, ok=True, failed=False, nbytes=length, end=end, ns=ns)
-        self._answer(chain, index, VIRTIO_BLK_S_OK)

@@ -235,7 +235,7 @@ def test_counters_and_balloon_events_come_from_the_running_devices(tmp_path: Pat
     from engine.machine.layout import virtio_mmio_slot
     from engine.plan import BalloonPlan, BlkPlan
     from engine.qmp.server import QmpServer
-    from engine.virtio import blk as B
+    from engine.virtio import blk_spec as BS
     from engine.virtio import mmio
     from engine.vm import Vm
 
@@ -267,9 +267,9 @@ def test_counters_and_balloon_events_come_from_the_running_devices(tmp_path: Pat
         q0 = drv.queues[0]
         hdr = struct.Struct("<IIQ")
         for rtype, sector, out, data_in in (
-            (B.VIRTIO_BLK_T_IN, 0, b"", 4096),
-            (B.VIRTIO_BLK_T_OUT, 8, b"w" * 2048, 0),
-            (B.VIRTIO_BLK_T_FLUSH, 0, b"", 0),
+            (BS.VIRTIO_BLK_T_IN, 0, b"", 4096),
+            (BS.VIRTIO_BLK_T_OUT, 8, b"w" * 2048, 0),
+            (BS.VIRTIO_BLK_T_FLUSH, 0, b"", 0),
         ):
             q0.add([hdr.pack(rtype, 0, sector)] + ([out] if out else []),
                    [data_in, 1] if data_in else [1])  # fmt: skip

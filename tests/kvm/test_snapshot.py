@@ -23,7 +23,7 @@ from engine.machine.devices import run_on_loop
 from engine.machine.layout import virtio_mmio_slot
 from engine.plan import BlkPlan, ChardevPlan, ConsolePlan, Plan, RngPlan, SlotPlan
 from engine.snapshot.format import MEMORY_FILE, STATE_FILE
-from engine.virtio import blk as B
+from engine.virtio import blk_spec as BS
 from engine.vm import Vm
 
 pytestmark = pytest.mark.kvm
@@ -187,13 +187,13 @@ def test_every_virtio_device_kind_comes_back_with_its_queues(tmp_path: Path) -> 
             drivers["rng0"].queues[0],
         )
         # one read served before the snapshot (used.idx 1) ...
-        blk_q.add([hdr.pack(B.VIRTIO_BLK_T_IN, 0, 1)], [512, 1])
+        blk_q.add([hdr.pack(BS.VIRTIO_BLK_T_IN, 0, 1)], [512, 1])
         os.eventfd_write(atts["disk0"].kick_fds[0], 1)
         wait_until(lambda: blk_q.used_idx() == 1)
         first = blk_q.collect()
         assert first[0].data[:512] == bytes(range(256)) * 2
         # ... one posted but not kicked: the restored device must still serve it
-        blk_q.add([hdr.pack(B.VIRTIO_BLK_T_IN, 0, 2)], [512, 1])
+        blk_q.add([hdr.pack(BS.VIRTIO_BLK_T_IN, 0, 2)], [512, 1])
         # console: the guest posts a receive buffer, the host sends a line that the device holds
         rx_q.add([], [64])
         os.eventfd_write(atts["con0"].kick_fds[0], 1)
@@ -235,7 +235,7 @@ def test_every_virtio_device_kind_comes_back_with_its_queues(tmp_path: Path) -> 
         wait_until(lambda: blk_q.used_idx() == 2)
         assert blk_q.collect()[0].data[:512] == bytes(range(256)) * 2
         # and the rings go on: a new request, a new entropy read, new console input
-        blk_q.add([hdr.pack(B.VIRTIO_BLK_T_IN, 0, 3)], [512, 1])
+        blk_q.add([hdr.pack(BS.VIRTIO_BLK_T_IN, 0, 3)], [512, 1])
         os.eventfd_write(atts2["disk0"].kick_fds[0], 1)
         wait_until(lambda: blk_q.used_idx() == 3)
         rng_q.add([], [32])

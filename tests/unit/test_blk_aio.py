@@ -28,6 +28,7 @@ from engine.eventloop import EventLoop
 from engine.io import FLUSH, Backend, IoRequest, open_backend
 from engine.machine.memory import GuestMemory
 from engine.virtio import blk as B
+from engine.virtio import blk_spec as BS
 from engine.virtio.device import VIRTIO_F_RING_EVENT_IDX
 from engine.virtio.mmio import MmioTransport
 
@@ -183,14 +184,14 @@ def test_each_mode_reads_writes_and_flushes_a_real_file(image, aio: str, direct:
         # one kick: single-buffer and scattered (indirect) reads, a write, a flush
         reads = [(0, [4096]), (9, [512, 1024]), (64, [4096, 4096, 8192]), (8184, [4096])]
         for sector, ins in reads:
-            r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, sector)], [*ins, 1], indirect=len(ins) > 1,
+            r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, sector)], [*ins, 1], indirect=len(ins) > 1,
                     in_align=4096)  # fmt: skip
         payload = os.urandom(8192)
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_OUT, 0, 1000), payload], [1], out_align=4096)
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_FLUSH, 0, 0)], [1])
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_OUT, 0, 1000), payload], [1], out_align=4096)
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_FLUSH, 0, 0)], [1])
         r.kick()
         done = {c.head: c for c in r.wait_used(len(reads) + 2)}
-        assert all(c.data[-1] == B.VIRTIO_BLK_S_OK for c in done.values())
+        assert all(c.data[-1] == BS.VIRTIO_BLK_S_OK for c in done.values())
         by_sector = {
             sector: c
             for (sector, _), c in zip(
@@ -204,7 +205,7 @@ def test_each_mode_reads_writes_and_flushes_a_real_file(image, aio: str, direct:
         assert path.read_bytes()[1000 * 512 : 1000 * 512 + 8192] == payload
         assert r.dev.flushes == 1 and r.dev.backend.in_flight == 0
         # the write reads back through the device
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 1000)], [8192, 1], in_align=4096)
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 1000)], [8192, 1], in_align=4096)
         r.kick()
         (c,) = r.wait_used(1)
         assert c.data[:-1] == payload
@@ -222,7 +223,7 @@ def test_a_batch_is_one_submission_completed_in_reverse_with_one_interrupt(image
         held = r.hold()
         n = 12
         heads = [
-            r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
+            r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
             for i in range(n)
         ]
         irqs = r.drv.interrupts
@@ -251,7 +252,7 @@ def test_a_completed_batch_interrupts_only_when_used_event_asks(image, aio) -> N
 
         def batch(n: int) -> None:
             for i in range(n):
-                r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
+                r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
             r.kick()
             held.settle(n)
             held.release()
@@ -275,8 +276,8 @@ def test_a_flush_is_acknowledged_only_when_the_backend_completed_it(image, aio, 
     r = LoopRig(path, aio=aio, direct=direct)
     try:
         held = r.hold()
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_OUT, 0, 8), b"w" * 4096], [1], out_align=4096)
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_FLUSH, 0, 0)], [1])
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_OUT, 0, 8), b"w" * 4096], [1], out_align=4096)
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_FLUSH, 0, 0)], [1])
         r.kick()
         held.settle(2)
         ops = sorted(q.op for q in held.held)
@@ -308,7 +309,7 @@ def test_a_driver_faster_than_the_host_waits_in_its_ring(image, aio) -> None:
         held = r.hold()
         heads = [
             r.q.add(
-                [HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096, indirect=True
+                [HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096, indirect=True
             )
             for i in range(size)
         ]
@@ -352,7 +353,7 @@ def test_a_reset_waits_for_the_kernel_before_dropping_requests(image) -> None:
     try:
         held = r.hold()
         for i in range(4):
-            r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1])
+            r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1])
         r.kick()
         assert held.in_flight == 4
         r.t.write(0x70, 4, 0)  # status 0: device reset, from the "vCPU" (this thread)
@@ -372,7 +373,7 @@ def test_a_snapshot_freeze_completes_what_is_in_flight(image, aio) -> None:
     try:
         held = r.hold()
         for i in range(4):
-            r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
+            r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 8 * i)], [4096, 1], in_align=4096)
         r.kick()
         assert held.in_flight == 4 and r.q.used_idx() == 0
         r.on_loop(r.dev.freeze)

@@ -123,11 +123,11 @@ logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))  # writes past 1 MiB: EFBIG
 from pathlib import Path
-from test_virtio_blk import Rig, B
+from test_virtio_blk import Rig, BS
 for aio in ("off", "io_uring"):
     r = Rig(Path({str(disk)!r}), aio=aio)
-    ok = r.request(B.VIRTIO_BLK_T_OUT, 8, out=b"a" * 4096)[0]
-    bad = [r.request(B.VIRTIO_BLK_T_OUT, 4096, out=b"b" * 4096)[0] for _ in range(20)]
+    ok = r.request(BS.VIRTIO_BLK_T_OUT, 8, out=b"a" * 4096)[0]
+    bad = [r.request(BS.VIRTIO_BLK_T_OUT, 4096, out=b"b" * 4096)[0] for _ in range(20)]
     print("STATUS", aio, ok, set(bad), r.dev.errors.count, flush=True)
     r.close()
 """

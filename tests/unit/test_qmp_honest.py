@@ -25,6 +25,7 @@ from engine.qmp.commands import HANDLERS, REFUSED
 from engine.qmp.control import BlockInfo
 from engine.qmp.server import QmpServer
 from engine.virtio import blk as B
+from engine.virtio import blk_spec as BS
 from engine.virtio.mmio import MmioTransport
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,11 +78,11 @@ def test_block_counters_are_the_devices_own(tmp_path: Path) -> None:
     img.write_bytes(b"\0" * MiB)
     d = Disk(img)
     try:
-        assert d.request(B.VIRTIO_BLK_T_IN, 0, data_in=4096) == 0
-        assert d.request(B.VIRTIO_BLK_T_IN, 8, data_in=512) == 0
-        assert d.request(B.VIRTIO_BLK_T_OUT, 16, out=b"x" * 1024) == 0
-        assert d.request(B.VIRTIO_BLK_T_FLUSH, 0) == 0
-        assert d.request(B.VIRTIO_BLK_T_IN, 1 << 30, data_in=512) == 1  # out of range: invalid
+        assert d.request(BS.VIRTIO_BLK_T_IN, 0, data_in=4096) == 0
+        assert d.request(BS.VIRTIO_BLK_T_IN, 8, data_in=512) == 0
+        assert d.request(BS.VIRTIO_BLK_T_OUT, 16, out=b"x" * 1024) == 0
+        assert d.request(BS.VIRTIO_BLK_T_FLUSH, 0) == 0
+        assert d.request(BS.VIRTIO_BLK_T_IN, 1 << 30, data_in=512) == 1  # out of range: invalid
         c = d.dev.accounting.counters
         assert (c["rd_operations"], c["rd_bytes"]) == (2, 4096 + 512)
         assert (c["wr_operations"], c["wr_bytes"]) == (1, 1024)
@@ -103,7 +104,7 @@ def test_a_write_to_a_read_only_drive_is_counted_invalid(tmp_path: Path) -> None
     img.write_bytes(b"\0" * MiB)
     d = Disk(img, readonly=True)
     try:
-        assert d.request(B.VIRTIO_BLK_T_OUT, 0, out=b"y" * 512) == 1
+        assert d.request(BS.VIRTIO_BLK_T_OUT, 0, out=b"y" * 512) == 1
         c = d.dev.accounting.counters
         assert c["invalid_wr_operations"] == 1 and c["wr_operations"] == 0
     finally:

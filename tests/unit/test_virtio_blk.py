@@ -20,6 +20,7 @@ from virtio_driver import Allocator, Driver, DriverQueue
 from engine.eventloop import EventLoop
 from engine.machine.memory import GuestMemory
 from engine.virtio import blk as B
+from engine.virtio import blk_spec as BS
 from engine.virtio.mmio import MmioTransport
 from launcher.errors import HostError
 
@@ -73,8 +74,8 @@ def test_reads_match_the_file(disk) -> None:
     try:
         assert r.drv.config(0, 8) == len(data) // 512  # capacity in sectors
         for sector, n in ((0, 512), (7, 4096), (8000, 65536), (8191, 512)):
-            status, got, length = r.request(B.VIRTIO_BLK_T_IN, sector, data_in=n)
-            assert status == B.VIRTIO_BLK_S_OK and length == n + 1
+            status, got, length = r.request(BS.VIRTIO_BLK_T_IN, sector, data_in=n)
+            assert status == BS.VIRTIO_BLK_S_OK and length == n + 1
             assert got == data[sector * 512 : sector * 512 + n]
         assert r.dev.stats.requests == 4 and r.dev.stats.bytes_out == 512 + 4096 + 65536 + 512
     finally:
@@ -86,8 +87,8 @@ def test_writes_reach_the_file(disk) -> None:
     r = Rig(path)
     try:
         payload = os.urandom(8192)
-        status, _, length = r.request(B.VIRTIO_BLK_T_OUT, 100, out=payload)
-        assert status == B.VIRTIO_BLK_S_OK and length == 1
+        status, _, length = r.request(BS.VIRTIO_BLK_T_OUT, 100, out=payload)
+        assert status == BS.VIRTIO_BLK_S_OK and length == 1
         assert path.read_bytes()[100 * 512 : 100 * 512 + 8192] == payload
     finally:
         r.close()
@@ -98,11 +99,11 @@ def test_out_of_range_and_unaligned_requests_fail(disk) -> None:
     r = Rig(path)
     try:
         cap = len(data) // 512
-        assert r.request(B.VIRTIO_BLK_T_IN, cap, data_in=512)[0] == B.VIRTIO_BLK_S_IOERR
-        assert r.request(B.VIRTIO_BLK_T_IN, cap - 1, data_in=1024)[0] == B.VIRTIO_BLK_S_IOERR
-        assert r.request(B.VIRTIO_BLK_T_IN, (1 << 64) - 1, data_in=512)[0] == B.VIRTIO_BLK_S_IOERR
-        assert r.request(B.VIRTIO_BLK_T_OUT, 0, out=b"x" * 100)[0] == B.VIRTIO_BLK_S_IOERR
-        assert r.request(99, 0)[0] == B.VIRTIO_BLK_S_UNSUPP
+        assert r.request(BS.VIRTIO_BLK_T_IN, cap, data_in=512)[0] == BS.VIRTIO_BLK_S_IOERR
+        assert r.request(BS.VIRTIO_BLK_T_IN, cap - 1, data_in=1024)[0] == BS.VIRTIO_BLK_S_IOERR
+        assert r.request(BS.VIRTIO_BLK_T_IN, (1 << 64) - 1, data_in=512)[0] == BS.VIRTIO_BLK_S_IOERR
+        assert r.request(BS.VIRTIO_BLK_T_OUT, 0, out=b"x" * 100)[0] == BS.VIRTIO_BLK_S_IOERR
+        assert r.request(99, 0)[0] == BS.VIRTIO_BLK_S_UNSUPP
         assert path.read_bytes() == data
     finally:
         r.close()
@@ -114,7 +115,7 @@ def test_short_header_gets_ioerr(disk) -> None:
         r.q.add([b"\0" * 8], [1])
         r.q.kick()
         (c,) = r.q.collect()
-        assert c.data == bytes([B.VIRTIO_BLK_S_IOERR]) and c.length == 1
+        assert c.data == bytes([BS.VIRTIO_BLK_S_IOERR]) and c.length == 1
     finally:
         r.close()
 
@@ -125,12 +126,12 @@ def test_readonly_disk_refuses_writes_and_stays_unchanged(disk) -> None:
     mtime = path.stat().st_mtime_ns
     r = Rig(path, readonly=True)
     try:
-        assert r.features & 1 << B.VIRTIO_BLK_F_RO
-        assert not r.features & 1 << B.VIRTIO_BLK_F_DISCARD
-        assert r.request(B.VIRTIO_BLK_T_OUT, 0, out=b"\xff" * 4096)[0] == B.VIRTIO_BLK_S_IOERR
+        assert r.features & 1 << BS.VIRTIO_BLK_F_RO
+        assert not r.features & 1 << BS.VIRTIO_BLK_F_DISCARD
+        assert r.request(BS.VIRTIO_BLK_T_OUT, 0, out=b"\xff" * 4096)[0] == BS.VIRTIO_BLK_S_IOERR
         seg = struct.pack("<QII", 0, 8, 0)
-        assert r.request(B.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] != B.VIRTIO_BLK_S_OK
-        assert r.request(B.VIRTIO_BLK_T_IN, 0, data_in=4096)[1] == data[:4096]
+        assert r.request(BS.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] != BS.VIRTIO_BLK_S_OK
+        assert r.request(BS.VIRTIO_BLK_T_IN, 0, data_in=4096)[1] == data[:4096]
     finally:
         r.close()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
@@ -140,8 +141,8 @@ def test_readonly_disk_refuses_writes_and_stays_unchanged(disk) -> None:
 def test_get_id_returns_the_serial(disk) -> None:
     r = Rig(disk[0], serial="SVL-0001")
     try:
-        status, got, length = r.request(B.VIRTIO_BLK_T_GET_ID, 0, data_in=20)
-        assert status == B.VIRTIO_BLK_S_OK and got == b"SVL-0001".ljust(20, b"\0") and length == 21
+        status, got, length = r.request(BS.VIRTIO_BLK_T_GET_ID, 0, data_in=20)
+        assert status == BS.VIRTIO_BLK_S_OK and got == b"SVL-0001".ljust(20, b"\0") and length == 21
     finally:
         r.close()
 
@@ -165,13 +166,13 @@ def test_flush_reaches_the_disk_as_fdatasync(disk) -> None:
         f"""
         import sys, struct
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1] / "support"), str(Path(__file__).parents[2])]!r}
-        from test_virtio_blk import Rig, B
+        from test_virtio_blk import Rig, BS
         from pathlib import Path
         r = Rig(Path({str(path)!r}))
-        assert r.features & 1 << B.VIRTIO_BLK_F_FLUSH
-        r.request(B.VIRTIO_BLK_T_OUT, 0, out=b"a" * 512)
+        assert r.features & 1 << BS.VIRTIO_BLK_F_FLUSH
+        r.request(BS.VIRTIO_BLK_T_OUT, 0, out=b"a" * 512)
         sys.stdout.write("FLUSH-START\\n"); sys.stdout.flush()
-        status = r.request(B.VIRTIO_BLK_T_FLUSH, 0)[0]
+        status = r.request(BS.VIRTIO_BLK_T_FLUSH, 0)[0]
         print("status", status, "fd", r.dev.fd, flush=True)
         """
     )
@@ -193,19 +194,19 @@ def test_direct_io_with_aligned_and_unaligned_guest_buffers(disk) -> None:
     r = Rig(path, direct=True)
     try:
         # Aligned buffers go straight to O_DIRECT preadv.
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 8)], [8192, 1], in_align=4096)
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 8)], [8192, 1], in_align=4096)
         r.q.kick()
         (c,) = r.q.collect()
         assert c.data[:-1] == data[4096 : 4096 + 8192] and c.data[-1] == 0
         assert r.dev.sync._bounce is None
         # Unaligned guest buffers (16-byte aligned) need the bounce buffer, reads and writes.
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 3)], [1536, 1], in_align=16)
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 3)], [1536, 1], in_align=16)
         r.q.kick()
         (c,) = r.q.collect()
         assert c.data[:-1] == data[1536 : 1536 + 1536]
         assert r.dev.sync._bounce is not None
         payload = os.urandom(2048)
-        status, _, _ = r.request(B.VIRTIO_BLK_T_OUT, 5, out=payload)
+        status, _, _ = r.request(BS.VIRTIO_BLK_T_OUT, 5, out=payload)
         assert status == 0
         assert path.read_bytes()[2560 : 2560 + 2048] == payload
         assert path.read_bytes()[:2560] == data[:2560]
@@ -218,10 +219,10 @@ def test_without_discard_the_guest_sees_neither_discard_nor_write_zeroes(disk) -
     blocks = path.stat().st_blocks
     r = Rig(path)
     try:
-        assert not r.features & (1 << B.VIRTIO_BLK_F_DISCARD | 1 << B.VIRTIO_BLK_F_WRITE_ZEROES)
+        assert not r.features & (1 << BS.VIRTIO_BLK_F_DISCARD | 1 << BS.VIRTIO_BLK_F_WRITE_ZEROES)
         seg = struct.pack("<QII", 0, 2048, 0)
-        assert r.request(B.VIRTIO_BLK_T_DISCARD, 0, out=seg)[0] == B.VIRTIO_BLK_S_UNSUPP
-        assert r.request(B.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] == B.VIRTIO_BLK_S_UNSUPP
+        assert r.request(BS.VIRTIO_BLK_T_DISCARD, 0, out=seg)[0] == BS.VIRTIO_BLK_S_UNSUPP
+        assert r.request(BS.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] == BS.VIRTIO_BLK_S_UNSUPP
     finally:
         r.close()
     assert path.read_bytes() == data and path.stat().st_blocks == blocks
@@ -231,21 +232,21 @@ def test_discard_punches_a_hole_and_write_zeroes_zeroes(disk) -> None:
     path, data = disk
     r = Rig(path, discard=True)
     try:
-        if not r.features & 1 << B.VIRTIO_BLK_F_DISCARD:
+        if not r.features & 1 << BS.VIRTIO_BLK_F_DISCARD:
             pytest.skip("file system without punch-hole")
         blocks = path.stat().st_blocks
         seg = struct.pack("<QII", 0, 2048, 0)  # 1 MiB
-        assert r.request(B.VIRTIO_BLK_T_DISCARD, 0, out=seg)[0] == 0
+        assert r.request(BS.VIRTIO_BLK_T_DISCARD, 0, out=seg)[0] == 0
         assert path.stat().st_blocks <= blocks - 2048 + 16
         seg = struct.pack("<QII", 4096, 16, 0)
-        assert r.request(B.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] == 0
+        assert r.request(BS.VIRTIO_BLK_T_WRITE_ZEROES, 0, out=seg)[0] == 0
         now = path.read_bytes()
         assert now[: 1 * MiB] == bytes(MiB)
         assert now[2 * MiB : 2 * MiB + 8192] == bytes(8192)
         assert now[MiB : 2 * MiB] == data[MiB : 2 * MiB]
         assert len(now) == len(data)
         bad = struct.pack("<QII", len(data) // 512, 1, 0)
-        assert r.request(B.VIRTIO_BLK_T_DISCARD, 0, out=bad)[0] == B.VIRTIO_BLK_S_IOERR
+        assert r.request(BS.VIRTIO_BLK_T_DISCARD, 0, out=bad)[0] == BS.VIRTIO_BLK_S_IOERR
     finally:
         r.close()
 
@@ -254,11 +255,11 @@ def test_multiqueue(disk) -> None:
     path, data = disk
     r = Rig(path, num_queues=4)
     try:
-        assert r.features & 1 << B.VIRTIO_BLK_F_MQ
+        assert r.features & 1 << BS.VIRTIO_BLK_F_MQ
         assert r.drv.config(34, 2) == 4
         for i in range(4):
             q = r.drv.queues[i]
-            status, got, _ = r.request(B.VIRTIO_BLK_T_IN, i, data_in=512, q=q)
+            status, got, _ = r.request(BS.VIRTIO_BLK_T_IN, i, data_in=512, q=q)
             assert status == 0 and got == data[i * 512 : (i + 1) * 512]
     finally:
         r.close()
@@ -268,7 +269,7 @@ def test_indirect_descriptors(disk) -> None:
     path, data = disk
     r = Rig(path)
     try:
-        r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, 2)], [512, 512, 1], indirect=True)
+        r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, 2)], [512, 512, 1], indirect=True)
         r.q.kick()
         (c,) = r.q.collect()
         assert c.data[:-1] == data[1024:2048] and c.length == 1025
@@ -287,7 +288,7 @@ def test_iops_throttle_bounds_the_rate_and_never_drops(disk) -> None:
         time.sleep(0.05)  # let the loop create the timer
         t0 = time.monotonic()
         for i in range(n):
-            r.q.add([HDR.pack(B.VIRTIO_BLK_T_IN, 0, i)], [512, 1])
+            r.q.add([HDR.pack(BS.VIRTIO_BLK_T_IN, 0, i)], [512, 1])
         loop.call_soon_threadsafe(lambda: r.t.notify(0))
         done: list = []
         deadline = time.monotonic() + 10

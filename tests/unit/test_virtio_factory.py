@@ -19,7 +19,8 @@ from engine.plan import (
     VsockPlan,
 )
 from engine.virtio.balloon import Balloon
-from engine.virtio.blk import VIRTIO_BLK_F_RO, Blk
+from engine.virtio.blk import Blk
+from engine.virtio.blk_spec import VIRTIO_BLK_F_RO
 from engine.virtio.console import Console
 from engine.virtio.factory import Placeholder, create_device
 from engine.virtio.mmio import MmioTransport
