@@ -17,6 +17,7 @@ from virtio_driver import Allocator, Driver
 
 from engine.machine.memory import GuestMemory
 from engine.virtio import net as N
+from engine.virtio import net_features as NF
 from engine.virtio.mmio import MmioTransport
 from engine.virtio.tap import Tap
 from launcher.errors import HostError
@@ -84,9 +85,9 @@ def test_arp_icmp_and_udp_through_a_tap_in_a_namespace(ns: str) -> None:
     drv = Driver(t, mem, Allocator(0x1000, 16 * MiB))
     try:
         feats = lt.call(drv.start)
-        assert feats & 1 << N.VIRTIO_NET_F_MAC
+        assert feats & 1 << NF.VIRTIO_NET_F_MAC
         assert drv.config_bytes(0, 6) == GUEST_MAC
-        assert drv.config(6, 2) == N.VIRTIO_NET_S_LINK_UP
+        assert drv.config(6, 2) == NF.VIRTIO_NET_S_LINK_UP
         rxq, txq = drv.queues[0], drv.queues[1]
         lt.call(lambda: ([rxq.add([], [2048]) for _ in range(16)], rxq.kick()))
 
@@ -192,14 +193,14 @@ def test_multiqueue_ctrl_vq_pairs_set(ns: str) -> None:
     drv = Driver(t, mem, Allocator(0x1000, 16 * MiB))
     try:
         feats = drv.start()
-        assert feats & 1 << N.VIRTIO_NET_F_MQ and feats & 1 << N.VIRTIO_NET_F_CTRL_VQ
+        assert feats & 1 << NF.VIRTIO_NET_F_MQ and feats & 1 << NF.VIRTIO_NET_F_CTRL_VQ
         assert drv.config(8, 2) == 2 and t.num_queues == 5
         ctrl = drv.queues[4]
-        ctrl.add([struct.pack("<BBH", N.VIRTIO_NET_CTRL_MQ, 0, 2)], [1])
-        ctrl.add([struct.pack("<BBH", N.VIRTIO_NET_CTRL_MQ, 0, 3)], [1])
+        ctrl.add([struct.pack("<BBH", NF.VIRTIO_NET_CTRL_MQ, 0, 2)], [1])
+        ctrl.add([struct.pack("<BBH", NF.VIRTIO_NET_CTRL_MQ, 0, 3)], [1])
         ctrl.kick()
         ok, bad = ctrl.collect()
-        assert ok.data == bytes([N.VIRTIO_NET_OK]) and bad.data == bytes([N.VIRTIO_NET_ERR])
+        assert ok.data == bytes([NF.VIRTIO_NET_OK]) and bad.data == bytes([NF.VIRTIO_NET_ERR])
         assert dev.active_pairs == 2
     finally:
         close_in(ns, t)
@@ -208,9 +209,9 @@ def test_multiqueue_ctrl_vq_pairs_set(ns: str) -> None:
 
 def test_bad_mac_and_missing_vhost_are_clear_errors() -> None:
     with pytest.raises(HostError, match="six hex pairs"):
-        N.parse_mac("52:54:00:zz:00:01")
+        NF.parse_mac("52:54:00:zz:00:01")
     with pytest.raises(HostError, match="multicast"):
-        N.parse_mac("01:00:00:00:00:01")
+        NF.parse_mac("01:00:00:00:00:01")
     if os.path.exists("/dev/vhost-net"):
         pytest.skip("this host has /dev/vhost-net")
     with pytest.raises(HostError, match="/dev/vhost-net does not exist") as e:

@@ -44,6 +44,7 @@ from virtio_driver import Allocator, Driver, HostCost
 
 from engine.machine.memory import GuestMemory
 from engine.virtio import net as N
+from engine.virtio import net_features as NF
 from engine.virtio.mmio import MmioTransport
 from engine.virtio.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN
 
@@ -54,10 +55,10 @@ GUEST_IP, HOST_IP = socket.inet_aton("169.254.78.2"), socket.inet_aton("169.254.
 BIG_RX = 12 + 65550  # what Linux posts per RX chain with GUEST_TSO and no MRG_RXBUF
 SMALL_RX = 12 + 1514
 OFFLOADS_OFF = (
-    1 << N.VIRTIO_NET_F_GUEST_CSUM
-    | 1 << N.VIRTIO_NET_F_GUEST_TSO4
-    | 1 << N.VIRTIO_NET_F_GUEST_TSO6
-    | 1 << N.VIRTIO_NET_F_GUEST_ECN
+    1 << NF.VIRTIO_NET_F_GUEST_CSUM
+    | 1 << NF.VIRTIO_NET_F_GUEST_TSO4
+    | 1 << NF.VIRTIO_NET_F_GUEST_TSO6
+    | 1 << NF.VIRTIO_NET_F_GUEST_ECN
 )
 
 
@@ -152,20 +153,20 @@ MSS_OPTION = struct.pack("!BBH", 2, 4, 1460)
 def test_offloads_are_what_the_guest_acked_and_the_tap_is_told_so(ns) -> None:
     """TUNSETOFFLOAD carries exactly the GUEST_* offloads acked; HOST_* needs no tap flag."""
     all_acked = sum(1 << b for b in (1, 7, 8, 9))
-    assert N.tun_offloads(all_acked) == TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-    assert N.tun_offloads(1 << 1) == TUN_F_CSUM
-    assert N.tun_offloads(1 << 1 | 1 << 9) == TUN_F_CSUM  # ECN without TSO: nothing to mark
-    assert N.tun_offloads(all_acked & ~(1 << 1)) == 0  # no GUEST_CSUM: nothing at all
+    assert NF.tun_offloads(all_acked) == TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+    assert NF.tun_offloads(1 << 1) == TUN_F_CSUM
+    assert NF.tun_offloads(1 << 1 | 1 << 9) == TUN_F_CSUM  # ECN without TSO: nothing to mark
+    assert NF.tun_offloads(all_acked & ~(1 << 1)) == 0  # no GUEST_CSUM: nothing at all
     g = Guest(ns, "f", loop=False)
     try:
         acked = g.start()
         for b in (0, 1, 7, 8, 9, 11, 12, 13):
             assert acked >> b & 1, f"feature {b} offered and acked"
-        assert not acked >> N.VIRTIO_NET_F_MRG_RXBUF & 1, "the Python path gives a frame one chain"
+        assert not acked >> NF.VIRTIO_NET_F_MRG_RXBUF & 1, "the Python path gives a frame one chain"
         # A driver that breaks §5.1.3.1's dependencies is refused at FEATURES_OK.
-        g.drv.negotiate(1 << 32 | 1 << N.VIRTIO_NET_F_GUEST_TSO4)
+        g.drv.negotiate(1 << 32 | 1 << NF.VIRTIO_NET_F_GUEST_TSO4)
         assert not g.drv.features_ok()
-        g.drv.negotiate(1 << 32 | 1 << N.VIRTIO_NET_F_HOST_ECN | 1 << N.VIRTIO_NET_F_CSUM)
+        g.drv.negotiate(1 << 32 | 1 << NF.VIRTIO_NET_F_HOST_ECN | 1 << NF.VIRTIO_NET_F_CSUM)
         assert not g.drv.features_ok()
     finally:
         g.close()
@@ -218,7 +219,7 @@ def test_rx_gso_frames_come_only_when_the_guest_acked_them(ns, offloads: bool) -
     size = BIG_RX if offloads else SMALL_RX
     try:
         acked = g.start(drop=0 if offloads else OFFLOADS_OFF)
-        assert bool(acked >> N.VIRTIO_NET_F_GUEST_TSO4 & 1) == offloads
+        assert bool(acked >> NF.VIRTIO_NET_F_GUEST_TSO4 & 1) == offloads
         g.post_rx(32, size)
         cli = socket_in(ns, socket.SOCK_STREAM)
         cli.settimeout(5)
@@ -269,7 +270,7 @@ def test_tx_drains_every_chain_of_a_kick_with_one_interrupt(ns) -> None:
     sink.settimeout(2)
     try:
         acked = g.start()
-        assert acked >> N.VIRTIO_F_RING_EVENT_IDX & 1
+        assert acked >> NF.VIRTIO_F_RING_EVENT_IDX & 1
         frames = [
             g.to_host(udp(GUEST_IP, HOST_IP, 5555, 6001, b"batch-%03d" % i)) for i in range(64)
         ]
