@@ -14,7 +14,7 @@ import os
 import stat
 
 from launcher.errors import HostError
-from launcher.runtime import SCRATCH, VmDir
+from launcher.runtime_dir import SCRATCH, VmDir
 from launcher.runtime_ended import keep_exit_record
 from launcher.runtime_record import Made
 from launcher.runtime_root import ROOT_LOCK, open_dir, open_root, runtime_root, trust

@@ -14,7 +14,7 @@ import stat
 from typing import Any
 
 from engine.names import is_vm_name
-from launcher.runtime import LAST_EXIT, MAX_STATE_BYTES, VmDir
+from launcher.runtime_dir import LAST_EXIT, MAX_STATE_BYTES, VmDir
 from launcher.runtime_root import open_root, runtime_root
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
