@@ -87,7 +87,8 @@ from launcher import runtime
 from launcher.gitops.desired import build
 from launcher.gitops.live import devices_of, slots_of_plan
 from launcher.gitops.plan import desired_plan
-from launcher.gitops.source import parse_source, snapshot, materialize
+from launcher.gitops.materialize import materialize
+from launcher.gitops.source import parse_source, snapshot
 from launcher.gitops.state import HostState, VmRecord, VmState, gitops_dir, save_state, write_record
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

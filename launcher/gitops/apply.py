@@ -77,7 +77,7 @@ class Applier:
                 self.outcomes[r.name] = Outcome(r.name, r.action, "left", r.skip)
         work = [r for r in self.plan.rows if not r.skip and r.fix != "none"]
         if any(r.fix in ("start", "restart", "live") for r in work):
-            from launcher.gitops.source import materialize
+            from launcher.gitops.materialize import materialize
 
             materialize(self.inputs.desired.snapshot)
         stops = [r for r in work if r.fix in ("stop", "forget")]

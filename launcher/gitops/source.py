@@ -4,9 +4,10 @@ A git source is fetched into a bare repository of svlaunch's own under the runti
 (``.gitops/git/<id>.git``) and read from there with ``ls-tree`` and ``cat-file``: reading a
 revision runs no checkout, so no hook can run (every git command also gets
 ``core.hooksPath=/dev/null``) and no file of the revision is written before the revision was
-validated. ``materialize`` then writes the revision's files into one stable folder per source
-(``.gitops/trees/<id>/``; stable, so that a path relative to a manifest means the same absolute
-path in every revision), file by file with a rename each. A symlink in the tree is kept only
+validated. ``materialize`` (``launcher/gitops/materialize.py``) then writes the revision's
+files into one stable folder per source (``.gitops/trees/<id>/``; stable, so that a path
+relative to a manifest means the same absolute path in every revision), file by file with a
+rename each. A symlink in the tree is kept only
 when it points inside the tree; a manifest that is a symlink is read through the tree, never
 from outside it. A fetch or read that fails raises ``SourceError`` and changes nothing.
 
@@ -18,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import posixpath
 import re
-import stat
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -93,7 +92,7 @@ class Snapshot:
         wanted = list(entries)
         if not self._repo:
             return {e.path: self._content[e.path] for e in wanted}
-        blobs = _cat_blobs(self._repo, [e.blob for e in wanted])
+        blobs = cat_blobs(self._repo, [e.blob for e in wanted])
         return {e.path: blobs[e.blob] for e in wanted}
 
     def file(self, entry: Entry) -> str:
@@ -256,7 +255,7 @@ def _list_tree(snap: Snapshot, commit: str) -> None:
             )
     snap._entries = entries
     links = {p: e for p, e in entries.items() if e.mode == "link"}
-    targets = _cat_blobs(snap._repo, [e.blob for e in links.values()]) if links else {}
+    targets = cat_blobs(snap._repo, [e.blob for e in links.values()]) if links else {}
     for path, entry in sorted(entries.items()):
         if _hidden(path):
             if path == INVENTORY:
@@ -293,7 +292,7 @@ def _through_links(snap: Snapshot, entry: Entry, targets: dict[str, bytes]) -> E
     return entry
 
 
-def _cat_blobs(repo: str, blobs: list[str]) -> dict[str, bytes]:
+def cat_blobs(repo: str, blobs: list[str]) -> dict[str, bytes]:
     """Blob contents by id, through one ``cat-file --batch``."""
     if not blobs:
         return {}
@@ -314,96 +313,6 @@ def _cat_blobs(repo: str, blobs: list[str]) -> dict[str, bytes]:
 
 def _hidden(path: str) -> bool:
     return any(part.startswith(".") for part in path.split("/"))
-
-
-INDEX = ".svlaunch-tree.json"  # in a materialized tree: what svlaunch wrote (path -> blob)
-
-
-def materialize(snap: Snapshot) -> None:
-    """Make ``snap.root`` hold the revision's files (git sources; a folder is its own tree).
-
-    Incremental: a file whose blob is unchanged is left as it is (a running VM may read it); a
-    changed one is written to a scratch name and renamed over; a file of the previous
-    revision that is gone is removed, and only files svlaunch wrote (its index) ever are.
-    """
-    if not snap._repo:
-        return
-    root = Path(snap.root)
-    root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        root.mkdir(mode=0o700)
-    before = _index(root)
-    wanted = {p: e for p, e in snap._entries.items() if _safe(p)}
-    todo = [e for p, e in wanted.items() if before.get(p) != f"{e.mode}:{e.blob}"]
-    for start in range(0, len(todo), 256):
-        chunk = todo[start : start + 256]
-        blobs = _cat_blobs(snap._repo, [e.blob for e in chunk])
-        for e in chunk:
-            _place(root, e, blobs[e.blob])
-    for path in before:
-        if path not in wanted:
-            with contextlib.suppress(OSError):
-                os.unlink(root / path)
-    _write_atomic(root / INDEX, json.dumps({p: f"{e.mode}:{e.blob}" for p, e in wanted.items()}))
-
-
-def _safe(path: str) -> bool:
-    parts = path.split("/")
-    return path != INDEX and all(p not in ("", ".", "..") for p in parts)
-
-
-def _index(root: Path) -> dict[str, str]:
-    try:
-        data = json.loads((root / INDEX).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def _place(root: Path, entry: Entry, content: bytes) -> None:
-    """Write one file of the tree; a folder on the way that is a symlink is never followed."""
-    dest = root.joinpath(*entry.path.split("/"))
-    folder = root
-    for part in entry.path.split("/")[:-1]:
-        folder = folder / part
-        try:
-            st = os.lstat(folder)
-        except FileNotFoundError:
-            os.mkdir(folder, 0o755)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(folder)  # a file or link of an older revision where a folder is now
-            os.mkdir(folder, 0o755)
-    if entry.mode == "link":
-        target = content.decode("utf-8", "surrogateescape")
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), target))
-        if posixpath.isabs(target) or resolved == ".." or resolved.startswith("../"):
-            return  # a link out of the tree is not made (its manifest was refused already)
-        scratch = dest.with_name(f".{dest.name}.svlaunch-new")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(scratch)
-        os.symlink(target, scratch)
-        os.rename(scratch, dest)
-        return
-    _write_atomic(dest, content, 0o755 if entry.mode == "exec" else 0o644)
-
-
-def _write_atomic(path: Path, data: str | bytes, mode: int = 0o600) -> None:
-    raw = data.encode() if isinstance(data, str) else data
-    scratch = path.with_name(f".{path.name}.svlaunch-new")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(scratch)
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(raw)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    if os.path.isdir(path) and not os.path.islink(path):
-        _rmtree(path)
-    os.rename(scratch, path)
 
 
 def _rmtree(path: Path) -> None:

@@ -14,13 +14,8 @@ import pytest
 from gitrepo import Repo, git
 
 from launcher.errors import UsageError
-from launcher.gitops.source import (
-    INDEX,
-    SourceError,
-    materialize,
-    parse_source,
-    snapshot,
-)
+from launcher.gitops.materialize import INDEX, materialize
+from launcher.gitops.source import SourceError, parse_source, snapshot
 
 VM = 'name = "{name}"\n[boot]\nkernel = "/k"\ninitrd = "/i"\n'
 
