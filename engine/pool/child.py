@@ -1,6 +1,6 @@
 """A forked engine's first steps: shed the pool, become the VM's process, run, record the end.
 
-The pool forks twice (``server._make_spare``), ahead of any request: the first child starts a
+The pool forks twice (``spare.fork_spare``), ahead of any request: the first child starts a
 new session and forks the engine, sends the pool the engine's pidfd and exits, so the engine is
 not the pool's child (it survives the pool, and init reaps it). This *spare* closes every
 descriptor of the pool and waits on its channel; the next ``start`` request is handed to it

@@ -12,7 +12,6 @@ later fork cannot carry one VM's data into another. It counts requests, that is 
 from __future__ import annotations
 
 import fcntl
-import gc
 import os
 import select
 import signal
@@ -25,21 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.pool import child, preload, protocol
+from engine.pool.listen import activated_socket, bind_socket, socket_ident
 from engine.pool.protocol import RequestError
+from engine.pool.spare import Spare, close_quietly, fork_spare, start_time
 
 CLIENT_TIMEOUT = 2.0
 TICK = 2.0  # seconds between idle checks (code changed, socket gone, idle exit)
 SPARE_DELAY = 0.05  # quiet seconds after a start before the next spare is forked and warmed
-SD_LISTEN_FDS_START = 3
-
-
-@dataclass
-class Spare:
-    """An engine forked ahead of its request, waiting on ``chan``."""
-
-    pid: int
-    pidfd: int
-    chan: socket.socket
 
 
 @dataclass
@@ -127,7 +118,7 @@ class Pool:
         why = ""
         if self.idle_exit and time.monotonic() - self.last_request > self.idle_exit:
             why = f"idle for {self.idle_exit:g} s"
-        elif self.socket_path and _ident(self.socket_path) != self.socket_id:
+        elif self.socket_path and socket_ident(self.socket_path) != self.socket_id:
             why = f"{self.socket_path} was removed or replaced"
         elif _fingerprint() != self.fingerprint:
             why = "the engine's code changed on disk"
@@ -177,7 +168,7 @@ class Pool:
             reply, out_fds = RequestError("internal", f"pool error: {e!r}").reply(), []
         finally:
             for fd in fds:
-                _close(fd)
+                close_quietly(fd)
         try:
             sock.setblocking(True)
             sock.settimeout(CLIENT_TIMEOUT)
@@ -186,7 +177,7 @@ class Pool:
             pass
         finally:
             for fd in out_fds:
-                _close(fd)
+                close_quietly(fd)
             sock.close()
             self.current = None
             self.last_request = time.monotonic()
@@ -276,7 +267,7 @@ class Pool:
                 protocol.send(spare.chan, message, tuple(fds.values()))
                 break
             except OSError as e:
-                _close(spare.pidfd)
+                close_quietly(spare.pidfd)
                 if attempt == 2:
                     raise RequestError(
                         "fork-failed", f"the spare engine is gone: {e.strerror}"
@@ -284,41 +275,11 @@ class Pool:
             finally:
                 spare.chan.close()
         pid = spare.pid
-        return {"ok": True, "pid": pid, "pid_start": _start_time(pid)}, [spare.pidfd]
+        return {"ok": True, "pid": pid, "pid_start": start_time(pid)}, [spare.pidfd]
 
     def _make_spare(self, *, warm: bool) -> Spare:
-        """Fork the next engine now, off any request's path: twice, so that it is in its own
-        session and re-parented to init (or the nearest subreaper) once the middle process
-        exits. It waits on ``chan`` for its request, or for EOF when the pool goes away."""
-        chan, chan_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        report, report_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        conns = [c.sock for c in self.conns.values()]
-        detach = [self.listener, chan, report, report_w, *conns]
-        sys.stdout.flush()
-        sys.stderr.flush()
-        gc.freeze()  # everything so far is read-only for the children: shared pages stay shared
-        try:
-            middle = os.fork()
-            if middle == 0:
-                _middle(chan_child, detach, report_w, warm)
-            chan_child.close()
-            report_w.close()
-            os.waitpid(middle, 0)
-            report.settimeout(CLIENT_TIMEOUT)
-            try:
-                data, got, _ = protocol.receive(report)
-            except OSError:
-                data, got = b"", []
-        finally:
-            report.close()
-            report_w.close()
-            chan_child.close()
-        if not data or len(got) != 1:
-            for fd in got:
-                _close(fd)
-            chan.close()
-            raise RequestError("fork-failed", "the pool could not fork an engine (see its log)")
-        return Spare(int(data), got[0], chan)
+        """Fork the next engine now, off any request's path (``engine/pool/spare.py``)."""
+        return fork_spare([self.listener, *(c.sock for c in self.conns.values())], warm=warm)
 
     def close(self) -> None:
         """Stop serving. VMs are not ours to stop: they keep running."""
@@ -327,34 +288,16 @@ class Pool:
         self.conns.clear()
         if self.spare is not None:  # EOF on its channel: the spare exits
             self.spare.chan.close()
-            _close(self.spare.pidfd)
+            close_quietly(self.spare.pidfd)
             self.spare = None
-        if self.socket_path and _ident(self.socket_path) == self.socket_id:
+        if self.socket_path and socket_ident(self.socket_path) == self.socket_id:
             try:
                 os.unlink(self.socket_path)
             except OSError:
                 pass
         self.listener.close()
         if self.lock_fd is not None:
-            _close(self.lock_fd)
-
-
-def _middle(chan: socket.socket, detach: list[Any], report_w: socket.socket, warm: bool) -> None:
-    """The middle process: a new session, the spare engine forked from it, its pidfd sent to
-    the pool (taken while the spare is our child: it names that process even if it dies)."""
-    code = 1
-    try:
-        os.setsid()
-        pid = os.fork()
-        if pid == 0:
-            child.spare(chan, detach, warm=warm)
-        pidfd = os.pidfd_open(pid)
-        report_w.sendmsg(
-            [str(pid).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", pidfd))]
-        )
-        code = 0
-    finally:
-        os._exit(code)
+            close_quietly(self.lock_fd)
 
 
 def _check_fds(fds: dict[str, int]) -> None:
@@ -373,29 +316,6 @@ def _check_fds(fds: dict[str, int]) -> None:
             raise RequestError("bad-fds", f"descriptor {name!r} is not open for writing")
 
 
-def _close(fd: int) -> None:
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _ident(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
-
-
 def _fingerprint() -> float:
     """The newest modification time among the engine's sources."""
     newest = 0.0
@@ -405,55 +325,6 @@ def _fingerprint() -> float:
         except OSError:
             pass
     return newest
-
-
-# -- the listening socket ---------------------------------------------------------------------------
-
-
-def activated_socket() -> socket.socket | None:
-    """The socket systemd passed (``LISTEN_FDS``/``LISTEN_PID``), checked; None if none was."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
-    try:
-        count = int(os.environ.get("LISTEN_FDS", "0"))
-    except ValueError:
-        count = 0
-    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(key, None)  # never passed on to an engine
-    if count != 1:
-        raise SystemExit(f"svlaunch-pool: expected one socket from systemd, got {count}")
-    try:
-        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    except OSError as e:
-        raise SystemExit(f"svlaunch-pool: descriptor 3 from systemd: {e.strerror}") from None
-    if (
-        sock.family != socket.AF_UNIX
-        or sock.type != socket.SOCK_SEQPACKET
-        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    ):
-        raise SystemExit(
-            "svlaunch-pool: the socket from systemd must be a listening unix SOCK_SEQPACKET "
-            "socket (ListenSequentialPacket=)"
-        )
-    os.set_inheritable(sock.fileno(), False)
-    return sock
-
-
-def bind_socket(path: str) -> socket.socket:
-    """A fresh listening socket at ``path`` (mode 0600). The caller holds the pool lock, so a
-    socket file already there is a dead pool's."""
-    if os.path.lexists(path):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise SystemExit(f"svlaunch-pool: {path} exists and is not a socket; not touching it")
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    return sock
 
 
 def make_pool(socket_path: str | None, lock_fd: int | None, idle_exit: float) -> Pool:
@@ -466,5 +337,5 @@ def make_pool(socket_path: str | None, lock_fd: int | None, idle_exit: float) ->
         socket_path = None
     pool = Pool(listener, socket_path, lock_fd, idle_exit)
     pool.fingerprint = _fingerprint()
-    pool.socket_id = _ident(socket_path) if socket_path else None
+    pool.socket_id = socket_ident(socket_path) if socket_path else None
     return pool
