@@ -31,6 +31,10 @@ FAILED is OR-ed in at any time; 0 resets. FEATURES_OK sticks only when VIRTIO_F_
 accepted and the device agrees to the feature set. At DRIVER_OK the ready queues are validated
 and the device is activated; any failure, and any later protocol violation the device reports,
 sets DEVICE_NEEDS_RESET and raises a config interrupt instead of raising into the engine.
+
+Here: the registers and the status machine (a vCPU's MMIO exit). The eventfds (kicks in,
+interrupts out) are ``mmio_events.py``, a base class of ``MmioTransport``; the register map is
+``mmio_regs.py``.
 """
 
 from __future__ import annotations
@@ -48,77 +52,46 @@ from engine.virtio.device import (
     VIRTIO_F_VERSION_1,
     VirtioDevice,
 )
+from engine.virtio.mmio_events import MmioEvents, TransportInterrupt
+from engine.virtio.mmio_regs import (
+    CONFIG,
+    CONFIG_GENERATION,
+    DEVICE_FEATURES,
+    DEVICE_FEATURES_SEL,
+    DEVICE_ID,
+    DRIVER_FEATURES,
+    DRIVER_FEATURES_SEL,
+    INTERRUPT_ACK,
+    INTERRUPT_STATUS,
+    MAGIC,
+    MMIO_MAGIC,
+    MMIO_VERSION,
+    QUEUE_ADDR_REGS,
+    QUEUE_NOTIFY,
+    QUEUE_NUM,
+    QUEUE_NUM_MAX,
+    QUEUE_READY,
+    QUEUE_SEL,
+    SHM_LEN_HIGH,
+    SHM_LEN_LOW,
+    STATUS,
+    STATUS_DEVICE_NEEDS_RESET,
+    STATUS_DRIVER,
+    STATUS_DRIVER_OK,
+    STATUS_FAILED,
+    STATUS_FEATURES_OK,
+    VALID_TRANSITIONS,
+    VENDOR,
+    VENDOR_ID,
+    VERSION,
+    WINDOW_SIZE,
+)
 from engine.virtio.queue import Queue, QueueError
 
 log = logging.getLogger(__name__)
 
-MMIO_MAGIC = 0x74726976  # "virt"
-MMIO_VERSION = 2
-VENDOR_ID = 0x4C56_5653  # "SVVL"
 
-STATUS_ACKNOWLEDGE = 0x01
-STATUS_DRIVER = 0x02
-STATUS_DRIVER_OK = 0x04
-STATUS_FEATURES_OK = 0x08
-STATUS_DEVICE_NEEDS_RESET = 0x40
-STATUS_FAILED = 0x80
-
-INT_VRING = 0x1
-INT_CONFIG = 0x2
-
-_A, _D, _F, _K = STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_FEATURES_OK, STATUS_DRIVER_OK
-#: The only status changes a driver may make (besides 0 = reset and OR-ing FAILED).
-VALID_TRANSITIONS = frozenset(
-    {(0, _A), (_A, _A | _D), (_A | _D, _A | _D | _F), (_A | _D | _F, _A | _D | _F | _K)}
-)
-
-# Register offsets.
-MAGIC, VERSION, DEVICE_ID, VENDOR = 0x000, 0x004, 0x008, 0x00C
-DEVICE_FEATURES, DEVICE_FEATURES_SEL = 0x010, 0x014
-DRIVER_FEATURES, DRIVER_FEATURES_SEL = 0x020, 0x024
-QUEUE_SEL, QUEUE_NUM_MAX, QUEUE_NUM, QUEUE_READY, QUEUE_NOTIFY = 0x030, 0x034, 0x038, 0x044, 0x050
-INTERRUPT_STATUS, INTERRUPT_ACK, STATUS = 0x060, 0x064, 0x070
-QUEUE_DESC_LOW, QUEUE_DESC_HIGH = 0x080, 0x084
-QUEUE_DRIVER_LOW, QUEUE_DRIVER_HIGH = 0x090, 0x094
-QUEUE_DEVICE_LOW, QUEUE_DEVICE_HIGH = 0x0A0, 0x0A4
-SHM_LEN_LOW, SHM_LEN_HIGH = 0x0B0, 0x0B4
-CONFIG_GENERATION = 0x0FC
-CONFIG = 0x100
-WINDOW_SIZE = 0x200
-
-_QUEUE_ADDR_REGS = {
-    QUEUE_DESC_LOW: ("desc_addr", 0),
-    QUEUE_DESC_HIGH: ("desc_addr", 32),
-    QUEUE_DRIVER_LOW: ("avail_addr", 0),
-    QUEUE_DRIVER_HIGH: ("avail_addr", 32),
-    QUEUE_DEVICE_LOW: ("used_addr", 0),
-    QUEUE_DEVICE_HIGH: ("used_addr", 32),
-}
-
-
-class _TransportInterrupt:
-    """The ``Interrupt`` a device gets at activation."""
-
-    def __init__(self, transport: MmioTransport) -> None:
-        self._t = transport
-
-    @property
-    def irqfd(self) -> int | None:
-        """The irqfd eventfd (vhost uses it as the vring call fd), if one was set."""
-        return self._t.irqfd
-
-    def signal_used(self, queue_index: int) -> None:
-        self._t.raise_interrupt(INT_VRING)
-
-    def signal_config(self) -> None:
-        self._t.config_generation = (self._t.config_generation + 1) & 0xFFFFFFFF
-        self._t.raise_interrupt(INT_CONFIG)
-
-    def fail(self, reason: str) -> None:
-        self._t.needs_reset(reason)
-
-
-class MmioTransport:
+class MmioTransport(MmioEvents):
     """One virtio-mmio window in front of one ``VirtioDevice``."""
 
     def __init__(self, device: VirtioDevice, mem: GuestMemory) -> None:
@@ -152,15 +125,6 @@ class MmioTransport:
         return len(self.queues)
 
     @property
-    def kernel_kicks(self) -> bool:
-        """True when any queue is served by vhost (prefer the per-queue ``kernel_kick(i)``)."""
-        return bool(self.device.kernel_queues)
-
-    def kernel_kick(self, index: int) -> bool:
-        """True for vhost queues: the kernel consumes that queue's eventfd (and writes the irqfd)."""
-        return index in self.device.kernel_queues
-
-    @property
     def offered_features(self) -> int:
         ring = getattr(
             self.device,
@@ -168,76 +132,6 @@ class MmioTransport:
             1 << VIRTIO_F_RING_INDIRECT_DESC | 1 << VIRTIO_F_RING_EVENT_IDX,
         )
         return self.device.avail_features | ring | 1 << VIRTIO_F_VERSION_1
-
-    # -- interrupts --------------------------------------------------------------------------------
-
-    def set_interrupt(self, target: int | Callable[[], None]) -> None:
-        """An irqfd eventfd (write 1 = edge on the GSI) or a callable that raises the interrupt."""
-        if isinstance(target, int):
-            fd = target
-            self.irqfd = fd
-            self._irq = lambda: os.eventfd_write(fd, 1)
-        else:
-            self.irqfd = None
-            self._irq = target
-
-    def raise_interrupt(self, bits: int) -> None:
-        with self._isr_lock:
-            self._isr |= bits
-        if self._irq is not None:
-            try:
-                self._irq()
-            except OSError as e:
-                log.error("%s: cannot raise interrupt: %s", self.device.name, e)
-
-    def needs_reset(self, reason: str) -> None:
-        """A protocol violation: DEVICE_NEEDS_RESET plus a config interrupt (§2.1.2)."""
-        log.warning("%s: DEVICE_NEEDS_RESET: %s", self.device.name, reason)
-        if self.status & STATUS_DRIVER_OK or self.status & STATUS_FEATURES_OK:
-            self.status |= STATUS_DEVICE_NEEDS_RESET
-            self.raise_interrupt(INT_CONFIG)
-        else:
-            self.status |= STATUS_DEVICE_NEEDS_RESET
-
-    def ack_eventfd(self) -> int:
-        """The eventfd to register as KVM_IOEVENTFD (base+0x64, datamatch=1): see the module doc."""
-        if self._ack_fd is None:
-            self._ack_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        return self._ack_fd
-
-    @property
-    def interrupt_status(self) -> int:
-        isr = self._isr  # one int read: the lock only guards read-modify-writes
-        if (self._ack_fd is not None or self.device.kernel_queues) and (
-            self.status & STATUS_DRIVER_OK
-        ):
-            isr |= INT_VRING
-        return isr
-
-    # -- kicks -------------------------------------------------------------------------------------
-
-    def queue_eventfd(self, index: int) -> int:
-        """The eventfd to register as KVM_IOEVENTFD (datamatch=index) for queue ``index``."""
-        return self._eventfds[index]
-
-    def on_queue_event(self, index: int) -> None:
-        """Loop callback for ``queue_eventfd(index)``: drain it, then ``notify(index)``."""
-        try:
-            os.eventfd_read(self._eventfds[index])
-        except BlockingIOError:
-            return
-        self.notify(index)
-
-    def notify(self, queue_index: int) -> None:
-        """The driver kicked ``queue_index`` (from the device's loop). Never raises."""
-        if not 0 <= queue_index < len(self.queues):
-            log.debug("%s: notify for missing queue %d", self.device.name, queue_index)
-            return
-        if self.kernel_kick(queue_index):
-            os.eventfd_write(self._eventfds[queue_index], 1)
-            return
-        if self.status & STATUS_DRIVER_OK and not self.status & STATUS_DEVICE_NEEDS_RESET:
-            self.device.handle_kick(queue_index)
 
     # -- register access ---------------------------------------------------------------------------
 
@@ -279,8 +173,8 @@ class MmioTransport:
             return self.config_generation
         if offset in (SHM_LEN_LOW, SHM_LEN_HIGH):
             return 0xFFFFFFFF  # no shared memory regions (§4.2.2: length -1 = absent)
-        if offset in _QUEUE_ADDR_REGS and q is not None:
-            attr, shift = _QUEUE_ADDR_REGS[offset]
+        if offset in QUEUE_ADDR_REGS and q is not None:
+            attr, shift = QUEUE_ADDR_REGS[offset]
             return (getattr(q, attr) >> shift) & 0xFFFFFFFF
         return 0
 
@@ -319,7 +213,7 @@ class MmioTransport:
             self.queue_sel = value
         elif offset == STATUS:
             self._write_status(value)
-        elif offset in (QUEUE_NUM, QUEUE_READY) or offset in _QUEUE_ADDR_REGS:
+        elif offset in (QUEUE_NUM, QUEUE_READY) or offset in QUEUE_ADDR_REGS:
             self._write_queue_reg(offset, value)
         else:
             log.debug("%s: write to unknown register %#x", self.device.name, offset)
@@ -373,7 +267,7 @@ class MmioTransport:
         if offset == QUEUE_NUM:
             q.size = value
         else:
-            attr, shift = _QUEUE_ADDR_REGS[offset]
+            attr, shift = QUEUE_ADDR_REGS[offset]
             old = getattr(q, attr)
             setattr(q, attr, (old & ~(0xFFFFFFFF << shift)) | value << shift)
 
@@ -415,7 +309,7 @@ class MmioTransport:
                         q.activate(self.mem, event_idx=event_idx, indirect=indirect)
                     except QueueError as e:
                         raise QueueError(f"queue {i}: {e}") from None
-            self.device.activate(self.mem, self.queues, _TransportInterrupt(self))
+            self.device.activate(self.mem, self.queues, TransportInterrupt(self))
         except Exception as e:
             for q in self.queues:
                 q.deactivate()

@@ -13,13 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.virtio.device import VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC
-from engine.virtio.mmio import (
-    STATUS_DRIVER_OK,
-    STATUS_FAILED,
-    STATUS_FEATURES_OK,
-    MmioTransport,
-    _TransportInterrupt,
-)
+from engine.virtio.mmio import MmioTransport
+from engine.virtio.mmio_events import TransportInterrupt
+from engine.virtio.mmio_regs import STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK
 from engine.virtio.queue import QueueState
 
 
@@ -109,6 +105,6 @@ def restore_transport(t: MmioTransport, st: TransportState, device_state: Any = 
             dev.acked_features = st.driver_features
         dev.frozen = True
         if live:
-            dev.activate(t.mem, t.queues, _TransportInterrupt(t))
+            dev.activate(t.mem, t.queues, TransportInterrupt(t))
             if device_state is not None:
                 dev.restore_state(device_state)

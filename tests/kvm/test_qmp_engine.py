@@ -236,7 +236,7 @@ def test_counters_and_balloon_events_come_from_the_running_devices(tmp_path: Pat
     from engine.plan import BalloonPlan, BlkPlan
     from engine.qmp.server import QmpServer
     from engine.virtio import blk_spec as BS
-    from engine.virtio import mmio
+    from engine.virtio import mmio_regs as R
     from engine.vm import Vm
 
     disk = tmp_path / "disk.img"
@@ -291,7 +291,7 @@ def test_counters_and_balloon_events_come_from_the_running_devices(tmp_path: Pat
             assert (st["wr_operations"], st["wr_bytes"]) == (1, 2048)
             assert st["flush_operations"] == 1 and st["wr_highest_offset"] == 8 * 512 + 2048
             with c.listener("BALLOON_CHANGED") as listener:
-                bdrv.transport.write(mmio.CONFIG + 4, 4, 256)  # the guest now holds 256 pages
+                bdrv.transport.write(R.CONFIG + 4, 4, 256)  # the guest now holds 256 pages
                 ev = await asyncio.wait_for(listener.get(), 5)
             assert ev["data"] == {"actual": plan.memory.size - 256 * 4096}
             assert await c.execute("query-balloon") == {"actual": plan.memory.size - 256 * 4096}

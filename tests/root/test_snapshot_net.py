@@ -21,7 +21,8 @@ from virtio_driver import Allocator, Driver
 from engine.machine.memory import GuestMemory
 from engine.snapshot.codec import from_json, to_json
 from engine.virtio import net as N
-from engine.virtio.mmio import STATUS_DRIVER_OK, MmioTransport
+from engine.virtio.mmio import MmioTransport
+from engine.virtio.mmio_regs import STATUS_DRIVER_OK
 from engine.virtio.mmio_state import restore_transport, transport_state
 from engine.virtio.tap import Tap
 

@@ -15,12 +15,12 @@ import tracemalloc
 from dataclasses import dataclass, field
 
 from engine.machine.memory import GuestMemory
-from engine.virtio import mmio
+from engine.virtio import mmio, mmio_regs
 from engine.virtio.device import VIRTIO_F_VERSION_1
 from engine.virtio.queue import VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 
 DESC = struct.Struct("<QIHH")
-S = mmio
+S = mmio_regs
 
 
 class Allocator:

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from engine.machine.memory import GuestMemory
 from engine.virtio.chain import DescriptorChain
-from engine.virtio.mmio import INT_CONFIG, INT_VRING, MmioTransport
+from engine.virtio.mmio import MmioTransport
+from engine.virtio.mmio_regs import INT_CONFIG, INT_VRING
 from engine.virtio.queue import MAX_CHAIN_BUFFERS, MAX_INDIRECT_ENTRIES, Queue
 
 DESC = struct.Struct("<QIHH")

@@ -9,6 +9,7 @@ from virtio_driver import Allocator, Driver
 
 from engine.machine.memory import GuestMemory
 from engine.virtio import mmio as M
+from engine.virtio import mmio_regs as R
 from engine.virtio.device import VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_VERSION_1, VirtioDevice
 
 MiB = 1 << 20
@@ -57,16 +58,16 @@ def setup():
 
 def test_identity_registers(setup) -> None:
     t, dev, drv, _ = setup
-    assert drv.r(M.MAGIC) == 0x74726976
-    assert drv.r(M.VERSION) == 2
-    assert drv.r(M.DEVICE_ID) == 42
+    assert drv.r(R.MAGIC) == 0x74726976
+    assert drv.r(R.VERSION) == 2
+    assert drv.r(R.DEVICE_ID) == 42
     feats = drv.device_features()
     assert feats >> VIRTIO_F_VERSION_1 & 1 and feats & 1 << 3
-    drv.w(M.QUEUE_SEL, 1)
-    assert drv.r(M.QUEUE_NUM_MAX) == 8
-    drv.w(M.QUEUE_SEL, 2)
-    assert drv.r(M.QUEUE_NUM_MAX) == 0
-    assert t.read(M.MAGIC, 2) == 0  # registers are 32-bit only
+    drv.w(R.QUEUE_SEL, 1)
+    assert drv.r(R.QUEUE_NUM_MAX) == 8
+    drv.w(R.QUEUE_SEL, 2)
+    assert drv.r(R.QUEUE_NUM_MAX) == 0
+    assert t.read(R.MAGIC, 2) == 0  # registers are 32-bit only
     assert t.num_queues == 2 and t.device is dev
 
 
@@ -79,19 +80,19 @@ def test_echo_round_trip_and_interrupt(setup) -> None:
     (c,) = q.collect()
     assert c.data == b"hello world" and c.length == 11
     assert drv.interrupts == 1
-    assert drv.ack_interrupt() == M.INT_VRING
-    assert drv.r(M.INTERRUPT_STATUS) == 0
+    assert drv.ack_interrupt() == R.INT_VRING
+    assert drv.r(R.INTERRUPT_STATUS) == 0
 
 
 def test_invalid_status_transitions_are_ignored(setup) -> None:
     _t, _, drv, _ = setup
-    drv.w(M.STATUS, M.STATUS_DRIVER_OK)
+    drv.w(R.STATUS, R.STATUS_DRIVER_OK)
     assert drv.status == 0
-    drv.w(M.STATUS, M.STATUS_ACKNOWLEDGE)
-    drv.w(M.STATUS, M.STATUS_ACKNOWLEDGE | M.STATUS_FEATURES_OK)  # skipped DRIVER
-    assert drv.status == M.STATUS_ACKNOWLEDGE
-    drv.w(M.STATUS, M.STATUS_ACKNOWLEDGE | M.STATUS_FAILED)
-    assert drv.status & M.STATUS_FAILED
+    drv.w(R.STATUS, R.STATUS_ACKNOWLEDGE)
+    drv.w(R.STATUS, R.STATUS_ACKNOWLEDGE | R.STATUS_FEATURES_OK)  # skipped DRIVER
+    assert drv.status == R.STATUS_ACKNOWLEDGE
+    drv.w(R.STATUS, R.STATUS_ACKNOWLEDGE | R.STATUS_FAILED)
+    assert drv.status & R.STATUS_FAILED
 
 
 def test_features_ok_needs_version_1(setup) -> None:
@@ -104,8 +105,8 @@ def test_features_ok_needs_version_1(setup) -> None:
 
 def test_driver_features_only_in_driver_state(setup) -> None:
     _, dev, drv, _ = setup
-    drv.w(M.DRIVER_FEATURES_SEL, 1)
-    drv.w(M.DRIVER_FEATURES, 1)  # status 0: ignored
+    drv.w(R.DRIVER_FEATURES_SEL, 1)
+    drv.w(R.DRIVER_FEATURES, 1)  # status 0: ignored
     drv.negotiate(want=0, drop=0)
     assert not drv.features_ok()  # nothing (not even VERSION_1) was accepted
     acked = drv.negotiate(want=1 << VIRTIO_F_VERSION_1 | 1 << 50)
@@ -115,26 +116,26 @@ def test_driver_features_only_in_driver_state(setup) -> None:
 
 def test_queue_registers_locked_after_features_ok_window(setup) -> None:
     _, _, drv, _ = setup
-    drv.w(M.QUEUE_SEL, 0)
-    drv.w(M.QUEUE_NUM, 16)  # status 0: ignored
+    drv.w(R.QUEUE_SEL, 0)
+    drv.w(R.QUEUE_NUM, 16)  # status 0: ignored
     drv.start()
     q = drv.transport.queues[0]
     assert q.size == 64 and q.ready
-    drv.w(M.QUEUE_NUM, 16)  # after DRIVER_OK: ignored
+    drv.w(R.QUEUE_NUM, 16)  # after DRIVER_OK: ignored
     assert q.size == 64
 
 
 def test_bad_ring_at_queue_ready_sets_needs_reset(setup) -> None:
     _t, _, drv, _ = setup
     drv.negotiate()
-    drv.w(M.QUEUE_SEL, 0)
-    drv.w(M.QUEUE_NUM, 64)
-    drv.w(M.QUEUE_DESC_LOW, 0x1000)
-    drv.w(M.QUEUE_DESC_HIGH, 0x10)  # far outside RAM
-    drv.w(M.QUEUE_READY, 1)
-    assert drv.r(M.QUEUE_READY) == 0
-    assert drv.status & M.STATUS_DEVICE_NEEDS_RESET
-    assert drv.r(M.INTERRUPT_STATUS) & M.INT_CONFIG
+    drv.w(R.QUEUE_SEL, 0)
+    drv.w(R.QUEUE_NUM, 64)
+    drv.w(R.QUEUE_DESC_LOW, 0x1000)
+    drv.w(R.QUEUE_DESC_HIGH, 0x10)  # far outside RAM
+    drv.w(R.QUEUE_READY, 1)
+    assert drv.r(R.QUEUE_READY) == 0
+    assert drv.status & R.STATUS_DEVICE_NEEDS_RESET
+    assert drv.r(R.INTERRUPT_STATUS) & R.INT_CONFIG
 
 
 def test_activation_failure_sets_needs_reset() -> None:
@@ -144,8 +145,8 @@ def test_activation_failure_sets_needs_reset() -> None:
     drv.negotiate()
     drv.setup_queue(0)
     drv.driver_ok()
-    assert drv.status & M.STATUS_DEVICE_NEEDS_RESET
-    assert drv.interrupts == 1 and drv.ack_interrupt() == M.INT_CONFIG
+    assert drv.status & R.STATUS_DEVICE_NEEDS_RESET
+    assert drv.interrupts == 1 and drv.ack_interrupt() == R.INT_CONFIG
     t.close()
 
 
@@ -155,7 +156,7 @@ def test_broken_avail_index_needs_reset_without_raising(setup) -> None:
     q = drv.queues[0]
     q.set_avail_idx(1000)
     t.notify(0)  # must not raise
-    assert drv.status & M.STATUS_DEVICE_NEEDS_RESET
+    assert drv.status & R.STATUS_DEVICE_NEEDS_RESET
     assert dev.broken and dev.stats.errors == 1
     t.notify(0)  # further kicks are ignored
     assert dev.stats.errors == 1
@@ -182,13 +183,13 @@ def test_reset_clears_state_and_generation_is_monotonic(setup) -> None:
     t, dev, drv, _ = setup
     drv.start()
     dev.interrupt.signal_config()
-    gen = drv.r(M.CONFIG_GENERATION)
+    gen = drv.r(R.CONFIG_GENERATION)
     assert gen == 1
-    drv.w(M.STATUS, 0)
+    drv.w(R.STATUS, 0)
     assert drv.status == 0 and dev.resets == 1 and not dev.active
     assert not t.queues[0].ready and t.queues[0].size == 64
-    assert drv.r(M.CONFIG_GENERATION) == gen
-    assert drv.r(M.INTERRUPT_STATUS) == 0
+    assert drv.r(R.CONFIG_GENERATION) == gen
+    assert drv.r(R.INTERRUPT_STATUS) == 0
 
 
 def test_config_space_widths_and_write_permission(setup) -> None:
@@ -198,11 +199,11 @@ def test_config_space_widths_and_write_permission(setup) -> None:
     assert drv.config(4, 4) == 0x08070605
     assert drv.config(0, 8) == 0x0807060504030201
     assert drv.config(6, 4) == 0x0807  # past the end reads zero
-    assert t.read(M.CONFIG, 3) == 0
-    t.write(M.CONFIG, 1, 0xAA)  # status 0: not allowed
+    assert t.read(R.CONFIG, 3) == 0
+    t.write(R.CONFIG, 1, 0xAA)  # status 0: not allowed
     assert drv.config(0, 1) == 1
     drv.negotiate()
-    t.write(M.CONFIG, 1, 0xAA)
+    t.write(R.CONFIG, 1, 0xAA)
     assert drv.config(0, 1) == 0xAA
 
 

@@ -23,6 +23,7 @@ from virtio_driver import Allocator, Driver, HostCost
 
 from engine.machine.memory import GuestMemory, GuestRegion
 from engine.virtio import mmio as M
+from engine.virtio import mmio_regs as R
 from engine.virtio.blk import Blk
 from engine.virtio.device import VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC
 from engine.virtio.queue import Queue, QueueError
@@ -209,12 +210,12 @@ class BlkEnv:
         placed = rng.random() < 0.05
         if placed:
             desc, avail, used = (interesting_addr(rng) for _ in range(3))
-        drv.w(M.QUEUE_SEL, 0)
-        drv.w(M.QUEUE_NUM, size if rng.random() < 0.97 else rng.randrange(1 << 16))
+        drv.w(R.QUEUE_SEL, 0)
+        drv.w(R.QUEUE_NUM, size if rng.random() < 0.97 else rng.randrange(1 << 16))
         for reg, addr in (
-            (M.QUEUE_DESC_LOW, desc),
-            (M.QUEUE_DRIVER_LOW, avail),
-            (M.QUEUE_DEVICE_LOW, used),
+            (R.QUEUE_DESC_LOW, desc),
+            (R.QUEUE_DRIVER_LOW, avail),
+            (R.QUEUE_DEVICE_LOW, used),
         ):
             drv.w(reg, addr & 0xFFFFFFFF)
             drv.w(reg + 4, addr >> 32 & 0xFFFFFFFF)
@@ -223,7 +224,7 @@ class BlkEnv:
         except Exception:
             pass
         self.mem.write_u16(RING_BASE + 0x4002, avail_idx(rng, size, 0))
-        drv.w(M.QUEUE_READY, 1)
+        drv.w(R.QUEUE_READY, 1)
         drv.driver_ok()  # activation kicks the queue once
         for _ in range(rng.randrange(3)):
             self.mem.write_u16(
@@ -231,11 +232,11 @@ class BlkEnv:
             )
             t.notify(0)
         if rng.random() < 0.2:
-            t.write(M.QUEUE_NOTIFY, 4, rng.randrange(3))
+            t.write(R.QUEUE_NOTIFY, 4, rng.randrange(3))
         if (
             not placed
-            and t.status & M.STATUS_DRIVER_OK
-            and not t.status & M.STATUS_DEVICE_NEEDS_RESET
+            and t.status & R.STATUS_DRIVER_OK
+            and not t.status & R.STATUS_DEVICE_NEEDS_RESET
         ):
             used_idx = self.mem.read_u16(RING_BASE + 0x6002)
             assert used_idx == t.queues[0].next_used, f"seed {seed}"
