@@ -4,6 +4,9 @@ The guest is hostile. This file holds every check the device makes on the rings 
 descriptor chains, each next to the section of the virtio 1.2 specification it enforces;
 docs/virtio.md lists them in one table. The queue never touches KVM, files or threads, and
 reaches guest memory only through ``GuestMemory``, which bounds-checks every access again.
+The device's own side of the rings (writing used entries, EVENT_IDX and NO_INTERRUPT, giving a
+chain back, snapshot state) is ``queue_ring.py``, a base class of ``Queue``: it checks no guest
+value, so this file is the whole validator.
 
 Two outcomes for a broken driver:
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
 from itertools import compress
 from typing import TypeVar
 
@@ -37,6 +39,7 @@ from engine.virtio.chain import (
     VIRTQ_DESC_F_WRITE,
     DescriptorChain,
 )
+from engine.virtio.queue_ring import U16, VIRTQ_AVAIL_F_NO_INTERRUPT, QueueState, UsedRing
 
 __all__ = [
     "MAX_CHAIN_BUFFERS",
@@ -50,11 +53,10 @@ __all__ = [
     "DescriptorChain",
     "Queue",
     "QueueError",
+    "QueueState",
 ]
 
 log = logging.getLogger(__name__)
-
-VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 
 #: §2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
 MAX_QUEUE_SIZE = 32768
@@ -64,8 +66,6 @@ MAX_QUEUE_SIZE = 32768
 MAX_INDIRECT_ENTRIES = MAX_CHAIN_BUFFERS
 
 _DESC = struct.Struct("<QIHH")  # §2.7.5 struct virtq_desc: addr, len, flags, next
-_U16 = struct.Struct("<H")
-_USED_ELEM = struct.Struct("<II")  # §2.7.8 struct virtq_used_elem: id, len
 _CHAIN_LIMIT = 1 << 32
 _WRITE_BIT = bytes(b & VIRTQ_DESC_F_WRITE for b in range(256))  # a bytes.translate table
 _C = TypeVar("_C", list[int], bytes)
@@ -79,21 +79,7 @@ class ChainError(Exception):
     """One malformed descriptor chain: that request fails, the queue goes on."""
 
 
-@dataclass(frozen=True, slots=True)
-class QueueState:
-    """A queue's registers and ring positions, as a snapshot keeps them (engine/snapshot/)."""
-
-    size: int
-    ready: bool
-    desc_addr: int
-    avail_addr: int
-    used_addr: int
-    next_avail: int
-    next_used: int
-    signalled_used: int
-
-
-class Queue:
+class Queue(UsedRing):
     """One split virtqueue: register state written by the transport, ring processing for devices.
 
     Usage by a device: ``while (chain := q.pop()) is not None: ...; q.add_used(chain, n)``, then
@@ -174,7 +160,7 @@ class Queue:
 
     def avail_idx(self) -> int:
         assert self._mem is not None
-        return self._mem.read_struct(self.avail_addr + 2, _U16)[0]
+        return self._mem.read_struct(self.avail_addr + 2, U16)[0]
 
     def pending(self) -> int:
         """Chains the driver has made available and the device has not popped yet."""
@@ -203,7 +189,7 @@ class Queue:
             if self.pending() == 0 and not self._enable_notification():
                 return None
             slot = self.avail_addr + 4 + 2 * (self.next_avail % self.size)
-            head = mem.read_struct(slot, _U16)[0]
+            head = mem.read_struct(slot, U16)[0]
             self.next_avail = (self.next_avail + 1) & 0xFFFF
             # §2.7.6: a ring entry "refers to the head of a descriptor chain", an index into the
             # descriptor table of ``size`` entries.
@@ -217,49 +203,6 @@ class Queue:
                 self.errors += 1
                 log.debug("virtqueue: dropping descriptor chain %d: %s", head, e)
                 self._put_used(head, 0)
-
-    def snapshot_state(self) -> QueueState:
-        return QueueState(
-            self.size,
-            self.ready,
-            self.desc_addr,
-            self.avail_addr,
-            self.used_addr,
-            self.next_avail,
-            self.next_used,
-            self._signalled_used,
-        )
-
-    def restore_state(
-        self,
-        st: QueueState,
-        mem: GuestMemory | None = None,
-        *,
-        event_idx: bool = False,
-        indirect: bool = False,
-    ) -> None:
-        """Registers and ring positions from a snapshot. With ``mem`` (the device was at
-        DRIVER_OK) a ready queue is activated too, through the same ring checks as a driver's
-        (``QueueError`` when the saved placement is not valid in this guest's RAM)."""
-        self.reset()
-        self.size, self.ready = st.size, st.ready
-        self.desc_addr, self.avail_addr, self.used_addr = st.desc_addr, st.avail_addr, st.used_addr
-        self.next_avail, self.next_used = st.next_avail & 0xFFFF, st.next_used & 0xFFFF
-        if mem is not None and st.ready:
-            self.activate(mem, event_idx=event_idx, indirect=indirect)
-        self._signalled_used = st.signalled_used & 0xFFFF
-
-    def undo_pop(self) -> None:
-        """Give the last popped chain back (a device that cannot serve it yet, e.g. net RX)."""
-        self.next_avail = (self.next_avail - 1) & 0xFFFF
-
-    def _enable_notification(self) -> bool:
-        """Ask for kicks again; True when chains arrived meanwhile (pop must look again)."""
-        if not self.event_idx or self._mem is None:
-            return False
-        # §2.7.10: with EVENT_IDX the driver kicks once avail.idx passes used.avail_event.
-        self._mem.write_struct(self.used_addr + 4 + 8 * self.size, _U16, self.next_avail)
-        return self.pending() > 0
 
     # -- the descriptor chain validator ----------------------------------------------------------------
 
@@ -321,50 +264,6 @@ class Queue:
         # §2.7.5.3.2: the device ignores WRITE on this descriptor. One read: what the walk
         # checks is what the device uses, whatever the driver writes there meanwhile.
         return _Table(mem.read(addr, length))
-
-    # -- used side ---------------------------------------------------------------------------------
-
-    def add_used(self, chain: DescriptorChain, length: int) -> None:
-        """Return ``chain`` with ``length`` bytes written (clamped to its writable length).
-
-        §2.7.8.2: the device "MUST write at least len bytes": a used length past the writable
-        buffers would tell the driver that memory it never offered was filled.
-        """
-        if not 0 <= length <= chain.writable_len:
-            log.error(
-                "virtqueue: used length %d > writable %d (device bug)", length, chain.writable_len
-            )
-            length = max(0, min(length, chain.writable_len))
-        self._put_used(chain.head, length)
-
-    def _put_used(self, head: int, length: int) -> None:
-        mem = self._mem
-        if mem is None:
-            return
-        slot = self.used_addr + 4 + 8 * (self.next_used % self.size)
-        self.next_used = (self.next_used + 1) & 0xFFFF
-        # §2.7.8.2: "The device MUST set len prior to updating the used idx".
-        mem.write_struct(slot, _USED_ELEM, head, length)
-        mem.write_struct(self.used_addr + 2, _U16, self.next_used)
-
-    def needs_notification(self) -> bool:
-        """Whether the driver wants an interrupt for the used entries added since the last one."""
-        mem = self._mem
-        if mem is None:
-            return False
-        new = self.next_used
-        if self.event_idx:
-            # §2.7.7.2: notify when used.idx passes avail.used_event (vring_need_event).
-            old = self._signalled_used
-            self._signalled_used = new
-            used_event = mem.read_struct(self.avail_addr + 4 + 2 * self.size, _U16)[0]
-            return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
-        if self._signalled_used == new:
-            return False
-        self._signalled_used = new
-        # §2.7.7.2: without EVENT_IDX, flags bit 0 (NO_INTERRUPT) asks for no notification.
-        flags = mem.read_struct(self.avail_addr, _U16)[0]
-        return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
 
 
 class _Table:
