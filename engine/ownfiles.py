@@ -223,17 +223,29 @@ def tap_hold(ifname: str, netns: str | None = None) -> str:
     return os.path.join(netns, ifname) if netns else os.path.join("/sys/class/net", ifname)
 
 
+def vsock_hold(guest_cid: int) -> str:
+    """The held path that stands for a vsock guest CID: vhost-vsock's CIDs are one namespace
+    per host (the kernel refuses a second VM's CID only when its guest starts the device)."""
+    return f"/dev/vhost-vsock/cid-{guest_cid}"
+
+
 def plan_made_paths(plan: Any) -> list[tuple[str, str]]:
     """(absolute path, role) of every host path the VM of ``plan`` creates or writes, that a
     second running VM must not use: QMP and listening chardev sockets ("socket"), file chardevs
-    and the pidfile ("file"), writable drives ("drive"), and taps by name ("tap", ``tap_hold``:
-    Linux lets a second process attach to a multi-queue tap, so two VMs would share it)."""
+    and the pidfile ("file"), writable drives ("drive"), taps by name ("tap", ``tap_hold``:
+    Linux lets a second process attach to a multi-queue tap, so two VMs would share it) and
+    vsock guest CIDs ("vsock", ``vsock_hold``)."""
     out: list[tuple[str, str]] = [(q, "socket") for q in plan.qmp]
     netns = plan.sandbox.netns if plan.sandbox is not None else None
     out += [
         (tap_hold(d.ifname, netns), "tap")
         for d in plan.devices
         if getattr(d, "kind", "") == "net" and getattr(d, "ifname", None)
+    ]
+    out += [
+        (vsock_hold(d.guest_cid), "vsock")
+        for d in plan.devices
+        if getattr(d, "kind", "") == "vsock"
     ]
     for c in plan_chardevs(plan):
         if c.path and c.backend == "socket" and c.server:

@@ -168,10 +168,14 @@ def check_holds(vm: VmDir, holds: list[tuple[str, str]], root: int) -> None:
     for path, role in holds:
         for name, theirs in owners:
             if any(_same_path(path, p) for p, _ in theirs):
-                what = f"tap {os.path.basename(path)}" if role == "tap" else f"{path} ({role})"
+                what = {
+                    "tap": f"tap {os.path.basename(path)}",
+                    "vsock": f"vsock guest CID {os.path.basename(path).removeprefix('cid-')}",
+                }.get(role, f"{path} ({role})")
                 raise HostError(
                     f"{what} belongs to the running VM {name!r}",
-                    hint="give each VM its own sockets, pidfile, chardev files, disks and taps",
+                    hint="give each VM its own sockets, pidfile, chardev files, disks, taps "
+                    "and vsock CIDs",
                 )
         if role != "socket":
             continue

@@ -220,6 +220,7 @@ RULES: dict[str, tuple[str, str]] = {
         "host",
         "A tap device is missing and cannot be created, or a running VM holds it.",
     ),
+    "host-vsock": ("host", "The vsock guest CID is held by another running VM."),
     "host-hugetlbfs": ("host", "memory.path is not on a hugetlbfs mount (warning)."),
     "host-numa": ("host", "A host NUMA node named by the manifest does not exist."),
     "host-vhost": ("host", "A vhost device (/dev/vhost-net, /dev/vhost-vsock) is missing."),

@@ -341,6 +341,20 @@ class _Checks:
             dev = os.path.join(self.host.dev, "vhost-vsock")
             if not os.path.exists(dev):
                 self.add("host-vhost", ("vsock",), f"{dev} is missing", "modprobe vhost_vsock")
+        if v is not None:
+            from engine.ownfiles import vsock_hold
+
+            held = vsock_hold(v.guest_cid)
+            other = next(
+                (r for r in self.running() if r.name != self.man.name and held in r.vsock), None
+            )
+            if other is not None:
+                self.add(
+                    "host-vsock",
+                    ("vsock", "guest_cid"),
+                    f"vsock guest CID {v.guest_cid} belongs to the running VM {other.name!r}",
+                    "give each VM its own guest_cid (3 and up), or stop that VM",
+                )
 
 
 @dataclass(frozen=True)
@@ -348,6 +362,7 @@ class _RunningVm:
     name: str
     pids: tuple[int, ...]  # the process svlaunch started first, then the engine inside a sandbox
     taps: frozenset[str]  # its held taps (``engine.ownfiles.tap_hold``)
+    vsock: frozenset[str] = frozenset()  # its held guest CID (``engine.ownfiles.vsock_hold``)
 
 
 def _running_vms() -> list[_RunningVm]:
@@ -364,8 +379,10 @@ def _running_vms() -> list[_RunningVm]:
         if meta is None:
             continue
         pids = (meta.pid,) + ((meta.engine_pid,) if meta.engine_pid else ())
-        taps = frozenset(p for p, role in record.holds if role == "tap") if record else frozenset()
-        out.append(_RunningVm(meta.name, pids, taps))
+        holds = record.holds if record else []
+        taps = frozenset(p for p, role in holds if role == "tap")
+        vsock = frozenset(p for p, role in holds if role == "vsock")
+        out.append(_RunningVm(meta.name, pids, taps, vsock))
     return out
 
 
