@@ -29,6 +29,8 @@ RUNTIME: dict[str, str] = {
     "rt_sigprocmask": "glibc blocks signals around critical sections",
     "rt_sigaction": "signal.signal, and CPython restores handlers at exit",
     "rt_sigreturn": "return from a signal handler (SIGINT/SIGTERM, vCPU kick)",
+    "restart_syscall": "the kernel resumes a sleep with a timeout (the GIL's futex wait, "
+    "nanosleep, poll) that a signal or io_uring's task work interrupted",
     "getpid": "CPython checks the pid (fork safety, logging)",
     "gettid": "threading.get_native_id, logging",
     "clock_gettime": "time.monotonic when the vDSO is not used",
