@@ -135,11 +135,14 @@ def run_mode(
         manifest.write_text(manifest_text(setup, kernel, initrd, tools, cmdline))
         env = " ".join(shlex.quote(e) for e in a.engine_env)
         log = f"/run/svlaunch/rig-blk-{setup.aio}.last.log"
+        # a VMM whose guest stops making progress (a lost interrupt, a hung job) is ended after
+        # this long, so the other runs still report (SVRUN-end shows 124 or 143)
+        bound = f"timeout {a.run_timeout or 240 + 4 * len(jobs) * (a.runtime + a.ramp)}"
         cmds = {
             # the engine's log (warnings, SVLAUNCH_EXIT_STATS) after the run, marked
-            "builtin": f"{env} python3 -m launcher.cli up {manifest}; rc=$?; "
+            "builtin": f"{env} {bound} python3 -m launcher.cli up {manifest}; rc=$?; "
             f"sed 's/^/engine-log| /' {log} 2>/dev/null; rm -f {log}; (exit $rc)",
-            "qemu": shlex.join(qemu_argv(setup, kernel, initrd, tools, cmdline)),
+            "qemu": f"{bound} " + shlex.join(qemu_argv(setup, kernel, initrd, tools, cmdline)),
         }
         runs = []
         profiles: dict[str, Path] = {}
@@ -156,7 +159,7 @@ def run_mode(
                     plan = f"/tmp/plan-{setup.aio}-{label}.json"
                     cmd = (
                         f"python3 -m launcher.cli plan {manifest} > {plan} && {env} "
-                        f"SVLAUNCH_EXIT_STATS=1 SVLAUNCH_BLK_STATS=1 {a.profile} record "
+                        f"SVLAUNCH_EXIT_STATS=1 SVLAUNCH_BLK_STATS=1 {bound} {a.profile} record "
                         f"--nonblocking -r 20 -f raw -o {prof} -- python3 -m engine run "
                         f"--plan {plan} 2>&1 | sed 's/^/engine-log| /'"
                     )
@@ -263,7 +266,12 @@ def main(argv: list[str]) -> int:
         help="run the builtin engine under py-spy in L1 (and SVLAUNCH_EXIT_STATS=1, "
         "SVLAUNCH_BLK_STATS=1): collapsed stacks in build/rig-blk/profile-*.txt, a summary here",
     )
-    p.add_argument("--timeout", type=float, default=3000)
+    p.add_argument("--timeout", type=float, default=3000, help="seconds for each L1 run")
+    p.add_argument(
+        "--run-timeout",
+        type=int,
+        help="seconds for each VMM boot in L1 (default: 240 + 4 x the jobs' fio time)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the VMMs' other output")
     p.add_argument("--save", action="store_true", help="also write bench/results/rig_blk-DATE.txt")
     a = p.parse_args(argv)
