@@ -218,8 +218,10 @@ def run_mode(
     for job in jobs:
         b = [r[job.name] for r in results.get("builtin", []) if job.name in r]
         qv = [r[job.name] for r in results.get("qemu", []) if job.name in r]
-        if not b or not qv:
-            say(f"   {job.label:34s} {job.unit:>5s} {'-':>9s} {'-':>9s}")
+        if not b or not qv:  # one side failed: the other's figures still print
+            one = [f"{statistics.median(x.value for x in v):9.1f}" if v else f"{'-':>9s}"
+                   for v in (b, qv)]  # fmt: skip
+            say(f"   {job.label:34s} {job.unit:>5s} {one[0]} {one[1]}")
             continue
         bm = statistics.median(x.value for x in b)
         qm = statistics.median(x.value for x in qv)
