@@ -11,16 +11,15 @@ methods (no wrapper, no extra call on the data path).
 from __future__ import annotations
 
 import errno
+import struct
 import time
 
 from engine.io import FLUSH, READ, WRITE, IoRequest
 from engine.virtio.blk_accounting import BlkAccounting
 from engine.virtio.blk_errors import BlkProfile, ErrorLog
 from engine.virtio.blk_spec import (
-    HDR,
     ID_BYTES,
     SECTOR,
-    SEG,
     VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK,
     VIRTIO_BLK_S_UNSUPP,
@@ -41,6 +40,11 @@ from engine.virtio.iov import (
     fallocate,
 )
 from engine.virtio.queue import DescriptorChain
+
+#: defined here, not imported: ``_HDR.unpack`` then compiles to LOAD_METHOD (no bound method
+#: per request), as before the split
+_HDR = struct.Struct("<IIQ")  # §5.2.6 struct virtio_blk_req: type, reserved, sector
+_SEG = struct.Struct("<QII")  # discard / write-zeroes segment: sector, num_sectors, flags
 
 #: request type -> QEMU accounting kind (write-zeroes is a write, discard an unmap, as QEMU)
 _ACCOUNTED = {
@@ -92,10 +96,10 @@ class BlkRequests(VirtioDevice):
             self.stats.errors += 1
             self.queues[index].add_used(chain, 0)  # nowhere to put a status
             return None
-        if chain.readable_len < HDR.size:
+        if chain.readable_len < _HDR.size:
             self._answer(chain, index, VIRTIO_BLK_S_IOERR)
             return None
-        rtype, _, sector = HDR.unpack(chain.read(mem, 0, HDR.size))
+        rtype, _, sector = _HDR.unpack(chain.read(mem, 0, _HDR.size))
         if rtype == VIRTIO_BLK_T_IN:
             n = wlen - 1
             if n > self.max_request or not self._in_range(sector, n):
@@ -107,11 +111,11 @@ class BlkRequests(VirtioDevice):
             self._now(chain, index, READ, sector * SECTOR, n)
             return None
         if rtype == VIRTIO_BLK_T_OUT:
-            n = chain.readable_len - HDR.size
+            n = chain.readable_len - _HDR.size
             if self.readonly or n > self.max_request or not self._in_range(sector, n):
                 self._refused(chain, index, "wr")
                 return None
-            iov = chain.host_iovec(mem, False, HDR.size, n)
+            iov = chain.host_iovec(mem, False, _HDR.size, n)
             if self._backend_can(iov, sector, n):
                 return BlkRequest(WRITE, sector * SECTOR, iov, chain, index, n)
             self._now(chain, index, WRITE, sector * SECTOR, n)
@@ -176,7 +180,7 @@ class BlkRequests(VirtioDevice):
             if req.op == READ:
                 self.sync.rw(False, req.offset + done, chain.write_views(mem, done, n))
             else:
-                self.sync.rw(True, req.offset + done, chain.read_views(mem, HDR.size + done, n))
+                self.sync.rw(True, req.offset + done, chain.read_views(mem, _HDR.size + done, n))
         except OSError as e:
             if e.errno == errno.EINVAL and self.direct and self.sync.align < 4096:
                 self.sync.align = 4096  # the file system wants page alignment: bounce from now on
@@ -217,14 +221,14 @@ class BlkRequests(VirtioDevice):
     def _discard(self, chain: DescriptorChain, index: int, rtype: int) -> None:
         assert self.mem is not None
         kind = _ACCOUNTED[rtype]
-        data_out = chain.readable_len - HDR.size
+        data_out = chain.readable_len - _HDR.size
         if self.readonly:
             self._refused(chain, index, kind)
             return None
-        if data_out != SEG.size:  # max_discard_seg = max_write_zeroes_seg = 1
+        if data_out != _SEG.size:  # max_discard_seg = max_write_zeroes_seg = 1
             self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
             return None
-        sector, count, flags = SEG.unpack(chain.read(self.mem, HDR.size, SEG.size))
+        sector, count, flags = _SEG.unpack(chain.read(self.mem, _HDR.size, _SEG.size))
         if flags & ~1 or (rtype == VIRTIO_BLK_T_DISCARD and flags):
             self._refused(chain, index, kind, VIRTIO_BLK_S_UNSUPP)
             return None

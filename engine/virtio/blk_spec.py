@@ -1,5 +1,5 @@
-"""virtio-blk's wire format (virtio 1.2 §5.2): feature bits, request types, status bytes, the
-request header, the discard segment and the config space layout.
+"""virtio-blk's wire format (virtio 1.2 §5.2): feature bits, request types, status bytes and the
+config space layout (the request header and the discard segment are ``blk_request.py``'s).
 
 Apart from the device so that the device (``blk.py``), its request path (``blk_request.py``),
 tests and benchmarks share one copy of the numbers without importing each other.
@@ -33,6 +33,4 @@ SECTOR = 512
 ID_BYTES = 20
 SIZE_MAX = 1 << 20  # largest single buffer we advertise
 MAX_DISCARD_SECTORS = 0x3F_FFFF  # 2 GiB per discard / write-zeroes request
-HDR = struct.Struct("<IIQ")
-SEG = struct.Struct("<QII")  # discard / write-zeroes segment: sector, num_sectors, flags
 CONFIG = struct.Struct("<QII4xI8xBxHIIIIIB3x")
