@@ -40,14 +40,8 @@ from engine.machine.kvm import Kvm, VmFd
 from engine.machine.loader import LoadResult, open_kernel
 from engine.machine.memory import GuestMemory
 from engine.machine.ram import Progress, create_guest_memory
-from engine.machine.vcpu import (
-    ExitContext,
-    ExitProfile,
-    VcpuThread,
-    VmEvents,
-    install_kick_handler,
-    profiling_requested,
-)
+from engine.machine.vcpu import VcpuThread, install_kick_handler
+from engine.machine.vcpu_exits import ExitContext, ExitProfile, VmEvents, profiling_requested
 from engine.plan import Plan
 
 if TYPE_CHECKING:
