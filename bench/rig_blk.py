@@ -157,11 +157,12 @@ def run_mode(
                     prof = profiles[label] = WORK / f"profile-{setup.aio}-{label}.txt"
                     prof.write_text("")
                     plan = f"/tmp/plan-{setup.aio}-{label}.json"
+                    # in braces: l1_script's </dev/null must not become sed's input
                     cmd = (
-                        f"python3 -m launcher.cli plan {manifest} > {plan} && {env} "
+                        f"{{ python3 -m launcher.cli plan {manifest} > {plan} && {env} "
                         f"SVLAUNCH_EXIT_STATS=1 SVLAUNCH_BLK_STATS=1 {bound} {a.profile} record "
                         f"--nonblocking -r 20 -f raw -o {prof} -- python3 -m engine run "
-                        f"--plan {plan} 2>&1 | sed 's/^/engine-log| /'"
+                        f"--plan {plan} 2>&1 | sed 's/^/engine-log| /'; }}"
                     )
                 runs.append((label, cmd))
         script = l1_script(runs, files["data"], files["loop"])
