@@ -62,7 +62,7 @@ class Cpu:
     cpus: int = key(1, "Online vCPUs (1-254).", sv="-smp [cpus=]<n>", plan="TopologyPlan.cpus")
     maxcpus: int | None = key(
         None,
-        "Maximum vCPUs (1-254); default: the topology product or cpus.",
+        "Maximum vCPUs (1-254); default: the topology product or cpus. The builtin engine has no vCPU hot-plug: it refuses maxcpus > cpus.",
         sv=("-smp", "maxcpus"),
         plan="TopologyPlan.maxcpus",
     )

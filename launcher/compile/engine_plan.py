@@ -83,6 +83,15 @@ def unsupported_features(m: Manifest) -> list[Issue]:
                 'the engine restores snapshots: incoming = "file:/path/to/snapshot"',
             )
         )
+    if m.cpu.maxcpus is not None and m.cpu.maxcpus > m.cpu.cpus:
+        issues.append(
+            _unsupported(
+                "cpu.maxcpus",
+                f"vCPU hot-plug (maxcpus {m.cpu.maxcpus} > cpus {m.cpu.cpus})",
+                f"the engine runs the {m.cpu.cpus} online vCPU(s) and cannot add more: drop "
+                "maxcpus, or set it to cpus",
+            )
+        )
     for d in m.drives:
         if d.transport is Transport.PCI:
             issues.append(_unsupported(f"drives.{d.id}.transport", "virtio-blk-pci"))

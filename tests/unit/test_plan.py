@@ -164,6 +164,14 @@ def test_unsupported_features_are_all_reported() -> None:
     assert len(exc.value.issues) == 3
 
 
+def test_maxcpus_beyond_cpus_is_refused_for_the_engine() -> None:
+    """The engine has no vCPU hot-plug: room for more vCPUs would be accepted and never usable."""
+    (issue,) = unsupported_features(vm(cpu=Cpu(2, maxcpus=4)))
+    assert issue.path == "cpu.maxcpus" and issue.code == "engine-unsupported"
+    assert "maxcpus 4 > cpus 2" in issue.message
+    assert unsupported_features(vm(cpu=Cpu(2, maxcpus=2))) == []
+
+
 def test_plan_json_round_trip() -> None:
     plan = compile_plan(
         vm(

@@ -22,7 +22,7 @@ NOT_USES = {ENGINE / "plan.py", ENGINE / "device_rules.py"}
 KNOWN_UNREAD = {
     # svlaunch up detaches the engine itself and clears it (launcher/commands/up.py)
     ("Plan", "daemonize"): "cleared by svlaunch up",
-    # no vCPU hot-plug: the MADT lists the online vCPUs; the factors carry the product
+    # no vCPU hot-plug: maxcpus > cpus is refused for the engine (engine_plan.unsupported_features)
     ("TopologyPlan", "maxcpus"): "no vCPU hot-plug",
 }
 
