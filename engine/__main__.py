@@ -24,7 +24,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from engine.errors import EXIT_INTERNAL
+from engine.errors import EXIT_INTERNAL, record_crash
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -119,25 +119,8 @@ def crash_guard(body: Callable[[], int], who: str = "engine") -> int:
 
         traceback.print_exc()
         print(f"{who}: internal error (a bug): please report the traceback above", file=sys.stderr)
-        _record_crash(traceback.format_exc(), who)
+        record_crash(who, sys.argv, traceback.format_exc())
         return EXIT_INTERNAL
-
-
-def _record_crash(text: str, who: str = "engine") -> None:
-    """With ``$SVLAUNCH_CRASH_DIR`` set (test suites, CI), also keep the traceback in a file
-    there, as ``svlaunch`` does: an engine's crash is noticed even though its stderr went to a
-    log nobody reads. A folder the engine cannot write (a jail) is skipped silently."""
-    folder = os.environ.get("SVLAUNCH_CRASH_DIR")
-    if not folder:
-        return
-    import tempfile
-
-    try:
-        fd, _ = tempfile.mkstemp(prefix=f"{who}-crash-{os.getpid()}-", suffix=".txt", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(f"{who} {sys.argv!r}\n{text}")
-    except OSError:
-        pass
 
 
 def engine_argv(plan_file: str, *args: str, python: str | None = None) -> list[str]:

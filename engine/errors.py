@@ -107,3 +107,26 @@ class GuestMemoryError(EngineError):
         super().__init__(f"guest memory access [{addr:#x}, +{length:#x}) {reason}")
         self.addr = addr
         self.length = length
+
+
+#: where svlaunch and its engine processes also keep a crash's traceback (tests/conftest.py)
+CRASH_DIR = "SVLAUNCH_CRASH_DIR"
+
+
+def record_crash(who: str, argv: list[str], text: str) -> None:
+    """With ``$SVLAUNCH_CRASH_DIR`` set (test suites, CI), also keep a traceback in a file there:
+    a crash is noticed even when the process's stderr went to a log or terminal nobody reads
+    (the suite fails any test that leaves one). A folder it cannot write (a jail) is skipped."""
+    import os
+
+    folder = os.environ.get(CRASH_DIR)
+    if not folder:
+        return
+    import tempfile
+
+    try:
+        fd, _ = tempfile.mkstemp(prefix=f"{who}-crash-{os.getpid()}-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"{who} {argv!r}\n{text}")
+    except OSError:
+        pass

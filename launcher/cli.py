@@ -208,8 +208,12 @@ def _main(argv: list[str]) -> int:
 
 def report_internal_error(argv: list[str]) -> None:
     """The exception being handled is a bug: print its traceback (escaped) and record it."""
+    import traceback
+
+    from engine.errors import record_crash
+
     _print_traceback()
-    _record_crash(argv)
+    record_crash("svlaunch", argv, traceback.format_exc())
 
 
 def _print_traceback() -> None:
@@ -219,29 +223,6 @@ def _print_traceback() -> None:
     from launcher.report import escape
 
     print(escape(traceback.format_exc(), lines=True), end="", file=sys.stderr)
-
-
-CRASH_DIR = "SVLAUNCH_CRASH_DIR"
-
-
-def _record_crash(argv: list[str]) -> None:
-    """With ``$SVLAUNCH_CRASH_DIR`` set, also keep the traceback in a file there.
-
-    For test suites and CI: a crash is noticed even when the process's stderr is captured,
-    discarded or shown in a terminal nobody reads (the suite fails any test that leaves one).
-    """
-    folder = os.environ.get(CRASH_DIR)
-    if not folder:
-        return
-    import tempfile
-    import traceback
-
-    try:
-        fd, _ = tempfile.mkstemp(prefix=f"crash-{os.getpid()}-", suffix=".txt", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(f"svlaunch {argv!r}\n{traceback.format_exc()}")
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

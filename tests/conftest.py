@@ -29,7 +29,7 @@ TIERS = {"kvm": ("kvm",), "root": ("root", "kvm"), "rig": ("rig",)}
 
 LONG = os.environ.get("SVLAUNCH_LONG") == "1"
 TRACEBACK = "Traceback (most recent call last)"
-CRASH_DIR = "SVLAUNCH_CRASH_DIR"  # launcher/cli.py and engine/__main__.py write a file per crash
+CRASH_DIR = "SVLAUNCH_CRASH_DIR"  # engine.errors.record_crash writes a file per crash
 _seen: set[str] = set()  # crash records already reported
 _OWN_CRASH_DIR = pytest.StashKey[str]()
 
